@@ -1,0 +1,3 @@
+from rungefit.cli import main
+
+main()

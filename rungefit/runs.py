@@ -1,0 +1,248 @@
+"""The run directory: atomic save, safe load, "latest", and listing names for completion.
+
+A run is written in full under a temporary name in the runs directory and then renamed into
+place, so a crash, a Ctrl-C or a second `train` never leaves a half-written run; files rewritten
+later (a resumed run) are replaced one by one with os.replace. This module imports torch only
+inside the functions that need it, so listing runs for TAB completion stays fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rungefit.errors import RungefitError
+
+CHECKPOINT_FORMAT = 1
+LATEST = "latest"
+MODEL_FILE = "model.pt"
+
+
+class RunError(RungefitError):
+    """A run directory problem the user can fix; the message says how."""
+
+
+@dataclass
+class LoadedRun:
+    path: Path
+    config: Any  # TrainConfig
+    model: Any  # StackedMLP
+    checkpoint: dict
+    summary: dict
+
+
+def list_run_names(runs_dir: Path) -> list[str]:
+    """Names of the complete runs in runs_dir, newest first (no torch import)."""
+    if not runs_dir.is_dir():
+        return []
+    runs = [p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and (p / MODEL_FILE).is_file()]
+    return [p.name for p in sorted(runs, key=lambda p: p.stat().st_mtime, reverse=True)]
+
+
+def default_run_name() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
+def check_name(name: str) -> None:
+    """A run name is one path component of safe characters."""
+    allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+    if not name or name.startswith(".") or name == LATEST or not set(name) <= allowed:
+        raise RunError(
+            f"--name {name!r} is not a valid run name; use letters, digits, '.', '_' and '-' "
+            "(not starting with '.', and not 'latest')"
+        )
+
+
+def prepare_runs_dir(runs_dir: Path, name: str | None) -> None:
+    """Fail before any training if the runs directory cannot be written or the name is taken."""
+    try:
+        runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"--runs-dir {runs_dir}: cannot create it ({error.strerror}); choose another directory") from None
+    if not os.access(runs_dir, os.W_OK | os.X_OK):
+        raise RunError(f"--runs-dir {runs_dir} is not writable; choose another directory")
+    if name is not None:
+        check_name(name)
+        if (runs_dir / name).exists():
+            raise RunError(f"run {name!r} already exists in {runs_dir}; choose another --name or delete it")
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write data to path via a temporary file in the same directory and os.replace."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def checkpoint_bytes(result, extra: dict | None = None) -> bytes:
+    """model.pt: format, layer spec, members, dtype, the tensors, and the optimizer state."""
+    import torch
+
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "layers": result.config.layers,
+        "members": result.model.members,
+        "dtype": result.config.dtype,
+        "state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
+        "optimizer": {k: (v.cpu() if hasattr(v, "cpu") else v) for k, v in result.optimizer.state_dict().items()},
+        "epochs_run": result.epochs_run,
+        "status": result.status,
+        **(extra or {}),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def history_csv(history, seeds) -> bytes:
+    """One row per epoch per member."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", "member", "seed", "train_mse", "val_mse", "lr"])
+    for epoch, (train, val, lr) in enumerate(zip(history.train_mse, history.val_mse, history.lr), start=1):
+        for member, seed in enumerate(seeds):
+            writer.writerow([epoch, member, seed, repr(train[member]), repr(val[member]), repr(lr[member])])
+    return out.getvalue().encode()
+
+
+def json_bytes(document: dict) -> bytes:
+    return (json.dumps(document, indent=2, allow_nan=True) + "\n").encode()
+
+
+def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[str, bytes]) -> dict[str, bytes]:
+    """Everything a run directory holds, as bytes keyed by file name."""
+    import torch
+
+    from rungefit import __version__
+
+    config = {**asdict(result.config), **config_extra, "rungefit_version": __version__, "torch_version": torch.__version__}
+    return {
+        "config.json": json_bytes(config),
+        MODEL_FILE: checkpoint_bytes(result),
+        "history.csv": history_csv(result.history, result.config.seeds),
+        "summary.json": json_bytes({**result.summary(), **summary_extra}),
+        **pictures,
+    }
+
+
+def save_new_run(runs_dir: Path, name: str | None, files: dict[str, bytes]) -> Path:
+    """Write a complete run under a temporary name, then move it into place and mark it latest.
+
+    With no name, a timestamp is used, suffixed -2, -3, … when another run got there first:
+    os.mkdir is the arbiter, so two processes never share a directory.
+    """
+    staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=".staging-"))
+    try:
+        for file_name, data in files.items():
+            atomic_write(staging / file_name, data)
+        final = _reserve(runs_dir, name)
+        os.replace(staging, final)
+    except BaseException:
+        for leftover in staging.glob("*") if staging.exists() else []:
+            leftover.unlink(missing_ok=True)
+        if staging.exists():
+            staging.rmdir()
+        raise
+    mark_latest(runs_dir, final.name)
+    return final
+
+
+def _reserve(runs_dir: Path, name: str | None) -> Path:
+    base = name or default_run_name()
+    for attempt in range(1, 1000):
+        candidate = runs_dir / (base if attempt == 1 else f"{base}-{attempt}")
+        try:
+            os.mkdir(candidate)
+            return candidate
+        except FileExistsError:
+            if name is not None:
+                raise RunError(f"run {name!r} already exists in {runs_dir}; choose another --name") from None
+    raise RunError(f"could not find a free run name starting with {base!r} in {runs_dir}")
+
+
+def update_run(run_dir: Path, files: dict[str, bytes]) -> None:
+    """Replace files of an existing run one by one, each atomically."""
+    for file_name, data in files.items():
+        atomic_write(run_dir / file_name, data)
+    mark_latest(run_dir.parent, run_dir.name)
+
+
+def mark_latest(runs_dir: Path, name: str) -> None:
+    atomic_write(runs_dir / LATEST, (name + "\n").encode())
+
+
+def resolve_run(runs_dir: Path, name: str | None) -> Path:
+    """The directory of run `name`, or of the latest run; RunError saying how to make one."""
+    if name is None:
+        latest = runs_dir / LATEST
+        if not latest.is_file():
+            raise RunError(f"no runs in {runs_dir} yet; create one with `rungefit train`")
+        name = latest.read_text().strip()
+    path = runs_dir / name
+    if not path.is_dir():
+        known = ", ".join(list_run_names(runs_dir)[:5]) or "none"
+        raise RunError(f"run {name!r} not found in {runs_dir} (runs: {known}); create one with `rungefit train`")
+    if not (path / MODEL_FILE).is_file():
+        raise RunError(f"{path} has no {MODEL_FILE}; it is not a rungefit run. Create one with `rungefit train`")
+    return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read model.pt as data only (weights_only=True); RunError for anything unreadable or foreign."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    file = path / MODEL_FILE
+    try:
+        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise RunError(f"{file} is not a readable rungefit checkpoint ({first[:120]}); retrain with `rungefit train`") from None
+    if not isinstance(checkpoint, dict) or "format" not in checkpoint:
+        raise RunError(f"{file} is not a rungefit checkpoint; retrain with `rungefit train`")
+    if checkpoint["format"] != CHECKPOINT_FORMAT:
+        raise RunError(
+            f"{file} has checkpoint format {checkpoint['format']}, this rungefit reads format "
+            f"{CHECKPOINT_FORMAT}; upgrade rungefit"
+        )
+    return checkpoint
+
+
+def load_run(runs_dir: Path, name: str | None) -> LoadedRun:
+    """The run's config, its model rebuilt from model.pt, and its summary."""
+    from rungefit.model import StackedMLP, parse_layers
+    from rungefit.train import DTYPES, TrainConfig
+
+    path = resolve_run(runs_dir, name)
+    checkpoint = load_checkpoint(path)
+    try:
+        raw = json.loads((path / "config.json").read_text())
+        fields = TrainConfig.__dataclass_fields__
+        config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields})
+        model = StackedMLP(parse_layers(checkpoint["layers"]), int(checkpoint["members"]), dtype=DTYPES[checkpoint["dtype"]])
+        model.load_state_dict(checkpoint["state_dict"])
+        summary = json.loads((path / "summary.json").read_text())
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunError(f"{path} is damaged or incomplete ({error}); retrain with `rungefit train`") from None
+    return LoadedRun(path=path, config=config, model=model, checkpoint=checkpoint, summary=summary)
+
+
+def json_ready(config) -> dict:
+    """A config dataclass as a JSON-ready dict."""
+    return asdict(config)

@@ -1,0 +1,321 @@
+"""Training: TrainConfig, the stacked Adam loop, learning-rate schedules and fit() → TrainResult.
+
+Every member of the stack has its own seed (initialisation, training points, shuffling) and its
+own learning rate; the members never interact, because the loss is a sum of per-member losses and
+Adam acts elementwise. So member k of a stacked run follows the trajectory of a single run with
+the same seed and rate, and one loop serves `train`, `train --seeds` and `lr-find --verify`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from rungefit import rng
+from rungefit.errors import RungefitError
+from rungefit.model import DEFAULT_LAYERS, StackedMLP, parse_layers
+from rungefit.runge import runge, sample_split, test_grid, validation_size
+
+SCHEDULES = ("constant", "cosine", "onecycle")
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class DivergedError(RungefitError):
+    """Training produced a non-finite loss; carries the last finite state."""
+
+    def __init__(self, message: str, result: "TrainResult"):
+        super().__init__(message)
+        self.result = result
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    layers: str = DEFAULT_LAYERS  # hidden layers, "WIDTH:ACTIVATION,…"; the output is linear
+    points: int = 1000  # training points per member, validation included
+    val_fraction: float = 0.3  # share of the points held out for validation
+    batch_size: int = 39  # mini-batch size (the last batch of an epoch may be smaller)
+    epochs: int = 300  # passes over the training set
+    lr: float = 3e-2  # peak Adam learning rate
+    schedule: str = "cosine"  # constant | cosine | onecycle, applied per optimizer step
+    seeds: tuple[int, ...] = (0,)  # one member per seed: init, data and shuffling
+    dtype: str = "float32"  # float32 | float64
+    device: str = "cpu"  # cpu | cuda (resolved, never "auto")
+    test_points: int = 100  # size of the equally spaced test grid
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
+    eps: float = 1e-8  # Adam's denominator guard
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that cannot work."""
+        parse_layers(self.layers)
+        checks = [
+            (self.points >= 2, f"points must be at least 2, got {self.points}"),
+            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
+            (len(self.seeds) >= 1, "at least one seed is needed"),
+            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}"),
+            (self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device}"),
+            (self.test_points >= 2, f"test_points must be at least 2, got {self.test_points}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        validation_size(self.points, self.val_fraction)
+
+    @property
+    def n_train(self) -> int:
+        return self.points - validation_size(self.points, self.val_fraction)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+def resolve_device(device: str) -> str:
+    """Turn auto|cpu|cuda into a usable device, or raise RungefitError if CUDA is missing."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RungefitError("--device cuda: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
+def lr_factors(schedule: str, total_steps: int) -> np.ndarray:
+    """The multiplier of the peak learning rate at each optimizer step, [total_steps].
+
+    cosine: from 1 down to 0 over the run. onecycle: as torch's OneCycleLR (30 % cosine warm-up
+    from 1/25, then cosine annealing to 1/25e4).
+    """
+    t = np.arange(total_steps, dtype=np.float64)
+    if schedule == "constant":
+        return np.ones(total_steps)
+    if schedule == "cosine":
+        return 0.5 * (1 + np.cos(np.pi * t / total_steps))
+    if schedule == "onecycle":
+        peak = max(round(0.3 * total_steps) - 1, 1)
+        start, end = 1 / 25, 1 / 25e4
+        up = start + (1 - start) * 0.5 * (1 - np.cos(np.pi * np.minimum(t / peak, 1)))
+        frac = np.clip((t - peak) / max(total_steps - 1 - peak, 1), 0, 1)
+        down = end + (1 - end) * 0.5 * (1 + np.cos(np.pi * frac))
+        return np.where(t <= peak, up, down)
+    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+class StackedAdam:
+    """Adam (as torch.optim.Adam, no weight decay) on the flat [K, P] buffer, one lr per member."""
+
+    def __init__(self, model: StackedMLP, betas=(0.9, 0.999), eps=1e-8):
+        self.model = model
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.step_count = 0
+        self.exp_avg = torch.zeros_like(model.params)
+        self.exp_avg_sq = torch.zeros_like(model.params)
+        self._denom = torch.empty_like(model.params)
+        self._update = torch.empty_like(model.params)
+
+    def step(self, lr: torch.Tensor) -> None:
+        """One update with lr [K, 1]; gradients are read from model.grads."""
+        self.step_count += 1
+        grads, params = self.model.grads, self.model.params
+        self.exp_avg.lerp_(grads, 1 - self.beta1)
+        self.exp_avg_sq.mul_(self.beta2).addcmul_(grads, grads, value=1 - self.beta2)
+        bias1 = 1 - self.beta1**self.step_count
+        bias2_sqrt = math.sqrt(1 - self.beta2**self.step_count)
+        torch.sqrt(self.exp_avg_sq, out=self._denom)
+        self._denom.div_(bias2_sqrt).add_(self.eps)
+        torch.mul(self.exp_avg, lr, out=self._update)
+        with torch.no_grad():
+            params.addcdiv_(self._update, self._denom, value=-1 / bias1)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+
+
+@dataclass
+class History:
+    """Per-epoch curves, [epochs_run, K] each."""
+
+    train_mse: list[list[float]] = field(default_factory=list)  # mean mini-batch loss of the epoch
+    val_mse: list[list[float]] = field(default_factory=list)  # validation set, end of the epoch
+    lr: list[list[float]] = field(default_factory=list)  # learning rate of the epoch's last step
+
+
+@dataclass
+class MemberMetrics:
+    """Final figures of one member."""
+
+    seed: int
+    lr: float
+    train_mse: float
+    val_mse: float
+    test_mse: float
+    test_max_abs_error: float
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    model: StackedMLP
+    optimizer: StackedAdam
+    history: History
+    members: list[MemberMetrics]
+    epochs_run: int
+    steps: int
+    wall_time_s: float
+    status: str = "complete"  # complete | diverged | interrupted
+
+    def summary(self) -> dict:
+        """JSON-ready final figures: per member and their median / min / max."""
+        fields = ("train_mse", "val_mse", "test_mse", "test_max_abs_error")
+        stats = {}
+        for name in fields:
+            values = np.array([getattr(m, name) for m in self.members])
+            stats[name] = {"median": float(np.median(values)), "min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
+        return {
+            "status": self.status,
+            "members": [asdict(m) for m in self.members],
+            "stats": stats,
+            "epochs": self.epochs_run,
+            "steps": self.steps,
+            "wall_time_s": self.wall_time_s,
+        }
+
+
+EpochCallback = Callable[[int, "EpochReport"], None]
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """What the progress display gets after each epoch (plain floats, median over members)."""
+
+    epoch: int
+    epochs: int
+    train_mse: float
+    val_mse: float
+    lr: float
+
+
+def fit(
+    config: TrainConfig,
+    *,
+    member_lrs: Sequence[float] | None = None,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    stop_on_divergence: bool = True,
+) -> TrainResult:
+    """Train one member per seed (member k with lr member_lrs[k], else config.lr).
+
+    Raises DivergedError (holding the last finite state) when a loss turns non-finite and
+    stop_on_divergence is set; otherwise diverged members simply end with non-finite metrics.
+    """
+    config.validate()
+    started = time.perf_counter()
+    dtype, device = DTYPES[config.dtype], config.device
+    seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
+    lrs = torch.tensor(
+        list(member_lrs) if member_lrs is not None else [config.lr] * len(config.seeds),
+        dtype=dtype,
+        device=device,
+    )
+    if lrs.shape[0] != seeds.shape[0]:
+        raise ValueError(f"{lrs.shape[0]} learning rates for {seeds.shape[0]} members")
+    data = sample_split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
+    y_val = runge(data.x_val)
+    model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=dtype, device=device)
+    model.initialise(seeds)
+    optimizer = StackedAdam(model, config.betas, config.eps)
+    factors = torch.tensor(lr_factors(config.schedule, config.total_steps), dtype=dtype, device=device)
+    history = History()
+    status = "complete"
+    for epoch in range(config.epochs):
+        snapshot = (model.params.clone(), optimizer.state_dict())
+        epoch_loss = _train_epoch(model, optimizer, data.x_train, seeds, epoch, config.batch_size, lrs, factors)
+        val_mse = model.mse(data.x_val, y_val)
+        epoch_lr = lrs * factors[optimizer.step_count - 1]
+        history.train_mse.append(epoch_loss.tolist())
+        history.val_mse.append(val_mse.tolist())
+        history.lr.append(epoch_lr.tolist())
+        if stop_on_divergence and not bool(torch.isfinite(epoch_loss).all()):
+            _restore(model, optimizer, snapshot)
+            for curve in (history.train_mse, history.val_mse, history.lr):
+                curve.pop()
+            status = "diverged"
+            break
+        if on_epoch is not None:
+            on_epoch(EpochReport(epoch + 1, config.epochs, float(np.median(history.train_mse[-1])), float(np.median(history.val_mse[-1])), float(np.median(history.lr[-1]))))
+    result = TrainResult(
+        config=config,
+        model=model,
+        optimizer=optimizer,
+        history=history,
+        members=final_metrics(model, config, data, lrs.tolist()),
+        epochs_run=len(history.val_mse),
+        steps=optimizer.step_count,
+        wall_time_s=time.perf_counter() - started,
+        status=status,
+    )
+    if status == "diverged":
+        raise DivergedError(
+            f"the loss became non-finite in epoch {result.epochs_run + 1} (lr {config.lr:g}); "
+            "try a lower --lr, or run `rungefit lr-find` to choose one",
+            result,
+        )
+    return result
+
+
+def _train_epoch(model, optimizer, x_train, seeds, epoch, batch_size, lrs, factors) -> torch.Tensor:
+    """One shuffled pass in mini-batches; returns the mean mini-batch loss per member, [K]."""
+    order = rng.permutations(seeds, rng.STREAM_SHUFFLE, x_train.shape[1], counter=epoch).to(x_train.device)
+    x_epoch = torch.gather(x_train, 1, order)
+    y_epoch = runge(x_epoch)
+    n = x_epoch.shape[1]
+    total = torch.zeros_like(lrs)
+    for start in range(0, n, batch_size):
+        x, y = x_epoch[:, start : start + batch_size], y_epoch[:, start : start + batch_size]
+        model.grads.zero_()
+        loss = ((model.forward(x) - y) ** 2).mean(dim=1)
+        loss.sum().backward()
+        optimizer.step((lrs * factors[optimizer.step_count]).unsqueeze(1))
+        total.add_(loss.detach(), alpha=x.shape[1] / n)
+    return total
+
+
+def _restore(model: StackedMLP, optimizer: StackedAdam, snapshot) -> None:
+    params, optimizer_state = snapshot
+    with torch.no_grad():
+        model.params.copy_(params)
+    optimizer.load_state_dict(optimizer_state)
+
+
+def final_metrics(model: StackedMLP, config: TrainConfig, data, lrs: list[float]) -> list[MemberMetrics]:
+    """Full-set MSEs per member, and the test grid's MSE and max |error|."""
+    x_test = test_grid(config.test_points, dtype=model.dtype, device=model.device).expand(model.members, -1)
+    y_test = runge(x_test)
+    with torch.no_grad():
+        test_error = (model.forward(x_test) - y_test).abs()
+    train_mse = model.mse(data.x_train, runge(data.x_train)).tolist()
+    val_mse = model.mse(data.x_val, runge(data.x_val)).tolist()
+    test_mse = model.mse(x_test, y_test).tolist()
+    max_error = test_error.max(dim=1).values.tolist()
+    return [
+        MemberMetrics(seed, lr, tr, va, te, mx)
+        for seed, lr, tr, va, te, mx in zip(config.seeds, lrs, train_mse, val_mse, test_mse, max_error)
+    ]
