@@ -18,8 +18,9 @@ import torch
 
 from rungefit import rng
 from rungefit.errors import RungefitError
+from rungefit.evaluate import grid_errors
 from rungefit.model import DEFAULT_LAYERS, StackedMLP, parse_layers
-from rungefit.runge import runge, sample_split, test_grid, validation_size
+from rungefit.runge import runge, sample_split, validation_size
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -281,20 +282,31 @@ def fit(
     return result
 
 
-def _train_epoch(model, optimizer, x_train, seeds, epoch, batch_size, lrs, factors) -> torch.Tensor:
-    """One shuffled pass in mini-batches; returns the mean mini-batch loss per member, [K]."""
+def epoch_batches(x_train: torch.Tensor, seeds: torch.Tensor, epoch: int, batch_size: int):
+    """Yield (x, y) mini-batches [K, ≤batch_size] of one shuffled pass, each member its own order."""
     order = rng.permutations(seeds, rng.STREAM_SHUFFLE, x_train.shape[1], counter=epoch).to(x_train.device)
     x_epoch = torch.gather(x_train, 1, order)
     y_epoch = runge(x_epoch)
-    n = x_epoch.shape[1]
+    for start in range(0, x_epoch.shape[1], batch_size):
+        yield x_epoch[:, start : start + batch_size], y_epoch[:, start : start + batch_size]
+
+
+def train_step(model: StackedMLP, optimizer: StackedAdam, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
+    """One Adam step on the mini-batch MSE of every member with lr [K, 1]; returns the losses [K]."""
+    model.grads.zero_()
+    loss = ((model.forward(x) - y) ** 2).mean(dim=1)
+    loss.sum().backward()
+    optimizer.step(lr)
+    return loss.detach()
+
+
+def _train_epoch(model, optimizer, x_train, seeds, epoch, batch_size, lrs, factors) -> torch.Tensor:
+    """One shuffled pass in mini-batches; returns the mean mini-batch loss per member, [K]."""
+    n = x_train.shape[1]
     total = torch.zeros_like(lrs)
-    for start in range(0, n, batch_size):
-        x, y = x_epoch[:, start : start + batch_size], y_epoch[:, start : start + batch_size]
-        model.grads.zero_()
-        loss = ((model.forward(x) - y) ** 2).mean(dim=1)
-        loss.sum().backward()
-        optimizer.step((lrs * factors[optimizer.step_count]).unsqueeze(1))
-        total.add_(loss.detach(), alpha=x.shape[1] / n)
+    for x, y in epoch_batches(x_train, seeds, epoch, batch_size):
+        loss = train_step(model, optimizer, x, y, (lrs * factors[optimizer.step_count]).unsqueeze(1))
+        total.add_(loss, alpha=x.shape[1] / n)
     return total
 
 
@@ -306,16 +318,11 @@ def _restore(model: StackedMLP, optimizer: StackedAdam, snapshot) -> None:
 
 
 def final_metrics(model: StackedMLP, config: TrainConfig, data, lrs: list[float]) -> list[MemberMetrics]:
-    """Full-set MSEs per member, and the test grid's MSE and max |error|."""
-    x_test = test_grid(config.test_points, dtype=model.dtype, device=model.device).expand(model.members, -1)
-    y_test = runge(x_test)
-    with torch.no_grad():
-        test_error = (model.forward(x_test) - y_test).abs()
+    """Full-set MSEs per member, and the test grid's MSE and max |error| (as `eval` computes them)."""
+    test = grid_errors(model, config.test_points)
     train_mse = model.mse(data.x_train, runge(data.x_train)).tolist()
     val_mse = model.mse(data.x_val, runge(data.x_val)).tolist()
-    test_mse = model.mse(x_test, y_test).tolist()
-    max_error = test_error.max(dim=1).values.tolist()
     return [
         MemberMetrics(seed, lr, tr, va, te, mx)
-        for seed, lr, tr, va, te, mx in zip(config.seeds, lrs, train_mse, val_mse, test_mse, max_error)
+        for seed, lr, tr, va, te, mx in zip(config.seeds, lrs, train_mse, val_mse, test.mse.tolist(), test.max_abs_error.tolist())
     ]
