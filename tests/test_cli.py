@@ -1,0 +1,121 @@
+"""The CLI through CliRunner: exit codes first, then the text, files and JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from rungefit.cli import app
+
+from .conftest import QUICK_TRAIN
+
+runner = CliRunner()
+
+RUN_FILES = {"config.json", "model.pt", "history.csv", "summary.json", "fit.png", "loss.png"}
+
+
+def test_train_writes_the_run_directory(quick_run):
+    runs_dir, run_dir, summary = quick_run
+    assert {p.name for p in run_dir.iterdir()} == RUN_FILES
+    assert (runs_dir / "latest").read_text().strip() == "quick"
+    assert summary["status"] == "complete"
+    assert summary["run"] == str(run_dir)
+    assert summary["epochs"] == 20
+    member = summary["members"][0]
+    assert set(member) >= {"train_mse", "val_mse", "test_mse", "test_max_abs_error", "lr", "seed"}
+    assert json.loads((run_dir / "summary.json").read_text())["members"] == summary["members"]
+
+
+def test_json_output_is_one_document_and_nothing_else(tmp_path):
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--epochs", "2", "--runs-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert document["config"]["epochs"] == 2
+
+
+def test_table_output_names_the_figures(tmp_path):
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--epochs", "2", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    for text in ("train MSE", "validation MSE", "test MSE", "max |error|", "optimizer steps", "learning rate", "wall time"):
+        assert text in result.stdout
+
+
+def test_stacked_seeds_report_each_member(tmp_path):
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--epochs", "2", "--seeds", "3,7", "--runs-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.stdout)
+    assert [m["seed"] for m in document["members"]] == [3, 7]
+    assert set(document["stats"]["test_mse"]) == {"median", "mean", "min", "max"}
+
+
+BAD_OPTIONS = [
+    (["--epochs", "0"], 2, "epochs"),
+    (["--epochs", "x"], 2, "--epochs"),
+    (["--lr", "-1"], 2, "--lr"),
+    (["--lr", "nan"], 2, "--lr"),
+    (["--layers", "20:foo"], 2, "unknown activation"),
+    (["--layers", ""], 2, "empty entry"),
+    (["--val-fraction", "1.5"], 2, "val_fraction"),
+    (["--batch-size", "0"], 2, "batch_size"),
+    (["--points", "1"], 2, "points"),
+    (["--seeds", "0"], 2, "--seeds"),
+    (["--seeds", "1,1"], 2, "--seeds"),
+    (["--schedule", "steps"], 2, "--schedule"),
+    (["--dtype", "float16"], 2, "--dtype"),
+    (["--device", "tpu"], 2, "--device"),
+    (["--name", "../escape"], 1, "--name"),
+]
+
+
+@pytest.mark.parametrize("options, code, text", BAD_OPTIONS)
+def test_bad_options_give_one_line_and_leave_no_run(tmp_path, options, code, text):
+    runs_dir = tmp_path / "runs"
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), *options])
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], result.stderr
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_cuda_without_gpu_fails_cleanly(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(tmp_path / "runs"), "--device", "cuda"])
+    assert result.exit_code == 1
+    assert "no CUDA GPU" in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_existing_run_name_is_refused_before_training(quick_run):
+    runs_dir, run_dir, _ = quick_run
+    before = (run_dir / "model.pt").read_bytes()
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--name", "quick"])
+    assert result.exit_code == 1
+    assert "already exists" in result.stderr
+    assert (run_dir / "model.pt").read_bytes() == before
+
+
+def test_python_dash_m_works():
+    result = subprocess.run([sys.executable, "-m", "rungefit", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("rungefit ")
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]])
+def test_help_does_not_import_torch_or_matplotlib(argv):
+    code = (
+        "import sys\n"
+        "from rungefit.cli import app\n"
+        f"try:\n    app({argv!r}, prog_name='rungefit')\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'matplotlib') if m in sys.modules]\n"
+        "sys.stderr.write('HEAVY:' + ','.join(heavy))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "Usage" in result.stdout
+    assert result.stderr.strip().endswith("HEAVY:"), result.stderr[-300:]

@@ -1,0 +1,77 @@
+import json
+
+import pytest
+import torch
+
+from rungefit import runs
+from rungefit.evaluate import grid_errors
+from rungefit.train import TrainConfig, fit
+
+
+@pytest.fixture(scope="module")
+def result():
+    return fit(TrainConfig(points=80, epochs=3, seeds=(0, 1)))
+
+
+def save(tmp_path, result, name=None):
+    return runs.save_new_run(tmp_path, name, runs.run_files(result, {}, {}, {}))
+
+
+def test_saved_run_reloads_to_the_same_model_and_test_mse(tmp_path, result):
+    path = save(tmp_path, result, "r1")
+    loaded = runs.load_run(tmp_path, "r1")
+    assert loaded.path == path
+    assert loaded.config == result.config
+    assert torch.equal(loaded.model.params, result.model.params)
+    reported = [m["test_mse"] for m in loaded.summary["members"]]
+    assert grid_errors(loaded.model).mse.tolist() == reported
+
+
+def test_latest_names_the_newest_run(tmp_path, result):
+    save(tmp_path, result, "a")
+    save(tmp_path, result, "b")
+    assert (tmp_path / "latest").read_text().strip() == "b"
+    assert runs.load_run(tmp_path, None).path.name == "b"
+
+
+def test_default_names_never_collide(tmp_path, result, monkeypatch):
+    monkeypatch.setattr(runs, "default_run_name", lambda: "same")
+    names = [save(tmp_path, result).name for _ in range(3)]
+    assert names == ["same", "same-2", "same-3"]
+
+
+def test_existing_name_is_refused_and_left_untouched(tmp_path, result):
+    save(tmp_path, result, "keep")
+    before = (tmp_path / "keep" / "model.pt").read_bytes()
+    with pytest.raises(runs.RunError, match="already exists"):
+        save(tmp_path, result, "keep")
+    assert (tmp_path / "keep" / "model.pt").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_history_csv_has_a_row_per_epoch_per_member(tmp_path, result):
+    path = save(tmp_path, result, "h")
+    lines = (path / "history.csv").read_text().splitlines()
+    assert lines[0] == "epoch,member,seed,train_mse,val_mse,lr"
+    assert len(lines) == 1 + 3 * 2
+
+
+def test_config_records_versions(tmp_path, result):
+    config = json.loads((save(tmp_path, result, "c") / "config.json").read_text())
+    assert config["seeds"] == [0, 1] and "torch_version" in config and "rungefit_version" in config
+
+
+def test_missing_runs_say_how_to_make_one(tmp_path):
+    with pytest.raises(runs.RunError, match="rungefit train"):
+        runs.load_run(tmp_path, None)
+    with pytest.raises(runs.RunError, match="rungefit train"):
+        runs.load_run(tmp_path, "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(runs.RunError, match="rungefit train"):
+        runs.load_run(tmp_path, "empty")
+
+
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "latest", "x y"])
+def test_bad_run_names(tmp_path, name):
+    with pytest.raises(runs.RunError, match="name"):
+        runs.prepare_runs_dir(tmp_path, name)

@@ -1,0 +1,87 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rungefit.train import DivergedError, TrainConfig, fit, lr_factors, resolve_device
+
+def test_short_training_lowers_the_loss():
+    result = fit(TrainConfig(points=300, epochs=15, dtype="float64"))
+    train = np.array(result.history.train_mse)[:, 0]
+    val = np.array(result.history.val_mse)[:, 0]
+    # 15 epochs only reach the mean predictor's plateau (Var f ≈ 0.087 on the test grid).
+    assert train[-1] < 0.6 * train[0]
+    assert val[-1] < 0.6 * val[0]
+    assert result.epochs_run == 15
+    assert result.steps == 15 * math.ceil(210 / 39)
+    assert result.members[0].test_mse < 0.1
+
+
+def test_same_seed_gives_identical_numbers_and_tensors():
+    first = fit(TrainConfig(points=120, epochs=5, seeds=(3,)))
+    second = fit(TrainConfig(points=120, epochs=5, seeds=(3,)))
+    assert first.history == second.history
+    assert first.members == second.members
+    for key, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, second.model.state_dict()[key]), key
+
+
+def test_different_seeds_differ():
+    a = fit(TrainConfig(points=120, epochs=2, seeds=(0,)))
+    b = fit(TrainConfig(points=120, epochs=2, seeds=(1,)))
+    assert a.members[0].test_mse != b.members[0].test_mse
+
+
+def test_progress_callback_gets_every_epoch():
+    seen = []
+    fit(TrainConfig(points=60, epochs=4), on_epoch=seen.append)
+    assert [report.epoch for report in seen] == [1, 2, 3, 4]
+    assert all(report.epochs == 4 and report.val_mse > 0 for report in seen)
+
+
+def test_divergence_stops_with_the_last_finite_state():
+    with pytest.raises(DivergedError, match="lower --lr") as caught:
+        fit(TrainConfig(points=120, epochs=50, lr=1e30, schedule="constant"))
+    result = caught.value.result
+    assert result.status == "diverged"
+    assert torch.isfinite(result.model.params).all()
+    assert result.epochs_run < 50
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (dict(epochs=0), "epochs"),
+        (dict(lr=-1.0), "lr"),
+        (dict(lr=math.inf), "lr"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(points=1), "points"),
+        (dict(val_fraction=1.5), "val_fraction"),
+        (dict(layers="20:foo"), "unknown activation"),
+        (dict(schedule="steps"), "schedule"),
+        (dict(dtype="float16"), "dtype"),
+    ],
+)
+def test_invalid_configs_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**change).validate()
+
+
+def test_schedules_start_at_the_peak_rate_and_decay():
+    steps = 1000
+    constant, cosine, onecycle = (lr_factors(name, steps) for name in ("constant", "cosine", "onecycle"))
+    assert np.all(constant == 1)
+    assert cosine[0] == 1 and cosine[-1] < 1e-4 and np.all(np.diff(cosine) <= 0)
+    assert onecycle[0] == pytest.approx(1 / 25)
+    assert onecycle.max() == pytest.approx(1)
+    assert onecycle.argmax() == pytest.approx(0.3 * steps, abs=2)
+    assert onecycle[-1] == pytest.approx(1 / 25e4)
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(Exception, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto") == "cpu"
