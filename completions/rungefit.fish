@@ -1,0 +1,1 @@
+complete --command rungefit --no-files --arguments "(env _RUNGEFIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) rungefit)" --condition "env _RUNGEFIT_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) rungefit"

@@ -1,0 +1,68 @@
+"""Shell completion: committed scripts are current, and completion answers the way a shell asks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rungefit.completions import FILES, completion_script
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.parametrize("shell", sorted(FILES))
+def test_committed_scripts_are_current(shell):
+    committed = (REPO / "completions" / FILES[shell]).read_text()
+    assert committed == completion_script(shell), "stale: run `python -m rungefit.completions completions`"
+
+
+def complete(words: str, cwd: Path | None = None) -> list[str]:
+    """Candidates bash would get for the command line `words` (completing its last word)."""
+    parts = words.split(" ")
+    env = {**os.environ, "_RUNGEFIT_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(parts) - 1)}
+    result = subprocess.run([sys.executable, "-m", "rungefit"], env=env, capture_output=True, text=True, cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split()
+
+
+def test_commands():
+    assert "train" in complete("rungefit ")
+    assert complete("rungefit tr") == ["train"]
+
+
+def test_options():
+    candidates = complete("rungefit train --s")
+    assert {"--schedule", "--seed", "--seeds"} <= set(candidates)
+
+
+@pytest.mark.parametrize(
+    "option, values",
+    [
+        ("--device", ["auto", "cpu", "cuda"]),
+        ("--dtype", ["float32", "float64"]),
+        ("--schedule", ["constant", "cosine", "onecycle"]),
+    ],
+)
+def test_choice_values(option, values):
+    assert complete(f"rungefit train {option} ") == values
+
+
+def test_activation_names_in_layers():
+    assert complete("rungefit train --layers 20:tanh,10:s") == ["20:tanh,10:sigmoid", "20:tanh,10:silu", "20:tanh,10:softplus"]
+
+
+def test_completing_never_imports_torch_or_matplotlib():
+    code = (
+        "import os, sys\n"
+        "os.environ.update(_RUNGEFIT_COMPLETE='complete_bash', COMP_WORDS='rungefit train --device ', COMP_CWORD='3')\n"
+        "from rungefit.cli import main\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write('HEAVY:' + ','.join(m for m in ('torch', 'matplotlib') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "cuda" in result.stdout
+    assert result.stderr.strip().endswith("HEAVY:"), result.stderr[-300:]
