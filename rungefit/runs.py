@@ -204,13 +204,17 @@ def resolve_run(runs_dir: Path, name: str | None) -> Path:
 def load_checkpoint(path: Path) -> dict:
     """Read model.pt as data only (weights_only=True); RunError for anything unreadable or foreign."""
     import pickle
+    import warnings
     import zipfile
 
     import torch
 
     file = path / MODEL_FILE
     try:
-        checkpoint = torch.load(file, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # A foreign pickle makes torch warn about its protocol before refusing it.
+            warnings.simplefilter("ignore")
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise RunError(f"{file} is not a readable rungefit checkpoint ({first[:120]}); retrain with `rungefit train`") from None
