@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,12 +26,16 @@ from rungefit.runge import runge, sample_split, validation_size
 SCHEDULES = ("constant", "cosine", "onecycle")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 DEVICES = ("auto", "cpu", "cuda")
+# Hidden activations per step (members × batch × hidden units) from which CPU training uses
+# torch's intra-op threads; below it one thread is faster (see intra_op_threads). K = 1024
+# of the default network is 2.4 M.
+PARALLEL_MIN_ACTIVATIONS = 1 << 22
 
 
 class DivergedError(RungefitError):
     """Training produced a non-finite loss; carries the last finite state."""
 
-    def __init__(self, message: str, result: "TrainResult"):
+    def __init__(self, message: str, result: TrainResult):
         super().__init__(message)
         self.result = result
 
@@ -129,18 +134,21 @@ class StackedAdam:
         self._update = torch.empty_like(model.params)
 
     def step(self, lr: torch.Tensor) -> None:
-        """One update with lr [K, 1]; gradients are read from model.grads."""
+        """One update with lr [K, 1]; gradients are read from model.grads.
+
+        torch.optim.Adam's p -= lr/c1 · m / (√v/√c2 + ε), written as p -= √c2/c1 · lr·m / (√v + ε√c2)
+        (c1, c2 the bias corrections) to save one pass over the buffer.
+        """
         self.step_count += 1
         grads, params = self.model.grads, self.model.params
+        correction1 = 1 - self.beta1**self.step_count
+        correction2_sqrt = math.sqrt(1 - self.beta2**self.step_count)
         self.exp_avg.lerp_(grads, 1 - self.beta1)
-        self.exp_avg_sq.mul_(self.beta2).addcmul_(grads, grads, value=1 - self.beta2)
-        bias1 = 1 - self.beta1**self.step_count
-        bias2_sqrt = math.sqrt(1 - self.beta2**self.step_count)
-        torch.sqrt(self.exp_avg_sq, out=self._denom)
-        self._denom.div_(bias2_sqrt).add_(self.eps)
+        self.exp_avg_sq.lerp_(torch.mul(grads, grads, out=self._update), 1 - self.beta2)
+        torch.sqrt(self.exp_avg_sq, out=self._denom).add_(self.eps * correction2_sqrt)
         torch.mul(self.exp_avg, lr, out=self._update)
         with torch.no_grad():
-            params.addcdiv_(self._update, self._denom, value=-1 / bias1)
+            params.addcdiv_(self._update, self._denom, value=-correction2_sqrt / correction1)
 
     def state_dict(self) -> dict:
         return {"step": self.step_count, "exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone()}
@@ -228,6 +236,34 @@ def fit(
     stop_on_divergence is set; otherwise diverged members simply end with non-finite metrics.
     """
     config.validate()
+    with intra_op_threads(config):
+        return _fit(config, member_lrs, on_epoch, stop_on_divergence)
+
+
+@contextmanager
+def intra_op_threads(config: TrainConfig) -> Iterator[None]:
+    """Train a small stack on one CPU thread, then restore torch's setting.
+
+    A step on a small stack is a string of tiny kernels; a second intra-op thread adds only
+    synchronisation, and when another process holds the other core it waits for the scheduler:
+    on a shared 2-core machine K = 1 and K = 64 ran 4-100× slower with two threads than with one.
+    """
+    previous = torch.get_num_threads()
+    hidden_units = sum(layer.width for layer in parse_layers(config.layers))
+    if config.device == "cpu" and len(config.seeds) * config.batch_size * hidden_units < PARALLEL_MIN_ACTIVATIONS:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _fit(
+    config: TrainConfig,
+    member_lrs: Sequence[float] | None,
+    on_epoch: Callable[[EpochReport], None] | None,
+    stop_on_divergence: bool,
+) -> TrainResult:
     started = time.perf_counter()
     dtype, device = DTYPES[config.dtype], config.device
     seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
@@ -293,19 +329,21 @@ def epoch_batches(x_train: torch.Tensor, seeds: torch.Tensor, epoch: int, batch_
 
 def train_step(model: StackedMLP, optimizer: StackedAdam, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
     """One Adam step on the mini-batch MSE of every member with lr [K, 1]; returns the losses [K]."""
-    model.grads.zero_()
-    loss = ((model.forward(x) - y) ** 2).mean(dim=1)
-    loss.sum().backward()
+    loss = model.mse_backward(x, y)
     optimizer.step(lr)
-    return loss.detach()
+    return loss
 
 
 def _train_epoch(model, optimizer, x_train, seeds, epoch, batch_size, lrs, factors) -> torch.Tensor:
     """One shuffled pass in mini-batches; returns the mean mini-batch loss per member, [K]."""
     n = x_train.shape[1]
     total = torch.zeros_like(lrs)
-    for x, y in epoch_batches(x_train, seeds, epoch, batch_size):
-        loss = train_step(model, optimizer, x, y, (lrs * factors[optimizer.step_count]).unsqueeze(1))
+    batches = list(epoch_batches(x_train, seeds, epoch, batch_size))
+    first = optimizer.step_count
+    # The epoch's learning rates [steps, K, 1], made at once rather than three small ops a step.
+    rates = torch.outer(factors[first : first + len(batches)], lrs).unsqueeze(2).unbind(0)
+    for (x, y), lr in zip(batches, rates, strict=True):
+        loss = train_step(model, optimizer, x, y, lr)
         total.add_(loss, alpha=x.shape[1] / n)
     return total
 
@@ -324,5 +362,5 @@ def final_metrics(model: StackedMLP, config: TrainConfig, data, lrs: list[float]
     val_mse = model.mse(data.x_val, runge(data.x_val)).tolist()
     return [
         MemberMetrics(seed, lr, tr, va, te, mx)
-        for seed, lr, tr, va, te, mx in zip(config.seeds, lrs, train_mse, val_mse, test.mse.tolist(), test.max_abs_error.tolist())
+        for seed, lr, tr, va, te, mx in zip(config.seeds, lrs, train_mse, val_mse, test.mse.tolist(), test.max_abs_error.tolist(), strict=True)
     ]

@@ -1,0 +1,223 @@
+"""∇a^[L](x), the network's derivative with respect to its input, computed three ways.
+
+With Z^[1] = x, Z^[l] = W^[l] a^[l-1] + b^[l] and a^[l] = σ_l(Z^[l]) for l = 2…L, the chain rule gives
+
+    ∇a^[L](x) = σ_L'(Z^[L]) · Π_{l=L..2} W^[l] diag(σ_{l-1}'(Z^[l-1]))
+
+The input layer has no activation (a^[1] = x), so its factor diag(σ_1'(Z^[1])) is the identity, and
+the output layer is linear (σ_L' = 1). The explicit product is built from the layer matrices and the
+recorded pre-activations; autograd and a central finite difference check it, and f'(x) is the target.
+Everything runs in float64 whatever dtype the network was trained in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rungefit.model import StackedMLP, parse_layers
+from rungefit.runge import runge, runge_prime
+
+# Central differences err by h²·|a'''|/6 from truncation and by ~ε/h from rounding; in float64
+# (ε ≈ 1e-16) h = 1e-5 keeps both below 1e-8 for the curvatures a fitted Runge network has.
+FD_STEP = 1e-5
+
+
+def as_float64(model: StackedMLP, member: int) -> StackedMLP:
+    """One member of the stack as a float64 network on the CPU."""
+    return model.select([member]).to(dtype=torch.float64, device="cpu")
+
+
+def untrained_model(layers: str, seed: int) -> StackedMLP:
+    """A freshly initialised float64 network, exactly as `train` would start it with this seed."""
+    model = StackedMLP(parse_layers(layers), 1, dtype=torch.float64)
+    model.initialise(torch.tensor([seed]))
+    return model
+
+
+def explicit_gradient(model: StackedMLP, x: torch.Tensor) -> torch.Tensor:
+    """∇a^[L] at x [K, B] by the chain-rule product, [K, B].
+
+    The product is taken from the left, so each step is a row vector times a matrix: σ_L' = 1 starts
+    the row, each W^[l] multiplies it, and each diag(σ'(Z)) scales it elementwise.
+    """
+    with torch.no_grad():
+        _, preacts = model.forward_with_preacts(x)  # Z^[2..L], each [K, B, width]
+        row = torch.ones_like(preacts[-1])  # σ_L'(Z^[L]) = 1: the output layer is linear
+        for index in range(len(preacts) - 1, -1, -1):
+            row = torch.bmm(row, model.weight(index))  # [K, B, fan_out] · [K, fan_out, fan_in]
+            if index > 0:  # index 0 is W^[2]; its right factor σ_1'(Z^[1]) is the identity
+                row = row * model.activations[index - 1].derivative(preacts[index - 1])
+        return row.squeeze(-1)
+
+
+def autograd_gradient(model: StackedMLP, x: torch.Tensor) -> torch.Tensor:
+    """∇a^[L] at x [K, B] by torch.autograd.grad, [K, B].
+
+    Each output depends only on its own input, so the gradient of the sum is the pointwise derivative.
+    """
+    x = x.detach().clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(model.forward(x).sum(), x)
+    return gradient
+
+
+def finite_difference_gradient(model: StackedMLP, x: torch.Tensor, step: float = FD_STEP) -> torch.Tensor:
+    """∇a^[L] at x [K, B] by the central difference (a(x+h) − a(x−h)) / 2h, [K, B]."""
+    with torch.no_grad():
+        return (model.forward(x + step) - model.forward(x - step)) / (2 * step)
+
+
+@dataclass(frozen=True)
+class GradientCheck:
+    """One member's derivative at points x [n], three ways, beside f and f' (all float64)."""
+
+    x: np.ndarray
+    output: np.ndarray  # a^[L](x)
+    target: np.ndarray  # f(x)
+    explicit: np.ndarray  # the chain-rule product
+    autograd: np.ndarray
+    finite_difference: np.ndarray
+    true: np.ndarray  # f'(x)
+    fd_step: float
+
+    @property
+    def product_vs_autograd(self) -> np.ndarray:
+        return np.abs(self.explicit - self.autograd)
+
+    @property
+    def fd_vs_autograd(self) -> np.ndarray:
+        return np.abs(self.finite_difference - self.autograd)
+
+    @property
+    def network_vs_true(self) -> np.ndarray:
+        return np.abs(self.explicit - self.true)
+
+    def points(self) -> list[dict]:
+        """One JSON-ready record per x."""
+        columns = {
+            "x": self.x, "output": self.output, "target": self.target, "explicit": self.explicit,
+            "autograd": self.autograd, "finite_difference": self.finite_difference, "true": self.true,
+            "product_vs_autograd": self.product_vs_autograd, "fd_vs_autograd": self.fd_vs_autograd,
+            "network_vs_true": self.network_vs_true,
+        }
+        return [{name: float(values[i]) for name, values in columns.items()} for i in range(len(self.x))]
+
+    def maxima(self) -> dict:
+        """The largest discrepancies over all points, and where the network's derivative errs most."""
+        worst = int(np.argmax(self.network_vs_true))
+        return {
+            "points": len(self.x),
+            "max_product_vs_autograd": float(self.product_vs_autograd.max()),
+            "max_fd_vs_autograd": float(self.fd_vs_autograd.max()),
+            "max_network_vs_true": float(self.network_vs_true[worst]),
+            "max_network_vs_true_at": float(self.x[worst]),
+            "rms_network_vs_true": float(np.sqrt(np.mean(self.network_vs_true**2))),
+        }
+
+
+def check_gradient(model: StackedMLP, x: np.ndarray, step: float = FD_STEP) -> GradientCheck:
+    """Compare the three derivatives of a one-member float64 model (see as_float64) at points x."""
+    if model.members != 1 or model.dtype != torch.float64:
+        raise ValueError("check_gradient needs one float64 member; pass it through as_float64 first")
+    points = torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(1, -1)
+    with torch.no_grad():
+        output = model.forward(points)
+    return GradientCheck(
+        x=_row(points),
+        output=_row(output),
+        target=_row(runge(points)),
+        explicit=_row(explicit_gradient(model, points)),
+        autograd=_row(autograd_gradient(model, points)),
+        finite_difference=_row(finite_difference_gradient(model, points, step)),
+        true=_row(runge_prime(points)),
+        fd_step=step,
+    )
+
+
+def _row(tensor: torch.Tensor) -> np.ndarray:
+    """The one member's values, [1, n] → [n]."""
+    return tensor[0].detach().numpy()
+
+
+@dataclass(frozen=True)
+class ChainFactor:
+    """One matrix of the product, with the product of it and everything to its left."""
+
+    name: str  # e.g. "W^[3]" or "diag σ_2'(Z^[2])"
+    kind: str  # output | weight | activation | input
+    matrix: np.ndarray  # the factor, [rows, cols]
+    running: np.ndarray  # σ_L' · … · this factor, a row vector [1, cols]
+    note: str
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name, "kind": self.kind, "shape": list(self.matrix.shape),
+            "matrix": self.matrix.tolist(), "running": self.running[0].tolist(), "note": self.note,
+        }
+
+
+def explain_chain(model: StackedMLP, x: float) -> list[ChainFactor]:
+    """The product for one member at one x, factor by factor, left (output) to right (input).
+
+    Unlike explicit_gradient this materialises every diag(σ') as a matrix, so the result is the
+    formula written out; its last running product equals ∇a^[L](x).
+    """
+    if model.members != 1 or model.dtype != torch.float64:
+        raise ValueError("explain_chain needs one float64 member; pass it through as_float64 first")
+    with torch.no_grad():
+        _, preacts = model.forward_with_preacts(torch.tensor([[float(x)]], dtype=torch.float64))
+    last = len(preacts) + 1  # L: the input layer is 1, the hidden layers 2…L-1
+    factors = [(f"σ_{last}'(Z^[{last}])", "output", np.ones((1, 1)), f"the output layer (L = {last}) is linear")]
+    for index in range(len(preacts) - 1, -1, -1):
+        layer = index + 2
+        factors.append((f"W^[{layer}]", "weight", model.weight(index)[0].numpy(), "the same for every x"))
+        if index > 0:
+            activation = model.layers[index - 1].activation
+            slopes = model.activations[index - 1].derivative(preacts[index - 1])[0, 0].numpy()
+            factors.append((f"diag σ_{layer - 1}'(Z^[{layer - 1}])", "activation", np.diag(slopes), f"{activation}'"))
+    factors.append((
+        "diag σ_1'(Z^[1])", "input", np.ones((1, 1)),
+        "the input layer has no activation: a^[1] = x",
+    ))
+    chain, running = [], np.ones((1, 1))
+    for name, kind, matrix, note in factors:
+        running = running @ matrix
+        chain.append(ChainFactor(name, kind, matrix, running, note))
+    return chain
+
+
+PLOT_POINTS = 401
+
+
+@dataclass(frozen=True)
+class GradientStudy:
+    """Everything `rungefit grad` reports for one float64 member."""
+
+    at_x: GradientCheck  # the requested points (possibly none)
+    grid: GradientCheck | None  # N equally spaced points, when asked for
+    curve: GradientCheck  # what grad.png draws: the grid, or PLOT_POINTS points without one
+    chains: list[tuple[float, list[ChainFactor]]]  # x → its factors, when asked for
+
+    def as_dict(self) -> dict:
+        return {
+            "fd_step": self.at_x.fd_step,
+            "points": self.at_x.points(),
+            "grid": self.grid.maxima() if self.grid is not None else None,
+            "explain": [{"x": x, "factors": [factor.as_dict() for factor in chain]} for x, chain in self.chains],
+        }
+
+
+def study_gradient(model: StackedMLP, x_values: list[float], grid_points: int | None = None, explain: bool = False) -> GradientStudy:
+    """Check the gradient at x_values and on a grid of grid_points over [-1, 1]; with explain, the
+    chain of every x_values point. `model` is one float64 member (see as_float64)."""
+    if grid_points is not None and grid_points < 2:
+        raise ValueError(f"--grid needs at least 2 points, got {grid_points}")
+    grid = check_gradient(model, np.linspace(-1.0, 1.0, grid_points)) if grid_points is not None else None
+    return GradientStudy(
+        at_x=check_gradient(model, np.array(x_values, dtype=np.float64)),
+        grid=grid,
+        curve=grid if grid is not None else check_gradient(model, np.linspace(-1.0, 1.0, PLOT_POINTS)),
+        chains=[(x, explain_chain(model, x)) for x in x_values] if explain else [],
+    )

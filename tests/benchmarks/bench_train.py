@@ -1,0 +1,140 @@
+"""rungefit's training against the plain PyTorch loop, side by side in one process, same data.
+
+    python tests/benchmarks/bench_train.py            # 300 epochs, best of 3 (a few minutes)
+    python tests/benchmarks/bench_train.py --quick    # 20 epochs, best of 2: a smoke run
+    python tests/benchmarks/bench_train.py --device cuda --members 1024,16384
+
+Prints steps/s per case and a final line with the ratios of issue 5: a single model must train at
+least 3× faster than the plain loop, one K = 64 stacked run must take at most 4× the wall time of a
+K = 1 run, and the K = 64 run's peak RSS (measured in a child process) must stay under 1 GiB.
+Cases run interleaved and each keeps its best time, because the machine is shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from plain_loop import train_plain  # noqa: E402
+
+from rungefit.runge import sample_split  # noqa: E402
+from rungefit.train import TrainConfig, fit  # noqa: E402
+
+STACK = 64
+RSS_LIMIT_MIB = 1024
+RSS_CHILD = """
+import sys
+from rungefit.train import TrainConfig, fit
+fit(TrainConfig(epochs=int(sys.argv[1]), seeds=tuple(range(int(sys.argv[2]))), device=sys.argv[3]))
+"""
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="20 epochs, best of 2")
+    parser.add_argument("--epochs", type=int, help="epochs per run (default 300, --quick 20)")
+    parser.add_argument("--repeats", type=int, help="runs per case, best kept (default 3, --quick 2)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where rungefit trains")
+    parser.add_argument("--members", default="", help="extra stack sizes for a throughput table, e.g. 1024,16384")
+    parser.add_argument(
+        "--plain-threads",
+        type=int,
+        default=1,
+        help="intra-op threads of the plain loop (default 1, as rungefit uses for small stacks; "
+        "torch's default of all cores is far slower on a busy machine)",
+    )
+    args = parser.parse_args()
+    args.epochs = args.epochs or (20 if args.quick else 300)
+    args.repeats = args.repeats or (2 if args.quick else 3)
+    return args
+
+
+def synchronize(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_plain(epochs: int, threads: int) -> tuple[float, int]:
+    """Wall time and steps of the plain loop on rungefit's seed-0 data set."""
+    data = sample_split(torch.tensor([0]), 1000, 0.3)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        started = time.perf_counter()
+        _, steps = train_plain(data.x_train[0], data.x_val[0], epochs=epochs)
+        return time.perf_counter() - started, steps
+    finally:
+        torch.set_num_threads(previous)
+
+
+def time_rungefit(epochs: int, members: int, device: str) -> tuple[float, int]:
+    """Wall time and steps of one stacked fit() with seeds 0 … members-1."""
+    config = TrainConfig(epochs=epochs, seeds=tuple(range(members)), device=device)
+    synchronize(device)
+    started = time.perf_counter()
+    result = fit(config)
+    synchronize(device)
+    return time.perf_counter() - started, result.steps
+
+
+def peak_rss_mib(epochs: int, members: int, device: str) -> float:
+    """Peak resident memory of a fresh process running one stacked fit(), in MiB."""
+    subprocess.run([sys.executable, "-c", RSS_CHILD, str(epochs), str(members), device], check=True)
+    return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+
+
+def best_times(args: argparse.Namespace) -> dict[str, tuple[float, int]]:
+    cases = {
+        "plain loop, K=1": lambda: time_plain(args.epochs, args.plain_threads),
+        "rungefit, K=1": lambda: time_rungefit(args.epochs, 1, args.device),
+        f"rungefit, K={STACK}": lambda: time_rungefit(args.epochs, STACK, args.device),
+    }
+    best: dict[str, tuple[float, int]] = {}
+    for _ in range(args.repeats):
+        for name, run in cases.items():
+            seconds, steps = run()
+            if name not in best or seconds < best[name][0]:
+                best[name] = (seconds, steps)
+    return best
+
+
+def print_case(name: str, seconds: float, steps: int, members: int) -> None:
+    print(
+        f"{name:<22} {seconds:8.2f} s  {steps / seconds:9.0f} steps/s  "
+        f"{members * steps / seconds:11.0f} member-steps/s"
+    )
+
+
+def main() -> None:
+    args = parse_args()
+    print(
+        f"torch {torch.__version__}, device {args.device}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; "
+        f"{args.epochs} epochs, best of {args.repeats}, plain loop on {args.plain_threads} thread(s)"
+    )
+    best = best_times(args)
+    for name, (seconds, steps) in best.items():
+        print_case(name, seconds, steps, STACK if name.endswith(f"K={STACK}") else 1)
+    for members in filter(None, args.members.split(",")):
+        seconds, steps = time_rungefit(min(args.epochs, 3), int(members), args.device)
+        print_case(f"rungefit, K={members}", seconds, steps, int(members))
+    rss = peak_rss_mib(args.epochs, STACK, args.device)
+    plain, single, stacked = (best[name][0] for name in best)
+    checks = [
+        (f"single model {plain / single:.1f}× faster than the plain loop (need ≥ 3)", plain / single >= 3),
+        (f"K={STACK} takes {stacked / single:.1f}× the time of K=1 (need ≤ 4)", stacked / single <= 4),
+        (f"K={STACK} peak RSS {rss:.0f} MiB (need < {RSS_LIMIT_MIB})", rss < RSS_LIMIT_MIB),
+    ]
+    print("ratios: " + "; ".join(f"{text} {'ok' if ok else 'MISSED'}" for text, ok in checks))
+
+
+if __name__ == "__main__":
+    main()

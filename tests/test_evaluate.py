@@ -1,0 +1,96 @@
+"""Eval's metrics, the classical baselines, and eval reproducing train's test figures exactly."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rungefit import evaluate, runs
+from rungefit.model import StackedMLP, parameter_count, parse_layers
+from rungefit.runge import runge
+from rungefit.train import TrainConfig, fit
+
+
+def test_score_splits_the_interval_into_ends_and_middle():
+    x = np.array([-1.0, -0.8, 0.0, 0.9])
+    error = np.array([0.1, 0.05, -0.3, -0.2])
+    s = evaluate.score("test", 7, x, error)
+    assert s.mse == pytest.approx((0.01 + 0.0025 + 0.09 + 0.04) / 4)
+    assert s.rmse == pytest.approx(math.sqrt(s.mse))
+    assert (s.max_abs_error, s.max_abs_error_at) == (0.3, 0.0)
+    # |x| = 0.8 belongs to the middle; the ends are |x| > 0.8.
+    assert s.ends_max_abs_error == 0.2 and s.ends_rmse == pytest.approx(math.sqrt((0.01 + 0.04) / 2))
+    assert s.middle_max_abs_error == 0.3 and s.middle_rmse == pytest.approx(math.sqrt((0.0025 + 0.09) / 2))
+
+
+def test_score_of_an_empty_region_is_nan():
+    s = evaluate.score("test", 1, np.array([0.1, 0.2]), np.array([0.0, 1.0]))
+    assert math.isnan(s.ends_rmse) and math.isnan(s.ends_max_abs_error)
+
+
+def test_interpolants_pass_through_their_nodes():
+    nodes = np.linspace(-1, 1, 11)
+    np.testing.assert_allclose(evaluate.equispaced_interpolant(10)(nodes), runge(nodes), atol=1e-13)
+    np.testing.assert_allclose(evaluate.spline_interpolant(10)(nodes), runge(nodes), atol=1e-15)
+    chebyshev_points = np.cos((2 * np.arange(11) + 1) * np.pi / 22)
+    np.testing.assert_allclose(evaluate.chebyshev_interpolant(10)(chebyshev_points), runge(chebyshev_points), atol=1e-13)
+
+
+def test_baselines_show_the_runge_phenomenon():
+    scores = {s.name: s for s in evaluate.baseline_scores(100, (10, 20, 40))}
+    assert len(scores) == 9
+    assert {scores[f"{kind}, d = 20"].parameters for kind in evaluate.BASELINES} == {21}
+
+    def worst(kind):
+        return [scores[f"{kind}, d = {d}"].max_abs_error for d in (10, 20, 40)]
+
+    equispaced, chebyshev, spline = worst("equispaced"), worst("Chebyshev"), worst("cubic spline")
+    assert equispaced[0] < equispaced[1] < equispaced[2] and equispaced[2] > 1e3
+    assert chebyshev[0] > chebyshev[1] > chebyshev[2]
+    assert spline[0] > spline[1] > spline[2]
+    # The equispaced interpolant fails at the ends, not in the middle.
+    d40 = scores["equispaced, d = 40"]
+    assert d40.ends_max_abs_error > 1e3 * d40.middle_max_abs_error
+
+
+def test_best_member_is_the_lowest_finite_validation_mse():
+    summary = {"members": [{"val_mse": 3e-4}, {"val_mse": float("nan")}, {"val_mse": 1e-4}, {"val_mse": None}]}
+    assert evaluate.best_member(summary) == 2
+
+
+def untrained(layers="5:tanh", seeds=(0, 1), dtype=torch.float32) -> StackedMLP:
+    model = StackedMLP(parse_layers(layers), len(seeds), dtype=dtype)
+    model.initialise(torch.tensor(seeds))
+    return model
+
+
+def test_point_scores_flag_extrapolation_and_use_the_exact_target():
+    model = untrained()
+    scored = evaluate.point_scores(model, 1, [0.3, -1.5])
+    assert [p.extrapolation for p in scored] == [False, True]
+    assert scored[0].target == runge(0.3)
+    assert scored[0].error == scored[0].prediction - scored[0].target
+
+
+def test_evaluate_rejects_a_missing_member_and_plots_the_largest_degree():
+    model = untrained()
+    with pytest.raises(ValueError, match="member 2"):
+        evaluate.evaluate(model, 2)
+    result = evaluate.evaluate(model, 1, 50, [0.5], (10, 20))
+    assert [s.name for s in result.scores][:2] == ["network", "equispaced, d = 10"]
+    assert result.scores[0].parameters == parameter_count(model.layers)
+    assert list(result.curves.errors) == ["network", "equispaced, d = 20", "Chebyshev, d = 20", "cubic spline, d = 20"]
+    assert list(evaluate.evaluate(model, 0).curves.errors) == ["network"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_eval_reproduces_the_test_figures_train_saved(tmp_path, dtype):
+    config = TrainConfig(epochs=2, points=120, seeds=(4, 5, 6), dtype=dtype)
+    result = fit(config)
+    runs.save_new_run(tmp_path, "r", runs.run_files(result, {}, {}, {}))
+    loaded = runs.load_run(tmp_path, "r")
+    for member, saved in enumerate(loaded.summary["members"]):
+        network = evaluate.evaluate(loaded.model, member, loaded.config.test_points).scores[0]
+        assert network.mse == saved["test_mse"]
+        assert network.max_abs_error == saved["test_max_abs_error"]

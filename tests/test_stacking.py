@@ -1,0 +1,141 @@
+"""The stacked core against its references: single runs, torch.optim.Adam, autograd, nn.Sequential.
+
+All in float64, where a disagreement beyond rounding is a bug rather than noise.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+from rungefit.model import ACTIVATIONS, DEFAULT_LAYERS, StackedMLP, layer_shapes, parse_layers
+from rungefit.runge import runge
+from rungefit.train import StackedAdam, TrainConfig, fit
+
+F64 = torch.float64
+# A width-1 hidden layer takes the hand-written pass's broadcast path, as the output layer does.
+SPECS = [DEFAULT_LAYERS, "5:relu,3:gelu", "4:silu,1:softplus,3:identity", "1:tanh,6:sigmoid", "7:tanh"]
+MODULES = {
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "softplus": nn.Softplus,
+    "identity": nn.Identity,
+}
+
+
+def stacked(spec: str, seeds: list[int]) -> StackedMLP:
+    model = StackedMLP(parse_layers(spec), len(seeds), dtype=F64)
+    model.initialise(torch.tensor(seeds))
+    return model
+
+
+def batch(members: int, size: int = 13, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.rand(members, size, dtype=F64, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return x, runge(x)
+
+
+def test_member_k_follows_the_single_run_with_seed_k():
+    config = TrainConfig(points=150, epochs=5, dtype="float64", seeds=(4, 0, 9))
+    together = fit(config, member_lrs=[3e-2, 1e-2, 5e-3])
+    for k, (seed, lr) in enumerate(zip(config.seeds, [3e-2, 1e-2, 5e-3], strict=True)):
+        alone = fit(TrainConfig(points=150, epochs=5, dtype="float64", seeds=(seed,), lr=lr))
+        assert torch.allclose(together.model.params[k], alone.model.params[0], rtol=0, atol=1e-9)
+        assert together.history.val_mse[-1][k] == pytest.approx(alone.history.val_mse[-1][0], rel=1e-9)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+@pytest.mark.parametrize("members", [1, 3])
+def test_hand_written_backward_matches_autograd(spec, members):
+    model = stacked(spec, list(range(members)))
+    x, y = batch(members)
+    loss = model.mse_backward(x, y)
+    grads = model.grads.clone()
+    model.grads.zero_()
+    reference = ((model.forward(x) - y) ** 2).mean(dim=1)
+    reference.sum().backward()
+    assert torch.allclose(loss, reference.detach(), rtol=0, atol=1e-12)
+    assert torch.allclose(grads, model.grads, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_output_derivatives_agree_with_the_derivative(name):
+    activation = ACTIVATIONS[name]
+    if activation.output_derivative is None:
+        pytest.skip(f"{name} has no derivative through its output")
+    z = torch.linspace(-4, 4, 81, dtype=F64)
+    z = z[z.abs() > 1e-9]  # relu's kink
+    assert torch.allclose(activation.output_derivative(activation.fn(z)), activation.derivative(z), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_activations_write_into_a_strided_buffer(name):
+    z = torch.linspace(-4, 4, 24, dtype=F64).view(2, 3, 4)
+    buffer = torch.zeros(2, 4, 4, dtype=F64)
+    ACTIVATIONS[name].fn(z, out=buffer[:, :3])
+    # Not bit-equal: ATen computes tails of vectorised loops with scalar code.
+    assert torch.allclose(buffer[:, :3], ACTIVATIONS[name].fn(z), rtol=0, atol=1e-15)
+    assert not buffer[:, 3].any()
+
+
+def test_tanh_is_within_rounding_of_torch_tanh():
+    z = torch.linspace(-20, 20, 4001, dtype=F64)
+    assert torch.allclose(ACTIVATIONS["tanh"].fn(z), torch.tanh(z), rtol=0, atol=1e-15)
+    assert torch.allclose(ACTIVATIONS["tanh"].fn(z.float()), torch.tanh(z.float()), rtol=0, atol=3e-7)
+
+
+def test_stacked_adam_matches_torch_adam_per_member():
+    lrs = [1e-1, 3e-3, 2e-2]
+    model = stacked("6:tanh,4:sigmoid", [0, 1, 2])
+    optimizer = StackedAdam(model, betas=(0.8, 0.99), eps=1e-6)
+    singles = [model.params[k].clone().requires_grad_() for k in range(3)]
+    references = [torch.optim.Adam([p], lr=lr, betas=(0.8, 0.99), eps=1e-6) for p, lr in zip(singles, lrs, strict=True)]
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(25):
+        gradients = torch.randn(model.params.shape, dtype=F64, generator=generator)
+        model.grads.copy_(gradients)
+        optimizer.step(torch.tensor(lrs, dtype=F64).unsqueeze(1))
+        for k, (p, reference) in enumerate(zip(singles, references, strict=True)):
+            p.grad = gradients[k].clone()
+            reference.step()
+    for k, p in enumerate(singles):
+        assert torch.allclose(model.params[k], p.detach(), rtol=0, atol=1e-12)
+
+
+def test_adam_state_round_trips():
+    model = stacked("3:tanh", [0])
+    optimizer = StackedAdam(model)
+    model.grads.fill_(0.5)
+    optimizer.step(torch.full((1, 1), 1e-2, dtype=F64))
+    state = optimizer.state_dict()
+    other = StackedAdam(model)
+    other.load_state_dict(state)
+    assert other.step_count == 1 and torch.equal(other.exp_avg, optimizer.exp_avg)
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_member_k_is_an_nn_sequential_with_its_state_dict(spec):
+    model = stacked(spec, [5, 6, 7])
+    x = torch.linspace(-1, 1, 50, dtype=F64).expand(3, -1)
+    state = model.state_dict()
+    for k in range(3):
+        modules = []
+        for index, (fan_in, fan_out) in enumerate(layer_shapes(model.layers)):
+            linear = nn.Linear(fan_in, fan_out, dtype=F64)
+            linear.load_state_dict({"weight": state[f"layers.{index}.weight"][k], "bias": state[f"layers.{index}.bias"][k]})
+            modules.append(linear)
+            if index < len(model.layers):
+                modules.append(MODULES[model.layers[index].activation]())
+        with torch.no_grad():
+            expected = nn.Sequential(*modules)(x[k].unsqueeze(1)).squeeze(1)
+        assert torch.allclose(model.forward(x)[k].detach(), expected, rtol=0, atol=1e-12)
+        assert model.mse(x, runge(x))[k] == pytest.approx(((expected - runge(x[k])) ** 2).mean().item(), rel=1e-12)
+
+
+def test_changing_batch_sizes_reuse_nothing_stale():
+    model = stacked(DEFAULT_LAYERS, [0, 1])
+    for size in (13, 5, 13):
+        x, y = batch(2, size, seed=size)
+        loss = model.mse_backward(x, y)
+        assert torch.allclose(loss, model.mse(x, y), rtol=0, atol=1e-12)
