@@ -159,7 +159,7 @@ def train(
     val_fraction: Annotated[float, typer.Option(help="Share of the points held out for validation, in (0, 1).")] = 0.3,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size; the last batch of an epoch may be smaller.")] = 39,
     epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 300,
-    lr: Annotated[str, typer.Option(help="Peak Adam learning rate.")] = "3e-2",
+    lr: Annotated[str, typer.Option(help="Peak Adam learning rate, or 'auto': a range test and a short stacked training at 14 rates × 3 seeds choose one (see lr-find).")] = "3e-2",
     schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule over the optimizer steps.")] = Schedule.cosine,
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, the training points and the shuffling.", min=0)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Train one member per seed in one stacked run: a count N (seeds 0…N-1) or a list 3,7,11. Overrides --seed.")] = None,
@@ -177,35 +177,36 @@ def train(
 
     Example: rungefit train --seed 1 --name first
     """
-    from rungefit import plots, runs
+    from rungefit import runs
     from rungefit import train as core
 
     lr_value = parse_lr(lr)
-    if lr_value is None:
-        raise ValueError("--lr auto is not available yet; give a number such as 3e-2")
     config = core.TrainConfig(
         layers=layers, points=points, val_fraction=val_fraction, batch_size=batch_size, epochs=epochs,
-        lr=lr_value, schedule=schedule.value, seeds=parse_seeds(seed, seeds), dtype=dtype.value,
+        lr=lr_value or core.TrainConfig.lr, schedule=schedule.value, seeds=parse_seeds(seed, seeds), dtype=dtype.value,
         device=core.resolve_device(device.value),
     )
     config.validate()
     runs.prepare_runs_dir(runs_dir, name)
+    lr_extra = {}
+    if lr_value is None:
+        config, lr_extra = _auto_lr(config, quiet or json_output)
     progress, on_epoch = report.training_progress(config.epochs, quiet or json_output)
     try:
         with progress:
             result = core.fit(config, on_epoch=on_epoch)
     except core.DivergedError as diverged:
-        path = runs.save_new_run(runs_dir, name, _run_files(diverged.result))
+        path = runs.save_new_run(runs_dir, name, _run_files(diverged.result, lr_extra))
         raise RungefitError(f"{diverged} (last finite state saved in {path})") from None
-    path = runs.save_new_run(runs_dir, name, _run_files(result))
-    summary = {**result.summary(), "run": str(path), "schedule": config.schedule}
+    path = runs.save_new_run(runs_dir, name, _run_files(result, lr_extra))
+    summary = {**result.summary(), "run": str(path), "schedule": config.schedule, **lr_extra}
     if json_output:
         report.print_json({**summary, "config": runs.json_ready(config)})
     else:
         report.render_train(summary, str(path))
 
 
-def _run_files(result) -> dict[str, bytes]:
+def _run_files(result, summary_extra: Optional[dict] = None) -> dict[str, bytes]:
     from rungefit import plots, runs
     from rungefit.evaluate import fit_curves
 
@@ -214,7 +215,235 @@ def _run_files(result) -> dict[str, bytes]:
         "fit.png": plots.fit_png(x, target, predictions, title=f"{result.config.layers}"),
         "loss.png": plots.loss_png(result.history.train_mse, result.history.val_mse),
     }
-    return runs.run_files(result, {}, {"schedule": result.config.schedule}, pictures)
+    return runs.run_files(result, {}, {"schedule": result.config.schedule, **(summary_extra or {})}, pictures)
+
+
+XValues = Annotated[Optional[list[float]], typer.Option("--x", help="A point to evaluate at; repeat for several. Outside [-1, 1] is extrapolation (allowed, with a warning).")]
+RunName = Annotated[Optional[str], typer.Option("--run", help="Name of the run in --runs-dir (default: the latest run).", autocompletion=complete_run_name)]
+MemberOption = Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to use (default: the best by validation MSE).", min=0)]
+
+
+def checked_points(values: Optional[list[float]]) -> list[float]:
+    """--x values: NaN or ±inf is a usage error; outside [-1, 1] is extrapolation, allowed with a warning."""
+    points = list(values or [])
+    for value in points:
+        if not math.isfinite(value):
+            raise ValueError(f"--x {value}: expected a finite number")
+    outside = [value for value in points if abs(value) > 1]
+    if outside:
+        report.warning(f"--x {', '.join(f'{v:g}' for v in outside)}: outside [-1, 1], where the network was trained, so this is extrapolation")
+    return points
+
+
+def _load_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
+    """The run and the member to study: --member, else the best by validation MSE."""
+    from rungefit import runs
+    from rungefit.evaluate import best_member
+
+    loaded = runs.load_run(runs_dir, run)
+    members = loaded.model.members
+    if member is None:
+        member = best_member(loaded.summary)
+    elif member >= members:
+        raise ValueError(f"--member {member}: run {loaded.path.name!r} has {members} member(s), numbered 0…{members - 1}")
+    source = f"run {loaded.path}, member {member}" + (f" of {members}, best by validation MSE" if members > 1 else "")
+    return loaded, member, source
+
+
+def _write_figure(path: Path, png: bytes) -> None:
+    from rungefit import runs
+
+    try:
+        runs.atomic_write(path, png)
+    except OSError as error:
+        raise RungefitError(f"cannot write {path} ({error.strerror}); check the run directory's permissions") from None
+    report.note(f"wrote {path}")
+
+
+@app.command()
+def grad(
+    x: XValues = None,
+    grid: Annotated[Optional[int], typer.Option(help="Also check N equally spaced points of [-1, 1] and report the largest discrepancies; grad.png then shows them. With neither --x nor --grid: --grid 201.", min=2)] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Print the chain-rule product for each --x factor by factor: its shape and its value at that x.")] = False,
+    run: RunName = None,
+    runs_dir: RunsDir = Path("runs"),
+    untrained: Annotated[bool, typer.Option("--untrained", help="Study a freshly initialised network (--seed, --layers) instead of a saved run; writes no files.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="With --untrained: the initialisation seed, as in train (default: 0).", min=0)] = None,
+    layers: Annotated[Optional[str], typer.Option(help="With --untrained: hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
+    member: MemberOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """The network's derivative ∇a^[L](x): the explicit chain-rule product, checked against autograd
+    and a central finite difference, beside the true f'(x) = −50x/(1+25x²)².
+
+    The product is σ_L'(Z^[L]) · W^[L] diag(σ_{L-1}'(Z^[L-1])) · … · W^[2] diag(σ_1'(Z^[1])), where
+    the input layer's factor diag(σ_1'(Z^[1])) is the identity (a^[1] = x has no activation) and
+    σ_L' = 1 (the output is linear). It runs in float64 whatever the run's dtype. Writes grad.png, the
+    network's derivative beside f' over the interval, into the run directory.
+
+    Example: rungefit grad --x 0.3 --explain
+    """
+    from rungefit import grad as core
+    from rungefit import plots
+    from rungefit.model import DEFAULT_LAYERS, format_layers
+
+    points = checked_points(x)
+    if explain and not points:
+        raise ValueError("--explain needs at least one --x to explain the product at")
+    if not points and grid is None:
+        grid = 201
+    if untrained:
+        if run is not None or member is not None:
+            raise ValueError("--untrained studies a new network; drop --run and --member")
+        model = core.untrained_model(layers or DEFAULT_LAYERS, seed or 0)
+        doc = {"source": f"untrained, seed {seed or 0}", "run": None, "member": 0}
+    else:
+        if seed is not None or layers is not None:
+            raise ValueError("--seed and --layers apply only with --untrained; a saved run has its own")
+        loaded, member, source = _load_member(runs_dir, run, member)
+        model = core.as_float64(loaded.model, member)
+        doc = {"source": source, "run": str(loaded.path), "member": member}
+    study = core.study_gradient(model, points, grid, explain)
+    doc = {**doc, "layers": format_layers(model.layers), "dtype": "float64", **study.as_dict()}
+    if not untrained:
+        curve = study.curve
+        _write_figure(loaded.path / "grad.png", plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"]))
+    if json_output:
+        report.print_json(doc)
+    else:
+        report.render_grad(doc)
+
+
+@app.command("eval")
+def eval_run(
+    run: RunName = None,
+    runs_dir: RunsDir = Path("runs"),
+    points: Annotated[Optional[int], typer.Option(help="Size of the equally spaced test grid on [-1, 1] (default: the run's, 100, as train scored it).", min=2)] = None,
+    x: XValues = None,
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also score, for d = 10, 20, 40, the polynomial interpolant at d+1 equally spaced nodes, the Chebyshev interpolant of degree d and the cubic spline through the same d+1 nodes.")] = False,
+    member: MemberOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Score a saved network on the test grid: MSE, RMSE, max |error| and where it occurs, near the
+    ends (|x| > 0.8) and in the middle; on the default grid the MSE is exactly the test MSE that
+    train reported. Writes eval.png (f, the network and the errors) into the run directory.
+
+    Example: rungefit eval --baselines --x 0.95
+    """
+    from rungefit import evaluate as core
+    from rungefit import plots
+
+    values = checked_points(x)
+    loaded, member, source = _load_member(runs_dir, run, member)
+    result = core.evaluate(loaded.model, member, points or loaded.config.test_points, values, core.BASELINE_DEGREES if baselines else ())
+    curves = result.curves
+    _write_figure(loaded.path / "eval.png", plots.eval_png(curves.x, curves.target, curves.prediction, curves.errors, title=source))
+    doc = {"source": source, "run": str(loaded.path), **result.as_dict()}
+    if json_output:
+        report.print_json(doc)
+    else:
+        report.render_eval(doc)
+
+
+class SweepMode(str, Enum):
+    exp = "exp"
+    linear = "linear"
+
+
+@app.command("lr-find")
+def lr_find_command(
+    layers: Annotated[Optional[str], typer.Option(help="Hidden layers as WIDTH:ACTIVATION items [default: train's].", autocompletion=complete_layers)] = None,
+    points: Annotated[Optional[int], typer.Option(help="Training points, validation included [default: train's].")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of the points held out for validation [default: train's].")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size: one range-test step per mini-batch [default: train's].")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the points and the shuffling, as in train.", min=0)] = 0,
+    seeds: Annotated[Optional[str], typer.Option(help="Repeat the range test over several seeds (a count N or a list 3,7,11) and report each rule's median and its spread in decades. Overrides --seed.")] = None,
+    dtype: Annotated[Optional[Dtype], typer.Option(help="Floating-point precision [default: train's].")] = None,
+    device: Annotated[Device, typer.Option(help="Where to run: auto picks cuda when a GPU is present.")] = Device.auto,
+    start_lr: Annotated[float, typer.Option(help="Rate of the first step of the sweep.")] = 1e-7,
+    end_lr: Annotated[float, typer.Option(help="Rate of the last step of the sweep.")] = 10.0,
+    iters: Annotated[int, typer.Option(help="Steps of the sweep, one mini-batch each.")] = 100,
+    mode: Annotated[SweepMode, typer.Option(help="Spacing of the rates: exp (even in log lr) or linear.")] = SweepMode.exp,
+    smooth: Annotated[float, typer.Option(help="Decay of the bias-corrected moving average of the loss, in [0, 1).")] = 0.98,
+    diverge: Annotated[float, typer.Option(help="Stop a seed once its smoothed loss exceeds this multiple of its best (or any loss is NaN/inf).")] = 4.0,
+    val: Annotated[bool, typer.Option("--val", help="Also record the full validation loss after every step.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Train real models at a grid of rates plus each rule's suggestion, all as one stacked fit, and report which rate is best and how far each suggestion lands from it.")] = False,
+    verify_rates: Annotated[int, typer.Option(help="Grid rates for --verify, half a decade apart, below the divergence point.", min=1)] = 9,
+    verify_seeds: Annotated[int, typer.Option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = 3,
+    verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify [default: train's --epochs].", min=1)] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule of the --verify trainings [default: train's].")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png [default: RUNS_DIR/lr-find/<timestamp>].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar for --verify.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Find a learning rate: the range test (Smith 2017) with the steepest, valley and minimum
+    rules, and with --verify the evidence, real trainings at a grid of rates.
+
+    The rate rises every mini-batch from --start-lr to --end-lr on train's model and data; the
+    model, the optimizer and the RNG state are restored afterwards. On this problem the curve sits
+    near Var(y) for most of the sweep (the network first learns the mean), and lr-find warns when
+    it never falls clearly below it: the rules are guesses then, and --verify says which rate trains.
+
+    Example: rungefit lr-find --seeds 3 --verify
+    """
+    from rungefit import lr_find as core
+    from rungefit import runs
+    from rungefit import train as training
+
+    shape = {"layers": layers, "points": points, "val_fraction": val_fraction, "batch_size": batch_size, "epochs": verify_epochs, "schedule": schedule and schedule.value, "dtype": dtype and dtype.value}
+    config = training.TrainConfig(seeds=parse_seeds(seed, seeds), device=training.resolve_device(device.value), **{k: v for k, v in shape.items() if v is not None})
+    config.validate()
+    test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
+    test.validate()
+    verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds) if verify else None
+    if out is None:
+        runs.prepare_runs_dir(runs_dir / "lr-find", None)
+    progress, on_epoch = report.training_progress(config.epochs, quiet or json_output or not verify)
+    with progress:
+        findings = core.lr_find(config, test, verify_config, on_epoch)
+    doc = {**findings.to_json(), "config": runs.json_ready(config)}
+    path = _save_lr_find(doc, findings.test.csv(), runs_dir, out)
+    if json_output:
+        report.print_json({**doc, "out": str(path)})
+    else:
+        report.render_lr_find(doc, str(path))
+
+
+def _save_lr_find(doc: dict, csv_text: str, runs_dir: Path, out: Optional[Path]) -> Path:
+    """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>."""
+    from rungefit import plots, runs
+
+    files = {
+        "lr_find.csv": csv_text.encode(),
+        "lr_find.json": runs.json_bytes(doc),
+        "lr_find.png": plots.lr_find_png(doc["range_test"]["members"], {rule: s["median"] for rule, s in doc["suggestions"].items()}),
+    }
+    if doc["verification"]:
+        files["lr_verify.png"] = plots.lr_verify_png(doc["verification"])
+    if out is None:
+        return runs.save_new_run(runs_dir / "lr-find", None, files)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        for file_name, data in files.items():
+            runs.atomic_write(out / file_name, data)
+    except OSError as error:
+        raise RungefitError(f"--out {out}: cannot write there ({error.strerror}); choose another directory") from None
+    return out
+
+
+def _auto_lr(config, quiet: bool):
+    """--lr auto: the config with the chosen rate, and the summary entries that say how it was chosen."""
+    from dataclasses import replace
+
+    from rungefit.lr_find import choose_lr
+
+    if not quiet:
+        report.note("--lr auto: choosing the rate with a range test and a short stacked training…")
+    choice = choose_lr(config)
+    if not quiet:
+        report.note(f"--lr auto chose {choice.lr:.3g}: {choice.how}")
+    return replace(config, lr=choice.lr), {"lr_choice": choice.how, "lr_auto": choice.to_json()}
 
 
 def main() -> None:

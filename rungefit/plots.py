@@ -53,7 +53,7 @@ def loss_png(train_mse: np.ndarray, val_mse: np.ndarray) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = np.arange(1, len(train_mse) + 1)
-    for index, (curve, label, color) in enumerate(((train_mse, "train", "tab:blue"), (val_mse, "validation", "tab:orange"))):
+    for curve, label, color in ((train_mse, "train", "tab:blue"), (val_mse, "validation", "tab:orange")):
         curve = np.asarray(curve)
         ax.semilogy(epochs, np.median(curve, 1), color=color, label=f"{label} (median)" if curve.shape[1] > 1 else label)
         if curve.shape[1] > 1:
@@ -61,4 +61,102 @@ def loss_png(train_mse: np.ndarray, val_mse: np.ndarray) -> bytes:
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE")
     ax.legend()
+    return _png(fig)
+
+
+def grad_png(x: np.ndarray, true: np.ndarray, network: np.ndarray, marked: np.ndarray, title: str = "") -> bytes:
+    """f' and the network's derivative over x on top, |∇a − f'| (log scale) below; `marked` x are the
+    points asked for with --x, drawn as ticks."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
+    top.plot(x, true, color="black", lw=2, label="f'(x) = −50x/(1+25x²)²")
+    top.plot(x, network, "--", color="tab:red", label="∇a^[L](x), network")
+    bottom.semilogy(x, np.maximum(np.abs(network - true), 1e-16), color="tab:red")
+    for value in marked:
+        for ax in (top, bottom):
+            ax.axvline(value, color="grey", lw=0.8, ls=":")
+    top.legend()
+    top.set_title(title)
+    bottom.set_xlabel("x")
+    bottom.set_ylabel("|∇a^[L] − f'|")
+    return _png(fig)
+
+
+def eval_png(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, errors: dict[str, np.ndarray], title: str = "") -> bytes:
+    """f and the network on top; below, |error| (log scale) of the network and of each baseline in `errors`."""
+    plt = _pyplot()
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
+    top.plot(x, target, color="black", lw=2, label="f(x) = 1/(1+25x²)")
+    top.plot(x, prediction, "--", color="tab:red", label="network")
+    # Interpolants are exact at their nodes; a floor keeps those dips from stretching the axis.
+    floor = 1e-10
+    for name, error in errors.items():
+        style = {"color": "tab:red", "lw": 1.5} if name == "network" else {"lw": 1, "alpha": 0.8}
+        bottom.semilogy(x, np.maximum(np.abs(error), floor), label=name, **style)
+    top.legend()
+    top.set_title(title)
+    bottom.set_xlabel("x")
+    bottom.set_ylabel("|approximant − f|")
+    bottom.set_ylim(bottom=floor)
+    if len(errors) > 1:
+        bottom.legend(fontsize="small", ncol=2, loc="upper center")
+    return _png(fig)
+
+
+RULE_STYLES = {"steepest": "--", "valley": "-.", "minimum": ":"}  # black lines: the seeds have the colours
+
+
+def _as_float(values: list) -> np.ndarray:
+    """JSON lists use None for a non-finite figure; NaN keeps them off the plot."""
+    return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+
+def lr_find_png(members: list[dict], suggestions: dict[str, float | None]) -> bytes:
+    """Raw and smoothed range-test loss against lr (log-log) per seed, with Var(y), the divergence
+    points and each rule's median suggestion marked. members: lr-find's JSON per-seed entries."""
+    plt = _pyplot()
+    mean_loss = float(np.median([member["mean_predictor_mse"] for member in members]))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for index, member in enumerate(members):
+        lrs, raw, smoothed = np.array(member["lr"]), _as_float(member["loss"]), _as_float(member["smoothed"])
+        ax.loglog(lrs, raw, color=f"C{index % 10}", alpha=0.25, lw=0.8)
+        ax.loglog(lrs, smoothed, color=f"C{index % 10}", lw=1.8, label=f"seed {member['seed']}")
+        if member["val_loss"] is not None:
+            ax.loglog(lrs, _as_float(member["val_loss"]), ":", color=f"C{index % 10}", lw=1.2)
+        if member["stop"] != "complete":
+            finite = np.isfinite(smoothed)
+            ax.plot(lrs[finite][-1], smoothed[finite][-1], "x", color="black", ms=9, mew=2, label="divergence" if index == 0 else None)
+    ax.axhline(mean_loss, color="gray", ls="--", lw=1, label=f"Var(y) = {mean_loss:.3g} (predicting the mean)")
+    for rule, lr in suggestions.items():
+        if lr is not None:
+            ax.axvline(lr, color="black", ls=RULE_STYLES[rule], lw=1.2, label=f"{rule}: {lr:.3g}")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("mini-batch MSE")
+    ax.set_title("learning-rate range test (thick: smoothed, faint: raw, dotted: validation)")
+    ax.legend(fontsize="small", loc="upper left")
+    return _png(fig)
+
+
+def lr_verify_png(verification: dict) -> bytes:
+    """Final validation MSE against lr: every seed, the median, the best rate and each suggestion.
+
+    verification: lr-find's JSON verification entry (diverged trainings are null and left out).
+    """
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    rates = np.array([r["lr"] for r in verification["rates"]])
+    values = np.array([_as_float(r["val_mse"]) for r in verification["rates"]])
+    for column in range(values.shape[1]):
+        ax.loglog(rates, values[:, column], "o", color="tab:blue", alpha=0.4, ms=4, label="one seed" if column == 0 else None)
+    ax.loglog(rates, _as_float([r["median"] for r in verification["rates"]]), "-", color="tab:blue", label="median over seeds")
+    best = next(r for r in verification["rates"] if r["lr"] == verification["best_lr"])
+    ax.plot(best["lr"], best["median"], "*", color="gold", mec="black", ms=16, label=f"best: {best['lr']:.3g}")
+    for rate in verification["rates"]:
+        for rule in rate["rules"]:
+            ax.axvline(rate["lr"], color="black", ls=RULE_STYLES[rule], lw=1.2, label=f"{rule}: {rate['lr']:.3g}")
+    ax.axhline(verification["mean_predictor_mse"], color="gray", ls="--", lw=1, label="Var(y) (predicting the mean)")
+    ax.set_xlabel("peak learning rate")
+    ax.set_ylabel(f"validation MSE after {verification['epochs']} epochs")
+    ax.set_title("verification: real trainings, one stacked fit")
+    ax.legend(fontsize="small")
     return _png(fig)

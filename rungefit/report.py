@@ -94,3 +94,252 @@ def render_train(summary: dict, run_dir: str) -> None:
         for index, m in enumerate(members):
             per_member.add_row(str(index), str(m["seed"]), fmt(m["train_mse"]), fmt(m["val_mse"]), fmt(m["test_mse"]), fmt(m["test_max_abs_error"]))
         stdout.print(per_member)
+
+
+RULE_LETTERS = {"steepest": "s", "valley": "v", "minimum": "m"}
+
+
+def sketch(lrs: list[float], series: dict[str, list[float | None]], level: float, marks: dict[str, float | None], width: int = 64, height: int = 12) -> str:
+    """A text plot of losses against log10 lr for terminals without a display.
+
+    series: symbol → losses per lr (None where not recorded); level: a horizontal reference drawn
+    with '-' (the mean-predictor loss); marks: letter → lr, written under the axis. Log-log.
+    """
+    points = [(symbol, math.log10(lr), math.log10(loss)) for symbol, losses in series.items() for lr, loss in zip(lrs, losses, strict=True) if loss is not None and 0 < loss < math.inf]
+    if not points:
+        return "(no finite loss recorded)"
+    x_lo, x_hi = math.log10(min(lrs)), math.log10(max(lrs))
+    y_lo = min(min(p[2] for p in points), math.log10(level))
+    y_hi = max(max(p[2] for p in points), math.log10(level))
+
+    def column(x: float) -> int:
+        return min(max(round((x - x_lo) / ((x_hi - x_lo) or 1) * (width - 1)), 0), width - 1)
+
+    def row(y: float) -> int:
+        return round((y_hi - y) / ((y_hi - y_lo) or 1) * (height - 1))
+
+    grid = [[" "] * width for _ in range(height)]
+    grid[row(math.log10(level))] = ["-"] * width
+    for symbol, x, y in points:
+        grid[row(y)][column(x)] = symbol
+    labels = {0: y_hi, height - 1: y_lo, row(math.log10(level)): math.log10(level)}
+    lines = [f"{f'{10 ** labels[r]:.2g}' if r in labels else '':>8} ┤{''.join(cells)}" for r, cells in enumerate(grid)]
+    lines.append(" " * 9 + "└" + "─" * width)
+    under = [" "] * width
+    for letter, lr in marks.items():
+        if lr is not None:
+            under[column(math.log10(lr))] = letter
+    ticks = [" "] * (width + 8)
+    for decade in range(math.ceil(x_lo), math.floor(x_hi) + 1, max(1, math.ceil((x_hi - x_lo) / 6))):
+        ticks[column(decade) : column(decade) + len(f"1e{decade}")] = f"1e{decade}"
+    lines += [" " * 10 + "".join(under).rstrip(), " " * 10 + "".join(ticks).rstrip()]
+    return "\n".join(lines)
+
+
+def _median_over_seeds(members: list[dict], key: str) -> list[float | None]:
+    """Per step, the median of the seeds still recording (the curves stop at divergence)."""
+    steps = max(len(m[key]) for m in members)
+    medians = []
+    for step in range(steps):
+        values = sorted(m[key][step] for m in members if step < len(m[key]) and m[key][step] is not None)
+        medians.append(values[len(values) // 2] if values else None)
+    return medians
+
+
+def render_lr_find(doc: dict, out_dir: str) -> None:
+    """The rules' suggestions, the warning, a sketch of the curve, and the verification table."""
+    test = doc["range_test"]
+    members = test["members"]
+    table = Table(title=f"rungefit lr-find → {out_dir}", title_justify="left")
+    for column, justify in (("rule", "left"), ("suggested lr (median)", "right"), ("spread", "right"), ("per seed", "left")):
+        table.add_column(column, justify=justify)
+    for rule, summary in doc["suggestions"].items():
+        per_seed = ", ".join("-" if m["suggestions"][rule] is None else f"{m['suggestions'][rule]:.2g}" for m in members[:6])
+        spread = "-" if summary["spread_decades"] is None else f"{summary['spread_decades']:.1f} decades"
+        table.add_row(f"{rule} ({RULE_LETTERS[rule]})", "-" if summary["median"] is None else f"{summary['median']:.3g}", spread, per_seed + (" …" if len(members) > 6 else ""))
+    stdout.print(table)
+    stops = "; ".join(f"seed {m['seed']} {m['stop']} at {m['top_lr']:.3g}" for m in members[:6])
+    stdout.print(f"sweep {test['start_lr']:g} → {test['end_lr']:g} in {test['iters']} steps ({test['mode']}): {stops}", highlight=False)
+    longest = max(members, key=lambda m: len(m["lr"]))
+    series = {"•": _median_over_seeds(members, "smoothed")}
+    if test["val"]:
+        series["∘"] = _median_over_seeds(members, "val_loss")
+    level = sorted(m["mean_predictor_mse"] for m in members)[len(members) // 2]
+    marks = {RULE_LETTERS[rule]: s["median"] for rule, s in doc["suggestions"].items()}
+    stdout.print(sketch(longest["lr"], series, level, {**marks, "x": doc["top_lr"]}), markup=False, highlight=False)
+    legend = "• smoothed loss" + (", ∘ validation loss" if test["val"] else "") + " (median over seeds)"
+    stdout.print(f"{legend}; - Var(y), the loss of predicting the mean; s v m the rules; x divergence", highlight=False)
+    if doc["warning"]:
+        warning(doc["warning"])
+    if doc["verification"]:
+        render_lr_verify(doc["verification"])
+
+
+def render_lr_verify(verification: dict) -> None:
+    """lr → final validation MSE over the seeds, the best rate and each suggestion's ratio to it."""
+    seeds = len(verification["seeds"])
+    table = Table(title=f"verification: {verification['epochs']} epochs × {seeds} seeds per rate, one stacked fit ({verification['wall_time_s']:.0f} s)", title_justify="left")
+    for column in ("lr", "val MSE median", "min", "max", "trained", "× best", ""):
+        table.add_column(column, justify="right" if column else "left")
+    for rate in verification["rates"]:
+        best = rate["lr"] == verification["best_lr"]
+        note = ", ".join((["best"] if best else []) + rate["rules"])
+        ratio = "-" if rate["ratio_to_best"] is None else f"{rate['ratio_to_best']:.3g}"
+        style = "bold green" if best else ("yellow" if rate["rules"] else None)
+        table.add_row(f"{rate['lr']:.3g}", _mse_or_diverged(rate["median"]), _mse_or_diverged(rate["min"]), _mse_or_diverged(rate["max"]), f"{rate['trained']}/{seeds}", ratio, note, style=style)
+    stdout.print(table)
+    for rate in verification["rates"]:
+        for rule in rate["rules"]:
+            ratio = rate["ratio_to_best"]
+            verdict = "diverged" if ratio is None else f"{ratio:.3g}× the best rate's validation MSE"
+            stdout.print(f"{rule} suggests {rate['lr']:.3g}: {verdict}, {rate['trained']}/{seeds} seeds trained (best {verification['best_lr']:.3g})", highlight=False)
+
+
+def _mse_or_diverged(value: float | None) -> str:
+    """A verification figure; None stands for a diverged training."""
+    return "diverged" if value is None else fmt(value)
+
+
+def _full(value: float) -> str:
+    """Every digit a float64 holds, so that values agreeing to ~1e-16 visibly agree."""
+    return f"{value:.16g}"
+
+
+def _preview(values: list[float], count: int = 3) -> str:
+    """The first few entries of a vector; a single entry in full."""
+    if len(values) == 1:
+        return _full(values[0])
+    shown = ", ".join(f"{v:.4g}" for v in values[:count])
+    return f"[{shown}{', …' if len(values) > count else ''}]"
+
+
+def render_grad(doc: dict) -> None:
+    """One table per --x point, the --grid maxima, and with --explain the chain factor by factor."""
+    stdout.print(f"rungefit grad: {doc['source']} ({doc['layers']}), in float64", highlight=False)
+    for point in doc["points"]:
+        _grad_point_table(point, doc)
+    if doc["grid"] is not None:
+        _grad_grid_table(doc["grid"])
+    for chain in doc["explain"]:
+        _chain_table(chain)
+
+
+def _grad_point_table(point: dict, doc: dict) -> None:
+    table = Table(title=f"at x = {point['x']:g}", title_justify="left")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    rows = [
+        ("a^[L](x)  network output", _full(point["output"])),
+        ("f(x)", _full(point["target"])),
+        ("∇a^[L](x)  explicit chain-rule product", _full(point["explicit"])),
+        ("∇a^[L](x)  autograd", _full(point["autograd"])),
+        (f"∇a^[L](x)  central difference, h = {doc['fd_step']:g}", _full(point["finite_difference"])),
+        ("f'(x)  true derivative", _full(point["true"])),
+        ("|product − autograd|", fmt(point["product_vs_autograd"])),
+        ("|finite difference − autograd|", fmt(point["fd_vs_autograd"])),
+        ("|∇a^[L] − f'|  network vs true", fmt(point["network_vs_true"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    stdout.print(table)
+
+
+def _grad_grid_table(grid: dict) -> None:
+    table = Table(title=f"over {grid['points']} equally spaced points of [-1, 1]", title_justify="left")
+    table.add_column("maximum over the grid")
+    table.add_column("value", justify="right")
+    table.add_row("max |product − autograd|", fmt(grid["max_product_vs_autograd"]))
+    table.add_row("max |finite difference − autograd|", fmt(grid["max_fd_vs_autograd"]))
+    table.add_row("max |∇a^[L] − f'|", f"{fmt(grid['max_network_vs_true'])} at x = {grid['max_network_vs_true_at']:.4g}")
+    table.add_row("RMS |∇a^[L] − f'|", fmt(grid["rms_network_vs_true"]))
+    stdout.print(table)
+
+
+def _chain_table(chain: dict) -> None:
+    factors = chain["factors"]
+    shapes = " · ".join(f"{f['shape'][0]}×{f['shape'][1]}" for f in factors)
+    table = Table(
+        title=f"chain rule at x = {chain['x']:g}: ∇a^[L] = {' · '.join(f['name'] for f in factors)}\nshapes: {shapes} = 1×1",
+        title_justify="left",
+        caption=(
+            "The input layer has no activation (a^[1] = x), so its factor is the identity, not σ'(x) as the "
+            "formula is often written; the output layer is linear, so σ_L' = 1. W is the same for every x; "
+            "the diag(σ') factors depend on it."
+        ),
+        caption_justify="left",
+    )
+    for column, justify in (("factor", "left"), ("shape", "right"), ("value at this x", "left"), ("product so far", "left")):
+        table.add_column(column, justify=justify)
+    for factor in factors:
+        table.add_row(factor["name"], f"{factor['shape'][0]}×{factor['shape'][1]}", _factor_value(factor), _preview(factor["running"]))
+    stdout.print(table)
+
+
+def _factor_value(factor: dict) -> str:
+    """A factor in a few characters: diagonal entries for diag(σ'), range and norm for W."""
+    matrix = factor["matrix"]
+    if factor["kind"] == "activation":
+        return f"{factor['note']}: " + _preview([row[i] for i, row in enumerate(matrix)])
+    if factor["kind"] == "weight":
+        entries = [v for row in matrix for v in row]
+        return f"‖W‖ = {math.sqrt(sum(v * v for v in entries)):.3g}, in [{min(entries):.3g}, {max(entries):.3g}]"
+    return f"{'1' if factor['kind'] == 'output' else 'I'}: {factor['note']}"
+
+
+def render_eval(doc: dict) -> None:
+    """The network's scores on the test grid, the baselines beside it (if any), then the --x points."""
+    network, edge = doc["scores"][0], doc["end_region"]
+    stdout.print(f"rungefit eval: {doc['source']}", highlight=False)
+    table = Table(title=f"on {doc['points']} equally spaced points of [-1, 1]", title_justify="left")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("MSE", fmt(network["mse"])),
+        ("RMSE", fmt(network["rmse"])),
+        ("max |error|", f"{fmt(network['max_abs_error'])} at x = {network['max_abs_error_at']:.4g}"),
+        (f"near the ends, |x| > {edge:g}: RMSE, max |error|", f"{fmt(network['ends_rmse'])}, {fmt(network['ends_max_abs_error'])}"),
+        (f"in the middle, |x| ≤ {edge:g}: RMSE, max |error|", f"{fmt(network['middle_rmse'])}, {fmt(network['middle_max_abs_error'])}"),
+        ("parameters", str(network["parameters"])),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    stdout.print(table)
+    if len(doc["scores"]) > 1:
+        _baselines_table(doc["scores"], edge)
+    if doc["at_x"]:
+        _eval_points_table(doc["at_x"])
+
+
+def _baselines_table(scores: list[dict], edge: float) -> None:
+    table = Table(
+        title="the network beside classical approximants, on the same grid",
+        title_justify="left",
+        caption=(
+            f"ends max, middle max: max |error| over |x| > {edge:g} and |x| ≤ {edge:g}. equispaced: the polynomial "
+            "interpolant of degree d at d+1 equally spaced nodes; Chebyshev: the interpolant at d+1 Chebyshev "
+            "points; cubic spline: through the same d+1 equispaced nodes. params: the numbers that fix each approximant."
+        ),
+        caption_justify="left",
+    )
+    table.add_column("approximant", no_wrap=True)
+    for column in ("params", "MSE", "max |error|", "at x", "ends max", "middle max"):
+        table.add_column(column, justify="right")
+    for s in scores:
+        table.add_row(
+            s["name"], str(s["parameters"]), fmt(s["mse"]), fmt(s["max_abs_error"]), f"{s['max_abs_error_at']:+.3f}",
+            fmt(s["ends_max_abs_error"]), fmt(s["middle_max_abs_error"]),
+        )
+    stdout.print(table)
+
+
+def _eval_points_table(points: list[dict]) -> None:
+    table = Table(title="the network at the requested x", title_justify="left")
+    for column in ("x", "network", "f(x)", "error"):
+        table.add_column(column, justify="right")
+    flag = any(p["extrapolation"] for p in points)
+    if flag:
+        table.add_column("")
+    for p in points:
+        row = [f"{p['x']:g}", f"{p['prediction']:.7g}", f"{p['target']:.7g}", fmt(p["error"])]
+        table.add_row(*row, *(["extrapolation" if p["extrapolation"] else ""] if flag else []))
+    stdout.print(table)

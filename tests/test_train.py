@@ -6,6 +6,7 @@ import torch
 
 from rungefit.train import DivergedError, TrainConfig, fit, lr_factors, resolve_device
 
+
 def test_short_training_lowers_the_loss():
     result = fit(TrainConfig(points=300, epochs=15, dtype="float64"))
     train = np.array(result.history.train_mse)[:, 0]

@@ -52,7 +52,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated configuration names")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(CONFIGURATIONS)
-    print(f"| configuration | test MSE median | min | max | train MSE median | val MSE median | wall time (10 seeds, stacked) |")
+    print("| configuration | test MSE median | min | max | train MSE median | val MSE median | wall time (10 seeds, stacked) |")
     print("|---|---|---|---|---|---|---|")
     for name in names:
         description, overrides = CONFIGURATIONS[name]
