@@ -43,7 +43,7 @@ class DivergedError(RungefitError):
 @dataclass(frozen=True)
 class TrainConfig:
     layers: str = DEFAULT_LAYERS  # hidden layers, "WIDTH:ACTIVATION,…"; the output is linear
-    points: int = 1000  # training points per member, validation included
+    points: int = 4000  # training points per member, validation included (more points = more steps)
     val_fraction: float = 0.3  # share of the points held out for validation
     batch_size: int = 39  # mini-batch size (the last batch of an epoch may be smaller)
     epochs: int = 300  # passes over the training set
