@@ -1,0 +1,89 @@
+"""README's command outputs: regenerate them, or check that they are current.
+
+Each output block in README.md follows a marker naming its command line:
+
+    <!-- snippet: rungefit grad --x 0.3 --run reference -->
+    ```
+    …what the command printed…
+    ```
+
+`python -m tests.snippets` runs every snippet command in order in a fresh working directory (so
+`runs/` starts empty and later commands can use the runs made by earlier ones) with COLUMNS=100,
+and rewrites the blocks. tests/test_readme.py reruns the FAST ones and compares, ignoring wall
+times and timestamps; the slow ones are only checked to parse.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+MARKER = re.compile(r"<!-- snippet: (?P<command>.+?) -->\n```\n(?P<output>.*?)```\n", re.S)
+
+# In the order they run: later commands read the runs earlier ones made.
+FAST = [
+    "rungefit train --name reference",
+    "rungefit grad --x 0.3 --run reference",
+    "rungefit grad --grid 201 --run reference",
+    "rungefit grad --x 0.3 --explain --run reference",
+    "rungefit eval --baselines --run reference",
+]
+SLOW = [
+    "rungefit train --seeds 10 --name seeds",
+    "rungefit train --lr auto --name auto",
+    "rungefit lr-find --seeds 5 --verify",
+]
+VOLATILE = [
+    (re.compile(r"\d+(\.\d+)?\s?(s|ms)\b"), "<time>"),  # wall times
+    (re.compile(r"\d{8}-\d{6}"), "<timestamp>"),  # default run and lr-find directory names
+    (re.compile(r"[ ━─═]+"), " "),  # table padding, which follows the width of the masked values
+]
+
+
+def run(command: str, workdir: Path) -> str:
+    """What `command` prints to stdout, plus its warnings from stderr."""
+    argv = shlex.split(command)
+    assert argv[0] == "rungefit"
+    env = {**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"}
+    result = subprocess.run([sys.executable, "-m", "rungefit", *argv[1:]], cwd=workdir, env=env, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{command} failed ({result.returncode}): {result.stderr.strip()}")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    return "\n".join([result.stdout.rstrip("\n"), *warnings]).rstrip("\n") + "\n"
+
+
+def normalise(text: str) -> str:
+    for pattern, replacement in VOLATILE:
+        text = pattern.sub(replacement, text)
+    return text.strip()
+
+
+def readme_snippets(text: str) -> dict[str, str]:
+    """command → output, as README.md has them."""
+    return {match["command"]: match["output"] for match in MARKER.finditer(text)}
+
+
+def regenerate(commands: list[str]) -> None:
+    text = README.read_text()
+    with tempfile.TemporaryDirectory() as workdir:
+        outputs = {}
+        for command in commands:
+            print(f"$ {command}", file=sys.stderr, flush=True)
+            outputs[command] = run(command, Path(workdir))
+
+    def replace(match: re.Match) -> str:
+        command = match["command"]
+        output = outputs.get(command, match["output"])
+        return f"<!-- snippet: {command} -->\n```\n{output}```\n"
+
+    README.write_text(MARKER.sub(replace, text))
+
+
+if __name__ == "__main__":
+    regenerate(FAST + SLOW)
