@@ -3,13 +3,17 @@
 torch, matplotlib and every module that imports them are imported inside the commands, so that
 `rungefit --help` and TAB completion stay fast. Errors from the core become one line on stderr:
 exit 2 for a bad option value (ValueError, click usage errors), 1 for a runtime failure
-(RungefitError), 130 for Ctrl-C.
+(RungefitError, running out of memory), 130 for Ctrl-C.
 """
 
 from __future__ import annotations
 
 import math
+import shlex
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -45,11 +49,22 @@ class OneLineErrors(TyperGroup):
         except ValueError as error:
             report.error(str(error))
             code = 2
+        except (MemoryError, RuntimeError) as error:
+            if not _out_of_memory(error):
+                raise
+            report.error("out of memory; use fewer --points or --seeds, fewer --grid or --points to evaluate, or a smaller network")
+            code = 1
         else:
             code = result if isinstance(result, int) else 0
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """NumPy raises MemoryError; torch raises a RuntimeError (CPU) or its OutOfMemoryError subclass (CUDA)."""
+    text = str(error)
+    return isinstance(error, MemoryError) or "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 app = typer.Typer(
@@ -96,6 +111,10 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
+# Bounds click checks while parsing, so that absurd values fail with a message instead of an overflow.
+MAX_SEED = 2**32 - 1  # as train.MAX_SEED: rng.py keys on a seed's low 32 bits
+MAX_GRID = 1_000_000  # points of grad --grid and eval --points
+
 ACTIVATION_NAMES = ("tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "identity")
 
 
@@ -118,20 +137,22 @@ def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
 
 def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
     """--seeds N means seeds 0…N-1; --seeds 3,7,11 lists them; otherwise the single --seed."""
+    from rungefit.train import MAX_MEMBERS
+
     if seeds is None:
         return (seed,)
     text = seeds.strip()
     try:
         if "," not in text:
             count = int(text)
-            if count < 1:
+            if not 1 <= count <= MAX_MEMBERS:
                 raise ValueError
             return tuple(range(count))
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"--seeds {seeds!r}: expected a count N ≥ 1 (seeds 0…N-1) or a list like 3,7,11") from None
-    if len(set(values)) != len(values) or min(values) < 0:
-        raise ValueError(f"--seeds {seeds!r}: seeds must be distinct non-negative integers")
+        raise ValueError(f"--seeds {seeds!r}: expected a count N in 1…{MAX_MEMBERS} (seeds 0…N-1) or a list like 3,7,11") from None
+    if len(set(values)) != len(values) or min(values) < 0 or max(values) > MAX_SEED:
+        raise ValueError(f"--seeds {seeds!r}: seeds must be distinct whole numbers in 0…{MAX_SEED}")
     return values
 
 
@@ -152,21 +173,28 @@ RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Directory holding the
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of tables.")]
 
 
+BATCH_HELP = "Mini-batch size; the last batch of an epoch may be smaller. Larger than the training set: every step uses the whole set (full-batch), with a warning."
+# Options that may go with --resume: where the run is and how to show it; the rest is the saved run's.
+RESUME_ALLOWS = ("resume", "runs_dir", "quiet", "json_output")
+
+
 @app.command()
 def train(
+    ctx: typer.Context,
     layers: Annotated[str, typer.Option(help="Hidden layers as WIDTH:ACTIVATION items; the output layer is linear.", autocompletion=complete_layers)] = "20:tanh,10:sigmoid,20:tanh,10:sigmoid",
     points: Annotated[int, typer.Option(help="Training points drawn uniformly from [-1, 1], validation included. 4000, because the fit is limited by the number of Adam steps, not by data (train, validation and test MSE agree): with batches of 39, 4000 points give 72 steps per epoch, and the median test MSE over seeds 0-9 falls from 4e-7 (1000 points) to 6e-8.")] = 4000,
     val_fraction: Annotated[float, typer.Option(help="Share of the points held out for validation, in (0, 1).")] = 0.3,
-    batch_size: Annotated[int, typer.Option(help="Mini-batch size; the last batch of an epoch may be smaller.")] = 39,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 39,
     epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 300,
     lr: Annotated[str, typer.Option(help="Peak Adam learning rate, or 'auto': a range test and a short stacked training at 14 rates × 3 seeds choose one (see lr-find).")] = "3e-2",
     schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule over the optimizer steps.")] = Schedule.cosine,
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the training points and the shuffling.", min=0)] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the training points and the shuffling.", min=0, max=MAX_SEED)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Train one member per seed in one stacked run: a count N (seeds 0…N-1) or a list 3,7,11. Overrides --seed.")] = None,
     dtype: Annotated[Dtype, typer.Option(help="Floating-point precision of the model and data.")] = Dtype.float32,
     device: Annotated[Device, typer.Option(help="Where to train: auto picks cuda when a GPU is present.")] = Device.auto,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_run_name)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the final table.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -174,12 +202,18 @@ def train(
 
     The defaults reproduce the reference experiment's setup (1 → 20 tanh → 10 sigmoid → 20 tanh →
     10 sigmoid → 1, Adam, MSE, mini-batches of 39, 300 epochs, 30 % validation, 100 test points).
+    Ctrl-C stops after the current optimizer step, saves the last completed epoch as an
+    "interrupted" run and exits 130; `rungefit train --resume NAME` continues it.
 
     Example: rungefit train --seed 1 --name first
     """
     from rungefit import runs
     from rungefit import train as core
 
+    if resume is not None:
+        _refuse_options_beside_resume(ctx, resume)
+        _resume_run(runs_dir, resume, quiet, json_output)
+        return
     lr_value = parse_lr(lr)
     config = core.TrainConfig(
         layers=layers, points=points, val_fraction=val_fraction, batch_size=batch_size, epochs=epochs,
@@ -188,22 +222,121 @@ def train(
     )
     config.validate()
     runs.prepare_runs_dir(runs_dir, name)
+    warn_if_full_batch(config)
     lr_extra = {}
     if lr_value is None:
         config, lr_extra = _auto_lr(config, quiet or json_output)
+
+    def save(result) -> Path:
+        return runs.save_new_run(runs_dir, name, _run_files(result, lr_extra))
+
+    _train_and_report(config, save, lr_extra, quiet, json_output)
+
+
+def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
+    """A resumed run keeps its saved settings: any other option given with --resume is a usage error."""
+    given = [param.opts[0] for param in ctx.command.params if param.name not in RESUME_ALLOWS and _was_given(ctx, param.name)]
+    if given:
+        raise ValueError(
+            f"--resume {name} continues the run with its saved settings; drop {', '.join(given)} "
+            "(only --runs-dir, --quiet and --json go with --resume)"
+        )
+
+
+def _was_given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set an option (command line or environment) rather than leaving its default.
+
+    The source is compared by name: Typer carries its own copy of click, whose ParameterSource is not
+    the one `import click` gives.
+    """
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool) -> None:
+    """Continue an interrupted run in place from its last completed epoch."""
+    from dataclasses import replace
+
+    from rungefit import runs
+    from rungefit import train as core
+
+    loaded = runs.load_run(runs_dir, name)
+    state = runs.resume_state(loaded)
+    config = replace(loaded.config, device=core.resolve_device(loaded.config.device))
+    # How --lr auto chose the rate: the resumed part does not choose again, so carry it over.
+    carried = {key: loaded.summary[key] for key in ("lr_choice", "lr_auto") if key in loaded.summary}
+    if not (quiet or json_output):
+        report.note(f"resuming run {loaded.path} at epoch {state.epochs_run + 1} of {config.epochs}")
+
+    def save(result) -> Path:
+        runs.update_run(loaded.path, _run_files(result, carried))
+        return loaded.path
+
+    _train_and_report(config, save, carried, quiet, json_output, resume=state)
+
+
+def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_output: bool, resume=None) -> None:
+    """fit with Ctrl-C handling, save(result) → the run directory, render; an interrupted run exits 130."""
+    from rungefit import runs
+    from rungefit import train as core
+
     progress, on_epoch = report.training_progress(config.epochs, quiet or json_output)
-    try:
-        with progress:
-            result = core.fit(config, on_epoch=on_epoch)
-    except core.DivergedError as diverged:
-        path = runs.save_new_run(runs_dir, name, _run_files(diverged.result, lr_extra))
-        raise RungefitError(f"{diverged} (last finite state saved in {path})") from None
-    path = runs.save_new_run(runs_dir, name, _run_files(result, lr_extra))
-    summary = {**result.summary(), "run": str(path), "schedule": config.schedule, **lr_extra}
+    with _ctrl_c_stops_training() as stop_requested:
+        try:
+            with progress:
+                result = core.fit(config, on_epoch=on_epoch, should_stop=stop_requested, resume=resume)
+        except core.DivergedError as diverged:
+            path = save(diverged.result)
+            raise RungefitError(f"{diverged} (last finite state saved in {path})") from None
+        if result.status == "interrupted" and result.epochs_run == (resume.epochs_run if resume else 0):
+            _nothing_new_to_save(resume)
+        path = save(result)
+    summary = {**result.summary(), "run": str(path), "schedule": config.schedule, **summary_extra}
+    interrupted = result.status == "interrupted"
+    if interrupted:
+        summary["resume"] = f"rungefit train --resume {shlex.quote(path.name)} --runs-dir {shlex.quote(str(path.parent))}"
     if json_output:
         report.print_json({**summary, "config": runs.json_ready(config)})
     else:
         report.render_train(summary, str(path))
+    if interrupted:
+        report.warning(f"interrupted: epoch {result.epochs_run} of {config.epochs} is saved in {path}; continue with `{summary['resume']}`")
+        raise typer.Exit(130)
+
+
+def _nothing_new_to_save(resume) -> None:
+    """Ctrl-C came before an epoch completed: say so and exit 130 without touching the runs directory."""
+    if resume is None:
+        report.warning("interrupted before the first epoch completed; nothing was saved")
+    else:
+        report.warning(f"interrupted before epoch {resume.epochs_run + 1} completed; the run still resumes from epoch {resume.epochs_run}")
+    raise typer.Exit(130)
+
+
+@contextmanager
+def _ctrl_c_stops_training():
+    """While training and saving, Ctrl-C (SIGINT) sets a flag instead of raising KeyboardInterrupt
+    wherever Python happens to be; fit reads it after each optimizer step and stops cleanly.
+
+    Yields the flag's reader. Further Ctrl-Cs are absorbed until the run is saved, because the save
+    takes a moment and aborting it would lose the epochs the first Ctrl-C meant to keep. The
+    previous handler comes back afterwards.
+    """
+    requested = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: requested.set())
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def warn_if_full_batch(config) -> None:
+    """--batch-size above the training set is allowed: every step then uses the whole set."""
+    if config.batch_size > config.n_train:
+        report.warning(
+            f"--batch-size {config.batch_size} is larger than the {config.n_train} training points; "
+            "every step uses the whole training set (full-batch)"
+        )
 
 
 def _run_files(result, summary_extra: Optional[dict] = None) -> dict[str, bytes]:
@@ -263,12 +396,12 @@ def _write_figure(path: Path, png: bytes) -> None:
 @app.command()
 def grad(
     x: XValues = None,
-    grid: Annotated[Optional[int], typer.Option(help="Also check N equally spaced points of [-1, 1] and report the largest discrepancies; grad.png then shows them. With neither --x nor --grid: --grid 201.", min=2)] = None,
+    grid: Annotated[Optional[int], typer.Option(help="Also check N equally spaced points of [-1, 1] and report the largest discrepancies; grad.png then shows them. With neither --x nor --grid: --grid 201.", min=2, max=MAX_GRID)] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Print the chain-rule product for each --x factor by factor: its shape and its value at that x.")] = False,
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
     untrained: Annotated[bool, typer.Option("--untrained", help="Study a freshly initialised network (--seed, --layers) instead of a saved run; writes no files.")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="With --untrained: the initialisation seed, as in train (default: 0).", min=0)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="With --untrained: the initialisation seed, as in train (default: 0).", min=0, max=MAX_SEED)] = None,
     layers: Annotated[Optional[str], typer.Option(help="With --untrained: hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
     member: MemberOption = None,
     json_output: JsonFlag = False,
@@ -295,7 +428,7 @@ def grad(
     if untrained:
         if run is not None or member is not None:
             raise ValueError("--untrained studies a new network; drop --run and --member")
-        model = core.untrained_model(layers or DEFAULT_LAYERS, seed or 0)
+        model = core.untrained_model(DEFAULT_LAYERS if layers is None else layers, seed or 0)
         doc = {"source": f"untrained, seed {seed or 0}", "run": None, "member": 0}
     else:
         if seed is not None or layers is not None:
@@ -318,7 +451,7 @@ def grad(
 def eval_run(
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
-    points: Annotated[Optional[int], typer.Option(help="Size of the equally spaced test grid on [-1, 1] (default: the run's, 100, as train scored it).", min=2)] = None,
+    points: Annotated[Optional[int], typer.Option(help="Size of the equally spaced test grid on [-1, 1] (default: the run's, 100, as train scored it).", min=2, max=MAX_GRID)] = None,
     x: XValues = None,
     baselines: Annotated[bool, typer.Option("--baselines", help="Also score, for d = 10, 20, 40, the polynomial interpolant at d+1 equally spaced nodes, the Chebyshev interpolant of degree d and the cubic spline through the same d+1 nodes.")] = False,
     member: MemberOption = None,
@@ -355,8 +488,8 @@ def lr_find_command(
     layers: Annotated[Optional[str], typer.Option(help="Hidden layers as WIDTH:ACTIVATION items [default: train's].", autocompletion=complete_layers)] = None,
     points: Annotated[Optional[int], typer.Option(help="Training points, validation included [default: train's].")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of the points held out for validation [default: train's].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size: one range-test step per mini-batch [default: train's].")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the points and the shuffling, as in train.", min=0)] = 0,
+    batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size: one range-test step per mini-batch [default: train's]. Larger than the training set: full-batch, with a warning.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the points and the shuffling, as in train.", min=0, max=MAX_SEED)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Repeat the range test over several seeds (a count N or a list 3,7,11) and report each rule's median and its spread in decades. Overrides --seed.")] = None,
     dtype: Annotated[Optional[Dtype], typer.Option(help="Floating-point precision [default: train's].")] = None,
     device: Annotated[Device, typer.Option(help="Where to run: auto picks cuda when a GPU is present.")] = Device.auto,
@@ -397,8 +530,14 @@ def lr_find_command(
     test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
     test.validate()
     verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds) if verify else None
+    if verify_config is not None:
+        verify_config.validate()
+    # Fail on an unusable directory now, not after the range test.
     if out is None:
         runs.prepare_runs_dir(runs_dir / "lr-find", None)
+    else:
+        runs.ensure_writable_dir(out, "--out")
+    warn_if_full_batch(config)
     progress, on_epoch = report.training_progress(config.epochs, quiet or json_output or not verify)
     with progress:
         findings = core.lr_find(config, test, verify_config, on_epoch)

@@ -42,6 +42,8 @@ INFORMATIVE_BELOW = 0.5
 # failures on this problem sit at Var(y) itself, stuck at the mean.
 TRAINED_BELOW = 0.01
 SKIP_END = 5  # points dropped before the divergence: the blow-up itself says nothing
+MAX_ITERS = 1_000_000  # steps of one sweep; the rates are an array of this length
+MAX_VERIFY = 100  # most rates, and most seeds per rate, of --verify
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,12 @@ class RangeTestConfig:
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
         checks = [
-            (math.isfinite(self.start_lr) and self.start_lr > 0, f"start_lr must be a positive number, got {self.start_lr}"),
-            (math.isfinite(self.end_lr) and self.end_lr > self.start_lr, f"end_lr must be finite and above start_lr {self.start_lr:g}, got {self.end_lr}"),
-            (self.iters >= 2, f"iters must be at least 2, got {self.iters}"),
-            (self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
-            (0 <= self.smooth < 1, f"smooth must lie in [0, 1), got {self.smooth}"),
-            (self.diverge > 1, f"diverge must be above 1, got {self.diverge}"),
+            (math.isfinite(self.start_lr) and self.start_lr > 0, f"--start-lr must be a positive finite number, got {self.start_lr}"),
+            (math.isfinite(self.end_lr) and self.end_lr > self.start_lr, f"--end-lr must be finite and above --start-lr {self.start_lr:g}, got {self.end_lr}"),
+            (2 <= self.iters <= MAX_ITERS, f"--iters must be between 2 and {MAX_ITERS}, got {self.iters}"),
+            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
+            (0 <= self.smooth < 1, f"--smooth must lie in [0, 1), got {self.smooth}"),
+            (math.isfinite(self.diverge) and self.diverge > 1, f"--diverge must be a finite number above 1, got {self.diverge}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -429,10 +431,11 @@ class VerifyConfig:
     seeds: int = 3  # seeds per rate; each trains for the TrainConfig's epochs
 
     def validate(self) -> None:
-        if self.rates < 1:
-            raise ValueError(f"verify rates must be at least 1, got {self.rates}")
-        if self.seeds < 1:
-            raise ValueError(f"verify seeds must be at least 1, got {self.seeds}")
+        # The bounds keep the stacked verification (rates + rules) × seeds members to a size that fits in memory.
+        if not 1 <= self.rates <= MAX_VERIFY:
+            raise ValueError(f"--verify-rates must be between 1 and {MAX_VERIFY}, got {self.rates}")
+        if not 1 <= self.seeds <= MAX_VERIFY:
+            raise ValueError(f"--verify-seeds must be between 1 and {MAX_VERIFY}, got {self.seeds}")
 
 
 @dataclass

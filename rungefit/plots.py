@@ -53,13 +53,16 @@ def loss_png(train_mse: np.ndarray, val_mse: np.ndarray) -> bytes:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
     epochs = np.arange(1, len(train_mse) + 1)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE")
+    if not len(epochs):  # a run that diverged in its first epoch has no curve to draw
+        ax.text(0.5, 0.5, "no completed epoch", transform=ax.transAxes, ha="center")
+        return _png(fig)
     for curve, label, color in ((train_mse, "train", "tab:blue"), (val_mse, "validation", "tab:orange")):
         curve = np.asarray(curve)
         ax.semilogy(epochs, np.median(curve, 1), color=color, label=f"{label} (median)" if curve.shape[1] > 1 else label)
         if curve.shape[1] > 1:
             ax.fill_between(epochs, curve.min(1), curve.max(1), color=color, alpha=0.2)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("MSE")
     ax.legend()
     return _png(fig)
 

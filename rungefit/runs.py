@@ -62,16 +62,21 @@ def check_name(name: str) -> None:
 
 def prepare_runs_dir(runs_dir: Path, name: str | None) -> None:
     """Fail before any training if the runs directory cannot be written or the name is taken."""
-    try:
-        runs_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunError(f"--runs-dir {runs_dir}: cannot create it ({error.strerror}); choose another directory") from None
-    if not os.access(runs_dir, os.W_OK | os.X_OK):
-        raise RunError(f"--runs-dir {runs_dir} is not writable; choose another directory")
+    ensure_writable_dir(runs_dir, "--runs-dir")
     if name is not None:
         check_name(name)
         if (runs_dir / name).exists():
             raise RunError(f"run {name!r} already exists in {runs_dir}; choose another --name or delete it")
+
+
+def ensure_writable_dir(path: Path, option: str) -> None:
+    """Create path if needed; RunError naming the option if it cannot be created or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise RunError(f"{option} {path}: cannot create it ({error.strerror}); choose another directory") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise RunError(f"{option} {path} is not writable; choose another directory")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -89,9 +94,12 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def checkpoint_bytes(result, extra: dict | None = None) -> bytes:
-    """model.pt: format, layer spec, members, dtype, the tensors, and the optimizer state."""
+    """model.pt: format, layer spec, members, dtype, the tensors, and what --resume needs: the
+    optimizer state, the epochs run and the history (as float64 [epochs, K] tensors: exact for
+    float32 and float64 runs alike, and stored as raw bytes rather than one pickled float each)."""
     import torch
 
+    curves = {name: torch.tensor(values, dtype=torch.float64).reshape(len(values), result.model.members) for name, values in asdict(result.history).items()}
     state = {
         "format": CHECKPOINT_FORMAT,
         "layers": result.config.layers,
@@ -100,6 +108,7 @@ def checkpoint_bytes(result, extra: dict | None = None) -> bytes:
         "state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
         "optimizer": {k: (v.cpu() if hasattr(v, "cpu") else v) for k, v in result.optimizer.state_dict().items()},
         "epochs_run": result.epochs_run,
+        "history": curves,
         "status": result.status,
         **(extra or {}),
     }
@@ -146,19 +155,27 @@ def save_new_run(runs_dir: Path, name: str | None, files: dict[str, bytes]) -> P
     os.mkdir is the arbiter, so two processes never share a directory.
     """
     staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=".staging-"))
+    final = None
     try:
         for file_name, data in files.items():
             atomic_write(staging / file_name, data)
         final = _reserve(runs_dir, name)
         os.replace(staging, final)
     except BaseException:
-        for leftover in staging.glob("*") if staging.exists() else []:
-            leftover.unlink(missing_ok=True)
-        if staging.exists():
-            staging.rmdir()
+        _discard(staging, final)
         raise
     mark_latest(runs_dir, final.name)
     return final
+
+
+def _discard(staging: Path, reserved: Path | None) -> None:
+    """Remove a failed save's staging directory and the still empty directory reserved for it."""
+    for leftover in staging.glob("*") if staging.exists() else []:
+        leftover.unlink(missing_ok=True)
+    if staging.exists():
+        staging.rmdir()
+    if reserved is not None and reserved.is_dir() and not any(reserved.iterdir()):
+        reserved.rmdir()
 
 
 def _reserve(runs_dir: Path, name: str | None) -> Path:
@@ -175,9 +192,13 @@ def _reserve(runs_dir: Path, name: str | None) -> Path:
 
 
 def update_run(run_dir: Path, files: dict[str, bytes]) -> None:
-    """Replace files of an existing run one by one, each atomically."""
-    for file_name, data in files.items():
-        atomic_write(run_dir / file_name, data)
+    """Replace files of an existing run one by one, each atomically.
+
+    model.pt goes last: it is what --resume reads, so a crash part-way leaves the old checkpoint
+    and its status, and resuming again redoes the same deterministic work.
+    """
+    for file_name in sorted(files, key=lambda file_name: file_name == MODEL_FILE):
+        atomic_write(run_dir / file_name, files[file_name])
     mark_latest(run_dir.parent, run_dir.name)
 
 
@@ -190,7 +211,7 @@ def resolve_run(runs_dir: Path, name: str | None) -> Path:
     if name is None:
         latest = runs_dir / LATEST
         if not latest.is_file():
-            raise RunError(f"no runs in {runs_dir} yet; create one with `rungefit train`")
+            raise RunError(f"no runs in --runs-dir {runs_dir} yet; create one with `rungefit train`")
         name = latest.read_text().strip()
     path = runs_dir / name
     if not path.is_dir():
@@ -245,6 +266,36 @@ def load_run(runs_dir: Path, name: str | None) -> LoadedRun:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RunError(f"{path} is damaged or incomplete ({error}); retrain with `rungefit train`") from None
     return LoadedRun(path=path, config=config, model=model, checkpoint=checkpoint, summary=summary)
+
+
+def resume_state(loaded: LoadedRun):
+    """The TrainState an interrupted run stopped at; RunError for a run that cannot be resumed."""
+    from rungefit.train import History, TrainState
+
+    checkpoint, name = loaded.checkpoint, loaded.path.name
+    status = checkpoint.get("status")
+    if status == "complete":
+        raise RunError(f"run {name!r} is complete ({checkpoint.get('epochs_run')} epochs): there is nothing to resume; start a new run with `rungefit train`")
+    if status == "diverged":
+        raise RunError(
+            f"run {name!r} diverged, and resuming it would diverge again; train a new run with a lower --lr "
+            "(`rungefit lr-find` suggests one)"
+        )
+    if status != "interrupted":
+        raise RunError(f"run {name!r} has status {status!r}; only an interrupted run can be resumed")
+    try:
+        history = History(**{key: curve.tolist() for key, curve in checkpoint["history"].items()})
+        state = TrainState(
+            model_state=checkpoint["state_dict"],
+            optimizer_state=checkpoint["optimizer"],
+            epochs_run=int(checkpoint["epochs_run"]),
+            history=history,
+            wall_time_s=float(loaded.summary.get("wall_time_s", 0.0)),
+        )
+        state.check(loaded.config)
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise RunError(f"{loaded.path} cannot be resumed: its checkpoint is damaged or incomplete ({error}); retrain with `rungefit train`") from None
+    return state
 
 
 def json_ready(config) -> dict:

@@ -8,6 +8,7 @@ the same seed and rate, and one loop serves `train`, `train --seeds` and `lr-fin
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,7 +21,7 @@ import torch
 from rungefit import rng
 from rungefit.errors import RungefitError
 from rungefit.evaluate import grid_errors
-from rungefit.model import DEFAULT_LAYERS, StackedMLP, parse_layers
+from rungefit.model import DEFAULT_LAYERS, StackedMLP, parameter_count, parse_layers
 from rungefit.runge import runge, sample_split, validation_size
 
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -30,6 +31,13 @@ DEVICES = ("auto", "cpu", "cuda")
 # torch's intra-op threads; below it one thread is faster (see intra_op_threads). K = 1024
 # of the default network is 2.4 M.
 PARALLEL_MIN_ACTIVATIONS = 1 << 22
+# Upper bounds that turn absurd sizes into a clear error instead of an allocation failure.
+MAX_POINTS = 10_000_000  # per member
+MAX_MEMBERS = 100_000
+MAX_STEPS = 100_000_000  # optimizer steps of one run: lr_factors holds one float64 per step
+MAX_TEST_POINTS = 1_000_000
+# rng.py keys on the low 32 bits of a seed, so a larger seed would silently repeat a smaller one.
+MAX_SEED = 2**32 - 1
 
 
 class DivergedError(RungefitError):
@@ -57,23 +65,29 @@ class TrainConfig:
     eps: float = 1e-8  # Adam's denominator guard
 
     def validate(self) -> None:
-        """Raise ValueError naming the first setting that cannot work."""
+        """Raise ValueError naming the first setting that cannot work (by its CLI option)."""
         parse_layers(self.layers)
-        checks = [
-            (self.points >= 2, f"points must be at least 2, got {self.points}"),
-            (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
-            (self.epochs >= 1, f"epochs must be at least 1, got {self.epochs}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"lr must be a positive number, got {self.lr}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}"),
-            (len(self.seeds) >= 1, "at least one seed is needed"),
-            (self.dtype in DTYPES, f"dtype must be one of {', '.join(DTYPES)}"),
-            (self.device in ("cpu", "cuda"), f"device must be cpu or cuda, got {self.device}"),
-            (self.test_points >= 2, f"test_points must be at least 2, got {self.test_points}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
+        _check([
+            (2 <= self.points <= MAX_POINTS, f"--points must be between 2 and {MAX_POINTS}, got {self.points}"),
+            (0 < self.val_fraction < 1, f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive finite number, got {self.lr}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (1 <= len(self.seeds) <= MAX_MEMBERS, f"--seeds: between 1 and {MAX_MEMBERS} seeds, got {len(self.seeds)}"),
+            (all(0 <= s <= MAX_SEED for s in self.seeds), f"--seed, --seeds: seeds must be whole numbers in 0…{MAX_SEED}"),
+            (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
+            (self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device!r}"),
+            (2 <= self.test_points <= MAX_TEST_POINTS, f"test_points must be between 2 and {MAX_TEST_POINTS}, got {self.test_points}"),
+        ])
         validation_size(self.points, self.val_fraction)
+        _check([
+            (
+                self.total_steps <= MAX_STEPS,
+                f"--epochs {self.epochs} × {self.steps_per_epoch} steps per epoch is more than {MAX_STEPS:.0e} "
+                "optimizer steps; use fewer --epochs or a larger --batch-size",
+            )
+        ])
 
     @property
     def n_train(self) -> int:
@@ -86,6 +100,13 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
+
+
+def _check(checks: list[tuple[bool, str]]) -> None:
+    """Raise ValueError with the message of the first failed check."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 def resolve_device(device: str) -> str:
@@ -169,6 +190,33 @@ class History:
 
 
 @dataclass
+class TrainState:
+    """Where a run stands after its last completed epoch: enough to continue it exactly.
+
+    No random-number state is needed: every draw is a pure function of (seed, stream, counter)
+    (rng.py), the data and the initialisation depend on the seed alone and the shuffle of epoch e
+    on (seed, e), so the number of completed epochs is the whole RNG state.
+    """
+
+    model_state: dict  # StackedMLP.state_dict()
+    optimizer_state: dict  # StackedAdam.state_dict(): step, exp_avg, exp_avg_sq
+    epochs_run: int
+    history: History
+    wall_time_s: float = 0.0  # training time already spent, carried into the final figures
+
+    def check(self, config: TrainConfig) -> None:
+        """Raise ValueError unless this state can continue a run of config."""
+        members, size = len(config.seeds), parameter_count(parse_layers(config.layers))
+        moments = [self.optimizer_state["exp_avg"], self.optimizer_state["exp_avg_sq"]]
+        _check([
+            (0 <= self.epochs_run < config.epochs, f"{self.epochs_run} of {config.epochs} epochs done, none left to train"),
+            (all(len(curve) == self.epochs_run for curve in asdict(self.history).values()), "the history does not cover the epochs done"),
+            (int(self.optimizer_state["step"]) == self.epochs_run * config.steps_per_epoch, "the optimizer's step count does not match the epochs done"),
+            (all(tuple(m.shape) == (members, size) for m in moments), "the optimizer state does not fit the network"),
+        ])
+
+
+@dataclass
 class MemberMetrics:
     """Final figures of one member."""
 
@@ -191,6 +239,10 @@ class TrainResult:
     steps: int
     wall_time_s: float
     status: str = "complete"  # complete | diverged | interrupted
+
+    def state(self) -> TrainState:
+        """The state after the last completed epoch, from which fit(resume=…) continues."""
+        return TrainState(self.model.state_dict(), self.optimizer.state_dict(), self.epochs_run, self.history, self.wall_time_s)
 
     def summary(self) -> dict:
         """JSON-ready final figures: per member and their median / min / max."""
@@ -229,15 +281,22 @@ def fit(
     member_lrs: Sequence[float] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
     stop_on_divergence: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+    resume: TrainState | None = None,
 ) -> TrainResult:
     """Train one member per seed (member k with lr member_lrs[k], else config.lr).
 
     Raises DivergedError (holding the last finite state) when a loss turns non-finite and
     stop_on_divergence is set; otherwise diverged members simply end with non-finite metrics.
+    should_stop is asked after every optimizer step; once it says yes, the unfinished epoch is
+    dropped and the result (status "interrupted") holds the last completed epoch. resume continues
+    from such a state, and ends with exactly the numbers of an uninterrupted run.
     """
     config.validate()
+    if resume is not None:
+        resume.check(config)
     with intra_op_threads(config):
-        return _fit(config, member_lrs, on_epoch, stop_on_divergence)
+        return _fit(config, member_lrs, on_epoch, stop_on_divergence, should_stop, resume)
 
 
 @contextmanager
@@ -263,6 +322,8 @@ def _fit(
     member_lrs: Sequence[float] | None,
     on_epoch: Callable[[EpochReport], None] | None,
     stop_on_divergence: bool,
+    should_stop: Callable[[], bool] | None,
+    resume: TrainState | None,
 ) -> TrainResult:
     started = time.perf_counter()
     dtype, device = DTYPES[config.dtype], config.device
@@ -280,11 +341,19 @@ def _fit(
     model.initialise(seeds)
     optimizer = StackedAdam(model, config.betas, config.eps)
     factors = torch.tensor(lr_factors(config.schedule, config.total_steps), dtype=dtype, device=device)
-    history = History()
+    history, first_epoch, earlier_wall_time = History(), 0, 0.0
+    if resume is not None:
+        model.load_state_dict(resume.model_state)
+        optimizer.load_state_dict(resume.optimizer_state)
+        history, first_epoch, earlier_wall_time = copy.deepcopy(resume.history), resume.epochs_run, resume.wall_time_s
     status = "complete"
-    for epoch in range(config.epochs):
+    for epoch in range(first_epoch, config.epochs):
         snapshot = (model.params.clone(), optimizer.state_dict())
-        epoch_loss = _train_epoch(model, optimizer, data.x_train, seeds, epoch, config.batch_size, lrs, factors)
+        epoch_loss = _train_epoch(model, optimizer, data.x_train, seeds, epoch, config.batch_size, lrs, factors, should_stop)
+        if epoch_loss is None:
+            _restore(model, optimizer, snapshot)
+            status = "interrupted"
+            break
         val_mse = model.mse(data.x_val, y_val)
         epoch_lr = lrs * factors[optimizer.step_count - 1]
         history.train_mse.append(epoch_loss.tolist())
@@ -306,7 +375,7 @@ def _fit(
         members=final_metrics(model, config, data, lrs.tolist()),
         epochs_run=len(history.val_mse),
         steps=optimizer.step_count,
-        wall_time_s=time.perf_counter() - started,
+        wall_time_s=earlier_wall_time + time.perf_counter() - started,
         status=status,
     )
     if status == "diverged":
@@ -334,8 +403,9 @@ def train_step(model: StackedMLP, optimizer: StackedAdam, x: torch.Tensor, y: to
     return loss
 
 
-def _train_epoch(model, optimizer, x_train, seeds, epoch, batch_size, lrs, factors) -> torch.Tensor:
-    """One shuffled pass in mini-batches; returns the mean mini-batch loss per member, [K]."""
+def _train_epoch(model, optimizer, x_train, seeds, epoch, batch_size, lrs, factors, should_stop=None) -> torch.Tensor | None:
+    """One shuffled pass in mini-batches; returns the mean mini-batch loss per member, [K], or None
+    when should_stop said yes after a step (a Python call per step: no device sync)."""
     n = x_train.shape[1]
     total = torch.zeros_like(lrs)
     batches = list(epoch_batches(x_train, seeds, epoch, batch_size))
@@ -345,6 +415,8 @@ def _train_epoch(model, optimizer, x_train, seeds, epoch, batch_size, lrs, facto
     for (x, y), lr in zip(batches, rates, strict=True):
         loss = train_step(model, optimizer, x, y, lr)
         total.add_(loss, alpha=x.shape[1] / n)
+        if should_stop is not None and should_stop():
+            return None
     return total
 
 

@@ -59,8 +59,8 @@ BAD_OPTIONS = [
     (["--lr", "nan"], 2, "--lr"),
     (["--layers", "20:foo"], 2, "unknown activation"),
     (["--layers", ""], 2, "empty entry"),
-    (["--val-fraction", "1.5"], 2, "val_fraction"),
-    (["--batch-size", "0"], 2, "batch_size"),
+    (["--val-fraction", "1.5"], 2, "--val-fraction"),
+    (["--batch-size", "0"], 2, "--batch-size"),
     (["--points", "1"], 2, "points"),
     (["--seeds", "0"], 2, "--seeds"),
     (["--seeds", "1,1"], 2, "--seeds"),
@@ -91,6 +91,22 @@ def test_cuda_without_gpu_fails_cleanly(tmp_path):
     assert result.exit_code == 1
     assert "no CUDA GPU" in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_divergence_exits_1_suggesting_a_lower_rate_and_keeps_the_last_finite_state(tmp_path):
+    import torch
+
+    diverging = ["--points", "120", "--epochs", "5", "--lr", "1e30", "--schedule", "constant", "--quiet"]
+    result = runner.invoke(app, ["train", *diverging, "--runs-dir", str(tmp_path), "--name", "d"])
+    assert result.exit_code == 1
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "non-finite" in lines[0] and "lower --lr" in lines[0] and "rungefit lr-find" in lines[0]
+    assert f"saved in {tmp_path / 'd'}" in lines[0]
+    assert json.loads((tmp_path / "d" / "summary.json").read_text())["status"] == "diverged"
+    checkpoint = torch.load(tmp_path / "d" / "model.pt", weights_only=True)
+    assert checkpoint["status"] == "diverged"
+    assert all(torch.isfinite(tensor).all() for tensor in checkpoint["state_dict"].values())
 
 
 def test_existing_run_name_is_refused_before_training(quick_run):

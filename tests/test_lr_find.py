@@ -268,7 +268,7 @@ def test_lr_find_command_defaults_to_a_new_directory_under_the_runs_dir(tmp_path
 def test_lr_find_rejects_an_end_below_the_start(tmp_path):
     result = runner.invoke(app, ["lr-find", "--start-lr", "1", "--end-lr", "0.1", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert "end_lr" in result.output
+    assert "--end-lr" in result.output
 
 
 def test_train_lr_auto_says_which_rate_and_how(tmp_path):

@@ -1,0 +1,212 @@
+"""Bad input to every command: one line on stderr naming the option and what it expects, exit 2 for
+a usage error and 1 for a runtime failure, never a traceback. Inputs that are odd but meaningful
+(extrapolation, a batch larger than the training set) run with a warning.
+"""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from rungefit.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def place(tmp_path_factory):
+    """A runs directory with a one-member run "base" (the latest), and a regular file to nest paths under."""
+    root = tmp_path_factory.mktemp("bad-input")
+    runs_dir = root / "runs"
+    result = runner.invoke(app, ["train", "--points", "120", "--epochs", "1", "--quiet", "--runs-dir", str(runs_dir), "--name", "base"])
+    assert result.exit_code == 0, result.output
+    (root / "file").write_text("not a directory")
+    return root
+
+
+def cheap(command: str, root) -> list[str]:
+    """Options that keep a command fast and its files under root; a later option overrides them."""
+    runs_dir = str(root / "runs")
+    return {
+        "train": ["--points", "120", "--epochs", "1", "--quiet", "--runs-dir", runs_dir],
+        "lr-find": ["--points", "120", "--iters", "5", "--verify-epochs", "1", "--runs-dir", runs_dir],
+        "grad": ["--runs-dir", runs_dir],
+        "eval": ["--runs-dir", runs_dir],
+    }[command]
+
+
+UNDER_A_FILE = "{root}/file/sub"  # not creatable, even for root (tests run as root, so chmod would not do)
+MISSING = "{root}/missing"
+
+TRAIN = [
+    (["--epochs", "x"], 2, "--epochs"),
+    (["--epochs", "0"], 2, "--epochs"),
+    (["--epochs", "-3"], 2, "--epochs"),
+    (["--epochs", "99999999999"], 2, "--epochs"),
+    (["--points", "nan"], 2, "--points"),
+    (["--points", "0"], 2, "--points"),
+    (["--points", "-5"], 2, "--points"),
+    (["--points", "1"], 2, "--points"),
+    (["--points", "99999999999999999999"], 2, "--points"),
+    (["--batch-size", "0"], 2, "--batch-size"),
+    (["--batch-size", "-1"], 2, "--batch-size"),
+    (["--batch-size", "2.5"], 2, "--batch-size"),
+    (["--val-fraction", "0"], 2, "--val-fraction"),
+    (["--val-fraction", "1"], 2, "--val-fraction"),
+    (["--val-fraction", "1.5"], 2, "--val-fraction"),
+    (["--val-fraction", "-0.2"], 2, "--val-fraction"),
+    (["--val-fraction", "nan"], 2, "--val-fraction"),
+    (["--val-fraction", "inf"], 2, "--val-fraction"),
+    (["--val-fraction", "half"], 2, "--val-fraction"),
+    (["--lr", "nan"], 2, "--lr"),
+    (["--lr", "inf"], 2, "--lr"),
+    (["--lr", "-inf"], 2, "--lr"),
+    (["--lr", "0"], 2, "--lr"),
+    (["--lr", "-1"], 2, "--lr"),
+    (["--lr", "fast"], 2, "--lr"),
+    (["--layers", ""], 2, "--layers"),
+    (["--layers", ","], 2, "--layers"),
+    (["--layers", "20:tanh,"], 2, "--layers"),
+    (["--layers", "20"], 2, "WIDTH:ACTIVATION"),
+    (["--layers", "x:tanh"], 2, "width"),
+    (["--layers", "0:tanh"], 2, "width"),
+    (["--layers", "20:foo"], 2, "unknown activation 'foo'"),
+    (["--layers", "20:"], 2, "unknown activation"),
+    (["--seed", "-1"], 2, "--seed"),
+    (["--seed", "x"], 2, "--seed"),
+    (["--seed", "4294967296"], 2, "--seed"),
+    (["--seeds", "0"], 2, "--seeds"),
+    (["--seeds", "-1"], 2, "--seeds"),
+    (["--seeds", "x"], 2, "--seeds"),
+    (["--seeds", ""], 2, "--seeds"),
+    (["--seeds", "1,1"], 2, "--seeds"),
+    (["--seeds", "1,,2"], 2, "--seeds"),
+    (["--seeds", "99999999999999999999"], 2, "--seeds"),
+    (["--schedule", "steps"], 2, "--schedule"),
+    (["--dtype", "float16"], 2, "--dtype"),
+    (["--device", "tpu"], 2, "--device"),
+    (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
+    (["--runs-dir", "{root}/file"], 1, "--runs-dir"),
+    (["--name", "../escape"], 1, "--name"),
+    (["--name", ""], 1, "--name"),
+    (["--resume", "nope"], 2, "--resume"),  # the cheap options may not go with it
+]
+
+LR_FIND = [
+    (["--points", "0"], 2, "--points"),
+    (["--points", "nan"], 2, "--points"),
+    (["--val-fraction", "1"], 2, "--val-fraction"),
+    (["--batch-size", "0"], 2, "--batch-size"),
+    (["--layers", ""], 2, "--layers"),
+    (["--layers", "20:foo"], 2, "unknown activation"),
+    (["--seeds", "0"], 2, "--seeds"),
+    (["--seed", "-2"], 2, "--seed"),
+    (["--device", "tpu"], 2, "--device"),
+    (["--dtype", "int8"], 2, "--dtype"),
+    (["--mode", "log"], 2, "--mode"),
+    (["--schedule", "x"], 2, "--schedule"),
+    (["--start-lr", "nan"], 2, "--start-lr"),
+    (["--start-lr", "0"], 2, "--start-lr"),
+    (["--start-lr", "-1"], 2, "--start-lr"),
+    (["--start-lr", "inf"], 2, "--start-lr"),
+    (["--end-lr", "inf"], 2, "--end-lr"),
+    (["--end-lr", "nan"], 2, "--end-lr"),
+    (["--end-lr", "1e-9"], 2, "--end-lr"),
+    (["--iters", "1"], 2, "--iters"),
+    (["--iters", "-1"], 2, "--iters"),
+    (["--iters", "x"], 2, "--iters"),
+    (["--iters", "99999999999"], 2, "--iters"),
+    (["--smooth", "1"], 2, "--smooth"),
+    (["--smooth", "-0.1"], 2, "--smooth"),
+    (["--smooth", "nan"], 2, "--smooth"),
+    (["--diverge", "1"], 2, "--diverge"),
+    (["--diverge", "nan"], 2, "--diverge"),
+    (["--diverge", "inf"], 2, "--diverge"),
+    (["--verify-rates", "0"], 2, "--verify-rates"),
+    (["--verify", "--verify-rates", "1000"], 2, "--verify-rates"),
+    (["--verify-seeds", "0"], 2, "--verify-seeds"),
+    (["--verify-epochs", "0"], 2, "--verify-epochs"),
+    (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
+    (["--out", UNDER_A_FILE], 1, "--out"),
+]
+
+GRAD = [
+    (["--x", "nan"], 2, "--x"),
+    (["--x", "inf"], 2, "--x"),
+    (["--x", "-inf"], 2, "--x"),
+    (["--x", "zero"], 2, "--x"),
+    (["--grid", "1"], 2, "--grid"),
+    (["--grid", "0"], 2, "--grid"),
+    (["--grid", "x"], 2, "--grid"),
+    (["--grid", "99999999999"], 2, "--grid"),
+    (["--member", "-1"], 2, "--member"),
+    (["--member", "5"], 2, "--member"),
+    (["--explain"], 2, "--explain"),
+    (["--seed", "1"], 2, "--seed"),
+    (["--untrained", "--layers", ""], 2, "--layers"),
+    (["--untrained", "--layers", "20:foo"], 2, "unknown activation"),
+    (["--untrained", "--seed", "-1"], 2, "--seed"),
+    (["--run", "nope"], 1, "'nope' not found"),
+    (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
+    (["--runs-dir", MISSING], 1, "--runs-dir"),
+]
+
+EVAL = [
+    (["--x", "nan"], 2, "--x"),
+    (["--x", "-inf"], 2, "--x"),
+    (["--x", "one"], 2, "--x"),
+    (["--points", "1"], 2, "--points"),
+    (["--points", "0"], 2, "--points"),
+    (["--points", "-3"], 2, "--points"),
+    (["--points", "x"], 2, "--points"),
+    (["--points", "99999999999"], 2, "--points"),
+    (["--member", "-1"], 2, "--member"),
+    (["--member", "9"], 2, "--member"),
+    (["--run", "nope"], 1, "'nope' not found"),
+    (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
+    (["--runs-dir", MISSING], 1, "--runs-dir"),
+]
+
+CASES = [(command, *case) for command, cases in (("train", TRAIN), ("lr-find", LR_FIND), ("grad", GRAD), ("eval", EVAL)) for case in cases]
+
+
+def invoke(command: str, root, args: list[str]):
+    return runner.invoke(app, [command, *cheap(command, root), *(arg.format(root=root) for arg in args)])
+
+
+@pytest.mark.parametrize("command, args, code, text", CASES, ids=[f"{c[0]} {' '.join(c[1])}" for c in CASES])
+def test_bad_input_gives_one_line_naming_the_option(place, command, args, code, text):
+    result = invoke(command, place, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.exit_code == code, result.output
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.stderr
+
+
+@pytest.mark.parametrize(
+    "command, args, warning",
+    [
+        ("grad", ["--x", "1.5", "--x", "-3"], "extrapolation"),
+        ("eval", ["--x", "-1.01"], "extrapolation"),
+        ("train", ["--batch-size", "1000"], "full-batch"),
+        ("lr-find", ["--batch-size", "1000", "--out", "{root}/lf"], "full-batch"),
+    ],
+)
+def test_odd_but_meaningful_input_runs_with_a_warning(place, command, args, warning):
+    result = invoke(command, place, args)
+    assert result.exit_code == 0, result.output
+    assert "warning:" in result.stderr and warning in result.stderr
+
+
+def test_a_batch_larger_than_the_training_set_is_one_full_batch_per_epoch(place):
+    result = invoke("train", place, ["--batch-size", "1000", "--epochs", "3", "--json"])
+    assert result.exit_code == 0, result.output
+    assert '"steps": 3' in result.stdout
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_help_says_what_a_large_batch_does(command):
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    assert "full-batch" in result.stdout

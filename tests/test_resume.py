@@ -1,0 +1,194 @@
+"""Interrupts and resume: a stopped run continues to exactly the numbers of an uninterrupted one.
+
+The core is stopped through fit's should_stop; the CLI through a real SIGINT sent to a `train`
+subprocess, as Ctrl-C in a terminal would.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rungefit import runs
+from rungefit.cli import app
+from rungefit.train import TrainConfig, fit
+
+runner = CliRunner()
+
+CONFIG = TrainConfig(points=120, epochs=6, seeds=(0, 1))  # 3 optimizer steps per epoch
+
+
+def stop_after(steps: int):
+    """A should_stop that says yes after the given number of optimizer steps."""
+    calls = itertools.count(1)
+    return lambda: next(calls) >= steps
+
+
+def assert_same_training(a, b):
+    assert torch.equal(a.model.params, b.model.params)
+    for key, tensor in a.optimizer.state_dict().items():
+        assert (torch.equal(tensor, b.optimizer.state_dict()[key]) if torch.is_tensor(tensor) else tensor == b.optimizer.state_dict()[key]), key
+    assert a.history == b.history
+    assert a.members == b.members
+    assert (a.epochs_run, a.steps, a.status) == (b.epochs_run, b.steps, b.status)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted():
+    return fit(CONFIG)
+
+
+@pytest.mark.parametrize("stops", [(1,), (3,), (10,), (4, 5, 11)], ids=["first-step", "end-of-epoch-1", "mid-epoch-4", "three-times"])
+def test_stopped_and_resumed_runs_end_exactly_like_an_uninterrupted_one(uninterrupted, stops):
+    result = fit(CONFIG, should_stop=stop_after(stops[0]))
+    for steps in stops[1:]:
+        assert result.status == "interrupted"
+        result = fit(CONFIG, resume=result.state(), should_stop=stop_after(steps))
+    assert result.status == "interrupted"
+    assert result.steps == result.epochs_run * CONFIG.steps_per_epoch  # the unfinished epoch is dropped
+    assert_same_training(fit(CONFIG, resume=result.state()), uninterrupted)
+
+
+def test_a_stop_keeps_the_last_completed_epoch(uninterrupted):
+    result = fit(CONFIG, should_stop=stop_after(10))
+    assert result.epochs_run == 3 and result.steps == 9
+    assert result.history.val_mse == uninterrupted.history.val_mse[:3]
+
+
+def test_a_state_that_does_not_fit_the_config_is_refused(uninterrupted):
+    with pytest.raises(ValueError, match="none left to train"):
+        fit(CONFIG, resume=uninterrupted.state())
+    with pytest.raises(ValueError, match="does not fit"):
+        fit(TrainConfig(points=120, epochs=6, seeds=(0,)), resume=fit(CONFIG, should_stop=stop_after(4)).state())
+
+
+# ---------------------------------------------------------------- the CLI, with a real Ctrl-C
+
+# About 1.5 ms per epoch on a shared 2-core machine, where the SIGINT below lands near epoch 50:
+# a machine would have to be 15× faster to finish first.
+LONG_TRAIN = ["--points", "120", "--epochs", "800", "--seeds", "2", "--quiet"]
+
+
+def wait_for(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def checkpoint(run_dir):
+    return torch.load(run_dir / "model.pt", weights_only=True)
+
+
+def assert_same_checkpoint(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        if isinstance(a[key], dict):
+            assert_same_checkpoint(a[key], b[key])
+        elif torch.is_tensor(a[key]):
+            assert torch.equal(a[key], b[key]), key
+        else:
+            assert a[key] == b[key], key
+
+
+def without_wall_time(run_dir) -> dict:
+    summary = json.loads((run_dir / "summary.json").read_text())
+    del summary["wall_time_s"]
+    return summary
+
+
+def start_train(runs_dir) -> subprocess.Popen:
+    command = [sys.executable, "-m", "rungefit", "train", *LONG_TRAIN, "--runs-dir", str(runs_dir), "--name", "x"]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbers(tmp_path):
+    runs_dir, ref_dir = tmp_path / "runs", tmp_path / "ref" / "x"
+    reference = start_train(ref_dir.parent)  # uninterrupted, alongside: the numbers do not depend on timing
+    child = start_train(runs_dir)
+    # train creates the runs directory just before the first epoch; then let a few epochs pass.
+    wait_for(runs_dir.is_dir)
+    time.sleep(0.1)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=120)
+    assert child.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"rungefit train --resume x --runs-dir {runs_dir}" in stderr
+
+    run_dir = runs_dir / "x"
+    saved = checkpoint(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert saved["status"] == summary["status"] == "interrupted"
+    assert 0 < saved["epochs_run"] == summary["epochs"] < 800
+    assert saved["optimizer"]["step"] == summary["steps"] == 3 * saved["epochs_run"]
+    assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + 2 * saved["epochs_run"]
+
+    resumed = runner.invoke(app, ["train", "--resume", "x", "--runs-dir", str(runs_dir), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["status"] == "complete"
+    _, reference_stderr = reference.communicate(timeout=120)
+    assert reference.returncode == 0, reference_stderr
+
+    assert_same_checkpoint(checkpoint(run_dir), checkpoint(ref_dir))
+    assert without_wall_time(run_dir) == without_wall_time(ref_dir)
+    for name in ("history.csv", "config.json"):
+        assert (run_dir / name).read_bytes() == (ref_dir / name).read_bytes(), name
+    assert sorted(p.name for p in runs_dir.iterdir()) == ["latest", "x"]  # nothing temporary left
+
+
+# ---------------------------------------------------------------- runs that cannot be resumed
+
+
+def test_resuming_a_complete_run_is_refused(quick_run):
+    runs_dir, _, _ = quick_run
+    result = runner.invoke(app, ["train", "--resume", "quick", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 1
+    assert "complete" in result.stderr and "nothing to resume" in result.stderr
+
+
+def test_resuming_a_diverged_run_suggests_a_lower_rate(tmp_path):
+    diverge = ["train", "--points", "120", "--epochs", "5", "--lr", "1e30", "--schedule", "constant", "--quiet"]
+    assert runner.invoke(app, [*diverge, "--runs-dir", str(tmp_path), "--name", "d"]).exit_code == 1
+    result = runner.invoke(app, ["train", "--resume", "d", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "lower --lr" in result.stderr and "lr-find" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, code, text",
+    [
+        (["--epochs", "5"], 2, "drop --epochs"),
+        (["--lr", "0.1", "--name", "y"], 2, "drop --lr, --name"),
+        (["--seed", "0"], 2, "drop --seed"),
+    ],
+)
+def test_settings_beside_resume_are_refused(quick_run, extra, code, text):
+    runs_dir, _, _ = quick_run
+    result = runner.invoke(app, ["train", "--resume", "quick", "--runs-dir", str(runs_dir), *extra])
+    assert result.exit_code == code
+    assert len(result.stderr.strip().splitlines()) == 1 and text in result.stderr
+
+
+def test_resuming_an_unknown_run_names_it(tmp_path):
+    result = runner.invoke(app, ["train", "--resume", "nope", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert "'nope' not found" in result.stderr
+
+
+def test_a_damaged_interrupted_checkpoint_is_refused(tmp_path):
+    result = fit(CONFIG, should_stop=stop_after(4))
+    runs.save_new_run(tmp_path, "r", runs.run_files(result, {}, {}, {}))
+    saved = checkpoint(tmp_path / "r")
+    saved["optimizer"]["step"] = 99
+    torch.save(saved, tmp_path / "r" / "model.pt")
+    outcome = runner.invoke(app, ["train", "--resume", "r", "--runs-dir", str(tmp_path)])
+    assert outcome.exit_code == 1
+    assert "cannot be resumed" in outcome.stderr and "step count" in outcome.stderr
