@@ -100,6 +100,11 @@ class Schedule(str, Enum):
     onecycle = "onecycle"
 
 
+class Polish(str, Enum):
+    none = "none"
+    lm = "lm"
+
+
 class Dtype(str, Enum):
     float32 = "float32"
     float64 = "float64"
@@ -192,6 +197,8 @@ def train(
     seeds: Annotated[Optional[str], typer.Option(help="Train one member per seed in one stacked run: a count N (seeds 0…N-1) or a list 3,7,11. Overrides --seed.")] = None,
     dtype: Annotated[Dtype, typer.Option(help="Floating-point precision of the model and data.")] = Dtype.float32,
     device: Annotated[Device, typer.Option(help="Where to train: auto picks cuda when a GPU is present.")] = Device.auto,
+    polish: Annotated[Polish, typer.Option(help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (30 iterations take the median test MSE over seeds 0-9 from 6e-8 to 5e-10, about 3.5 s per member).")] = Polish.none,
+    polish_iterations: Annotated[int, typer.Option(help="Levenberg-Marquardt iterations per member with --polish lm.")] = 30,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_run_name)] = None,
@@ -218,7 +225,7 @@ def train(
     config = core.TrainConfig(
         layers=layers, points=points, val_fraction=val_fraction, batch_size=batch_size, epochs=epochs,
         lr=lr_value or core.TrainConfig.lr, schedule=schedule.value, seeds=parse_seeds(seed, seeds), dtype=dtype.value,
-        device=core.resolve_device(device.value),
+        device=core.resolve_device(device.value), polish=polish.value, polish_iterations=polish_iterations,
     )
     config.validate()
     runs.prepare_runs_dir(runs_dir, name)
@@ -280,11 +287,11 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
     from rungefit import runs
     from rungefit import train as core
 
-    progress, on_epoch = report.training_progress(config.epochs, quiet or json_output)
+    progress, on_epoch, on_polish = report.training_progress(config.epochs, quiet or json_output)
     with _ctrl_c_stops_training() as stop_requested:
         try:
             with progress:
-                result = core.fit(config, on_epoch=on_epoch, should_stop=stop_requested, resume=resume)
+                result = core.fit(config, on_epoch=on_epoch, should_stop=stop_requested, resume=resume, on_polish=on_polish)
         except core.DivergedError as diverged:
             path = save(diverged.result)
             raise RungefitError(f"{diverged} (last finite state saved in {path})") from None
@@ -538,7 +545,7 @@ def lr_find_command(
     else:
         runs.ensure_writable_dir(out, "--out")
     warn_if_full_batch(config)
-    progress, on_epoch = report.training_progress(config.epochs, quiet or json_output or not verify)
+    progress, on_epoch, _ = report.training_progress(config.epochs, quiet or json_output or not verify)
     with progress:
         findings = core.lr_find(config, test, verify_config, on_epoch)
     doc = {**findings.to_json(), "config": runs.json_ready(config)}

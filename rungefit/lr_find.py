@@ -406,7 +406,8 @@ def verify(
 ) -> Verification:
     """Train every (rate, seed) pair for config.epochs as one stacked fit; member r·S + s has rate r, seed s."""
     rates = np.asarray(rates, dtype=np.float64)
-    stacked = replace(config, seeds=tuple(seeds) * len(rates))
+    # The verification compares Adam at each rate; a polish would blur exactly that difference.
+    stacked = replace(config, seeds=tuple(seeds) * len(rates), polish="none")
     result = fit(stacked, member_lrs=np.repeat(rates, len(seeds)).tolist(), on_epoch=on_epoch, stop_on_divergence=False)
     val = np.array([m.val_mse for m in result.members]).reshape(len(rates), len(seeds))
     val[~np.isfinite(val)] = np.inf

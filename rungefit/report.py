@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -42,24 +43,45 @@ def note(message: str) -> None:
 
 
 def training_progress(epochs: int, quiet: bool):
-    """A Rich progress bar on stderr and the on_epoch callback that advances it."""
+    """A Rich progress display on stderr, and the on_epoch and on_polish callbacks that advance it.
+
+    The polish task appears only when the first LM iteration reports.
+    """
     progress = Progress(
-        TextColumn("[bold]train"),
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("train {task.fields[train]}  val {task.fields[val]}  lr {task.fields[lr]}"),
+        TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=stderr,
         disable=quiet,
         transient=False,
     )
-    task = progress.add_task("epochs", total=epochs, train="-", val="-", lr="-")
+    train_task = progress.add_task("train ", total=epochs, info="")
+    polish_task = None
 
     def on_epoch(report) -> None:
-        progress.update(task, completed=report.epoch, train=fmt(report.train_mse), val=fmt(report.val_mse), lr=f"{report.lr:.2e}")
+        info = f"train {fmt(report.train_mse)}  val {fmt(report.val_mse)}  lr {report.lr:.2e}"
+        progress.update(train_task, completed=report.epoch, info=info)
 
-    return progress, on_epoch
+    def on_polish(step) -> None:
+        nonlocal polish_task
+        if polish_task is None:
+            polish_task = progress.add_task("polish", total=None, info="")
+        info = f"member {step.member}  train {fmt(step.mse)}  λ {step.damping:.1e}"
+        progress.update(polish_task, completed=step.iteration, total=step.iterations, info=info)
+
+    return progress, on_epoch, on_polish
+
+
+def _polish_rows(polish: dict | None) -> list[tuple[str, str]]:
+    """How the Levenberg-Marquardt polish changed the training MSE (median over members)."""
+    if not polish:
+        return []
+    before, after = np.median(polish["train_mse_before"]), np.median(polish["train_mse_after"])
+    iterations = int(np.max(polish["iterations"]))
+    return [("polish (Levenberg-Marquardt)", f"train MSE {fmt(before)} → {fmt(after)}, {iterations} it.")]
 
 
 def render_train(summary: dict, run_dir: str) -> None:
@@ -81,6 +103,7 @@ def render_train(summary: dict, run_dir: str) -> None:
         ("optimizer steps", str(summary["steps"])),
         ("learning rate", ", ".join(f"{lr:.3g}" for lr in lrs[:4]) + (f" ({summary['lr_choice']})" if summary.get("lr_choice") else "")),
         ("schedule", summary.get("schedule", "")),
+        *_polish_rows(summary.get("polish")),
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
         ("status", summary["status"]),
     ]

@@ -22,6 +22,7 @@ from rungefit import rng
 from rungefit.errors import RungefitError
 from rungefit.evaluate import grid_errors
 from rungefit.model import DEFAULT_LAYERS, StackedMLP, parameter_count, parse_layers
+from rungefit.polish import PolishProgress, PolishReport, levenberg_marquardt
 from rungefit.runge import runge, sample_split, validation_size
 
 SCHEDULES = ("constant", "cosine", "onecycle")
@@ -38,6 +39,8 @@ MAX_STEPS = 100_000_000  # optimizer steps of one run: lr_factors holds one floa
 MAX_TEST_POINTS = 1_000_000
 # rng.py keys on the low 32 bits of a seed, so a larger seed would silently repeat a smaller one.
 MAX_SEED = 2**32 - 1
+POLISHES = ("none", "lm")
+MAX_POLISH_ITERATIONS = 10_000
 
 
 class DivergedError(RungefitError):
@@ -63,6 +66,8 @@ class TrainConfig:
     test_points: int = 100  # size of the equally spaced test grid
     betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
     eps: float = 1e-8  # Adam's denominator guard
+    polish: str = "none"  # none | lm: Levenberg-Marquardt refinement on the training set after Adam
+    polish_iterations: int = 30  # LM iterations per member (each solves one P × P system)
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work (by its CLI option)."""
@@ -79,6 +84,8 @@ class TrainConfig:
             (self.dtype in DTYPES, f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}"),
             (self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device!r}"),
             (2 <= self.test_points <= MAX_TEST_POINTS, f"test_points must be between 2 and {MAX_TEST_POINTS}, got {self.test_points}"),
+            (self.polish in POLISHES, f"--polish must be one of {', '.join(POLISHES)}, got {self.polish!r}"),
+            (0 <= self.polish_iterations <= MAX_POLISH_ITERATIONS, f"--polish-iterations must be between 0 and {MAX_POLISH_ITERATIONS}, got {self.polish_iterations}"),
         ])
         validation_size(self.points, self.val_fraction)
         _check([
@@ -239,6 +246,7 @@ class TrainResult:
     steps: int
     wall_time_s: float
     status: str = "complete"  # complete | diverged | interrupted
+    polish: PolishReport | None = None  # the LM refinement, when config.polish == "lm"
 
     def state(self) -> TrainState:
         """The state after the last completed epoch, from which fit(resume=…) continues."""
@@ -258,6 +266,18 @@ class TrainResult:
             "epochs": self.epochs_run,
             "steps": self.steps,
             "wall_time_s": self.wall_time_s,
+            "polish": self._polish_summary(),
+        }
+
+    def _polish_summary(self) -> dict | None:
+        if self.polish is None:
+            return None
+        return {
+            "method": self.config.polish,
+            "train_mse_before": self.polish.initial_mse.tolist(),
+            "train_mse_after": self.polish.final_mse.tolist(),
+            "iterations": self.polish.iterations.tolist(),
+            "accepted_steps": self.polish.accepted.tolist(),
         }
 
 
@@ -283,6 +303,7 @@ def fit(
     stop_on_divergence: bool = True,
     should_stop: Callable[[], bool] | None = None,
     resume: TrainState | None = None,
+    on_polish: Callable[[PolishProgress], None] | None = None,
 ) -> TrainResult:
     """Train one member per seed (member k with lr member_lrs[k], else config.lr).
 
@@ -290,13 +311,15 @@ def fit(
     stop_on_divergence is set; otherwise diverged members simply end with non-finite metrics.
     should_stop is asked after every optimizer step; once it says yes, the unfinished epoch is
     dropped and the result (status "interrupted") holds the last completed epoch. resume continues
-    from such a state, and ends with exactly the numbers of an uninterrupted run.
+    from such a state, and ends with exactly the numbers of an uninterrupted run. With
+    config.polish == "lm", a completed Adam run is refined by Levenberg-Marquardt (progress to
+    on_polish); an interrupted or diverged one is not.
     """
     config.validate()
     if resume is not None:
         resume.check(config)
     with intra_op_threads(config):
-        return _fit(config, member_lrs, on_epoch, stop_on_divergence, should_stop, resume)
+        return _fit(config, member_lrs, on_epoch, stop_on_divergence, should_stop, resume, on_polish)
 
 
 @contextmanager
@@ -324,15 +347,13 @@ def _fit(
     stop_on_divergence: bool,
     should_stop: Callable[[], bool] | None,
     resume: TrainState | None,
+    on_polish: Callable[[PolishProgress], None] | None,
 ) -> TrainResult:
     started = time.perf_counter()
     dtype, device = DTYPES[config.dtype], config.device
     seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
-    lrs = torch.tensor(
-        list(member_lrs) if member_lrs is not None else [config.lr] * len(config.seeds),
-        dtype=dtype,
-        device=device,
-    )
+    lr_values = [float(lr) for lr in member_lrs] if member_lrs is not None else [config.lr] * len(config.seeds)
+    lrs = torch.tensor(lr_values, dtype=dtype, device=device)
     if lrs.shape[0] != seeds.shape[0]:
         raise ValueError(f"{lrs.shape[0]} learning rates for {seeds.shape[0]} members")
     data = sample_split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
@@ -367,16 +388,20 @@ def _fit(
             break
         if on_epoch is not None:
             on_epoch(EpochReport(epoch + 1, config.epochs, float(np.median(history.train_mse[-1])), float(np.median(history.val_mse[-1])), float(np.median(history.lr[-1]))))
+    polish = None
+    if status == "complete" and config.polish == "lm":
+        polish = levenberg_marquardt(model, data.x_train, iterations=config.polish_iterations, progress=on_polish)
     result = TrainResult(
         config=config,
         model=model,
         optimizer=optimizer,
         history=history,
-        members=final_metrics(model, config, data, lrs.tolist()),
+        members=final_metrics(model, config, data, lr_values),
         epochs_run=len(history.val_mse),
         steps=optimizer.step_count,
         wall_time_s=earlier_wall_time + time.perf_counter() - started,
         status=status,
+        polish=polish,
     )
     if status == "diverged":
         raise DivergedError(

@@ -130,13 +130,17 @@ def test_true_derivative_column_is_f_prime():
 
 @pytest.fixture(scope="session")
 def trained_model():
-    """The default training run, once per session (float32, as `rungefit train` makes it)."""
+    """A default training run with the LM polish (`rungefit train --polish lm`), once per session.
+
+    Adam alone fits f to a test MSE of 1e-7 but its slope at x = 0.3 only to 2e-2; the polish
+    brings that to 9e-4.
+    """
     # One thread: the matrices are tiny, and two threads on a busy machine can spend far longer
     # waiting for each other than computing.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return fit(TrainConfig()).model
+        return fit(TrainConfig(polish="lm")).model
     finally:
         torch.set_num_threads(threads)
 
