@@ -79,10 +79,18 @@ def ensure_writable_dir(path: Path, option: str) -> None:
         raise RunError(f"{option} {path} is not writable; choose another directory")
 
 
+def _umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Write data to path via a temporary file in the same directory and os.replace."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run is as shareable as any file
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -155,6 +163,7 @@ def save_new_run(runs_dir: Path, name: str | None, files: dict[str, bytes]) -> P
     os.mkdir is the arbiter, so two processes never share a directory.
     """
     staging = Path(tempfile.mkdtemp(dir=runs_dir, prefix=".staging-"))
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700, and the directory keeps its mode
     final = None
     try:
         for file_name, data in files.items():

@@ -15,6 +15,7 @@ import argparse
 import time
 
 import numpy as np
+import torch
 
 from rungefit.train import TrainConfig, fit
 
@@ -29,9 +30,10 @@ CONFIGURATIONS = {
     "1000 onecycle": ("1000 points, lr 3e-2, one-cycle", dict(points=1000, lr=3e-2, schedule="onecycle")),
     "1000 cosine f64": ("1000 points, lr 3e-2, cosine, float64", dict(points=1000, lr=3e-2, schedule="cosine", dtype="float64")),
     "2000 cosine": ("2000 points, lr 3e-2, cosine", dict(points=2000, lr=3e-2, schedule="cosine")),
-    "4000 cosine": ("4000 points, lr 3e-2, cosine", dict(points=4000, lr=3e-2, schedule="cosine")),
+    "4000 cosine (default)": ("4000 points, lr 3e-2, cosine: the default", dict()),
     "4000 cosine 1e-2": ("4000 points, lr 1e-2, cosine", dict(points=4000, lr=1e-2, schedule="cosine")),
     "8000 cosine": ("8000 points, lr 3e-2, cosine", dict(points=8000, lr=3e-2, schedule="cosine")),
+    "default + LM": ("the default, then --polish lm (30 Levenberg-Marquardt iterations)", dict(polish="lm")),
 }
 
 
@@ -48,6 +50,7 @@ def measure(overrides: dict) -> dict:
 
 
 def main() -> None:
+    torch.set_num_threads(1)  # as fit() does for stacks this small; the LM polish follows suit
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", help="comma-separated configuration names")
     args = parser.parse_args()
