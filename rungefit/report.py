@@ -75,6 +75,9 @@ def training_progress(epochs: int, quiet: bool):
     return progress, on_epoch, on_polish
 
 
+STAT_LABELS = {"train_mse": "train MSE", "val_mse": "validation MSE", "test_mse": "test MSE", "test_max_abs_error": "max |error| (test grid)"}
+
+
 def _polish_rows(polish: dict | None) -> list[tuple[str, str]]:
     """How the Levenberg-Marquardt polish changed the training MSE (median over members)."""
     if not polish:
@@ -95,7 +98,7 @@ def render_train(summary: dict, run_dir: str) -> None:
         member = members[0]
         rows = [("train MSE", fmt(member["train_mse"])), ("validation MSE", fmt(member["val_mse"])), ("test MSE", fmt(member["test_mse"])), ("max |error| (test grid)", fmt(member["test_max_abs_error"]))]
     else:
-        rows = [(f"{name} median [min … max]", f"{fmt(s['median'])} [{fmt(s['min'])} … {fmt(s['max'])}]") for name, s in stats.items()]
+        rows = [(f"{STAT_LABELS[name]}: median [min … max]", f"{fmt(s['median'])} [{fmt(s['min'])} … {fmt(s['max'])}]") for name, s in stats.items()]
     lrs = sorted({m["lr"] for m in members})
     rows += [
         ("members (seeds)", f"{len(members)} ({', '.join(str(m['seed']) for m in members[:8])}{' …' if len(members) > 8 else ''})"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,8 @@ SLOW = [
     "rungefit train --lr auto --name auto",
     "rungefit lr-find --seeds 5 --verify",
 ]
+# Pictures README shows, copied from the runs the snippets made.
+FIGURES = {"runs/seeds/fit.png": "docs/fit.png"}
 VOLATILE = [
     (re.compile(r"\d+(\.\d+)?\s?(s|ms)\b"), "<time>"),  # wall times
     (re.compile(r"\d{8}-\d{6}"), "<timestamp>"),  # default run and lr-find directory names
@@ -76,6 +79,8 @@ def regenerate(commands: list[str]) -> None:
         for command in commands:
             print(f"$ {command}", file=sys.stderr, flush=True)
             outputs[command] = run(command, Path(workdir))
+        for source, target in FIGURES.items():
+            shutil.copyfile(Path(workdir) / source, README.parent / target)
 
     def replace(match: re.Match) -> str:
         command = match["command"]
