@@ -87,13 +87,20 @@ def _polish_rows(polish: dict | None) -> list[tuple[str, str]]:
     return [("polish (Levenberg-Marquardt)", f"train MSE {fmt(before)} → {fmt(after)}, {iterations} it.")]
 
 
+def print_pairs(title: str, heading: str, rows: list[tuple[str, str]]) -> None:
+    """A two-column table (name, right-aligned value) on stdout."""
+    table = Table(title=title, title_justify="left")
+    table.add_column(heading)
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    stdout.print(table)
+
+
 def render_train(summary: dict, run_dir: str) -> None:
     """Final figures of a training run: per-member rows when there are several members."""
     members = summary["members"]
     stats = summary["stats"]
-    table = Table(title=f"rungefit train → {run_dir}", title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
     if len(members) == 1:
         member = members[0]
         rows = [("train MSE", fmt(member["train_mse"])), ("validation MSE", fmt(member["val_mse"])), ("test MSE", fmt(member["test_mse"])), ("max |error| (test grid)", fmt(member["test_max_abs_error"]))]
@@ -110,9 +117,7 @@ def render_train(summary: dict, run_dir: str) -> None:
         ("wall time", f"{summary['wall_time_s']:.1f} s"),
         ("status", summary["status"]),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
-    stdout.print(table)
+    print_pairs(f"rungefit train → {run_dir}", "metric", rows)
     if len(members) > 1:
         per_member = Table(title="per member", title_justify="left")
         for column in ("member", "seed", "train MSE", "val MSE", "test MSE", "max |error|"):
@@ -251,9 +256,6 @@ def render_grad(doc: dict) -> None:
 
 
 def _grad_point_table(point: dict, doc: dict) -> None:
-    table = Table(title=f"at x = {point['x']:g}", title_justify="left")
-    table.add_column("quantity")
-    table.add_column("value", justify="right")
     rows = [
         ("a^[L](x)  network output", _full(point["output"])),
         ("f(x)", _full(point["target"])),
@@ -265,20 +267,17 @@ def _grad_point_table(point: dict, doc: dict) -> None:
         ("|finite difference − autograd|", fmt(point["fd_vs_autograd"])),
         ("|∇a^[L] − f'|  network vs true", fmt(point["network_vs_true"])),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
-    stdout.print(table)
+    print_pairs(f"at x = {point['x']:g}", "quantity", rows)
 
 
 def _grad_grid_table(grid: dict) -> None:
-    table = Table(title=f"over {grid['points']} equally spaced points of [-1, 1]", title_justify="left")
-    table.add_column("maximum over the grid")
-    table.add_column("value", justify="right")
-    table.add_row("max |product − autograd|", fmt(grid["max_product_vs_autograd"]))
-    table.add_row("max |finite difference − autograd|", fmt(grid["max_fd_vs_autograd"]))
-    table.add_row("max |∇a^[L] − f'|", f"{fmt(grid['max_network_vs_true'])} at x = {grid['max_network_vs_true_at']:.4g}")
-    table.add_row("RMS |∇a^[L] − f'|", fmt(grid["rms_network_vs_true"]))
-    stdout.print(table)
+    rows = [
+        ("max |product − autograd|", fmt(grid["max_product_vs_autograd"])),
+        ("max |finite difference − autograd|", fmt(grid["max_fd_vs_autograd"])),
+        ("max |∇a^[L] − f'|", f"{fmt(grid['max_network_vs_true'])} at x = {grid['max_network_vs_true_at']:.4g}"),
+        ("RMS |∇a^[L] − f'|", fmt(grid["rms_network_vs_true"])),
+    ]
+    print_pairs(f"over {grid['points']} equally spaced points of [-1, 1]", "maximum over the grid", rows)
 
 
 def _chain_table(chain: dict) -> None:
@@ -316,9 +315,6 @@ def render_eval(doc: dict) -> None:
     """The network's scores on the test grid, the baselines beside it (if any), then the --x points."""
     network, edge = doc["scores"][0], doc["end_region"]
     stdout.print(f"rungefit eval: {doc['source']}", highlight=False)
-    table = Table(title=f"on {doc['points']} equally spaced points of [-1, 1]", title_justify="left")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
     rows = [
         ("MSE", fmt(network["mse"])),
         ("RMSE", fmt(network["rmse"])),
@@ -327,9 +323,7 @@ def render_eval(doc: dict) -> None:
         (f"in the middle, |x| ≤ {edge:g}: RMSE, max |error|", f"{fmt(network['middle_rmse'])}, {fmt(network['middle_max_abs_error'])}"),
         ("parameters", str(network["parameters"])),
     ]
-    for name, value in rows:
-        table.add_row(name, value)
-    stdout.print(table)
+    print_pairs(f"on {doc['points']} equally spaced points of [-1, 1]", "metric", rows)
     if len(doc["scores"]) > 1:
         _baselines_table(doc["scores"], edge)
     if doc["at_x"]:
