@@ -64,8 +64,9 @@ def synchronize(device: str) -> None:
 
 
 def time_plain(epochs: int, threads: int) -> tuple[float, int]:
-    """Wall time and steps of the plain loop on rungefit's seed-0 data set."""
-    data = sample_split(torch.tensor([0]), 1000, 0.3)
+    """Wall time and steps of the plain loop on the data set rungefit's default run with seed 0 uses."""
+    config = TrainConfig()
+    data = sample_split(torch.tensor([0]), config.points, config.val_fraction)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
