@@ -509,13 +509,13 @@ class SweepMode(str, Enum):
 
 @app.command("lr-find")
 def lr_find_command(
-    layers: Annotated[Optional[str], typer.Option(help="Hidden layers as WIDTH:ACTIVATION items [default: train's].", autocompletion=complete_layers)] = None,
-    points: Annotated[Optional[int], typer.Option(help="Training points, validation included [default: train's].")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Share of the points held out for validation [default: train's].")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size: one range-test step per mini-batch [default: train's]. Larger than the training set: full-batch, with a warning.")] = None,
+    layers: Annotated[Optional[str], typer.Option(help="Hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
+    points: Annotated[Optional[int], typer.Option(help="Training points, validation included (default: train's).")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of the points held out for validation (default: train's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size: one range-test step per mini-batch (default: train's). Larger than the training set: full-batch, with a warning.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, the points and the shuffling, as in train.", min=0, max=MAX_SEED)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Repeat the range test over several seeds (a count N or a list 3,7,11) and report each rule's median and its spread in decades. Overrides --seed.")] = None,
-    dtype: Annotated[Optional[Dtype], typer.Option(help="Floating-point precision [default: train's].")] = None,
+    dtype: Annotated[Optional[Dtype], typer.Option(help="Floating-point precision (default: train's).")] = None,
     device: Annotated[Device, typer.Option(help="Where to run: auto picks cuda when a GPU is present.")] = Device.auto,
     start_lr: Annotated[float, typer.Option(help="Rate of the first step of the sweep.")] = 1e-7,
     end_lr: Annotated[float, typer.Option(help="Rate of the last step of the sweep.")] = 10.0,
@@ -527,10 +527,10 @@ def lr_find_command(
     verify: Annotated[bool, typer.Option("--verify", help="Train real models at a grid of rates plus each rule's suggestion, all as one stacked fit, and report which rate is best and how far each suggestion lands from it.")] = False,
     verify_rates: Annotated[int, typer.Option(help="Grid rates for --verify, half a decade apart, below the divergence point.", min=1)] = 9,
     verify_seeds: Annotated[int, typer.Option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = 3,
-    verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify [default: train's --epochs].", min=1)] = None,
-    schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule of the --verify trainings [default: train's].")] = None,
+    verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1)] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule of the --verify trainings (default: train's).")] = None,
     runs_dir: RunsDir = Path("runs"),
-    out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png [default: RUNS_DIR/lr-find/<timestamp>].")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png (default: RUNS_DIR/lr-find/<timestamp>).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar for --verify.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -558,7 +558,7 @@ def lr_find_command(
         verify_config.validate()
     # Fail on an unusable directory now, not after the range test.
     if out is None:
-        runs.prepare_runs_dir(runs_dir / "lr-find", None)
+        runs.prepare_runs_dir(runs_dir / runs.LR_FIND_DIR, None)
     else:
         runs.ensure_writable_dir(out, "--out")
     warn_if_full_batch(config)
@@ -585,7 +585,7 @@ def _save_lr_find(doc: dict, csv_text: str, runs_dir: Path, out: Optional[Path])
     if doc["verification"]:
         files["lr_verify.png"] = plots.lr_verify_png(doc["verification"])
     if out is None:
-        return runs.save_new_run(runs_dir / "lr-find", None, files)
+        return runs.save_new_run(runs_dir / runs.LR_FIND_DIR, None, files)
     try:
         out.mkdir(parents=True, exist_ok=True)
         for file_name, data in files.items():

@@ -22,6 +22,8 @@ from rungefit.errors import RungefitError
 
 CHECKPOINT_FORMAT = 1
 LATEST = "latest"
+LR_FIND_DIR = "lr-find"  # lr-find's outputs live in this subdirectory of the runs directory
+RESERVED_NAMES = (LATEST, LR_FIND_DIR)
 MODEL_FILE = "model.pt"
 
 
@@ -53,10 +55,10 @@ def default_run_name() -> str:
 def check_name(name: str) -> None:
     """A run name is one path component of safe characters."""
     allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-    if not name or name.startswith(".") or name == LATEST or not set(name) <= allowed:
+    if not name or name.startswith(".") or name in RESERVED_NAMES or not set(name) <= allowed:
         raise RunError(
             f"--name {name!r} is not a valid run name; use letters, digits, '.', '_' and '-' "
-            "(not starting with '.', and not 'latest')"
+            f"(not starting with '.', and not {' or '.join(repr(n) for n in RESERVED_NAMES)})"
         )
 
 

@@ -71,7 +71,7 @@ def test_missing_runs_say_how_to_make_one(tmp_path):
         runs.load_run(tmp_path, "empty")
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "latest", "x y"])
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "latest", "lr-find", "x y"])
 def test_bad_run_names(tmp_path, name):
     with pytest.raises(runs.RunError, match="name"):
         runs.prepare_runs_dir(tmp_path, name)
