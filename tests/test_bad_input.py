@@ -176,12 +176,20 @@ def invoke(command: str, root, args: list[str]):
 
 @pytest.mark.parametrize("command, args, code, text", CASES, ids=[f"{c[0]} {' '.join(c[1])}" for c in CASES])
 def test_bad_input_gives_one_line_naming_the_option(place, command, args, code, text):
+    before = runs_tree(place)
     result = invoke(command, place, args)
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     assert result.exit_code == code, result.output
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and text in lines[0], result.stderr
+    assert runs_tree(place) == before, "a refused command left something in the runs directory"
+
+
+def runs_tree(root) -> set[str]:
+    """Every path under the runs directory, with the content of `latest`."""
+    runs_dir = root / "runs"
+    return {str(p.relative_to(runs_dir)) for p in runs_dir.rglob("*")} | {(runs_dir / "latest").read_text()}
 
 
 @pytest.mark.parametrize(
