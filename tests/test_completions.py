@@ -66,3 +66,18 @@ def test_completing_never_imports_torch_or_matplotlib():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert "cuda" in result.stdout
     assert result.stderr.strip().endswith("HEAVY:"), result.stderr[-300:]
+
+
+def test_run_names_come_from_the_runs_directory(tmp_path):
+    for name in ("alpha", "beta"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.pt").write_bytes(b"")
+    (tmp_path / "not-a-run").mkdir()  # no model.pt
+    for command in ("eval --run", "grad --run", "train --resume"):
+        candidates = complete(f"rungefit {command.split()[0]} --runs-dir {tmp_path} {command.split()[1]} ")
+        assert sorted(candidates) == ["alpha", "beta"], command
+    assert complete(f"rungefit eval --runs-dir {tmp_path} --run al") == ["alpha"]
+
+
+def test_lr_find_mode_values():
+    assert complete("rungefit lr-find --mode ") == ["exp", "linear"]
