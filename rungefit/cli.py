@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -301,7 +302,6 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool) -> No
 
 def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_output: bool, resume=None) -> None:
     """fit with Ctrl-C handling, save(result) → the run directory, render; an interrupted run exits 130."""
-    from rungefit import runs
     from rungefit import train as core
 
     progress, on_epoch, on_polish = report.training_progress(config.epochs, quiet or json_output)
@@ -320,7 +320,7 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
     if interrupted:
         summary["resume"] = f"rungefit train --resume {shlex.quote(path.name)} --runs-dir {shlex.quote(str(path.parent))}"
     if json_output:
-        report.print_json({**summary, "config": runs.json_ready(config)})
+        report.print_json({**summary, "config": asdict(config)})
     else:
         report.render_train(summary, str(path))
     if interrupted:
@@ -565,7 +565,7 @@ def lr_find_command(
     progress, on_epoch, _ = report.training_progress(config.epochs, quiet or json_output or not verify)
     with progress:
         findings = core.lr_find(config, test, verify_config, on_epoch)
-    doc = {**findings.to_json(), "config": runs.json_ready(config)}
+    doc = {**findings.to_json(), "config": asdict(config)}
     path = _save_lr_find(doc, findings.test.csv(), runs_dir, out)
     if json_output:
         report.print_json({**doc, "out": str(path)})
@@ -586,10 +586,9 @@ def _save_lr_find(doc: dict, csv_text: str, runs_dir: Path, out: Optional[Path])
         files["lr_verify.png"] = plots.lr_verify_png(doc["verification"])
     if out is None:
         return runs.save_new_run(runs_dir / runs.LR_FIND_DIR, None, files)
+    runs.ensure_writable_dir(out, "--out")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        for file_name, data in files.items():
-            runs.atomic_write(out / file_name, data)
+        runs.write_files(out, files)
     except OSError as error:
         raise RungefitError(f"--out {out}: cannot write there ({error.strerror}); choose another directory") from None
     return out

@@ -21,16 +21,16 @@ import numpy as np
 import torch
 
 from rungefit.errors import RungefitError
-from rungefit.model import StackedMLP, parse_layers
+from rungefit.model import StackedMLP
 from rungefit.runge import DataSplit, runge, sample_split
 from rungefit.train import (
-    DTYPES,
     EpochReport,
     StackedAdam,
     TrainConfig,
     epoch_batches,
     fit,
     intra_op_threads,
+    new_stack,
     train_step,
 )
 
@@ -321,16 +321,6 @@ def _record(model, optimizer, data, seeds, batch_size, rates, config):
             if curve is not None:
                 curve[stops[member] + 1 :, member] = np.nan
     return (*curves, stops)
-
-
-def new_stack(config: TrainConfig) -> tuple[StackedMLP, StackedAdam, DataSplit, torch.Tensor]:
-    """A freshly initialised model, its optimizer, data and seeds, exactly as fit() starts them."""
-    dtype, device = DTYPES[config.dtype], config.device
-    seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
-    data = sample_split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
-    model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=dtype, device=device)
-    model.initialise(seeds)
-    return model, StackedAdam(model, config.betas, config.eps), data, seeds
 
 
 def run_range_test(config: TrainConfig, test: RangeTestConfig) -> RangeTest:

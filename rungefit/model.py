@@ -159,20 +159,13 @@ class StackedMLP:
         self.activations = [ACTIVATIONS[layer.activation] for layer in self.layers]
         self.params = torch.zeros(members, parameter_count(self.layers), dtype=dtype, device=device)
         self.grads = torch.zeros_like(self.params)
+        # Each affine map is one block [W^T; b], [K, fan_in + 1, fan_out], in params.
         # weights_t[l]: [K, fan_in, fan_out] (transposed, so a @ W^T is a plain batched matmul);
         # biases[l]: [K, 1, fan_out]. Both are leaf views into params with gradients in grads.
-        self.weights_t: list[torch.Tensor] = []
-        self.biases: list[torch.Tensor] = []
-        offset = 0
-        for fan_in, fan_out in layer_shapes(self.layers):
-            for shape, target in (((fan_in, fan_out), self.weights_t), ((1, fan_out), self.biases)):
-                size = shape[0] * shape[1]
-                view = self.params[:, offset : offset + size].view(members, *shape)
-                view.requires_grad_(True)
-                view.grad = self.grads[:, offset : offset + size].view(members, *shape)
-                target.append(view)
-                offset += size
-        self._blocks = _block_views(self.params, layer_shapes(self.layers))
+        self._blocks = block_views(self.params, layer_shapes(self.layers))
+        grad_blocks = block_views(self.grads, layer_shapes(self.layers))
+        self.weights_t = [_leaf(block[:, :-1], grad[:, :-1]) for block, grad in zip(self._blocks, grad_blocks, strict=True)]
+        self.biases = [_leaf(block[:, -1:], grad[:, -1:]) for block, grad in zip(self._blocks, grad_blocks, strict=True)]
         self._backprops: dict[int, _Backprop] = {}
 
     @property
@@ -292,8 +285,15 @@ class StackedMLP:
         return moved
 
 
-def _block_views(flat: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """[W^T; b] of every affine map, [K, fan_in + 1, fan_out]: adjacent in the flat buffer."""
+def _leaf(view: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """A parameter view that autograd treats as a leaf, accumulating its gradient into `grad`."""
+    view.requires_grad_(True)
+    view.grad = grad
+    return view
+
+
+def block_views(flat: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """[W^T; b] of every affine map, [K, fan_in + 1, fan_out]: adjacent in the flat buffer [K, P]."""
     blocks, offset = [], 0
     for fan_in, fan_out in shapes:
         size = (fan_in + 1) * fan_out
@@ -324,8 +324,8 @@ class _Backprop:
         self.output_delta = self.deltas[-1].view(members, batch)
         self.error = torch.empty(members, batch, **options)
         self.scale = torch.tensor(2 / batch, **options)  # ∂ mean(error²) / ∂error = 2 error / B
-        blocks = _block_views(model.params, shapes)
-        grad_blocks = _block_views(model.grads, shapes)
+        blocks = block_views(model.params, shapes)
+        grad_blocks = block_views(model.grads, shapes)
         self.forward_ops: list[Callable[[], object]] = []
         self.backward_ops: list[Callable[[], object]] = []
         for index, block in enumerate(blocks):

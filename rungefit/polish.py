@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rungefit.model import StackedMLP, layer_shapes
+from rungefit.model import StackedMLP, block_views, layer_shapes
 from rungefit.runge import runge
 
 # Points per Jacobian chunk: bounds the float64 Jacobian held at once to CHUNK × P numbers
@@ -196,18 +196,15 @@ class _MemberLM:
 
     def _forward(self, params: torch.Tensor, x: torch.Tensor, keep: bool):
         """Output [B], and (if keep) each layer's input [a; 1] [B, fan_in + 1] and the blocks."""
-        blocks, inputs, offset = [], [], 0
+        inputs = []
+        blocks = [block[0] for block in block_views(params.unsqueeze(0), self.shapes)]
         a = x.unsqueeze(1)
         last = len(self.shapes) - 1
-        for index, (fan_in, fan_out) in enumerate(self.shapes):
-            # Parameters are laid out per affine map as [Wᵀ; b], [fan_in + 1, fan_out], row-major.
-            block = params[offset : offset + (fan_in + 1) * fan_out].view(fan_in + 1, fan_out)
-            offset += (fan_in + 1) * fan_out
+        for index, block in enumerate(blocks):
             augmented = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
             z = augmented @ block
             a = z if index == last else self.activations[index].fn(z)
             if keep:
-                blocks.append(block)
                 inputs.append(augmented)
         return a.squeeze(1), inputs, blocks
 

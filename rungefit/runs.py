@@ -168,8 +168,7 @@ def save_new_run(runs_dir: Path, name: str | None, files: dict[str, bytes]) -> P
     os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes 0700, and the directory keeps its mode
     final = None
     try:
-        for file_name, data in files.items():
-            atomic_write(staging / file_name, data)
+        write_files(staging, files)
         final = _reserve(runs_dir, name)
         os.replace(staging, final)
     except BaseException:
@@ -200,6 +199,12 @@ def _reserve(runs_dir: Path, name: str | None) -> Path:
             if name is not None:
                 raise RunError(f"run {name!r} already exists in {runs_dir}; choose another --name") from None
     raise RunError(f"could not find a free run name starting with {base!r} in {runs_dir}")
+
+
+def write_files(directory: Path, files: dict[str, bytes]) -> None:
+    """Write every file into an existing directory, each atomically."""
+    for file_name, data in files.items():
+        atomic_write(directory / file_name, data)
 
 
 def update_run(run_dir: Path, files: dict[str, bytes]) -> None:
@@ -307,8 +312,3 @@ def resume_state(loaded: LoadedRun):
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise RunError(f"{loaded.path} cannot be resumed: its checkpoint is damaged or incomplete ({error}); retrain with `rungefit train`") from None
     return state
-
-
-def json_ready(config) -> dict:
-    """A config dataclass as a JSON-ready dict."""
-    return asdict(config)

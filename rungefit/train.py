@@ -23,7 +23,7 @@ from rungefit.errors import RungefitError
 from rungefit.evaluate import grid_errors
 from rungefit.model import DEFAULT_LAYERS, StackedMLP, parameter_count, parse_layers
 from rungefit.polish import PolishProgress, PolishReport, levenberg_marquardt
-from rungefit.runge import runge, sample_split, validation_size
+from rungefit.runge import DataSplit, runge, sample_split, validation_size
 
 SCHEDULES = ("constant", "cosine", "onecycle")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -281,9 +281,6 @@ class TrainResult:
         }
 
 
-EpochCallback = Callable[[int, "EpochReport"], None]
-
-
 @dataclass(frozen=True)
 class EpochReport:
     """What the progress display gets after each epoch (plain floats, median over members)."""
@@ -351,16 +348,12 @@ def _fit(
 ) -> TrainResult:
     started = time.perf_counter()
     dtype, device = DTYPES[config.dtype], config.device
-    seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
     lr_values = [float(lr) for lr in member_lrs] if member_lrs is not None else [config.lr] * len(config.seeds)
+    if len(lr_values) != len(config.seeds):
+        raise ValueError(f"{len(lr_values)} learning rates for {len(config.seeds)} members")
     lrs = torch.tensor(lr_values, dtype=dtype, device=device)
-    if lrs.shape[0] != seeds.shape[0]:
-        raise ValueError(f"{lrs.shape[0]} learning rates for {seeds.shape[0]} members")
-    data = sample_split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
+    model, optimizer, data, seeds = new_stack(config)
     y_val = runge(data.x_val)
-    model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=dtype, device=device)
-    model.initialise(seeds)
-    optimizer = StackedAdam(model, config.betas, config.eps)
     factors = torch.tensor(lr_factors(config.schedule, config.total_steps), dtype=dtype, device=device)
     history, first_epoch, earlier_wall_time = History(), 0, 0.0
     if resume is not None:
@@ -410,6 +403,16 @@ def _fit(
             result,
         )
     return result
+
+
+def new_stack(config: TrainConfig) -> tuple[StackedMLP, StackedAdam, DataSplit, torch.Tensor]:
+    """A freshly initialised model, its optimizer, the data and the seeds [K], as every fit starts."""
+    dtype, device = DTYPES[config.dtype], config.device
+    seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
+    data = sample_split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
+    model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=dtype, device=device)
+    model.initialise(seeds)
+    return model, StackedAdam(model, config.betas, config.eps), data, seeds
 
 
 def epoch_batches(x_train: torch.Tensor, seeds: torch.Tensor, epoch: int, batch_size: int):

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from rungefit import lr_find
 from rungefit.cli import app, lr_find_command
 from rungefit.runge import DataSplit
-from rungefit.train import TrainConfig, epoch_batches, fit, train_step
+from rungefit.train import TrainConfig, epoch_batches, fit, new_stack, train_step
 
 runner = CliRunner()
 
@@ -23,13 +23,7 @@ runner = CliRunner()
 SMALL = TrainConfig(points=100, batch_size=10, seeds=(0, 1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The networks are tiny: a second intra-op thread only adds contention on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- the sweep and the smoothing
@@ -140,7 +134,7 @@ def test_uninformative_curve_warns_and_an_informative_one_does_not():
 
 def _trained_stack():
     """A small stack after a few real steps, so the optimizer state is not trivially zero."""
-    model, optimizer, data, seeds = lr_find.new_stack(SMALL)
+    model, optimizer, data, seeds = new_stack(SMALL)
     for x, y in epoch_batches(data.x_train, seeds, 0, SMALL.batch_size):
         train_step(model, optimizer, x, y, torch.tensor([[1e-2]]))
     return model, optimizer, data, seeds
@@ -176,7 +170,7 @@ def test_range_test_stops_each_member_at_divergence():
 
 
 def test_a_non_finite_loss_stops_its_member_at_once_and_spares_the_others():
-    model, optimizer, data, seeds = lr_find.new_stack(SMALL)
+    model, optimizer, data, seeds = new_stack(SMALL)
     poisoned = data.x_train.clone()
     poisoned[1] = float("nan")
     config = lr_find.RangeTestConfig(start_lr=1e-5, end_lr=1e-3, iters=20)

@@ -14,13 +14,7 @@ from rungefit.polish import PolishProgress, levenberg_marquardt
 from rungefit.runge import runge, sample_split
 from rungefit.train import TrainConfig, fit
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
