@@ -10,7 +10,7 @@ import typer
 
 from rungefit.cli import app
 
-from .snippets import FAST, README, SLOW, normalise, readme_snippets, run
+from .snippets import FAST, README, SLOW, readme_snippets, run, words
 
 TEXT = README.read_text()
 
@@ -32,7 +32,14 @@ def test_fast_snippets_are_current(tmp_path):
     shown = readme_snippets(TEXT)
     for command in FAST:
         fresh = run(command, tmp_path)
-        assert normalise(fresh) == normalise(shown[command]), f"stale README output of `{command}`: run `python -m tests.snippets`"
+        assert words(fresh) == words(shown[command]), f"stale README output of `{command}`: run `python -m tests.snippets`"
+        if command == FAST[0]:
+            # The numbers themselves: the test MSE README shows, within a factor of 3 of this machine's.
+            assert 1 / 3 < reported_test_mse(fresh) / reported_test_mse(shown[command]) < 3, "README's test MSE is stale: run `python -m tests.snippets`"
+
+
+def reported_test_mse(output: str) -> float:
+    return float(re.search(r"test MSE\s*│\s*(\S+)", output).group(1))
 
 
 @pytest.mark.parametrize("command", SLOW)
