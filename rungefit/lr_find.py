@@ -265,16 +265,18 @@ def range_test(
     """
     config.validate()
     rates = sweep(config.start_lr, config.end_lr, config.iters, config.mode)
-    saved = (model.params.clone(), model.grads.clone(), optimizer.state_dict())
+    saved = (model.params.clone(), model.grads.clone(), optimizer.state_dict(), optimizer.lrs)
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         try:
+            optimizer.lrs = [1.0] * model.members  # so that a step's factor is its rate
             raw, smoothed, val, stops = _record(model, optimizer, data, seeds, batch_size, rates, config)
         finally:
             with torch.no_grad():
                 model.params.copy_(saved[0])
                 model.grads.copy_(saved[1])
             optimizer.load_state_dict(saved[2])
+            optimizer.lrs = saved[3]
     return RangeTest(
         config=config,
         seeds=tuple(int(s) for s in seeds.tolist()),
@@ -300,14 +302,13 @@ def _record(model, optimizer, data, seeds, batch_size, rates, config):
     smoothed = np.full_like(raw, np.nan)
     val = np.full_like(raw, np.nan) if config.val else None
     y_val = runge(data.x_val)
-    lrs = torch.tensor(rates, dtype=model.dtype, device=model.device).reshape(-1, 1, 1)  # [n, 1, 1]
     average, best = np.zeros(members), np.full(members, np.inf)
     stops = np.full(members, -1)
     batches = _endless_batches(data.x_train, seeds, batch_size)
     # A member that blew up keeps training (its rows are blanked below) and overflows harmlessly.
     with np.errstate(invalid="ignore", over="ignore"):
         for step, (x, y) in zip(range(len(rates)), batches, strict=False):
-            raw[step] = train_step(model, optimizer, x, y, lrs[step]).double().cpu().numpy()
+            raw[step] = train_step(model, optimizer, x, y, float(rates[step])).double().cpu().numpy()
             average, smoothed[step] = ema_step(average, raw[step], config.smooth, step)
             if val is not None:
                 val[step] = model.mse(data.x_val, y_val).double().cpu().numpy()

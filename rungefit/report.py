@@ -114,7 +114,7 @@ def render_train(summary: dict, run_dir: str) -> None:
         ("learning rate", ", ".join(f"{lr:.3g}" for lr in lrs[:4]) + (f" ({summary['lr_choice']})" if summary.get("lr_choice") else "")),
         ("schedule", summary.get("schedule", "")),
         *_polish_rows(summary.get("polish")),
-        ("wall time", f"{summary['wall_time_s']:.1f} s"),
+        ("wall time", f"{summary['wall_time_s']:.1f} s" + (f" ({summary['workers']} processes)" if summary.get("workers", 1) > 1 else "")),
         ("status", summary["status"]),
     ]
     print_pairs(f"rungefit train → {run_dir}", "metric", rows)

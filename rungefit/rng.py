@@ -1,9 +1,10 @@
-"""Counter-based random numbers: every draw is a pure function of (seed, stream, index).
+"""Counter-based random numbers: every draw is a pure function of (seed, stream, counter, index).
 
 Each member of a stacked model needs its own random stream (initialisation, training points,
-shuffling) that does not depend on how many other members train beside it, on the device, or on
-how often the run was interrupted and resumed. A hash of (seed, stream, counter) gives exactly that,
-in one vectorised tensor operation for all members at once, with no generator state to save.
+shuffling) that does not depend on how many other members train beside it, or on how often the
+run was interrupted and resumed. A hash of (seed, stream, counter) gives exactly that, in one
+vectorised tensor operation for all members at once, with no generator state to save. The data
+and the initialisation are the same on every device; the shuffling order is not (permutations).
 """
 
 from __future__ import annotations
@@ -47,5 +48,17 @@ def uniform(
 
 
 def permutations(seeds: torch.Tensor, stream: int, n: int, *, counter: int = 0) -> torch.Tensor:
-    """[K, n] random permutations of range(n), row k a function of seeds[k] and counter."""
-    return torch.argsort(_keys(seeds, stream, counter, n), dim=1, stable=True)
+    """[K, n] random permutations of range(n), row k a function of seeds[k] and counter.
+
+    On the CPU, row k is torch.randperm (Fisher-Yates on an MT19937 generator seeded with the
+    hash of seed, stream and counter): sorting n hashed keys per row costs about 20 times as much
+    there ([64, 2800]: 16 ms against 0.9 ms per epoch). On a GPU, the whole stack is one argsort of
+    hashed keys, which a loop over members would not be. The two orders differ.
+    """
+    if seeds.device.type != "cpu":
+        return torch.argsort(_keys(seeds, stream, counter, n), dim=1, stable=True)
+    generator = torch.Generator()
+    rows = torch.empty(seeds.shape[0], n, dtype=torch.int64)
+    for row, key in zip(rows, _keys(seeds, stream, counter, 1)[:, 0].tolist(), strict=True):
+        torch.randperm(n, generator=generator.manual_seed(key), out=row)
+    return rows

@@ -4,6 +4,8 @@ Every member of the stack has its own seed (initialisation, training points, shu
 own learning rate; the members never interact, because the loss is a sum of per-member losses and
 Adam acts elementwise. So member k of a stacked run follows the trajectory of a single run with
 the same seed and rate, and one loop serves `train`, `train --seeds` and `lr-find --verify`.
+On the CPU, fit splits a large stack into contiguous groups of members, one per worker process
+(workers.py, one per core), and drives them epoch by epoch as one stack.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
+from functools import partial
 
 import numpy as np
 import torch
 
-from rungefit import rng
+from rungefit import rng, workers
 from rungefit.errors import RungefitError
 from rungefit.evaluate import grid_errors
 from rungefit.model import DEFAULT_LAYERS, StackedMLP, parameter_count, parse_layers
@@ -41,6 +44,10 @@ MAX_TEST_POINTS = 1_000_000
 MAX_SEED = 2**32 - 1
 POLISHES = ("none", "lm")
 MAX_POLISH_ITERATIONS = 10_000
+# Automatic worker processes give each at least this many members: a step on 8 members costs
+# about 1.8× one on a single member, so smaller shares gain too little for a process each.
+MIN_MEMBERS_PER_WORKER = 8
+MAX_WORKERS = 256
 
 
 class DivergedError(RungefitError):
@@ -68,6 +75,7 @@ class TrainConfig:
     eps: float = 1e-8  # Adam's denominator guard
     polish: str = "none"  # none | lm: Levenberg-Marquardt refinement on the training set after Adam
     polish_iterations: int = 30  # LM iterations per member (each solves one P × P system)
+    workers: int = 0  # CPU processes sharing the members; 0: one per core, ≥ MIN_MEMBERS_PER_WORKER members each
 
     def validate(self) -> None:
         """Raise ValueError naming the first setting that cannot work (by its CLI option)."""
@@ -86,6 +94,9 @@ class TrainConfig:
             (2 <= self.test_points <= MAX_TEST_POINTS, f"test_points must be between 2 and {MAX_TEST_POINTS}, got {self.test_points}"),
             (self.polish in POLISHES, f"--polish must be one of {', '.join(POLISHES)}, got {self.polish!r}"),
             (0 <= self.polish_iterations <= MAX_POLISH_ITERATIONS, f"--polish-iterations must be between 0 and {MAX_POLISH_ITERATIONS}, got {self.polish_iterations}"),
+            (0 <= self.workers <= MAX_WORKERS, f"--workers must be between 0 (automatic) and {MAX_WORKERS}, got {self.workers}"),
+            (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
+            (self.workers <= 1 or workers.available(), "--workers above 1 needs fork, which only Linux offers; use --workers 1"),
         ])
         validation_size(self.points, self.val_fraction)
         _check([
@@ -149,34 +160,48 @@ def lr_factors(schedule: str, total_steps: int) -> np.ndarray:
 
 
 class StackedAdam:
-    """Adam (as torch.optim.Adam, no weight decay) on the flat [K, P] buffer, one lr per member."""
+    """Adam (as torch.optim.Adam, no weight decay) on the flat [K, P] buffer, member k at rate lrs[k].
 
-    def __init__(self, model: StackedMLP, betas=(0.9, 0.999), eps=1e-8):
+    A step is torch's fused Adam kernel, one pass over parameters, gradients and both moments
+    (the same update as torch.optim.Adam(fused=True)), called once per run of consecutive members
+    that share a rate: once for `train`, a few times for lr-find --verify.
+    """
+
+    def __init__(self, model: StackedMLP, lrs: Sequence[float], betas=(0.9, 0.999), eps=1e-8):
         self.model = model
         self.beta1, self.beta2 = betas
         self.eps = eps
         self.step_count = 0
         self.exp_avg = torch.zeros_like(model.params)
         self.exp_avg_sq = torch.zeros_like(model.params)
-        self._denom = torch.empty_like(model.params)
-        self._update = torch.empty_like(model.params)
+        # The fused kernel reads the step count from a float32 tensor, as torch.optim keeps it.
+        self._step = torch.zeros((), dtype=torch.float32, device=model.device)
+        self.lrs = lrs
 
-    def step(self, lr: torch.Tensor) -> None:
-        """One update with lr [K, 1]; gradients are read from model.grads.
+    @property
+    def lrs(self) -> list[float]:
+        """The members' rates, [K]."""
+        return [lr for start, stop, lr, _ in self._groups for _ in range(start, stop)]
 
-        torch.optim.Adam's p -= lr/c1 · m / (√v/√c2 + ε), written as p -= √c2/c1 · lr·m / (√v + ε√c2)
-        (c1, c2 the bias corrections) to save one pass over the buffer.
-        """
+    @lrs.setter
+    def lrs(self, lrs: Sequence[float]) -> None:
+        if len(lrs) != self.model.members:
+            raise ValueError(f"{len(lrs)} learning rates for {self.model.members} members")
+        buffers = (self.model.params, self.model.grads, self.exp_avg, self.exp_avg_sq)
+        self._groups = [
+            (start, stop, lr, [buffer[start:stop].view(-1) for buffer in buffers])
+            for start, stop, lr in _runs_of_equal(lrs)
+        ]
+
+    def step(self, factor: float = 1.0) -> None:
+        """One update of every member at factor × its rate; gradients are read from model.grads."""
         self.step_count += 1
-        grads, params = self.model.grads, self.model.params
-        correction1 = 1 - self.beta1**self.step_count
-        correction2_sqrt = math.sqrt(1 - self.beta2**self.step_count)
-        self.exp_avg.lerp_(grads, 1 - self.beta1)
-        self.exp_avg_sq.lerp_(torch.mul(grads, grads, out=self._update), 1 - self.beta2)
-        torch.sqrt(self.exp_avg_sq, out=self._denom).add_(self.eps * correction2_sqrt)
-        torch.mul(self.exp_avg, lr, out=self._update)
-        with torch.no_grad():
-            params.addcdiv_(self._update, self._denom, value=-correction2_sqrt / correction1)
+        self._step.fill_(self.step_count)
+        for _, _, lr, (params, grads, exp_avg, exp_avg_sq) in self._groups:
+            torch._fused_adam_(
+                [params], [grads], [exp_avg], [exp_avg_sq], [], [self._step], lr=lr * factor,
+                beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False,
+            )
 
     def state_dict(self) -> dict:
         return {"step": self.step_count, "exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone()}
@@ -187,6 +212,17 @@ class StackedAdam:
         self.exp_avg_sq.copy_(state["exp_avg_sq"])
 
 
+def _runs_of_equal(values: Sequence[float]) -> list[tuple[int, int, float]]:
+    """(start, stop, value) of each run of equal consecutive values."""
+    runs: list[tuple[int, int, float]] = []
+    for index, value in enumerate(values):
+        if runs and runs[-1][2] == value:
+            runs[-1] = (runs[-1][0], index + 1, value)
+        else:
+            runs.append((index, index + 1, float(value)))
+    return runs
+
+
 @dataclass
 class History:
     """Per-epoch curves, [epochs_run, K] each."""
@@ -194,6 +230,25 @@ class History:
     train_mse: list[list[float]] = field(default_factory=list)  # mean mini-batch loss of the epoch
     val_mse: list[list[float]] = field(default_factory=list)  # validation set, end of the epoch
     lr: list[list[float]] = field(default_factory=list)  # learning rate of the epoch's last step
+
+    def append(self, epoch: EpochCurves) -> None:
+        self.train_mse.append(epoch.train_mse)
+        self.val_mse.append(epoch.val_mse)
+        self.lr.append(epoch.lr)
+
+
+@dataclass(frozen=True)
+class EpochCurves:
+    """One epoch of every member of a stack, [K] each: plain lists, which cross a pipe as they are."""
+
+    train_mse: list[float]
+    val_mse: list[float]
+    lr: list[float]
+
+    @classmethod
+    def join(cls, parts: Sequence[EpochCurves]) -> EpochCurves:
+        """The curves of consecutive groups of members as those of the whole stack."""
+        return cls(*([value for part in parts for value in getattr(part, f.name)] for f in fields(cls)))
 
 
 @dataclass
@@ -221,6 +276,12 @@ class TrainState:
             (int(self.optimizer_state["step"]) == self.epochs_run * config.steps_per_epoch, "the optimizer's step count does not match the epochs done"),
             (all(tuple(m.shape) == (members, size) for m in moments), "the optimizer state does not fit the network"),
         ])
+
+    def select(self, start: int, stop: int) -> TrainState:
+        """The state of members start…stop-1 alone (the history is left out: fit keeps it)."""
+        optimizer = {**self.optimizer_state, **{k: self.optimizer_state[k][start:stop] for k in ("exp_avg", "exp_avg_sq")}}
+        model = {name: tensor[start:stop] for name, tensor in self.model_state.items()}
+        return TrainState(model, optimizer, self.epochs_run, History(), self.wall_time_s)
 
 
 @dataclass
@@ -266,6 +327,7 @@ class TrainResult:
             "epochs": self.epochs_run,
             "steps": self.steps,
             "wall_time_s": self.wall_time_s,
+            "workers": self.config.workers,
             "polish": self._polish_summary(),
         }
 
@@ -310,7 +372,8 @@ def fit(
     dropped and the result (status "interrupted") holds the last completed epoch. resume continues
     from such a state, and ends with exactly the numbers of an uninterrupted run. With
     config.polish == "lm", a completed Adam run is refined by Levenberg-Marquardt (progress to
-    on_polish); an interrupted or diverged one is not.
+    on_polish); an interrupted or diverged one is not. The result's config says how many worker
+    processes trained the members (config.workers resolved by worker_count).
     """
     config.validate()
     if resume is not None:
@@ -347,43 +410,30 @@ def _fit(
     on_polish: Callable[[PolishProgress], None] | None,
 ) -> TrainResult:
     started = time.perf_counter()
-    dtype, device = DTYPES[config.dtype], config.device
     lr_values = [float(lr) for lr in member_lrs] if member_lrs is not None else [config.lr] * len(config.seeds)
     if len(lr_values) != len(config.seeds):
         raise ValueError(f"{len(lr_values)} learning rates for {len(config.seeds)} members")
-    lrs = torch.tensor(lr_values, dtype=dtype, device=device)
-    model, optimizer, data, seeds = new_stack(config)
-    y_val = runge(data.x_val)
-    factors = torch.tensor(lr_factors(config.schedule, config.total_steps), dtype=dtype, device=device)
+    config = replace(config, workers=worker_count(config))
     history, first_epoch, earlier_wall_time = History(), 0, 0.0
     if resume is not None:
-        model.load_state_dict(resume.model_state)
-        optimizer.load_state_dict(resume.optimizer_state)
         history, first_epoch, earlier_wall_time = copy.deepcopy(resume.history), resume.epochs_run, resume.wall_time_s
-    status = "complete"
-    for epoch in range(first_epoch, config.epochs):
-        snapshot = (model.params.clone(), optimizer.state_dict())
-        epoch_loss = _train_epoch(model, optimizer, data.x_train, seeds, epoch, config.batch_size, lrs, factors, should_stop)
-        if epoch_loss is None:
-            _restore(model, optimizer, snapshot)
-            status = "interrupted"
-            break
-        val_mse = model.mse(data.x_val, y_val)
-        epoch_lr = lrs * factors[optimizer.step_count - 1]
-        history.train_mse.append(epoch_loss.tolist())
-        history.val_mse.append(val_mse.tolist())
-        history.lr.append(epoch_lr.tolist())
-        if stop_on_divergence and not bool(torch.isfinite(epoch_loss).all()):
-            _restore(model, optimizer, snapshot)
-            for curve in (history.train_mse, history.val_mse, history.lr):
-                curve.pop()
-            status = "diverged"
-            break
-        if on_epoch is not None:
-            on_epoch(EpochReport(epoch + 1, config.epochs, float(np.median(history.train_mse[-1])), float(np.median(history.val_mse[-1])), float(np.median(history.lr[-1]))))
-    polish = None
-    if status == "complete" and config.polish == "lm":
-        polish = levenberg_marquardt(model, data.x_train, iterations=config.polish_iterations, progress=on_polish)
+    status, polish = "complete", None
+    with _open_stack(config, lr_values, resume) as stack:
+        for epoch in range(first_epoch, config.epochs):
+            curves = stack.train_epoch(epoch, should_stop)
+            if curves is None:
+                status = "interrupted"
+                break
+            if stop_on_divergence and not np.isfinite(curves.train_mse).all():
+                stack.rewind(epoch)
+                status = "diverged"
+                break
+            history.append(curves)
+            if on_epoch is not None:
+                on_epoch(EpochReport(epoch + 1, config.epochs, *(float(np.median(c)) for c in (curves.train_mse, curves.val_mse, curves.lr))))
+        if status == "complete" and config.polish == "lm":
+            polish = stack.polish(config.polish_iterations, on_polish)
+        model, optimizer, data = stack.finish()
     result = TrainResult(
         config=config,
         model=model,
@@ -405,54 +455,206 @@ def _fit(
     return result
 
 
-def new_stack(config: TrainConfig) -> tuple[StackedMLP, StackedAdam, DataSplit, torch.Tensor]:
-    """A freshly initialised model, its optimizer, the data and the seeds [K], as every fit starts."""
+def worker_count(config: TrainConfig) -> int:
+    """How many processes train config's members: config.workers (at most one per member), or
+    for 0 one per CPU core, each with at least MIN_MEMBERS_PER_WORKER members, where fork works."""
+    members = len(config.seeds)
+    if config.workers:
+        return min(config.workers, members)
+    if config.device != "cpu" or not workers.available():
+        return 1
+    return max(1, min(workers.cpu_count(), members // MIN_MEMBERS_PER_WORKER))
+
+
+@contextmanager
+def _open_stack(config: TrainConfig, lrs: list[float], resume: TrainState | None) -> Iterator[_Stack | _WorkerStacks]:
+    """The members of config as one stack in this process, or split over config.workers processes."""
+    if config.workers == 1:
+        yield _Stack(config, lrs, resume)
+        return
+    with _WorkerStacks(config, lrs, resume) as stack:
+        yield stack
+
+
+class _Stack:
+    """Members trained together in this process, an epoch at a time: what fit drives, here or in
+    a worker process (_WorkerStacks)."""
+
+    def __init__(self, config: TrainConfig, lrs: list[float], resume: TrainState | None):
+        self.config, self.lrs = config, lrs
+        self.model, self.optimizer, self.data, self.seeds = new_stack(config, lrs)
+        self.y_val = runge(self.data.x_val)
+        self.factors = lr_factors(config.schedule, config.total_steps)
+        if resume is not None:
+            self.model.load_state_dict(resume.model_state)
+            self.optimizer.load_state_dict(resume.optimizer_state)
+        self._snapshots: dict[int, tuple[torch.Tensor, dict]] = {}  # epoch → the state it started from
+
+    def train_epoch(self, epoch: int, should_stop: Callable[[], bool] | None) -> EpochCurves | None:
+        """Train one epoch; None, with the epoch undone, if should_stop said yes after a step."""
+        # The starts of this epoch and the one before: rewind may go back that far.
+        self._snapshots = {epoch: (self.model.params.clone(), self.optimizer.state_dict()), **{e: s for e, s in self._snapshots.items() if e == epoch - 1}}
+        # A diverging member's inf and NaN are caught from its loss: NumPy's kernels need not warn.
+        with np.errstate(all="ignore"):
+            loss = _train_epoch(self.model, self.optimizer, self.data.x_train, self.seeds, epoch, self.config.batch_size, self.factors, should_stop)
+        if loss is None:
+            self.rewind(epoch)
+            return None
+        val_mse = self.model.mse(self.data.x_val, self.y_val)
+        factor = float(self.factors[self.optimizer.step_count - 1])
+        return EpochCurves(loss.tolist(), val_mse.tolist(), [lr * factor for lr in self.lrs])
+
+    def rewind(self, epoch: int) -> None:
+        """Back to the state epoch `epoch` started from: the last or the one before it."""
+        params, optimizer_state = self._snapshots[epoch]
+        with torch.no_grad():
+            self.model.params.copy_(params)
+        self.optimizer.load_state_dict(optimizer_state)
+
+    def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None) -> PolishReport:
+        return levenberg_marquardt(self.model, self.data.x_train, iterations=iterations, progress=progress)
+
+    def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:
+        return self.model, self.optimizer, self.data
+
+
+class _StackWorker:
+    """A _Stack in a worker process, stopping when the parent says so. It answers in NumPy arrays
+    and lists: torch tensors would cross the pipe through shared memory (torch.multiprocessing)."""
+
+    def __init__(self, config: TrainConfig, lrs: list[float], resume: TrainState | None, should_stop: Callable[[], bool]):
+        torch.set_num_threads(1)  # one process per core already
+        self.stack, self.should_stop = _Stack(config, lrs, resume), should_stop
+
+    def train_epoch(self, epoch: int) -> EpochCurves | None:
+        return self.stack.train_epoch(epoch, self.should_stop)
+
+    def rewind(self, epoch: int) -> None:
+        self.stack.rewind(epoch)
+
+    def polish(self, iterations: int, note: Callable[[PolishProgress], None] | None = None) -> dict:
+        report = self.stack.polish(iterations, note)
+        return {f.name: getattr(report, f.name).numpy() for f in fields(report)}
+
+    def state(self) -> dict:
+        optimizer = self.stack.optimizer
+        tensors = {"params": self.stack.model.params, "exp_avg": optimizer.exp_avg, "exp_avg_sq": optimizer.exp_avg_sq}
+        return {"step": optimizer.step_count, **{name: tensor.detach().cpu().numpy() for name, tensor in tensors.items()}}
+
+
+class _WorkerStacks:
+    """The members in contiguous groups, a _Stack per worker process, driven as one stack.
+
+    Member k trains exactly as in one process (in float64 to rounding; float32 results depend a
+    little on the size of the stack around a member, as kernels round differently).
+    """
+
+    def __init__(self, config: TrainConfig, lrs: list[float], resume: TrainState | None):
+        self.config, self.lrs = config, lrs
+        self.bounds = _split(len(config.seeds), config.workers)
+        self._running: int | None = None  # the epoch the workers were started on ahead
+        self.workers = workers.Workers([
+            partial(_StackWorker, replace(config, seeds=config.seeds[start:stop], workers=1), lrs[start:stop], resume and resume.select(start, stop))
+            for start, stop in self.bounds
+        ])
+
+    def __enter__(self) -> _WorkerStacks:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.workers.close()
+
+    def train_epoch(self, epoch: int, should_stop: Callable[[], bool] | None) -> EpochCurves | None:
+        """As _Stack.train_epoch. The workers stop after their current step once should_stop says
+        yes, and start the next epoch before this one's curves are returned: they need not idle
+        while the caller looks at them (rewind undoes that epoch too)."""
+
+        def poll() -> None:
+            if should_stop is not None and should_stop():
+                self.workers.request_stop()
+
+        poll()
+        if self._running != epoch:
+            self.workers.start("train_epoch", epoch)
+        parts = self.workers.results(poll=poll)
+        self._running = None
+        if any(part is None for part in parts):
+            self.workers.call("rewind", epoch)  # some workers finished before the stop reached them
+            return None
+        if epoch + 1 < self.config.epochs:
+            self.workers.start("train_epoch", epoch + 1)
+            self._running = epoch + 1
+        return EpochCurves.join(parts)
+
+    def rewind(self, epoch: int) -> None:
+        if self._running is not None:
+            self.workers.request_stop()  # the next epoch is undone too: cut it short
+            self.workers.results()
+            self._running = None
+        self.workers.call("rewind", epoch)
+
+    def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None) -> PolishReport:
+        def relay(worker: int, step: PolishProgress) -> None:
+            progress(replace(step, member=step.member + self.bounds[worker][0]))
+
+        parts = self.workers.call("polish", iterations, on_note=relay if progress is not None else None)
+        return PolishReport(**{f.name: torch.cat([torch.from_numpy(part[f.name]) for part in parts]) for f in fields(PolishReport)})
+
+    def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:
+        """The whole stack, assembled in this process from the workers' states."""
+        states = self.workers.call("state")
+        model, optimizer, data, _ = new_stack(self.config, self.lrs)
+        with torch.no_grad():
+            model.params.copy_(torch.from_numpy(np.concatenate([state["params"] for state in states])))
+        moments = {name: torch.from_numpy(np.concatenate([state[name] for state in states])) for name in ("exp_avg", "exp_avg_sq")}
+        optimizer.load_state_dict({"step": states[0]["step"], **moments})
+        return model, optimizer, data
+
+
+def _split(members: int, parts: int) -> list[tuple[int, int]]:
+    """(start, stop) of `parts` contiguous groups of members whose sizes differ by at most one."""
+    edges = [round(members * part / parts) for part in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def new_stack(config: TrainConfig, lrs: Sequence[float] | None = None) -> tuple[StackedMLP, StackedAdam, DataSplit, torch.Tensor]:
+    """A freshly initialised model, its optimizer (member k at rate lrs[k], default config.lr), the
+    data and the seeds [K], as every fit starts."""
     dtype, device = DTYPES[config.dtype], config.device
     seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
     data = sample_split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
     model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=dtype, device=device)
     model.initialise(seeds)
-    return model, StackedAdam(model, config.betas, config.eps), data, seeds
+    optimizer = StackedAdam(model, [config.lr] * len(config.seeds) if lrs is None else lrs, config.betas, config.eps)
+    return model, optimizer, data, seeds
 
 
 def epoch_batches(x_train: torch.Tensor, seeds: torch.Tensor, epoch: int, batch_size: int):
     """Yield (x, y) mini-batches [K, ≤batch_size] of one shuffled pass, each member its own order."""
     order = rng.permutations(seeds, rng.STREAM_SHUFFLE, x_train.shape[1], counter=epoch).to(x_train.device)
     x_epoch = torch.gather(x_train, 1, order)
-    y_epoch = runge(x_epoch)
-    for start in range(0, x_epoch.shape[1], batch_size):
-        yield x_epoch[:, start : start + batch_size], y_epoch[:, start : start + batch_size]
+    yield from zip(x_epoch.split(batch_size, dim=1), runge(x_epoch).split(batch_size, dim=1), strict=True)
 
 
-def train_step(model: StackedMLP, optimizer: StackedAdam, x: torch.Tensor, y: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-    """One Adam step on the mini-batch MSE of every member with lr [K, 1]; returns the losses [K]."""
+def train_step(model: StackedMLP, optimizer: StackedAdam, x: torch.Tensor, y: torch.Tensor, factor: float = 1.0) -> torch.Tensor:
+    """One Adam step on the mini-batch MSE of every member, at factor × each member's rate;
+    returns the losses [K]."""
     loss = model.mse_backward(x, y)
-    optimizer.step(lr)
+    optimizer.step(factor)
     return loss
 
 
-def _train_epoch(model, optimizer, x_train, seeds, epoch, batch_size, lrs, factors, should_stop=None) -> torch.Tensor | None:
+def _train_epoch(model, optimizer, x_train, seeds, epoch, batch_size, factors, should_stop=None) -> torch.Tensor | None:
     """One shuffled pass in mini-batches; returns the mean mini-batch loss per member, [K], or None
     when should_stop said yes after a step (a Python call per step: no device sync)."""
     n = x_train.shape[1]
-    total = torch.zeros_like(lrs)
-    batches = list(epoch_batches(x_train, seeds, epoch, batch_size))
-    first = optimizer.step_count
-    # The epoch's learning rates [steps, K, 1], made at once rather than three small ops a step.
-    rates = torch.outer(factors[first : first + len(batches)], lrs).unsqueeze(2).unbind(0)
-    for (x, y), lr in zip(batches, rates, strict=True):
-        loss = train_step(model, optimizer, x, y, lr)
+    total = torch.zeros(model.members, dtype=model.dtype, device=model.device)
+    for x, y in epoch_batches(x_train, seeds, epoch, batch_size):
+        loss = train_step(model, optimizer, x, y, float(factors[optimizer.step_count]))
         total.add_(loss, alpha=x.shape[1] / n)
         if should_stop is not None and should_stop():
             return None
     return total
-
-
-def _restore(model: StackedMLP, optimizer: StackedAdam, snapshot) -> None:
-    params, optimizer_state = snapshot
-    with torch.no_grad():
-        model.params.copy_(params)
-    optimizer.load_state_dict(optimizer_state)
 
 
 def final_metrics(model: StackedMLP, config: TrainConfig, data, lrs: list[float]) -> list[MemberMetrics]:

@@ -136,7 +136,7 @@ def _trained_stack():
     """A small stack after a few real steps, so the optimizer state is not trivially zero."""
     model, optimizer, data, seeds = new_stack(SMALL)
     for x, y in epoch_batches(data.x_train, seeds, 0, SMALL.batch_size):
-        train_step(model, optimizer, x, y, torch.tensor([[1e-2]]))
+        train_step(model, optimizer, x, y)
     return model, optimizer, data, seeds
 
 

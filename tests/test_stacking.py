@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from rungefit.model import ACTIVATIONS, DEFAULT_LAYERS, StackedMLP, layer_shapes, parse_layers
+from rungefit import model as model_module
+from rungefit.model import ACTIVATIONS, DEFAULT_LAYERS, StackedMLP, _Backprop, layer_shapes, parse_layers
 from rungefit.runge import runge
 from rungefit.train import StackedAdam, TrainConfig, fit
 
@@ -47,16 +48,28 @@ def test_member_k_follows_the_single_run_with_seed_k():
 
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("members", [1, 3])
-def test_hand_written_backward_matches_autograd(spec, members):
+@pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy-kernels", "torch-kernels"])
+def test_hand_written_backward_matches_autograd(spec, members, use_numpy):
+    # The torch kernels are the GPU's; here they run on the CPU.
     model = stacked(spec, list(range(members)))
     x, y = batch(members)
-    loss = model.mse_backward(x, y)
+    loss = _Backprop(model, x.shape[1], use_numpy=use_numpy).mse_backward(x, y)
     grads = model.grads.clone()
     model.grads.zero_()
     reference = ((model.forward(x) - y) ** 2).mean(dim=1)
     reference.sum().backward()
     assert torch.allclose(loss, reference.detach(), rtol=0, atol=1e-12)
     assert torch.allclose(grads, model.grads, rtol=0, atol=1e-12)
+
+
+def test_evaluation_in_chunks_matches_the_autograd_forward(monkeypatch):
+    monkeypatch.setattr(model_module, "FORWARD_CHUNK_BYTES", 40_000)  # 13 points a chunk: 76 chunks of 13, one of 12
+    model = stacked(DEFAULT_LAYERS, [0, 1, 2])
+    x, y = batch(3, size=1000)
+    expected = ((model.forward(x) - y) ** 2).mean(dim=1).detach()
+    for _ in range(2):  # the second time through the kept buffers
+        assert torch.allclose(model.mse(x, y), expected, rtol=0, atol=1e-12)
+    assert sorted(model._forwards) == [12, 13]
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))
@@ -88,14 +101,14 @@ def test_tanh_is_within_rounding_of_torch_tanh():
 def test_stacked_adam_matches_torch_adam_per_member():
     lrs = [1e-1, 3e-3, 2e-2]
     model = stacked("6:tanh,4:sigmoid", [0, 1, 2])
-    optimizer = StackedAdam(model, betas=(0.8, 0.99), eps=1e-6)
+    optimizer = StackedAdam(model, lrs, betas=(0.8, 0.99), eps=1e-6)
     singles = [model.params[k].clone().requires_grad_() for k in range(3)]
     references = [torch.optim.Adam([p], lr=lr, betas=(0.8, 0.99), eps=1e-6) for p, lr in zip(singles, lrs, strict=True)]
     generator = torch.Generator().manual_seed(1)
     for _ in range(25):
         gradients = torch.randn(model.params.shape, dtype=F64, generator=generator)
         model.grads.copy_(gradients)
-        optimizer.step(torch.tensor(lrs, dtype=F64).unsqueeze(1))
+        optimizer.step()
         for k, (p, reference) in enumerate(zip(singles, references, strict=True)):
             p.grad = gradients[k].clone()
             reference.step()
@@ -105,11 +118,11 @@ def test_stacked_adam_matches_torch_adam_per_member():
 
 def test_adam_state_round_trips():
     model = stacked("3:tanh", [0])
-    optimizer = StackedAdam(model)
+    optimizer = StackedAdam(model, [1e-2])
     model.grads.fill_(0.5)
-    optimizer.step(torch.full((1, 1), 1e-2, dtype=F64))
+    optimizer.step()
     state = optimizer.state_dict()
-    other = StackedAdam(model)
+    other = StackedAdam(model, [1e-2])
     other.load_state_dict(state)
     assert other.step_count == 1 and torch.equal(other.exp_avg, optimizer.exp_avg)
 

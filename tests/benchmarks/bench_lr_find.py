@@ -23,11 +23,10 @@ from rungefit.train import TrainConfig, epoch_batches, fit, train_step
 def plain_steps(config: TrainConfig, steps: int) -> None:
     """What the range test is compared with: a fresh stack and `steps` ordinary Adam steps."""
     model, optimizer, data, seeds = lr_find.new_stack(config)
-    lr = torch.tensor([[config.lr]], dtype=model.dtype)
     done, epoch = 0, 0
     while done < steps:
         for x, y in epoch_batches(data.x_train, seeds, epoch, config.batch_size):
-            train_step(model, optimizer, x, y, lr)
+            train_step(model, optimizer, x, y)
             done += 1
             if done == steps:
                 return

@@ -1,0 +1,192 @@
+"""Worker processes: objects built in forked children, whose methods the parent calls on all at once.
+
+fit() trains a large stack on the CPU as a few smaller stacks, one per core (train.py): members
+never interact, so each worker trains its share on its own and only small results cross the pipes.
+Threads would not do: each of the ~40 kernels of a step releases and retakes the GIL, and handing
+it between threads costs about as much as the kernel (two threads on the halves of a 64-member
+stack: 1.1× faster; two processes: 2×).
+
+Children are forked: one starts in milliseconds with the parent's memory (torch imported, the
+factory's closure in place), where a spawned interpreter would spend seconds importing torch.
+They ignore Ctrl-C (the parent decides when to stop and says so through a shared flag), never
+write to the terminal, and end when the parent closes them or dies. This module imports nothing
+heavy; what runs in a child is up to the factory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import wait
+from typing import Any
+
+from rungefit.errors import RungefitError
+
+# How often the parent runs its poll callback while it waits for the workers (seconds).
+POLL_INTERVAL = 0.02
+
+
+class WorkerError(RungefitError):
+    """A worker process ended without answering."""
+
+
+def available() -> bool:
+    """Whether workers can be forked here: on Linux (fork is unsafe on macOS, absent on Windows)."""
+    return sys.platform.startswith("linux")
+
+
+def cpu_count() -> int:
+    """The CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+class Workers:
+    """One forked child per factory; child i holds factory_i(stop_requested) and serves calls.
+
+    stop_requested is the child's view of a flag the parent raises with request_stop(). Use as a
+    context manager: leaving it ends the children, whatever happened.
+    """
+
+    def __init__(self, factories: Sequence[Callable[[Callable[[], bool]], Any]]):
+        if not available():
+            raise WorkerError("worker processes need fork, which only Linux offers here; use one worker")
+        context = multiprocessing.get_context("fork")
+        self._stop = context.RawValue("b", 0)
+        self._pipes: list[Any] = []
+        self._processes: list[Any] = []
+        _flush_standard_streams()
+        try:
+            for factory in factories:
+                parent_end, child_end = context.Pipe()
+                process = context.Process(target=_serve, args=(factory, child_end, self._stop), daemon=True)
+                process.start()
+                child_end.close()
+                self._pipes.append(parent_end)
+                self._processes.append(process)
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __len__(self) -> int:
+        return len(self._pipes)
+
+    def request_stop(self) -> None:
+        """Raise the flag every child's stop_requested() reads."""
+        self._stop.value = 1
+
+    def call(
+        self,
+        method: str,
+        *args,
+        poll: Callable[[], None] | None = None,
+        on_note: Callable[[int, Any], None] | None = None,
+    ) -> list[Any]:
+        """target.method(*args) in every child at once; their results in worker order.
+
+        poll runs every POLL_INTERVAL while the children work. With on_note, the method gets a
+        `note` keyword: a child's note(payload) reaches on_note(worker, payload) in the parent.
+        The first exception a child raises is raised here.
+        """
+        self.start(method, *args, with_notes=on_note is not None)
+        return self.results(poll=poll, on_note=on_note)
+
+    def start(self, method: str, *args, with_notes: bool = False) -> None:
+        """The first half of call: the children begin, and the parent goes on until results()."""
+        for pipe in self._pipes:
+            try:
+                pipe.send((method, args, with_notes))
+            except OSError:
+                pass  # that child has ended; its error or EOF is read by results()
+
+    def results(
+        self, *, poll: Callable[[], None] | None = None, on_note: Callable[[int, Any], None] | None = None
+    ) -> list[Any]:
+        """The second half of call: wait for the results of the call start() began."""
+        results: list[Any] = [None] * len(self._pipes)
+        pending = dict(enumerate(self._pipes))
+        while pending:
+            ready = wait(list(pending.values()), timeout=POLL_INTERVAL)
+            if poll is not None:
+                poll()
+            for worker in [w for w, pipe in pending.items() if pipe in ready]:
+                kind, payload = self._receive(worker)
+                if kind == "note" and on_note is not None:
+                    on_note(worker, payload)
+                elif kind == "error":
+                    raise payload
+                elif kind == "done":
+                    results[worker] = payload
+                    del pending[worker]
+        return results
+
+    def _receive(self, worker: int) -> tuple[str, Any]:
+        try:
+            return self._pipes[worker].recv()
+        except (EOFError, OSError):
+            process = self._processes[worker]
+            process.join(timeout=1)
+            raise WorkerError(
+                f"worker process {worker} ended unexpectedly (exit code {process.exitcode}); "
+                "if memory ran out, use fewer --seeds or --points, or --workers 1"
+            ) from None
+
+    def close(self) -> None:
+        """Ask the children to end, and make sure they have."""
+        self.request_stop()  # a child still working stops after its current step
+        for pipe in self._pipes:
+            try:
+                pipe.send(None)
+            except OSError:
+                pass
+        for process in self._processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for pipe in self._pipes:
+            pipe.close()
+        self._pipes, self._processes = [], []
+
+
+def _flush_standard_streams() -> None:
+    """A child flushes its copy of the standard streams when it ends: empty them before forking,
+    or output the parent buffered would appear twice."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError, OSError):
+            pass  # no stream, or a closed one: nothing buffered
+
+
+def _serve(factory: Callable[[Callable[[], bool]], Any], pipe, stop) -> None:
+    """A child's life: build the target, then answer calls until told to end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        target = factory(lambda: stop.value != 0)
+        while (request := pipe.recv()) is not None:
+            method, args, with_notes = request
+            extra = {"note": lambda payload: pipe.send(("note", payload))} if with_notes else {}
+            pipe.send(("done", getattr(target, method)(*args, **extra)))
+    except (EOFError, BrokenPipeError):
+        pass  # the parent is gone
+    except BaseException as error:  # noqa: BLE001 — every failure must reach the parent
+        _send_error(pipe, error)
+
+
+def _send_error(pipe, error: BaseException) -> None:
+    """Send the exception itself if it survives pickling, else a RuntimeError with its text."""
+    try:
+        pickle.loads(pickle.dumps(error))
+    except Exception:  # noqa: BLE001 — an exception whose constructor pickle cannot call again
+        error = RuntimeError(f"{type(error).__name__}: {error}")
+    pipe.send(("error", error))

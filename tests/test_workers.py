@@ -1,0 +1,180 @@
+"""Worker processes: the generic fork-and-call machinery, and fit split over workers against fit in
+one process (float64, where the two may differ only by rounding)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+import warnings
+
+import pytest
+import torch
+
+from rungefit import workers
+from rungefit.polish import PolishProgress
+from rungefit.train import DivergedError, TrainConfig, _split, fit, worker_count
+
+pytestmark = pytest.mark.skipif(not workers.available(), reason="worker processes need fork (Linux)")
+
+F64 = dict(dtype="float64", points=120, epochs=5)
+
+
+class Echo:
+    """A worker target: what each method does in a child, to be seen from the parent."""
+
+    def __init__(self, index: int, stop_requested):
+        self.index, self.stop_requested = index, stop_requested
+
+    def pid_and_index(self):
+        return os.getpid(), self.index
+
+    def add(self, a, b):
+        return a + b + self.index
+
+    def count_to(self, n, note):
+        for i in range(n):
+            note(i)
+        return n
+
+    def fail(self):
+        raise ValueError(f"worker {self.index} cannot")
+
+    def die(self):
+        os._exit(3)
+
+    def wait_for_stop(self):
+        while not self.stop_requested():
+            time.sleep(0.001)
+        return "stopped"
+
+
+def echoes(count: int) -> workers.Workers:
+    return workers.Workers([lambda stop, i=i: Echo(i, stop) for i in range(count)])
+
+
+def test_calls_run_in_every_child_and_answer_in_order():
+    with echoes(3) as pool:
+        answers = pool.call("pid_and_index")
+        assert [index for _, index in answers] == [0, 1, 2]
+        assert len({pid for pid, _ in answers} | {os.getpid()}) == 4
+        assert pool.call("add", 10, 5) == [15, 16, 17]
+
+
+def test_notes_reach_the_parent_with_their_worker():
+    seen = []
+    with echoes(2) as pool:
+        assert pool.call("count_to", 3, on_note=lambda worker, payload: seen.append((worker, payload))) == [3, 3]
+    assert sorted(seen) == [(w, i) for w in (0, 1) for i in range(3)]
+
+
+def test_a_childs_exception_is_raised_in_the_parent():
+    with echoes(2) as pool, pytest.raises(ValueError, match="worker 0 cannot"):
+        pool.call("fail")
+
+
+def test_a_child_that_dies_is_a_clear_error():
+    with echoes(2) as pool, pytest.raises(workers.WorkerError, match="ended unexpectedly"):
+        pool.call("die")
+
+
+def test_the_stop_flag_reaches_running_children_and_close_ends_them():
+    pool = echoes(2)
+    pool.start("wait_for_stop")
+    polls = itertools.count()
+    assert pool.results(poll=lambda: next(polls) == 2 and pool.request_stop()) == ["stopped", "stopped"]
+    processes = list(pool._processes)
+    pool.close()
+    assert not any(process.is_alive() for process in processes)
+
+
+def test_members_are_split_into_contiguous_groups_of_nearly_equal_size():
+    assert _split(64, 2) == [(0, 32), (32, 64)]
+    assert _split(10, 3) == [(0, 3), (3, 7), (7, 10)]
+    assert _split(3, 3) == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_worker_count(monkeypatch):
+    monkeypatch.setattr(workers, "cpu_count", lambda: 4)
+    assert worker_count(TrainConfig(seeds=tuple(range(64)))) == 4
+    assert worker_count(TrainConfig(seeds=tuple(range(20)))) == 2  # at least 8 members each
+    assert worker_count(TrainConfig(seeds=tuple(range(15)))) == 1
+    assert worker_count(TrainConfig(seeds=(0, 1, 2), workers=5)) == 3  # at most one per member
+    assert worker_count(TrainConfig(seeds=tuple(range(64)), device="cuda")) == 1
+
+
+def test_workers_are_for_the_cpu():
+    with pytest.raises(ValueError, match="--workers"):
+        TrainConfig(workers=2, device="cuda").validate()
+    with pytest.raises(ValueError, match="--workers"):
+        TrainConfig(workers=-1).validate()
+
+
+def assert_same_members(a, b, atol=1e-12):
+    assert torch.allclose(a.model.params, b.model.params, rtol=0, atol=atol)
+    assert torch.allclose(a.optimizer.exp_avg_sq, b.optimizer.exp_avg_sq, rtol=0, atol=atol)
+    assert torch.tensor(a.history.val_mse).allclose(torch.tensor(b.history.val_mse), rtol=1e-9, atol=0)
+    assert [m.seed for m in a.members] == [m.seed for m in b.members]
+    assert (a.epochs_run, a.steps, a.status) == (b.epochs_run, b.steps, b.status)
+
+
+def test_a_run_split_over_workers_matches_one_process():
+    config = TrainConfig(seeds=(3, 0, 7, 1, 9), **F64)
+    lrs = [3e-2, 1e-2, 3e-2, 5e-3, 3e-2]
+    split = fit(TrainConfig(**{**config.__dict__, "workers": 2}), member_lrs=lrs)
+    alone = fit(TrainConfig(**{**config.__dict__, "workers": 1}), member_lrs=lrs)
+    assert (split.config.workers, alone.config.workers) == (2, 1)
+    assert_same_members(split, alone)
+
+
+def test_an_interrupted_split_run_resumes_to_the_uninterrupted_numbers():
+    config = TrainConfig(seeds=(0, 1, 2), workers=3, points=120, epochs=6)
+    uninterrupted = fit(config)
+    reported = []
+    result = fit(config, on_epoch=reported.append, should_stop=lambda: len(reported) >= 2)
+    assert result.status == "interrupted"
+    assert result.epochs_run in (2, 3)  # the workers may finish the epoch running when the stop came
+    assert result.steps == result.epochs_run * config.steps_per_epoch
+    resumed = fit(config, resume=result.state())
+    assert torch.equal(resumed.model.params, uninterrupted.model.params)
+    assert resumed.history == uninterrupted.history and resumed.members == uninterrupted.members
+
+
+def test_a_stop_before_the_first_epoch_keeps_nothing():
+    result = fit(TrainConfig(seeds=(0, 1), workers=2, points=120, epochs=3), should_stop=lambda: True)
+    assert (result.status, result.epochs_run, result.steps) == ("interrupted", 0, 0)
+
+
+def test_divergence_in_one_worker_rewinds_them_all():
+    # Member 3 (in the second worker) blows up in epoch 2, while the workers already run epoch 3.
+    config = TrainConfig(seeds=(0, 1, 2, 3), schedule="onecycle", points=120, epochs=8)
+    lrs = [3e-2, 3e-2, 3e-2, 1e19]
+    outcomes = []
+    for count in (1, 2):
+        with pytest.raises(DivergedError) as raised:
+            fit(TrainConfig(**{**config.__dict__, "workers": count}), member_lrs=lrs)
+        outcomes.append(raised.value.result)
+    split, alone = outcomes[1], outcomes[0]
+    assert (split.status, split.epochs_run, split.steps) == ("diverged", 1, config.steps_per_epoch)
+    assert (alone.epochs_run, alone.steps) == (split.epochs_run, split.steps)
+    assert torch.isfinite(split.model.params).all()
+    assert torch.allclose(split.model.params, alone.model.params, rtol=1e-4, atol=1e-6)  # float32
+
+
+def test_polish_in_workers_matches_one_process_and_reports_every_member():
+    config = TrainConfig(seeds=(0, 1, 2), polish="lm", polish_iterations=2, **F64)
+    seen: list[PolishProgress] = []
+    split = fit(TrainConfig(**{**config.__dict__, "workers": 2}), on_polish=seen.append)
+    alone = fit(TrainConfig(**{**config.__dict__, "workers": 1}))
+    assert_same_members(split, alone, atol=1e-10)
+    assert torch.allclose(split.polish.final_mse, alone.polish.final_mse, rtol=1e-8, atol=0)
+    assert sorted({step.member for step in seen}) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_diverging_run_raises_no_numpy_warnings(count):
+    config = TrainConfig(seeds=(0, 1), points=120, epochs=3, lr=1e30, schedule="constant", workers=count)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = fit(config, stop_on_divergence=False)
+    assert not torch.isfinite(torch.tensor([m.val_mse for m in result.members])).any()
