@@ -44,9 +44,9 @@ MAX_TEST_POINTS = 1_000_000
 MAX_SEED = 2**32 - 1
 POLISHES = ("none", "lm")
 MAX_POLISH_ITERATIONS = 10_000
-# Automatic worker processes give each at least this many members: a step on 8 members costs
-# about 1.8× one on a single member, so smaller shares gain too little for a process each.
-MIN_MEMBERS_PER_WORKER = 8
+# Automatic worker processes give each at least this many members: a step on 4 members costs
+# about 1.4× one on a single member, so smaller shares gain too little for a process each.
+MIN_MEMBERS_PER_WORKER = 4
 MAX_WORKERS = 256
 
 
@@ -277,11 +277,6 @@ class TrainState:
             (all(tuple(m.shape) == (members, size) for m in moments), "the optimizer state does not fit the network"),
         ])
 
-    def select(self, start: int, stop: int) -> TrainState:
-        """The state of members start…stop-1 alone (the history is left out: fit keeps it)."""
-        optimizer = {**self.optimizer_state, **{k: self.optimizer_state[k][start:stop] for k in ("exp_avg", "exp_avg_sq")}}
-        model = {name: tensor[start:stop] for name, tensor in self.model_state.items()}
-        return TrainState(model, optimizer, self.epochs_run, History(), self.wall_time_s)
 
 
 @dataclass
@@ -469,26 +464,43 @@ def worker_count(config: TrainConfig) -> int:
 @contextmanager
 def _open_stack(config: TrainConfig, lrs: list[float], resume: TrainState | None) -> Iterator[_Stack | _WorkerStacks]:
     """The members of config as one stack in this process, or split over config.workers processes."""
+    stack = _Stack.start(config, lrs, resume)
     if config.workers == 1:
-        yield _Stack(config, lrs, resume)
-        return
-    with _WorkerStacks(config, lrs, resume) as stack:
         yield stack
+        return
+    with _WorkerStacks(stack) as split:
+        yield split
 
 
 class _Stack:
     """Members trained together in this process, an epoch at a time: what fit drives, here or in
     a worker process (_WorkerStacks)."""
 
-    def __init__(self, config: TrainConfig, lrs: list[float], resume: TrainState | None):
-        self.config, self.lrs = config, lrs
-        self.model, self.optimizer, self.data, self.seeds = new_stack(config, lrs)
-        self.y_val = runge(self.data.x_val)
+    def __init__(self, config: TrainConfig, model: StackedMLP, optimizer: StackedAdam, data: DataSplit, seeds: torch.Tensor):
+        self.config, self.model, self.optimizer, self.data, self.seeds = config, model, optimizer, data, seeds
+        self.lrs = optimizer.lrs
+        self.y_val = runge(data.x_val)
         self.factors = lr_factors(config.schedule, config.total_steps)
-        if resume is not None:
-            self.model.load_state_dict(resume.model_state)
-            self.optimizer.load_state_dict(resume.optimizer_state)
         self._snapshots: dict[int, tuple[torch.Tensor, dict]] = {}  # epoch → the state it started from
+
+    @classmethod
+    def start(cls, config: TrainConfig, lrs: list[float], resume: TrainState | None) -> _Stack:
+        """A fresh stack, or one continuing from `resume`."""
+        model, optimizer, data, seeds = new_stack(config, lrs)
+        if resume is not None:
+            model.load_state_dict(resume.model_state)
+            optimizer.load_state_dict(resume.optimizer_state)
+        return cls(config, model, optimizer, data, seeds)
+
+    def select(self, start: int, stop: int) -> _Stack:
+        """Members start…stop-1 as a stack of their own (a copy), in the state they are in."""
+        model = self.model.select(list(range(start, stop)))
+        optimizer = StackedAdam(model, self.lrs[start:stop], (self.optimizer.beta1, self.optimizer.beta2), self.optimizer.eps)
+        moments = {name: getattr(self.optimizer, name)[start:stop] for name in ("exp_avg", "exp_avg_sq")}
+        optimizer.load_state_dict({"step": self.optimizer.step_count, **moments})
+        data = DataSplit(self.data.x_train[start:stop], self.data.x_val[start:stop])
+        config = replace(self.config, seeds=self.config.seeds[start:stop], workers=1)
+        return _Stack(config, model, optimizer, data, self.seeds[start:stop])
 
     def train_epoch(self, epoch: int, should_stop: Callable[[], bool] | None) -> EpochCurves | None:
         """Train one epoch; None, with the epoch undone, if should_stop said yes after a step."""
@@ -519,12 +531,12 @@ class _Stack:
 
 
 class _StackWorker:
-    """A _Stack in a worker process, stopping when the parent says so. It answers in NumPy arrays
-    and lists: torch tensors would cross the pipe through shared memory (torch.multiprocessing)."""
+    """A share of a _Stack, in a worker process, stopping when the parent says so. It answers in
+    NumPy arrays and lists: torch tensors would cross the pipe through shared memory."""
 
-    def __init__(self, config: TrainConfig, lrs: list[float], resume: TrainState | None, should_stop: Callable[[], bool]):
+    def __init__(self, stack: _Stack, start: int, stop: int, should_stop: Callable[[], bool]):
         torch.set_num_threads(1)  # one process per core already
-        self.stack, self.should_stop = _Stack(config, lrs, resume), should_stop
+        self.stack, self.should_stop = stack.select(start, stop), should_stop
 
     def train_epoch(self, epoch: int) -> EpochCurves | None:
         return self.stack.train_epoch(epoch, self.should_stop)
@@ -543,20 +555,19 @@ class _StackWorker:
 
 
 class _WorkerStacks:
-    """The members in contiguous groups, a _Stack per worker process, driven as one stack.
+    """A _Stack split into contiguous groups of members, one per worker process, driven as one.
 
-    Member k trains exactly as in one process (in float64 to rounding; float32 results depend a
-    little on the size of the stack around a member, as kernels round differently).
+    The workers are forked after the whole stack is set up here, so each starts from its slice of
+    the same data and state. Member k trains exactly as in one process (in float64 to rounding;
+    float32 results depend a little on the size of the stack around a member, as kernels round
+    differently).
     """
 
-    def __init__(self, config: TrainConfig, lrs: list[float], resume: TrainState | None):
-        self.config, self.lrs = config, lrs
-        self.bounds = _split(len(config.seeds), config.workers)
+    def __init__(self, stack: _Stack):
+        self.stack = stack
+        self.bounds = _split(len(stack.config.seeds), stack.config.workers)
         self._running: int | None = None  # the epoch the workers were started on ahead
-        self.workers = workers.Workers([
-            partial(_StackWorker, replace(config, seeds=config.seeds[start:stop], workers=1), lrs[start:stop], resume and resume.select(start, stop))
-            for start, stop in self.bounds
-        ])
+        self.workers = workers.Workers([partial(_StackWorker, stack, start, stop) for start, stop in self.bounds])
 
     def __enter__(self) -> _WorkerStacks:
         return self
@@ -581,7 +592,7 @@ class _WorkerStacks:
         if any(part is None for part in parts):
             self.workers.call("rewind", epoch)  # some workers finished before the stop reached them
             return None
-        if epoch + 1 < self.config.epochs:
+        if epoch + 1 < self.stack.config.epochs:
             self.workers.start("train_epoch", epoch + 1)
             self._running = epoch + 1
         return EpochCurves.join(parts)
@@ -601,14 +612,13 @@ class _WorkerStacks:
         return PolishReport(**{f.name: torch.cat([torch.from_numpy(part[f.name]) for part in parts]) for f in fields(PolishReport)})
 
     def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:
-        """The whole stack, assembled in this process from the workers' states."""
+        """The whole stack in this process, as the workers left it."""
         states = self.workers.call("state")
-        model, optimizer, data, _ = new_stack(self.config, self.lrs)
+        joined = {name: torch.from_numpy(np.concatenate([state[name] for state in states])) for name in ("params", "exp_avg", "exp_avg_sq")}
         with torch.no_grad():
-            model.params.copy_(torch.from_numpy(np.concatenate([state["params"] for state in states])))
-        moments = {name: torch.from_numpy(np.concatenate([state[name] for state in states])) for name in ("exp_avg", "exp_avg_sq")}
-        optimizer.load_state_dict({"step": states[0]["step"], **moments})
-        return model, optimizer, data
+            self.stack.model.params.copy_(joined.pop("params"))
+        self.stack.optimizer.load_state_dict({"step": states[0]["step"], **joined})
+        return self.stack.finish()
 
 
 def _split(members: int, parts: int) -> list[tuple[int, int]]:

@@ -100,10 +100,13 @@ def test_short_run_reaches_its_fit_quality():
 
 
 def test_default_run_beats_the_reference():
-    """The default configuration, seed 0 (measured: test MSE 1.01e-7; the reference reports 6.0e-6).
+    """The default configuration, seeds 0-2 (measured: test MSE 1.7e-7, 3.3e-8, 6.7e-8; the
+    reference reports 6.0e-6). Every seed at least 10× better, the median 30×.
 
-    The median over seeds 0-9 (5.5e-8) is measured by tests/benchmarks/bench_accuracy.py.
+    Float32 training ends a little differently on every CPU, hence the margins. The median over
+    seeds 0-9 (3.6e-8) is measured by tests/benchmarks/bench_accuracy.py.
     """
-    member = fit(TrainConfig()).members[0]
-    assert member.test_mse < 2e-7
-    assert member.train_mse < 2e-7 and member.val_mse < 2e-7
+    members = fit(TrainConfig(seeds=(0, 1, 2))).members
+    test = np.array([member.test_mse for member in members])
+    assert test.max() < 6e-7 and np.median(test) < 2e-7
+    assert all(member.train_mse < 6e-7 and member.val_mse < 6e-7 for member in members)

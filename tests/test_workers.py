@@ -97,8 +97,8 @@ def test_members_are_split_into_contiguous_groups_of_nearly_equal_size():
 def test_worker_count(monkeypatch):
     monkeypatch.setattr(workers, "cpu_count", lambda: 4)
     assert worker_count(TrainConfig(seeds=tuple(range(64)))) == 4
-    assert worker_count(TrainConfig(seeds=tuple(range(20)))) == 2  # at least 8 members each
-    assert worker_count(TrainConfig(seeds=tuple(range(15)))) == 1
+    assert worker_count(TrainConfig(seeds=tuple(range(10)))) == 2  # at least 4 members each
+    assert worker_count(TrainConfig(seeds=tuple(range(7)))) == 1
     assert worker_count(TrainConfig(seeds=(0, 1, 2), workers=5)) == 3  # at most one per member
     assert worker_count(TrainConfig(seeds=tuple(range(64)), device="cuda")) == 1
 

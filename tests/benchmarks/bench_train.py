@@ -11,7 +11,8 @@ as `train` does (on 2 cores: K = 64 as 2 processes of 32 members). The memory is
 fresh process running that fit, sampled every 20 ms: the largest RSS of one process, and the sum
 of the proportional set sizes (PSS, shared pages split between the processes sharing them) of it
 and its workers, which is what the run takes. Cases run interleaved and each keeps its best time,
-because the machine is shared.
+because the machine is shared. A last line times whole `rungefit train` commands (start-up, torch
+import, plots and saving included), as a user waits for them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -88,6 +90,15 @@ def time_rungefit(epochs: int, members: int, device: str) -> tuple[float, int, i
     result = fit(config)
     synchronize(device)
     return time.perf_counter() - started, result.steps, result.config.workers
+
+
+def time_command(epochs: int, members: int, device: str) -> float:
+    """Wall time of a whole `rungefit train --seeds MEMBERS` command, in a fresh process."""
+    with tempfile.TemporaryDirectory() as runs_dir:
+        command = [sys.executable, "-m", "rungefit", "train", "--seeds", str(members), "--epochs", str(epochs)]
+        started = time.perf_counter()
+        subprocess.run([*command, "--device", device, "--quiet", "--runs-dir", runs_dir], check=True, stdout=subprocess.DEVNULL)
+        return time.perf_counter() - started
 
 
 def peak_memory_mib(epochs: int, members: int, device: str) -> tuple[float, float]:
@@ -164,6 +175,12 @@ def main() -> None:
         (f"K={STACK} peak memory {pss:.0f} MiB in all, {rss:.0f} MiB RSS in the largest process (need < {RSS_LIMIT_MIB})", pss < RSS_LIMIT_MIB),
     ]
     print("ratios: " + "; ".join(f"{text} {'ok' if ok else 'MISSED'}" for text, ok in checks))
+    commands = [[time_command(args.epochs, members, args.device) for members in (1, STACK)] for _ in range(args.repeats)]
+    single_command, stacked_command = (min(times) for times in zip(*commands, strict=True))
+    print(
+        f"end to end: `rungefit train` {single_command:.1f} s, `rungefit train --seeds {STACK}` {stacked_command:.1f} s: "
+        f"{stacked_command / single_command:.1f}× (best of {args.repeats})"
+    )
 
 
 if __name__ == "__main__":
