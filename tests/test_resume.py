@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -105,19 +106,21 @@ def without_wall_time(run_dir) -> dict:
     return summary
 
 
-def start_train(runs_dir) -> subprocess.Popen:
-    command = [sys.executable, "-m", "rungefit", "train", *LONG_TRAIN, "--runs-dir", str(runs_dir), "--name", "x"]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def start_train(runs_dir, workers: int) -> subprocess.Popen:
+    command = [sys.executable, "-m", "rungefit", "train", *LONG_TRAIN, "--workers", str(workers), "--runs-dir", str(runs_dir), "--name", "x"]
+    # A session of its own, so that Ctrl-C can reach the whole process group, as in a terminal.
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
-def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbers(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbers(tmp_path, workers):
     runs_dir, ref_dir = tmp_path / "runs", tmp_path / "ref" / "x"
-    reference = start_train(ref_dir.parent)  # uninterrupted, alongside: the numbers do not depend on timing
-    child = start_train(runs_dir)
+    reference = start_train(ref_dir.parent, workers)  # uninterrupted, alongside: the numbers do not depend on timing
+    child = start_train(runs_dir, workers)
     # train creates the runs directory just before the first epoch; then let a few epochs pass.
     wait_for(runs_dir.is_dir)
     time.sleep(0.1)
-    child.send_signal(signal.SIGINT)
+    os.killpg(child.pid, signal.SIGINT)  # the training process and its workers, as Ctrl-C does
     _, stderr = child.communicate(timeout=120)
     assert child.returncode == 130, stderr
     assert "Traceback" not in stderr
