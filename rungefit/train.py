@@ -96,7 +96,7 @@ class TrainConfig:
             (0 <= self.polish_iterations <= MAX_POLISH_ITERATIONS, f"--polish-iterations must be between 0 and {MAX_POLISH_ITERATIONS}, got {self.polish_iterations}"),
             (0 <= self.workers <= MAX_WORKERS, f"--workers must be between 0 (automatic) and {MAX_WORKERS}, got {self.workers}"),
             (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
-            (self.workers <= 1 or workers.available(), "--workers above 1 needs fork, which only Linux offers; use --workers 1"),
+            (self.workers <= 1 or workers.available(), "--workers above 1 needs to fork processes, which only Linux allows, and not from a daemonic process; use --workers 1"),
         ])
         validation_size(self.points, self.val_fraction)
         _check([

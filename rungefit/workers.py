@@ -35,8 +35,9 @@ class WorkerError(RungefitError):
 
 
 def available() -> bool:
-    """Whether workers can be forked here: on Linux (fork is unsafe on macOS, absent on Windows)."""
-    return sys.platform.startswith("linux")
+    """Whether workers can be forked here: on Linux (fork is unsafe on macOS, absent on Windows),
+    and not from a daemonic process (a multiprocessing pool's worker), which may have no children."""
+    return sys.platform.startswith("linux") and not multiprocessing.current_process().daemon
 
 
 def cpu_count() -> int:
@@ -53,7 +54,7 @@ class Workers:
 
     def __init__(self, factories: Sequence[Callable[[Callable[[], bool]], Any]]):
         if not available():
-            raise WorkerError("worker processes need fork, which only Linux offers here; use one worker")
+            raise WorkerError("worker processes need fork, which only Linux allows, and not from a daemonic process; use one worker")
         context = multiprocessing.get_context("fork")
         self._stop = context.RawValue("b", 0)
         self._pipes: list[Any] = []

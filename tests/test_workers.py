@@ -4,6 +4,7 @@ one process (float64, where the two may differ only by rounding)."""
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import time
 import warnings
@@ -101,6 +102,16 @@ def test_worker_count(monkeypatch):
     assert worker_count(TrainConfig(seeds=tuple(range(7)))) == 1
     assert worker_count(TrainConfig(seeds=(0, 1, 2), workers=5)) == 3  # at most one per member
     assert worker_count(TrainConfig(seeds=tuple(range(64)), device="cuda")) == 1
+
+
+def test_a_daemonic_process_trains_in_one_process():
+    # A multiprocessing pool's workers are daemonic and may not start processes of their own.
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+    child = context.Process(target=lambda: answers.put(worker_count(TrainConfig(seeds=tuple(range(64))))), daemon=True)
+    child.start()
+    child.join()
+    assert answers.get(timeout=5) == 1
 
 
 def test_workers_are_for_the_cpu():
