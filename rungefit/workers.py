@@ -2,7 +2,7 @@
 
 fit() trains a large stack on the CPU as a few smaller stacks, one per core (train.py): members
 never interact, so each worker trains its share on its own and only small results cross the pipes.
-Threads would not do: each of the ~40 kernels of a step releases and retakes the GIL, and handing
+Threads would not do: each of the ~35 kernels of a step releases and retakes the GIL, and handing
 it between threads costs about as much as the kernel (two threads on the halves of a 64-member
 stack: 1.1× faster; two processes: 2×).
 
@@ -68,8 +68,10 @@ class Workers:
                 child_end.close()
                 self._pipes.append(parent_end)
                 self._processes.append(process)
-        except BaseException:
+        except BaseException as error:
             self.close()
+            if isinstance(error, OSError):  # fork failed: out of memory or processes
+                raise WorkerError(f"cannot start worker processes ({error.strerror or error}); use --workers 1") from None
             raise
 
     def __enter__(self) -> Workers:
@@ -77,9 +79,6 @@ class Workers:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
-
-    def __len__(self) -> int:
-        return len(self._pipes)
 
     def request_stop(self) -> None:
         """Raise the flag every child's stop_requested() reads."""
@@ -178,7 +177,7 @@ def _serve(factory: Callable[[Callable[[], bool]], Any], pipe, stop) -> None:
             method, args, with_notes = request
             extra = {"note": lambda payload: pipe.send(("note", payload))} if with_notes else {}
             pipe.send(("done", getattr(target, method)(*args, **extra)))
-    except (EOFError, BrokenPipeError):
+    except (EOFError, BrokenPipeError, ConnectionResetError):
         pass  # the parent is gone
     except BaseException as error:  # noqa: BLE001 — every failure must reach the parent
         _send_error(pipe, error)
@@ -190,4 +189,7 @@ def _send_error(pipe, error: BaseException) -> None:
         pickle.loads(pickle.dumps(error))
     except Exception:  # noqa: BLE001 — an exception whose constructor pickle cannot call again
         error = RuntimeError(f"{type(error).__name__}: {error}")
-    pipe.send(("error", error))
+    try:
+        pipe.send(("error", error))
+    except OSError:
+        pass  # the parent is gone

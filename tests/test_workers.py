@@ -189,3 +189,12 @@ def test_a_diverging_run_raises_no_numpy_warnings(count):
         warnings.simplefilter("error")
         result = fit(config, stop_on_divergence=False)
     assert not torch.isfinite(torch.tensor([m.val_mse for m in result.members])).any()
+
+
+def test_a_failed_fork_is_a_clear_error(monkeypatch):
+    def refuse(self):
+        raise OSError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(multiprocessing.get_context("fork").Process, "start", refuse)
+    with pytest.raises(workers.WorkerError, match="cannot start worker processes .*--workers 1"):
+        echoes(2)
