@@ -25,6 +25,9 @@ warnings.filterwarnings("ignore", message="grad and param do not obey the gradie
 
 DEFAULT_LAYERS = "20:tanh,10:sigmoid,20:tanh,10:sigmoid"
 MAX_WIDTH = 4096
+# Whether CPU passes use NumPy's kernels (_Forward); False runs torch's everywhere, as on a GPU,
+# which tests use to check that path without one.
+NUMPY_ON_CPU = True
 # The most that the reusable buffers of one chunk of an evaluation pass (StackedMLP._predict) take:
 # on the CPU what stays in cache; on a GPU what keeps its kernels large.
 FORWARD_CHUNK_BYTES = 4 << 20
@@ -356,7 +359,7 @@ class _Forward:
     def __init__(self, model: StackedMLP, batch: int, use_numpy: bool | None = None):
         shapes = layer_shapes(model.layers)
         members, options = model.members, {"dtype": model.dtype, "device": model.device}
-        self.use_numpy = model.device.type == "cpu" if use_numpy is None else use_numpy
+        self.use_numpy = (NUMPY_ON_CPU and model.device.type == "cpu") if use_numpy is None else use_numpy
         self.activations = model.activations
         # inputs[l]: a^[l-1] over a row of ones, [K, fan_in + 1, B]: one matmul with the block
         # [W^T; b] applies W and b, and one matmul with δ^[l] gives the gradients of both.

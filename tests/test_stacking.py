@@ -152,3 +152,15 @@ def test_changing_batch_sizes_reuse_nothing_stale():
         x, y = batch(2, size, seed=size)
         loss = model.mse_backward(x, y)
         assert torch.allclose(loss, model.mse(x, y), rtol=0, atol=1e-12)
+
+
+def test_a_fit_with_torch_kernels_matches_the_numpy_kernels(monkeypatch):
+    # torch's kernels are what a GPU runs: here the whole CPU fit runs on them, against NumPy's.
+    config = TrainConfig(points=150, epochs=3, dtype="float64", seeds=(4, 0), workers=1)
+    numpy_kernels = fit(config)
+    monkeypatch.setattr(model_module, "NUMPY_ON_CPU", False)
+    torch_kernels = fit(config)
+    assert all(p.use_numpy for p in numpy_kernels.model._backprops.values())
+    assert not any(p.use_numpy for p in torch_kernels.model._backprops.values())
+    assert torch.allclose(numpy_kernels.model.params, torch_kernels.model.params, rtol=0, atol=1e-10)
+    assert numpy_kernels.members[1].val_mse == pytest.approx(torch_kernels.members[1].val_mse, rel=1e-9)
