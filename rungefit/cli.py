@@ -218,7 +218,7 @@ def train(
     device: Annotated[Device, typer.Option(help="Where to train: auto picks cuda when a GPU is present.")] = Device.auto,
     polish: Annotated[Polish, typer.Option(help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (30 iterations take the median test MSE over seeds 0-9 from 6e-8 to 5e-10, about 3.5 s per member).")] = Polish.none,
     polish_iterations: Annotated[int, typer.Option(help="Levenberg-Marquardt iterations per member with --polish lm.")] = 30,
-    workers: Annotated[int, typer.Option(help="CPU processes that share the members of a stacked run. 0: one per core, each with at least 4 members (--seeds 64 on 2 cores: 2 processes of 32, twice the speed of one); 1: all in this process. float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = 0,
+    workers: Annotated[int, typer.Option(help="CPU processes that share the members of a stacked run. 0: one per core, each with at least 4 members (--seeds 64 on 2 cores: 2 processes of 32, twice the speed of one); 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = 0,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_run_name)] = None,

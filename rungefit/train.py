@@ -96,7 +96,6 @@ class TrainConfig:
             (0 <= self.polish_iterations <= MAX_POLISH_ITERATIONS, f"--polish-iterations must be between 0 and {MAX_POLISH_ITERATIONS}, got {self.polish_iterations}"),
             (0 <= self.workers <= MAX_WORKERS, f"--workers must be between 0 (automatic) and {MAX_WORKERS}, got {self.workers}"),
             (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
-            (self.workers <= 1 or workers.available(), "--workers above 1 needs to fork processes, which only Linux allows, and not from a daemonic process; use --workers 1"),
         ])
         validation_size(self.points, self.val_fraction)
         _check([
@@ -452,12 +451,14 @@ def _fit(
 
 def worker_count(config: TrainConfig) -> int:
     """How many processes train config's members: config.workers (at most one per member), or
-    for 0 one per CPU core, each with at least MIN_MEMBERS_PER_WORKER members, where fork works."""
+    for 0 one per CPU core, each with at least MIN_MEMBERS_PER_WORKER members. Always 1 where
+    worker processes cannot be forked (not Linux, or a daemonic process): a run saved with
+    several, resumed there, goes on in one."""
     members = len(config.seeds)
-    if config.workers:
-        return min(config.workers, members)
     if config.device != "cpu" or not workers.available():
         return 1
+    if config.workers:
+        return min(config.workers, members)
     return max(1, min(workers.cpu_count(), members // MIN_MEMBERS_PER_WORKER))
 
 

@@ -102,6 +102,8 @@ def test_worker_count(monkeypatch):
     assert worker_count(TrainConfig(seeds=tuple(range(7)))) == 1
     assert worker_count(TrainConfig(seeds=(0, 1, 2), workers=5)) == 3  # at most one per member
     assert worker_count(TrainConfig(seeds=tuple(range(64)), device="cuda")) == 1
+    monkeypatch.setattr(workers, "available", lambda: False)
+    assert worker_count(TrainConfig(seeds=tuple(range(64)), workers=2)) == 1  # e.g. a Linux run resumed on macOS
 
 
 def test_a_daemonic_process_trains_in_one_process():
