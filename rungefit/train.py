@@ -277,7 +277,6 @@ class TrainState:
         ])
 
 
-
 @dataclass
 class MemberMetrics:
     """Final figures of one member."""
