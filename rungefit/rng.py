@@ -21,8 +21,8 @@ STREAM_INIT = 2
 STREAM_SHUFFLE = 3
 
 
-def _mix(x: torch.Tensor) -> torch.Tensor:
-    """A bijective 32-bit mixing function (xor-shift / odd-multiply rounds) on int64 tensors."""
+def _mix(x):
+    """A bijective 32-bit mixing function (xor-shift / odd-multiply rounds) on int64 tensors or ints."""
     for multiplier in _MULTIPLIERS:
         x = x ^ (x >> 16)
         x = (x * multiplier) & _MASK32
@@ -32,8 +32,10 @@ def _mix(x: torch.Tensor) -> torch.Tensor:
 def _keys(seeds: torch.Tensor, stream: int, counter: int, n: int) -> torch.Tensor:
     """53-bit integer keys [K, n], one row per seed."""
     seeds = seeds.to(torch.int64).reshape(-1, 1)
-    base = _mix(_mix(seeds & _MASK32) ^ _mix(torch.tensor(stream * 7919 + counter, dtype=torch.int64)))
-    base = _mix(base ^ _mix(torch.tensor(counter, dtype=torch.int64) ^ 0x2545F491))
+    # The parts that do not depend on the seed are plain ints: the same bits, without a tensor
+    # operation each (these keys are made every epoch).
+    base = _mix(_mix(seeds & _MASK32) ^ _mix(stream * 7919 + counter))
+    base = _mix(base ^ _mix(counter ^ 0x2545F491))
     index = torch.arange(n, dtype=torch.int64, device=seeds.device).reshape(1, -1)
     high = _mix(index ^ base)
     low = _mix(high ^ _mix(base ^ 0x68E31DA4))
