@@ -356,10 +356,10 @@ class _Forward:
     about twice as fast here as torch.bmm (MKL) for the [K, ≤21, ≤39] products of a training step.
     """
 
-    def __init__(self, model: StackedMLP, batch: int, use_numpy: bool | None = None):
+    def __init__(self, model: StackedMLP, batch: int):
         shapes = layer_shapes(model.layers)
         members, options = model.members, {"dtype": model.dtype, "device": model.device}
-        self.use_numpy = (NUMPY_ON_CPU and model.device.type == "cpu") if use_numpy is None else use_numpy
+        self.use_numpy = NUMPY_ON_CPU and model.device.type == "cpu"
         self.activations = model.activations
         # inputs[l]: a^[l-1] over a row of ones, [K, fan_in + 1, B]: one matmul with the block
         # [W^T; b] applies W and b, and one matmul with δ^[l] gives the gradients of both.
@@ -410,8 +410,8 @@ class _Backprop(_Forward):
     (bmm would fill a contiguous buffer to be copied over).
     """
 
-    def __init__(self, model: StackedMLP, batch: int, use_numpy: bool | None = None):
-        super().__init__(model, batch, use_numpy)
+    def __init__(self, model: StackedMLP, batch: int):
+        super().__init__(model, batch)
         shapes = layer_shapes(model.layers)
         members, options = model.members, {"dtype": model.dtype, "device": model.device}
         self.deltas = [torch.empty(members, fan_out, batch, **options) for _, fan_out in shapes]

@@ -404,8 +404,6 @@ def _fit(
 ) -> TrainResult:
     started = time.perf_counter()
     lr_values = [float(lr) for lr in member_lrs] if member_lrs is not None else [config.lr] * len(config.seeds)
-    if len(lr_values) != len(config.seeds):
-        raise ValueError(f"{len(lr_values)} learning rates for {len(config.seeds)} members")
     config = replace(config, workers=worker_count(config))
     history, first_epoch, earlier_wall_time = History(), 0, 0.0
     if resume is not None:
@@ -505,7 +503,8 @@ class _Stack:
     def train_epoch(self, epoch: int, should_stop: Callable[[], bool] | None) -> EpochCurves | None:
         """Train one epoch; None, with the epoch undone, if should_stop said yes after a step."""
         # The starts of this epoch and the one before: rewind may go back that far.
-        self._snapshots = {epoch: (self.model.params.clone(), self.optimizer.state_dict()), **{e: s for e, s in self._snapshots.items() if e == epoch - 1}}
+        self._snapshots = {e: s for e, s in self._snapshots.items() if e == epoch - 1}
+        self._snapshots[epoch] = (self.model.params.clone(), self.optimizer.state_dict())
         # A diverging member's inf and NaN are caught from its loss: NumPy's kernels need not warn.
         with np.errstate(all="ignore"):
             loss = _train_epoch(self.model, self.optimizer, self.data.x_train, self.seeds, epoch, self.config.batch_size, self.factors, should_stop)

@@ -49,11 +49,12 @@ def test_member_k_follows_the_single_run_with_seed_k():
 @pytest.mark.parametrize("spec", SPECS)
 @pytest.mark.parametrize("members", [1, 3])
 @pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy-kernels", "torch-kernels"])
-def test_hand_written_backward_matches_autograd(spec, members, use_numpy):
+def test_hand_written_backward_matches_autograd(spec, members, use_numpy, monkeypatch):
     # The torch kernels are the GPU's; here they run on the CPU.
+    monkeypatch.setattr(model_module, "NUMPY_ON_CPU", use_numpy)
     model = stacked(spec, list(range(members)))
     x, y = batch(members)
-    loss = _Backprop(model, x.shape[1], use_numpy=use_numpy).mse_backward(x, y)
+    loss = _Backprop(model, x.shape[1]).mse_backward(x, y)
     grads = model.grads.clone()
     model.grads.zero_()
     reference = ((model.forward(x) - y) ** 2).mean(dim=1)

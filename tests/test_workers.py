@@ -8,6 +8,7 @@ import multiprocessing
 import os
 import time
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -134,8 +135,8 @@ def assert_same_members(a, b, atol=1e-12):
 def test_a_run_split_over_workers_matches_one_process():
     config = TrainConfig(seeds=(3, 0, 7, 1, 9), **F64)
     lrs = [3e-2, 1e-2, 3e-2, 5e-3, 3e-2]
-    split = fit(TrainConfig(**{**config.__dict__, "workers": 2}), member_lrs=lrs)
-    alone = fit(TrainConfig(**{**config.__dict__, "workers": 1}), member_lrs=lrs)
+    split = fit(replace(config, workers=2), member_lrs=lrs)
+    alone = fit(replace(config, workers=1), member_lrs=lrs)
     assert (split.config.workers, alone.config.workers) == (2, 1)
     assert_same_members(split, alone)
 
@@ -165,7 +166,7 @@ def test_divergence_in_one_worker_rewinds_them_all():
     outcomes = []
     for count in (1, 2):
         with pytest.raises(DivergedError) as raised:
-            fit(TrainConfig(**{**config.__dict__, "workers": count}), member_lrs=lrs)
+            fit(replace(config, workers=count), member_lrs=lrs)
         outcomes.append(raised.value.result)
     split, alone = outcomes[1], outcomes[0]
     assert (split.status, split.epochs_run, split.steps) == ("diverged", 1, config.steps_per_epoch)
@@ -177,8 +178,8 @@ def test_divergence_in_one_worker_rewinds_them_all():
 def test_polish_in_workers_matches_one_process_and_reports_every_member():
     config = TrainConfig(seeds=(0, 1, 2), polish="lm", polish_iterations=2, **F64)
     seen: list[PolishProgress] = []
-    split = fit(TrainConfig(**{**config.__dict__, "workers": 2}), on_polish=seen.append)
-    alone = fit(TrainConfig(**{**config.__dict__, "workers": 1}))
+    split = fit(replace(config, workers=2), on_polish=seen.append)
+    alone = fit(replace(config, workers=1))
     assert_same_members(split, alone, atol=1e-10)
     assert torch.allclose(split.polish.final_mse, alone.polish.final_mse, rtol=1e-8, atol=0)
     assert sorted({step.member for step in seen}) == [0, 1, 2]
