@@ -24,10 +24,10 @@ from rungefit.errors import RungefitError
 from rungefit.model import StackedMLP
 from rungefit.runge import DataSplit, runge, sample_split
 from rungefit.train import (
+    EpochBatches,
     EpochReport,
     StackedAdam,
     TrainConfig,
-    epoch_batches,
     fit,
     intra_op_threads,
     new_stack,
@@ -291,8 +291,9 @@ def range_test(
 
 def _endless_batches(x_train: torch.Tensor, seeds: torch.Tensor, batch_size: int):
     """The mini-batches of `train`, epoch after epoch, for as long as the sweep needs."""
+    batches = EpochBatches(x_train, seeds, batch_size)
     for epoch in itertools.count():
-        yield from epoch_batches(x_train, seeds, epoch, batch_size)
+        yield from batches(epoch)
 
 
 def _record(model, optimizer, data, seeds, batch_size, rates, config):

@@ -478,6 +478,7 @@ class _Stack:
         self.config, self.model, self.optimizer, self.data, self.seeds = config, model, optimizer, data, seeds
         self.lrs = optimizer.lrs
         self.y_val = runge(data.x_val)
+        self.batches = EpochBatches(data.x_train, seeds, config.batch_size)
         self.factors = lr_factors(config.schedule, config.total_steps)
         self._snapshots: dict[int, tuple[torch.Tensor, dict]] = {}  # epoch → the state it started from
 
@@ -507,7 +508,7 @@ class _Stack:
         self._snapshots[epoch] = (self.model.params.clone(), self.optimizer.state_dict())
         # A diverging member's inf and NaN are caught from its loss: NumPy's kernels need not warn.
         with np.errstate(all="ignore"):
-            loss = _train_epoch(self.model, self.optimizer, self.data.x_train, self.seeds, epoch, self.config.batch_size, self.factors, should_stop)
+            loss = _train_epoch(self.model, self.optimizer, self.batches, epoch, self.factors, should_stop)
         if loss is None:
             self.rewind(epoch)
             return None
@@ -638,11 +639,30 @@ def new_stack(config: TrainConfig, lrs: Sequence[float] | None = None) -> tuple[
     return model, optimizer, data, seeds
 
 
-def epoch_batches(x_train: torch.Tensor, seeds: torch.Tensor, epoch: int, batch_size: int):
-    """Yield (x, y) mini-batches [K, ≤batch_size] of one shuffled pass, each member its own order."""
-    order = rng.permutations(seeds, rng.STREAM_SHUFFLE, x_train.shape[1], counter=epoch).to(x_train.device)
-    x_epoch = torch.gather(x_train, 1, order)
-    yield from zip(x_epoch.split(batch_size, dim=1), runge(x_epoch).split(batch_size, dim=1), strict=True)
+class EpochBatches:
+    """The shuffled mini-batches of each epoch of one training set, every member its own order.
+
+    The targets are computed once, and each epoch is gathered into buffers that the next epoch
+    reuses: at K = 32 fresh [K, n] tensors every epoch cost twice as much as the gathering itself.
+    """
+
+    def __init__(self, x_train: torch.Tensor, seeds: torch.Tensor, batch_size: int):
+        self.x_train, self.y_train, self.batch_size = x_train, runge(x_train), batch_size
+        self.seeds = seeds.to(x_train.device)
+        self._order = torch.empty(x_train.shape, dtype=torch.int64, device=x_train.device)
+        self._x, self._y = torch.empty_like(x_train), torch.empty_like(x_train)
+
+    def __call__(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(x, y) mini-batches [K, ≤batch_size] of epoch `epoch`: views that the next epoch overwrites."""
+        rng.permutations(self.seeds, rng.STREAM_SHUFFLE, self.x_train.shape[1], counter=epoch, out=self._order)
+        torch.gather(self.x_train, 1, self._order, out=self._x)
+        torch.gather(self.y_train, 1, self._order, out=self._y)
+        return zip(self._x.split(self.batch_size, dim=1), self._y.split(self.batch_size, dim=1), strict=True)
+
+
+def epoch_batches(x_train: torch.Tensor, seeds: torch.Tensor, epoch: int, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """The mini-batches of one epoch (as EpochBatches, in buffers of their own)."""
+    return EpochBatches(x_train, seeds, batch_size)(epoch)
 
 
 def train_step(model: StackedMLP, optimizer: StackedAdam, x: torch.Tensor, y: torch.Tensor, factor: float = 1.0) -> torch.Tensor:
@@ -653,12 +673,12 @@ def train_step(model: StackedMLP, optimizer: StackedAdam, x: torch.Tensor, y: to
     return loss
 
 
-def _train_epoch(model, optimizer, x_train, seeds, epoch, batch_size, factors, should_stop=None) -> torch.Tensor | None:
+def _train_epoch(model, optimizer, batches: EpochBatches, epoch, factors, should_stop=None) -> torch.Tensor | None:
     """One shuffled pass in mini-batches; returns the mean mini-batch loss per member, [K], or None
     when should_stop said yes after a step (a Python call per step: no device sync)."""
-    n = x_train.shape[1]
+    n = batches.x_train.shape[1]
     total = torch.zeros(model.members, dtype=model.dtype, device=model.device)
-    for x, y in epoch_batches(x_train, seeds, epoch, batch_size):
+    for x, y in batches(epoch):
         loss = train_step(model, optimizer, x, y, float(factors[optimizer.step_count]))
         total.add_(loss, alpha=x.shape[1] / n)
         if should_stop is not None and should_stop():

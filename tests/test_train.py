@@ -4,7 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit.train import DivergedError, TrainConfig, fit, lr_factors, resolve_device
+from rungefit import rng
+from rungefit.runge import runge
+from rungefit.train import (
+    DivergedError,
+    EpochBatches,
+    TrainConfig,
+    fit,
+    lr_factors,
+    new_stack,
+    resolve_device,
+)
 
 
 def test_short_training_lowers_the_loss():
@@ -110,3 +120,21 @@ def test_default_run_beats_the_reference():
     test = np.array([member.test_mse for member in members])
     assert test.max() < 6e-7 and np.median(test) < 2e-7
     assert all(member.train_mse < 6e-7 and member.val_mse < 6e-7 for member in members)
+
+
+def test_epoch_batches_are_each_members_shuffled_set_through_reused_buffers():
+    config = TrainConfig(seeds=(3, 0, 8), points=60)
+    _, _, data, seeds = new_stack(config)
+    batches = EpochBatches(data.x_train, seeds, 16)
+    storages = set()
+    for epoch in (0, 1, 0):
+        views = list(batches(epoch))
+        storages.add(views[0][0].untyped_storage().data_ptr())
+        got = [(x.clone(), y.clone()) for x, y in views]
+        order = rng.permutations(seeds, rng.STREAM_SHUFFLE, data.x_train.shape[1], counter=epoch)
+        x_epoch = torch.stack([row[member_order] for row, member_order in zip(data.x_train, order, strict=True)])
+        assert [x.shape[1] for x, _ in got] == [16, 16, 10]
+        assert torch.equal(torch.cat([x for x, _ in got], dim=1), x_epoch)
+        assert torch.equal(torch.cat([y for _, y in got], dim=1), runge(x_epoch))
+    assert len(storages) == 1  # every epoch in the same memory
+
