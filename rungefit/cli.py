@@ -229,8 +229,9 @@ def train(
 
     The defaults reproduce the reference experiment's setup (1 → 20 tanh → 10 sigmoid → 20 tanh →
     10 sigmoid → 1, Adam, MSE, mini-batches of 39, 300 epochs, 30 % validation, 100 test points).
-    Ctrl-C stops after the current optimizer step, saves the last completed epoch as an
-    "interrupted" run and exits 130; `rungefit train --resume NAME` continues it.
+    Ctrl-C stops after the current optimizer step (or LM iteration of --polish lm), saves the last
+    completed epoch as an "interrupted" run and exits 130; `rungefit train --resume NAME`
+    continues it (an interrupted polish runs again from the start).
 
     Example: rungefit train --seed 1 --name first
     """
@@ -315,7 +316,7 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
             path = save(diverged.result)
             raise RungefitError(f"{diverged} (last finite state saved in {path})") from None
         if result.status == "interrupted" and result.epochs_run == (resume.epochs_run if resume else 0):
-            _nothing_new_to_save(resume)
+            _nothing_new_to_save(resume, config.epochs)
         path = save(result)
     summary = {**result.summary(), "run": str(path), "schedule": config.schedule, **summary_extra}
     interrupted = result.status == "interrupted"
@@ -326,14 +327,20 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
     else:
         report.render_train(summary, str(path))
     if interrupted:
-        report.warning(f"interrupted: epoch {result.epochs_run} of {config.epochs} is saved in {path}; continue with `{summary['resume']}`")
+        if result.epochs_run == config.epochs:
+            report.warning(f"interrupted during the polish: all {config.epochs} epochs are saved in {path}, unpolished; `{summary['resume']}` runs the polish")
+        else:
+            report.warning(f"interrupted: epoch {result.epochs_run} of {config.epochs} is saved in {path}; continue with `{summary['resume']}`")
         raise typer.Exit(130)
 
 
-def _nothing_new_to_save(resume) -> None:
-    """Ctrl-C came before an epoch completed: say so and exit 130 without touching the runs directory."""
+def _nothing_new_to_save(resume, epochs: int) -> None:
+    """Ctrl-C came before an epoch (or a resumed polish) completed: say so and exit 130 without
+    touching the runs directory."""
     if resume is None:
         report.warning("interrupted before the first epoch completed; nothing was saved")
+    elif resume.epochs_run == epochs:
+        report.warning("interrupted during the polish again; the run still resumes at the polish")
     else:
         report.warning(f"interrupted before epoch {resume.epochs_run + 1} completed; the run still resumes from epoch {resume.epochs_run}")
     raise typer.Exit(130)

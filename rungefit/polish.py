@@ -72,7 +72,8 @@ def levenberg_marquardt(
     patience: int = 5,
     target: Callable[[torch.Tensor], torch.Tensor] = runge,
     progress: Callable[[PolishProgress], None] | None = None,
-) -> PolishReport:
+    should_stop: Callable[[], bool] | None = None,
+) -> PolishReport | None:
     """Polish every member of `model` on its training points x_train [K, n]; update it in place.
 
     iterations: the most LM iterations per member (each solves one P × P system; measured on
@@ -83,6 +84,9 @@ def levenberg_marquardt(
         less than a factor (1 - rtol), or once λ reaches MAX_DAMPING.
     target: the function being fitted (the Runge function).
     progress: called with a PolishProgress after each iteration of each member.
+    should_stop: asked after each iteration; once it says yes, the polish stops there and returns
+        None, with every member as it was before (a polish is quick to run again, where half of
+        one would be a result no uninterrupted run has).
 
     The work is in float64 whatever the model's dtype; the result is written back in its dtype.
     """
@@ -92,6 +96,7 @@ def levenberg_marquardt(
         raise ValueError(f"iterations must be non-negative, got {iterations}")
     initial, final = [], []
     counts, taken = [], []
+    unpolished = model.params.detach().clone()
     for k in range(model.members):
         params = model.params[k].detach().to(torch.float64)
         if not bool(torch.isfinite(params).all()):
@@ -111,6 +116,10 @@ def levenberg_marquardt(
             accepted = member.step()
             if progress is not None:
                 progress(PolishProgress(k, iteration, iterations, member.mse, member.damping, accepted))
+            if should_stop is not None and should_stop():
+                with torch.no_grad():
+                    model.params.copy_(unpolished)
+                return None
             if member.damping >= MAX_DAMPING:
                 break
             if accepted:

@@ -270,7 +270,8 @@ class TrainState:
         members, size = len(config.seeds), parameter_count(parse_layers(config.layers))
         moments = [self.optimizer_state["exp_avg"], self.optimizer_state["exp_avg_sq"]]
         _check([
-            (0 <= self.epochs_run < config.epochs, f"{self.epochs_run} of {config.epochs} epochs done, none left to train"),
+            # All epochs done is a run stopped during its polish, which the resume runs again.
+            (0 <= self.epochs_run < config.epochs or (self.epochs_run == config.epochs and config.polish != "none"), f"{self.epochs_run} of {config.epochs} epochs done, none left to train"),
             (all(len(curve) == self.epochs_run for curve in asdict(self.history).values()), "the history does not cover the epochs done"),
             (int(self.optimizer_state["step"]) == self.epochs_run * config.steps_per_epoch, "the optimizer's step count does not match the epochs done"),
             (all(tuple(m.shape) == (members, size) for m in moments), "the optimizer state does not fit the network"),
@@ -365,7 +366,9 @@ def fit(
     dropped and the result (status "interrupted") holds the last completed epoch. resume continues
     from such a state, and ends with exactly the numbers of an uninterrupted run. With
     config.polish == "lm", a completed Adam run is refined by Levenberg-Marquardt (progress to
-    on_polish); an interrupted or diverged one is not. The result's config says how many worker
+    on_polish); an interrupted or diverged one is not. should_stop is asked after every LM
+    iteration too: a yes there undoes the polish, and the result is interrupted with every epoch
+    done (a resume runs the polish again). The result's config says how many worker
     processes trained the members (config.workers resolved by worker_count).
     """
     config.validate()
@@ -423,7 +426,9 @@ def _fit(
             if on_epoch is not None:
                 on_epoch(EpochReport(epoch + 1, config.epochs, *(float(np.median(c)) for c in (curves.train_mse, curves.val_mse, curves.lr))))
         if status == "complete" and config.polish == "lm":
-            polish = stack.polish(config.polish_iterations, on_polish)
+            polish = stack.polish(config.polish_iterations, on_polish, should_stop)
+            if polish is None:
+                status = "interrupted"
         model, optimizer, data = stack.finish()
     result = TrainResult(
         config=config,
@@ -523,8 +528,9 @@ class _Stack:
             self.model.params.copy_(params)
         self.optimizer.load_state_dict(optimizer_state)
 
-    def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None) -> PolishReport:
-        return levenberg_marquardt(self.model, self.data.x_train, iterations=iterations, progress=progress)
+    def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None, should_stop: Callable[[], bool] | None) -> PolishReport | None:
+        """The LM polish; None, with the members as they were, if should_stop said yes."""
+        return levenberg_marquardt(self.model, self.data.x_train, iterations=iterations, progress=progress, should_stop=should_stop)
 
     def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:
         return self.model, self.optimizer, self.data
@@ -544,9 +550,14 @@ class _StackWorker:
     def rewind(self, epoch: int) -> None:
         self.stack.rewind(epoch)
 
-    def polish(self, iterations: int, note: Callable[[PolishProgress], None] | None = None) -> dict:
-        report = self.stack.polish(iterations, note)
-        return {f.name: getattr(report, f.name).numpy() for f in fields(report)}
+    def polish(self, iterations: int, note: Callable[[PolishProgress], None] | None = None) -> dict | None:
+        self._unpolished = self.stack.model.params.clone()
+        report = self.stack.polish(iterations, note, self.should_stop)
+        return None if report is None else {f.name: getattr(report, f.name).numpy() for f in fields(report)}
+
+    def undo_polish(self) -> None:
+        with torch.no_grad():
+            self.stack.model.params.copy_(self._unpolished)
 
     def state(self) -> dict:
         optimizer = self.stack.optimizer
@@ -580,10 +591,7 @@ class _WorkerStacks:
         yes, and start the next epoch before this one's curves are returned: they need not idle
         while the caller looks at them (rewind undoes that epoch too)."""
 
-        def poll() -> None:
-            if should_stop is not None and should_stop():
-                self.workers.request_stop()
-
+        poll = self._stop_relay(should_stop)
         poll()
         if self._running != epoch:
             self.workers.start("train_epoch", epoch)
@@ -597,6 +605,15 @@ class _WorkerStacks:
             self._running = epoch + 1
         return EpochCurves.join(parts)
 
+    def _stop_relay(self, should_stop: Callable[[], bool] | None) -> Callable[[], None]:
+        """A poll that passes should_stop's yes on to the workers (they read it after each step)."""
+
+        def poll() -> None:
+            if should_stop is not None and should_stop():
+                self.workers.request_stop()
+
+        return poll
+
     def rewind(self, epoch: int) -> None:
         if self._running is not None:
             self.workers.request_stop()  # the next epoch is undone too: cut it short
@@ -604,11 +621,16 @@ class _WorkerStacks:
             self._running = None
         self.workers.call("rewind", epoch)
 
-    def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None) -> PolishReport:
+    def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None, should_stop: Callable[[], bool] | None) -> PolishReport | None:
         def relay(worker: int, step: PolishProgress) -> None:
             progress(replace(step, member=step.member + self.bounds[worker][0]))
 
-        parts = self.workers.call("polish", iterations, on_note=relay if progress is not None else None)
+        poll = self._stop_relay(should_stop)
+        poll()
+        parts = self.workers.call("polish", iterations, poll=poll, on_note=relay if progress is not None else None)
+        if any(part is None for part in parts):
+            self.workers.call("undo_polish")  # some workers finished before the stop reached them
+            return None
         return PolishReport(**{f.name: torch.cat([torch.from_numpy(part[f.name]) for part in parts]) for f in fields(PolishReport)})
 
     def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:

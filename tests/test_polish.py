@@ -100,6 +100,17 @@ def test_zero_iterations_changes_nothing(short_run):
     assert torch.equal(copy.params, model.params)
 
 
+def test_a_stop_undoes_the_polish_of_every_member(short_run):
+    model, x_train = short_run
+    copy = _copy(model)
+    seen: list[PolishProgress] = []
+    # Yes at member 1's second iteration: member 0 is polished by then, member 1 half-way.
+    report = levenberg_marquardt(copy, x_train, iterations=5, progress=seen.append, should_stop=lambda: (seen[-1].member, seen[-1].iteration) == (1, 2))
+    assert report is None
+    assert [(p.member, p.iteration) for p in seen][-2:] == [(1, 1), (1, 2)]
+    assert torch.equal(copy.params, model.params)
+
+
 def test_rejects_mismatched_points():
     model = StackedMLP(parse_layers(DEFAULT_LAYERS), 2)
     with pytest.raises(ValueError, match="x_train"):

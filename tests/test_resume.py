@@ -13,12 +13,14 @@ import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
+from dataclasses import replace
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
-from rungefit import runs
+from rungefit import cli, runs
 from rungefit.cli import app
 from rungefit.train import TrainConfig, fit
 
@@ -69,6 +71,20 @@ def test_a_state_that_does_not_fit_the_config_is_refused(uninterrupted):
         fit(CONFIG, resume=uninterrupted.state())
     with pytest.raises(ValueError, match="does not fit"):
         fit(TrainConfig(points=120, epochs=6, seeds=(0,)), resume=fit(CONFIG, should_stop=stop_after(4)).state())
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_stop_during_the_polish_undoes_it_and_resume_runs_it_again(workers):
+    config = replace(CONFIG, polish="lm", polish_iterations=4, workers=workers)
+    epochs_done: list = []
+    # Yes once every epoch is done: the stop lands in the polish's first iteration.
+    result = fit(config, on_epoch=epochs_done.append, should_stop=lambda: len(epochs_done) == config.epochs)
+    assert (result.status, result.epochs_run, result.polish) == ("interrupted", config.epochs, None)
+    assert torch.equal(result.model.params, fit(replace(config, polish="none")).model.params)  # unpolished
+    resumed = fit(config, resume=result.state())
+    uninterrupted = fit(config)
+    assert_same_training(resumed, uninterrupted)
+    assert torch.equal(resumed.polish.final_mse, uninterrupted.polish.final_mse)
 
 
 # ---------------------------------------------------------------- the CLI, with a real Ctrl-C
@@ -145,6 +161,46 @@ def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbe
     for name in ("history.csv", "config.json"):
         assert (run_dir / name).read_bytes() == (ref_dir / name).read_bytes(), name
     assert sorted(p.name for p in runs_dir.iterdir()) == ["latest", "x"]  # nothing temporary left
+
+
+def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path, monkeypatch):
+    polish = ["--polish", "lm", "--polish-iterations", "4"]
+    train = ["train", "--points", "120", "--epochs", "3", *polish, "--quiet"]
+    assert runner.invoke(app, [*train, "--runs-dir", str(tmp_path / "ref"), "--name", "x"]).exit_code == 0
+    pressed = []
+
+    @contextmanager
+    def ctrl_c_once_the_epochs_are_done():
+        yield lambda: bool(pressed)
+
+    def pressing_after_the_last_epoch(epochs, quiet):
+        progress, on_epoch, on_polish = real_progress(epochs, quiet)
+
+        def on_epoch_then_press(epoch) -> None:
+            on_epoch(epoch)
+            if epoch.epoch == epochs:
+                pressed.append(epoch)
+
+        return progress, on_epoch_then_press, on_polish
+
+    real_progress = cli.report.training_progress
+    monkeypatch.setattr(cli, "_ctrl_c_stops_training", ctrl_c_once_the_epochs_are_done)
+    monkeypatch.setattr(cli.report, "training_progress", pressing_after_the_last_epoch)
+    runs_dir = tmp_path / "runs"
+    stopped = runner.invoke(app, [*train, "--runs-dir", str(runs_dir), "--name", "x"])
+    assert stopped.exit_code == 130, stopped.output
+    assert "interrupted during the polish: all 3 epochs are saved" in stopped.stderr
+    summary = json.loads((runs_dir / "x" / "summary.json").read_text())
+    assert (summary["status"], summary["epochs"], summary["polish"]) == ("interrupted", 3, None)
+
+    again = runner.invoke(app, ["train", "--resume", "x", "--runs-dir", str(runs_dir)])
+    assert again.exit_code == 130
+    assert "interrupted during the polish again; the run still resumes at the polish" in again.stderr
+    monkeypatch.undo()
+    resumed = runner.invoke(app, ["train", "--resume", "x", "--runs-dir", str(runs_dir), "--json"])
+    assert resumed.exit_code == 0, resumed.output
+    assert_same_checkpoint(checkpoint(runs_dir / "x"), checkpoint(tmp_path / "ref" / "x"))
+    assert without_wall_time(runs_dir / "x") == without_wall_time(tmp_path / "ref" / "x")
 
 
 # ---------------------------------------------------------------- runs that cannot be resumed
