@@ -304,7 +304,10 @@ class TrainResult:
     polish: PolishReport | None = None  # the LM refinement, when config.polish == "lm"
 
     def state(self) -> TrainState:
-        """The state after the last completed epoch, from which fit(resume=…) continues."""
+        """The state after the last completed epoch, from which fit(resume=…) continues; a
+        ValueError for a complete run (its model may be polished: a resume would polish it twice)."""
+        if self.status == "complete":
+            raise ValueError("a complete run has nothing to resume")
         return TrainState(self.model.state_dict(), self.optimizer.state_dict(), self.epochs_run, self.history, self.wall_time_s)
 
     def summary(self) -> dict:

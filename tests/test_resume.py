@@ -67,8 +67,11 @@ def test_a_stop_keeps_the_last_completed_epoch(uninterrupted):
 
 
 def test_a_state_that_does_not_fit_the_config_is_refused(uninterrupted):
+    with pytest.raises(ValueError, match="nothing to resume"):
+        uninterrupted.state()
+    finished = fit(CONFIG, should_stop=stop_after(4)).state()
     with pytest.raises(ValueError, match="none left to train"):
-        fit(CONFIG, resume=uninterrupted.state())
+        fit(replace(CONFIG, epochs=1), resume=finished)
     with pytest.raises(ValueError, match="does not fit"):
         fit(TrainConfig(points=120, epochs=6, seeds=(0,)), resume=fit(CONFIG, should_stop=stop_after(4)).state())
 
