@@ -9,7 +9,9 @@ stack: 1.1× faster; two processes: 2×).
 Children are forked: one starts in milliseconds with the parent's memory (torch imported, the
 factory's closure in place), where a spawned interpreter would spend seconds importing torch.
 They ignore Ctrl-C (the parent decides when to stop and says so through a shared flag), never
-write to the terminal, and end when the parent closes them or dies. This module imports nothing
+write to the terminal (their standard streams are os.devnull: the inherited ones may be locked
+forever by a parent thread that was writing at the fork, such as a progress bar's), and end when
+the parent closes them or dies. This module imports nothing
 heavy; what runs in a child is up to the factory.
 """
 
@@ -59,7 +61,6 @@ class Workers:
         self._stop = context.RawValue("b", 0)
         self._pipes: list[Any] = []
         self._processes: list[Any] = []
-        _flush_standard_streams()
         try:
             for factory in factories:
                 parent_end, child_end = context.Pipe()
@@ -158,19 +159,12 @@ class Workers:
         self._pipes, self._processes = [], []
 
 
-def _flush_standard_streams() -> None:
-    """A child flushes its copy of the standard streams when it ends: empty them before forking,
-    or output the parent buffered would appear twice."""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (AttributeError, ValueError, OSError):
-            pass  # no stream, or a closed one: nothing buffered
-
-
 def _serve(factory: Callable[[Callable[[], bool]], Any], pipe, stop) -> None:
     """A child's life: build the target, then answer calls until told to end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Fresh streams, never the inherited ones: flushing those at exit could wait forever on a lock
+    # that a parent thread held at the fork, or print what the parent had buffered a second time.
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 — lives as long as the child
     try:
         target = factory(lambda: stop.value != 0)
         while (request := pipe.recv()) is not None:

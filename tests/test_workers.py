@@ -3,9 +3,11 @@ one process (float64, where the two may differ only by rounding)."""
 
 from __future__ import annotations
 
+import io
 import itertools
 import multiprocessing
 import os
+import sys
 import time
 import warnings
 from dataclasses import replace
@@ -53,6 +55,30 @@ class Echo:
 
 def echoes(count: int) -> workers.Workers:
     return workers.Workers([lambda stop, i=i: Echo(i, stop) for i in range(count)])
+
+
+class StuckInChildren(io.StringIO):
+    """A standard stream whose flush never returns in a forked child: what one does whose lock a
+    parent thread (a progress bar's) held at the fork."""
+
+    def __init__(self):
+        super().__init__()
+        self.parent = os.getpid()
+
+    def flush(self):
+        while os.getpid() != self.parent:
+            time.sleep(1)
+
+
+def test_children_leave_the_inherited_standard_streams_alone(monkeypatch):
+    stuck = StuckInChildren()
+    monkeypatch.setattr(sys, "stdout", stuck)
+    monkeypatch.setattr(sys, "stderr", stuck)
+    pool = echoes(2)
+    processes = list(pool._processes)
+    with pool:
+        assert pool.call("add", 1, 2) == [3, 4]
+    assert [process.exitcode for process in processes] == [0, 0]  # ended, not killed by close()
 
 
 def test_calls_run_in_every_child_and_answer_in_order():
