@@ -89,6 +89,7 @@ app = typer.Typer(
     cls=OneLineErrors,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -439,7 +440,7 @@ def grad(
     member: MemberOption = None,
     json_output: JsonFlag = False,
 ) -> None:
-    """The network's derivative ∇a^[L](x): the explicit chain-rule product, checked against autograd
+    """The network's derivative `∇a^[L](x)`: the explicit chain-rule product, checked against autograd
     and a central finite difference, beside the true f'(x) = −50x/(1+25x²)².
 
     The product is σ_L'(Z^[L]) · W^[L] diag(σ_{L-1}'(Z^[L-1])) · … · W^[2] diag(σ_1'(Z^[1])), where
@@ -539,7 +540,7 @@ def lr_find_command(
     verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1)] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule of the --verify trainings (default: train's).")] = None,
     runs_dir: RunsDir = Path("runs"),
-    out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png (default: RUNS_DIR/lr-find/<timestamp>).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png (default: `RUNS_DIR/lr-find/<timestamp>`).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar for --verify.")] = False,
     json_output: JsonFlag = False,
 ) -> None:

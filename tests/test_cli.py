@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from rungefit.cli import app
@@ -98,3 +100,23 @@ def test_help_does_not_import_torch_or_matplotlib(argv):
     stdout, heavy = heavy_imports_after(f"from rungefit.cli import app\napp({argv!r}, prog_name='rungefit')")
     assert "Usage" in stdout
     assert heavy == ""
+
+
+def _words(text: str) -> list[str]:
+    """The words of a text, without the quoting that rendering removes or adds."""
+    words = (word.replace("`", "").strip("'\"") for word in re.split(r"[\s│╭╮╰╯─]+", text))
+    return [word for word in words if word]
+
+
+@pytest.mark.parametrize("name", ["", *sorted(typer.main.get_command(app).commands)])
+def test_help_shows_every_word_of_its_texts(name, monkeypatch):
+    # The help is rendered as Markdown (so that a paragraph wraps as one): text that Markdown
+    # would swallow, such as [L](x) or <timestamp>, must be written so that it survives.
+    monkeypatch.setenv("COLUMNS", "1000")
+    group = typer.main.get_command(app)
+    command = group.commands[name] if name else group
+    shown = " ".join(_words(runner.invoke(app, [name, "--help"] if name else ["--help"]).stdout))
+    texts = [command.help, *(param.help for param in command.params if getattr(param, "help", None))]
+    for text in texts:
+        for word in _words(text):
+            assert word in shown, (word, text)
