@@ -207,7 +207,7 @@ RESUME_ALLOWS = ("resume", "runs_dir", "quiet", "json_output")
 def train(
     ctx: typer.Context,
     layers: Annotated[str, typer.Option(help="Hidden layers as WIDTH:ACTIVATION items; the output layer is linear.", autocompletion=complete_layers)] = "20:tanh,10:sigmoid,20:tanh,10:sigmoid",
-    points: Annotated[int, typer.Option(help="Training points drawn uniformly from [-1, 1], validation included. 4000, because the fit is limited by the number of Adam steps, not by data (train, validation and test MSE agree): with batches of 39, 4000 points give 72 steps per epoch, and the median test MSE over seeds 0-9 falls from 4e-7 (1000 points) to 6e-8.")] = 4000,
+    points: Annotated[int, typer.Option(help="Training points drawn uniformly from [-1, 1], validation included. 4000, because the fit is limited by the number of Adam steps, not by data (train, validation and test MSE agree): with batches of 39, 4000 points give 72 steps per epoch, and the median test MSE over seeds 0-9 falls from 4e-7 (1000 points) to 4e-8.")] = 4000,
     val_fraction: Annotated[float, typer.Option(help="Share of the points held out for validation, in (0, 1).")] = 0.3,
     batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 39,
     epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 300,
@@ -217,7 +217,7 @@ def train(
     seeds: Annotated[Optional[str], typer.Option(help="Train one member per seed in one stacked run: a count N (seeds 0…N-1) or a list 3,7,11. Overrides --seed.")] = None,
     dtype: Annotated[Dtype, typer.Option(help="Floating-point precision of the model and data.")] = Dtype.float32,
     device: Annotated[Device, typer.Option(help="Where to train: auto picks cuda when a GPU is present.")] = Device.auto,
-    polish: Annotated[Polish, typer.Option(help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (30 iterations take the median test MSE over seeds 0-9 from 6e-8 to 5e-10, about 3.5 s per member).")] = Polish.none,
+    polish: Annotated[Polish, typer.Option(help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (30 iterations take the median test MSE over seeds 0-9 from 4e-8 to 4e-10, about 3 s per member and CPU core).")] = Polish.none,
     polish_iterations: Annotated[int, typer.Option(help="Levenberg-Marquardt iterations per member with --polish lm.")] = 30,
     workers: Annotated[int, typer.Option(help="CPU processes that share the members of a stacked run. 0: one per core, each with at least 4 members (--seeds 64 on 2 cores: 2 processes of 32, twice the speed of one); 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = 0,
     runs_dir: RunsDir = Path("runs"),
