@@ -23,7 +23,8 @@ STREAM_SHUFFLE = 3
 
 
 def _mix(x):
-    """A bijective 32-bit mixing function (xor-shift / odd-multiply rounds) on int64 tensors or ints."""
+    """A bijective 32-bit mixing function (xor-shift / odd-multiply rounds) on int64 tensors, int64
+    NumPy arrays or ints, with the same bits for each."""
     for multiplier in _MULTIPLIERS:
         x = x ^ (x >> 16)
         x = (x * multiplier) & _MASK32

@@ -484,7 +484,6 @@ class _Stack:
 
     def __init__(self, config: TrainConfig, model: StackedMLP, optimizer: StackedAdam, data: DataSplit, seeds: torch.Tensor):
         self.config, self.model, self.optimizer, self.data, self.seeds = config, model, optimizer, data, seeds
-        self.lrs = optimizer.lrs
         self.y_val = runge(data.x_val)
         self.batches = EpochBatches(data.x_train, seeds, config.batch_size)
         self.factors = lr_factors(config.schedule, config.total_steps)
@@ -502,7 +501,7 @@ class _Stack:
     def select(self, start: int, stop: int) -> _Stack:
         """Members start…stop-1 as a stack of their own (a copy), in the state they are in."""
         model = self.model.select(list(range(start, stop)))
-        optimizer = StackedAdam(model, self.lrs[start:stop], (self.optimizer.beta1, self.optimizer.beta2), self.optimizer.eps)
+        optimizer = StackedAdam(model, self.optimizer.lrs[start:stop], (self.optimizer.beta1, self.optimizer.beta2), self.optimizer.eps)
         moments = {name: getattr(self.optimizer, name)[start:stop] for name in ("exp_avg", "exp_avg_sq")}
         optimizer.load_state_dict({"step": self.optimizer.step_count, **moments})
         data = DataSplit(self.data.x_train[start:stop], self.data.x_val[start:stop])
@@ -522,7 +521,7 @@ class _Stack:
             return None
         val_mse = self.model.mse(self.data.x_val, self.y_val)
         factor = float(self.factors[self.optimizer.step_count - 1])
-        return EpochCurves(loss.tolist(), val_mse.tolist(), [lr * factor for lr in self.lrs])
+        return EpochCurves(loss.tolist(), val_mse.tolist(), [lr * factor for lr in self.optimizer.lrs])
 
     def rewind(self, epoch: int) -> None:
         """Back to the state epoch `epoch` started from: the last or the one before it."""
@@ -593,7 +592,6 @@ class _WorkerStacks:
         """As _Stack.train_epoch. The workers stop after their current step once should_stop says
         yes, and start the next epoch before this one's curves are returned: they need not idle
         while the caller looks at them (rewind undoes that epoch too)."""
-
         poll = self._stop_relay(should_stop)
         poll()
         if self._running != epoch:
