@@ -2,18 +2,21 @@
 
 torch, matplotlib and every module that imports them are imported inside the commands, so that
 `rungefit --help` and TAB completion stay fast. Errors from the core become one line on stderr:
-exit 2 for a bad option value (ValueError, click usage errors), 1 for a runtime failure
-(RungefitError, running out of memory), 130 for Ctrl-C.
+exit 2 for a bad option value (UsageError, click usage errors), 1 for a runtime failure
+(RungefitError, running out of memory), 130 for Ctrl-C, 3 for anything else: a bug, reported as an
+internal error in one line (the traceback with RUNGEFIT_TRACEBACK=1).
 """
 
 from __future__ import annotations
 
 import importlib.util
 import math
+import os
 import shlex
 import signal
 import sys
 import threading
+import traceback
 from contextlib import contextmanager
 from dataclasses import asdict
 from enum import Enum
@@ -24,7 +27,7 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from rungefit.errors import RungefitError
+from rungefit.errors import RungefitError, UsageError
 
 
 def _lazy_import(name: str):
@@ -64,19 +67,38 @@ class OneLineErrors(TyperGroup):
         except RungefitError as error:
             report.error(str(error))
             code = 1
-        except ValueError as error:
+        except UsageError as error:
             report.error(str(error))
             code = 2
         except (MemoryError, RuntimeError) as error:
             if not _out_of_memory(error):
-                raise
-            report.error("out of memory; use fewer --points or --seeds, fewer --grid or --points to evaluate, or a smaller network")
-            code = 1
+                code = _internal_error(error)
+            else:
+                report.error("out of memory; use fewer --points or --seeds, fewer --grid or --points to evaluate, or a smaller network")
+                code = 1
+        except Exception as error:  # noqa: BLE001 — a bug: one line, never disguised as bad input
+            code = _internal_error(error)
         else:
             code = result if isinstance(result, int) else 0
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+# Set to 1 to see the traceback of an internal error.
+TRACEBACK_VAR = "RUNGEFIT_TRACEBACK"
+INTERNAL_ERROR_EXIT = 3
+
+
+def _internal_error(error: BaseException) -> int:
+    """A bug: one line saying so (the traceback with RUNGEFIT_TRACEBACK=1), exit 3."""
+    if os.environ.get(TRACEBACK_VAR) == "1":
+        traceback.print_exception(error)
+    report.error(
+        f"internal error ({type(error).__name__}: {error}); this is a bug in rungefit. "
+        f"Run again with {TRACEBACK_VAR}=1 to see the traceback, and report it"
+    )
+    return INTERNAL_ERROR_EXIT
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -171,13 +193,13 @@ def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
         if "," not in text:
             count = int(text)
             if not 1 <= count <= MAX_MEMBERS:
-                raise ValueError
+                raise UsageError
             return tuple(range(count))
         values = tuple(int(part) for part in text.split(","))
     except ValueError:
-        raise ValueError(f"--seeds {seeds!r}: expected a count N in 1…{MAX_MEMBERS} (seeds 0…N-1) or a list like 3,7,11") from None
+        raise UsageError(f"--seeds {seeds!r}: expected a count N in 1…{MAX_MEMBERS} (seeds 0…N-1) or a list like 3,7,11") from None
     if len(set(values)) != len(values) or min(values) < 0 or max(values) > MAX_SEED:
-        raise ValueError(f"--seeds {seeds!r}: seeds must be distinct whole numbers in 0…{MAX_SEED}")
+        raise UsageError(f"--seeds {seeds!r}: seeds must be distinct whole numbers in 0…{MAX_SEED}")
     return values
 
 
@@ -188,9 +210,9 @@ def parse_lr(text: str) -> Optional[float]:
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"--lr {text!r}: expected a positive number such as 3e-2, or 'auto'") from None
+        raise UsageError(f"--lr {text!r}: expected a positive number such as 3e-2, or 'auto'") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"--lr {text!r}: the learning rate must be a positive finite number")
+        raise UsageError(f"--lr {text!r}: the learning rate must be a positive finite number")
     return value
 
 
@@ -266,7 +288,7 @@ def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
     """A resumed run keeps its saved settings: any other option given with --resume is a usage error."""
     given = [param.opts[0] for param in ctx.command.params if param.name not in RESUME_ALLOWS and _was_given(ctx, param.name)]
     if given:
-        raise ValueError(
+        raise UsageError(
             f"--resume {name} continues the run with its saved settings; drop {', '.join(given)} "
             "(only --runs-dir, --quiet and --json go with --resume)"
         )
@@ -395,7 +417,7 @@ def checked_points(values: Optional[list[float]]) -> list[float]:
     points = list(values or [])
     for value in points:
         if not math.isfinite(value):
-            raise ValueError(f"--x {value}: expected a finite number")
+            raise UsageError(f"--x {value}: expected a finite number")
     outside = [value for value in points if abs(value) > 1]
     if outside:
         report.warning(f"--x {', '.join(f'{v:g}' for v in outside)}: outside [-1, 1], where the network was trained, so this is extrapolation")
@@ -412,7 +434,7 @@ def _load_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
     if member is None:
         member = best_member(loaded.summary)
     elif member >= members:
-        raise ValueError(f"--member {member}: run {loaded.path.name!r} has {members} member(s), numbered 0…{members - 1}")
+        raise UsageError(f"--member {member}: run {loaded.path.name!r} has {members} member(s), numbered 0…{members - 1}")
     source = f"run {loaded.path}, member {member}" + (f" of {members}, best by validation MSE" if members > 1 else "")
     return loaded, member, source
 
@@ -456,17 +478,17 @@ def grad(
 
     points = checked_points(x)
     if explain and not points:
-        raise ValueError("--explain needs at least one --x to explain the product at")
+        raise UsageError("--explain needs at least one --x to explain the product at")
     if not points and grid is None:
         grid = 201
     if untrained:
         if run is not None or member is not None:
-            raise ValueError("--untrained studies a new network; drop --run and --member")
+            raise UsageError("--untrained studies a new network; drop --run and --member")
         model = core.untrained_model(DEFAULT_LAYERS if layers is None else layers, seed or 0)
         doc = {"source": f"untrained, seed {seed or 0}", "run": None, "member": 0}
     else:
         if seed is not None or layers is not None:
-            raise ValueError("--seed and --layers apply only with --untrained; a saved run has its own")
+            raise UsageError("--seed and --layers apply only with --untrained; a saved run has its own")
         loaded, member, source = _load_member(runs_dir, run, member)
         model = core.as_float64(loaded.model, member)
         doc = {"source": source, "run": str(loaded.path), "member": member}

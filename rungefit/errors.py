@@ -1,5 +1,17 @@
-"""The error types the CLI turns into one-line messages (kept free of heavy imports)."""
+"""The error types the CLI turns into one-line messages (kept free of heavy imports).
+
+UsageError: a value the user typed (an option, a formula, a file given on the command line) cannot
+work; exit 2. RungefitError: a failure the user can act on (a missing or damaged run, divergence);
+exit 1. Anything else reaching the CLI is a bug, reported as an internal error.
+"""
 
 
 class RungefitError(Exception):
     """A runtime failure the user can act on; the CLI prints the message and exits 1."""
+
+
+class UsageError(ValueError):
+    """A bad value the user gave; the CLI prints the message and exits 2.
+
+    A ValueError, so that callers of the Python API may catch either.
+    """

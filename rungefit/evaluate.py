@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from numpy.polynomial.chebyshev import Chebyshev
 
+from rungefit.errors import UsageError
 from rungefit.model import StackedMLP, parameter_count
 from rungefit.runge import INTERVAL, runge, test_grid
 
@@ -231,7 +232,7 @@ def evaluate(
 ) -> Evaluation:
     """Score one member of a stack on the test grid and at x_values, beside the baselines of the given degrees."""
     if not 0 <= member < model.members:
-        raise ValueError(f"member {member} does not exist; the run has members 0…{model.members - 1}")
+        raise UsageError(f"member {member} does not exist; the run has members 0…{model.members - 1}")
     return Evaluation(
         member=member,
         points=points,

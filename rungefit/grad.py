@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rungefit.errors import UsageError
 from rungefit.model import StackedMLP, parse_layers
 from rungefit.runge import runge, runge_prime
 
@@ -213,7 +214,7 @@ def study_gradient(model: StackedMLP, x_values: list[float], grid_points: int | 
     """Check the gradient at x_values and on a grid of grid_points over [-1, 1]; with explain, the
     chain of every x_values point. `model` is one float64 member (see as_float64)."""
     if grid_points is not None and grid_points < 2:
-        raise ValueError(f"--grid needs at least 2 points, got {grid_points}")
+        raise UsageError(f"--grid needs at least 2 points, got {grid_points}")
     grid = check_gradient(model, np.linspace(-1.0, 1.0, grid_points)) if grid_points is not None else None
     return GradientStudy(
         at_x=check_gradient(model, np.array(x_values, dtype=np.float64)),

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from rungefit.errors import RungefitError
+from rungefit.errors import RungefitError, UsageError
 from rungefit.model import StackedMLP
 from rungefit.runge import DataSplit, runge, sample_split
 from rungefit.train import (
@@ -68,7 +68,7 @@ class RangeTestConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise UsageError(message)
 
 
 # ---------------------------------------------------------------- pure functions of the curve
@@ -80,7 +80,7 @@ def sweep(start_lr: float, end_lr: float, iters: int, mode: str = "exp") -> np.n
         return np.geomspace(start_lr, end_lr, iters)
     if mode == "linear":
         return np.linspace(start_lr, end_lr, iters)
-    raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    raise UsageError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
 
 
 def ema_step(average: np.ndarray, loss: np.ndarray, beta: float, step: int) -> tuple[np.ndarray, np.ndarray]:
@@ -426,9 +426,9 @@ class VerifyConfig:
     def validate(self) -> None:
         # The bounds keep the stacked verification (rates + rules) × seeds members to a size that fits in memory.
         if not 1 <= self.rates <= MAX_VERIFY:
-            raise ValueError(f"--verify-rates must be between 1 and {MAX_VERIFY}, got {self.rates}")
+            raise UsageError(f"--verify-rates must be between 1 and {MAX_VERIFY}, got {self.rates}")
         if not 1 <= self.seeds <= MAX_VERIFY:
-            raise ValueError(f"--verify-seeds must be between 1 and {MAX_VERIFY}, got {self.seeds}")
+            raise UsageError(f"--verify-seeds must be between 1 and {MAX_VERIFY}, got {self.seeds}")
 
 
 @dataclass

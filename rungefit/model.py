@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from rungefit import rng
+from rungefit.errors import UsageError
 
 # The gradient views into the flat buffer are strided like their parameters, but not dense, which
 # makes autograd warn on every backward although it accumulates into them in place as intended.
@@ -145,7 +146,7 @@ def parse_layers(spec: str) -> tuple[Layer, ...]:
     """Parse "20:tanh,10:sigmoid" into hidden layers; raise ValueError saying what is wrong."""
     items = [item.strip() for item in spec.split(",")]
     if not spec.strip() or any(not item for item in items):
-        raise ValueError(
+        raise UsageError(
             f"--layers {spec!r} has an empty entry; expected WIDTH:ACTIVATION items separated by "
             f"commas, e.g. {DEFAULT_LAYERS!r}"
         )
@@ -155,18 +156,18 @@ def parse_layers(spec: str) -> tuple[Layer, ...]:
 def _parse_layer(item: str) -> Layer:
     width_text, sep, name = item.partition(":")
     if not sep:
-        raise ValueError(f"layer {item!r} is not WIDTH:ACTIVATION, e.g. '20:tanh'")
+        raise UsageError(f"layer {item!r} is not WIDTH:ACTIVATION, e.g. '20:tanh'")
     name = name.strip().lower()
     if name not in ACTIVATIONS:
-        raise ValueError(
+        raise UsageError(
             f"unknown activation {name!r} in layer {item!r}; choose one of {', '.join(ACTIVATIONS)}"
         )
     try:
         width = int(width_text)
     except ValueError:
-        raise ValueError(f"layer {item!r}: width {width_text.strip()!r} is not a whole number") from None
+        raise UsageError(f"layer {item!r}: width {width_text.strip()!r} is not a whole number") from None
     if not 1 <= width <= MAX_WIDTH:
-        raise ValueError(f"layer {item!r}: width must be between 1 and {MAX_WIDTH}, got {width}")
+        raise UsageError(f"layer {item!r}: width must be between 1 and {MAX_WIDTH}, got {width}")
     return Layer(width, name)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from rungefit import rng
+from rungefit.errors import UsageError
 
 INTERVAL = (-1.0, 1.0)
 
@@ -36,10 +37,10 @@ class DataSplit:
 def validation_size(points: int, val_fraction: float) -> int:
     """How many of `points` are held out; both parts must keep at least one point."""
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+        raise UsageError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
     n_val = round(points * val_fraction)
     if n_val < 1 or n_val >= points:
-        raise ValueError(
+        raise UsageError(
             f"{points} points with val_fraction {val_fraction} leave an empty training or "
             "validation set; use more points"
         )
@@ -64,7 +65,7 @@ def sample_split(
 def test_grid(n: int = 100, *, dtype=torch.float32, device="cpu") -> torch.Tensor:
     """n equally spaced points on [-1, 1], both ends included."""
     if n < 2:
-        raise ValueError(f"the test grid needs at least 2 points, got {n}")
+        raise UsageError(f"the test grid needs at least 2 points, got {n}")
     lo, hi = INTERVAL
     return torch.linspace(lo, hi, n, dtype=torch.float64, device=device).to(dtype)
 

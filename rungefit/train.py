@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from rungefit import rng, workers
-from rungefit.errors import RungefitError
+from rungefit.errors import RungefitError, UsageError
 from rungefit.evaluate import grid_errors
 from rungefit.model import DEFAULT_LAYERS, StackedMLP, parameter_count, parse_layers
 from rungefit.polish import PolishProgress, PolishReport, levenberg_marquardt
@@ -123,13 +123,13 @@ def _check(checks: list[tuple[bool, str]]) -> None:
     """Raise ValueError with the message of the first failed check."""
     for ok, message in checks:
         if not ok:
-            raise ValueError(message)
+            raise UsageError(message)
 
 
 def resolve_device(device: str) -> str:
     """Turn auto|cpu|cuda into a usable device, or raise RungefitError if CUDA is missing."""
     if device not in DEVICES:
-        raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
@@ -155,7 +155,7 @@ def lr_factors(schedule: str, total_steps: int) -> np.ndarray:
         frac = np.clip((t - peak) / max(total_steps - 1 - peak, 1), 0, 1)
         down = end + (1 - end) * 0.5 * (1 + np.cos(np.pi * frac))
         return np.where(t <= peak, up, down)
-    raise ValueError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise UsageError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 class StackedAdam:

@@ -221,3 +221,21 @@ def test_help_says_what_a_large_batch_does(command):
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "400"})
     assert result.exit_code == 0
     assert "full-batch" in result.stdout
+
+
+def test_an_unexpected_exception_is_an_internal_error_not_bad_input(place, monkeypatch):
+    from rungefit import evaluate
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug deep in the core")
+
+    monkeypatch.setattr(evaluate, "evaluate", broken)
+    result = runner.invoke(app, ["eval", *cheap("eval", place)])
+    assert result.exit_code == 3
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "internal error" in lines[0] and "RUNGEFIT_TRACEBACK=1" in lines[0], result.stderr
+    assert "Traceback" not in result.output
+
+    monkeypatch.setenv("RUNGEFIT_TRACEBACK", "1")
+    shown = runner.invoke(app, ["eval", *cheap("eval", place)])
+    assert shown.exit_code == 3 and "Traceback" in shown.stderr and "a bug deep in the core" in shown.stderr
