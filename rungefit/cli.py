@@ -27,6 +27,17 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
+from rungefit.config import (
+    ACTIVATION_NAMES,
+    MAX_GRID,
+    MAX_MEMBERS,
+    MAX_SEED,
+    MAX_WORKERS,
+    MIN_MEMBERS_PER_WORKER,
+    RangeTestConfig,
+    TrainConfig,
+    VerifyConfig,
+)
 from rungefit.errors import RungefitError, UsageError
 
 
@@ -157,12 +168,7 @@ class Device(str, Enum):
     cuda = "cuda"
 
 
-# Bounds click checks while parsing, so that absurd values fail with a message instead of an overflow.
-MAX_SEED = 2**32 - 1  # as train.MAX_SEED: rng.py keys on a seed's low 32 bits
-MAX_GRID = 1_000_000  # points of grad --grid and eval --points
-MAX_WORKERS = 256  # as train.MAX_WORKERS
-
-ACTIVATION_NAMES = ("tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "identity")
+DEFAULTS, SWEEP, VERIFY = TrainConfig(), RangeTestConfig(), VerifyConfig()
 
 
 def complete_layers(incomplete: str) -> list[str]:
@@ -184,8 +190,6 @@ def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
 
 def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
     """--seeds N means seeds 0…N-1; --seeds 3,7,11 lists them; otherwise the single --seed."""
-    from rungefit.train import MAX_MEMBERS
-
     if seeds is None:
         return (seed,)
     text = seeds.strip()
@@ -228,20 +232,20 @@ RESUME_ALLOWS = ("resume", "runs_dir", "quiet", "json_output")
 @app.command()
 def train(
     ctx: typer.Context,
-    layers: Annotated[str, typer.Option(help="Hidden layers as WIDTH:ACTIVATION items; the output layer is linear.", autocompletion=complete_layers)] = "20:tanh,10:sigmoid,20:tanh,10:sigmoid",
-    points: Annotated[int, typer.Option(help="Training points drawn uniformly from [-1, 1], validation included. 4000, because the fit is limited by the number of Adam steps, not by data (train, validation and test MSE agree): with batches of 39, 4000 points give 72 steps per epoch, and the median test MSE over seeds 0-9 falls from 4e-7 (1000 points) to 4e-8.")] = 4000,
-    val_fraction: Annotated[float, typer.Option(help="Share of the points held out for validation, in (0, 1).")] = 0.3,
-    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = 39,
-    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 300,
-    lr: Annotated[str, typer.Option(help="Peak Adam learning rate, or 'auto': a range test and a short stacked training at 14 rates × 3 seeds choose one (see lr-find).")] = "3e-2",
-    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule over the optimizer steps.")] = Schedule.cosine,
+    layers: Annotated[str, typer.Option(help="Hidden layers as WIDTH:ACTIVATION items; the output layer is linear.", autocompletion=complete_layers)] = DEFAULTS.layers,
+    points: Annotated[int, typer.Option(help="Training points drawn uniformly from [-1, 1], validation included. More points mean more Adam steps per epoch, and the fit is limited by the steps, not by data (docs/accuracy.md).")] = DEFAULTS.points,
+    val_fraction: Annotated[float, typer.Option(help="Share of the points held out for validation, in (0, 1).")] = DEFAULTS.val_fraction,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = DEFAULTS.batch_size,
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = DEFAULTS.epochs,
+    lr: Annotated[str, typer.Option(help="Peak Adam learning rate, or 'auto': a range test and a short stacked training at a grid of rates choose one (see lr-find).")] = f"{DEFAULTS.lr:g}",
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule over the optimizer steps.")] = Schedule(DEFAULTS.schedule),
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, the training points and the shuffling.", min=0, max=MAX_SEED)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Train one member per seed in one stacked run: a count N (seeds 0…N-1) or a list 3,7,11. Overrides --seed.")] = None,
-    dtype: Annotated[Dtype, typer.Option(help="Floating-point precision of the model and data.")] = Dtype.float32,
+    dtype: Annotated[Dtype, typer.Option(help="Floating-point precision of the model and data.")] = Dtype(DEFAULTS.dtype),
     device: Annotated[Device, typer.Option(help="Where to train: auto picks cuda when a GPU is present.")] = Device.auto,
-    polish: Annotated[Polish, typer.Option(help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (30 iterations take the median test MSE over seeds 0-9 from 4e-8 to 4e-10, about 3 s per member and CPU core).")] = Polish.none,
-    polish_iterations: Annotated[int, typer.Option(help="Levenberg-Marquardt iterations per member with --polish lm.")] = 30,
-    workers: Annotated[int, typer.Option(help="CPU processes that share the members of a stacked run. 0: one per core, each with at least 4 members (--seeds 64 on 2 cores: 2 processes of 32, twice the speed of one); 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = 0,
+    polish: Annotated[Polish, typer.Option(help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (what it gains and what it costs: docs/accuracy.md).")] = Polish(DEFAULTS.polish),
+    polish_iterations: Annotated[int, typer.Option(help="Levenberg-Marquardt iterations per member with --polish lm.")] = DEFAULTS.polish_iterations,
+    workers: Annotated[int, typer.Option(help=f"CPU processes that share the members of a stacked run. 0: one per core, each with at least {MIN_MEMBERS_PER_WORKER} members; 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = DEFAULTS.workers,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_run_name)] = None,
@@ -474,7 +478,7 @@ def grad(
     """
     from rungefit import grad as core
     from rungefit import plots
-    from rungefit.model import DEFAULT_LAYERS, format_layers
+    from rungefit.config import DEFAULT_LAYERS, format_layers
 
     points = checked_points(x)
     if explain and not points:
@@ -507,7 +511,7 @@ def grad(
 def eval_run(
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
-    points: Annotated[Optional[int], typer.Option(help="Size of the equally spaced test grid on [-1, 1] (default: the run's, 100, as train scored it).", min=2, max=MAX_GRID)] = None,
+    points: Annotated[Optional[int], typer.Option(help="Size of the equally spaced test grid on [-1, 1] (default: the run's, as train scored it).", min=2, max=MAX_GRID)] = None,
     x: XValues = None,
     baselines: Annotated[bool, typer.Option("--baselines", help="Also score, for d = 10, 20, 40, the polynomial interpolant at d+1 equally spaced nodes, the Chebyshev interpolant of degree d and the cubic spline through the same d+1 nodes.")] = False,
     member: MemberOption = None,
@@ -549,16 +553,16 @@ def lr_find_command(
     seeds: Annotated[Optional[str], typer.Option(help="Repeat the range test over several seeds (a count N or a list 3,7,11) and report each rule's median and its spread in decades. Overrides --seed.")] = None,
     dtype: Annotated[Optional[Dtype], typer.Option(help="Floating-point precision (default: train's).")] = None,
     device: Annotated[Device, typer.Option(help="Where to run: auto picks cuda when a GPU is present.")] = Device.auto,
-    start_lr: Annotated[float, typer.Option(help="Rate of the first step of the sweep.")] = 1e-7,
-    end_lr: Annotated[float, typer.Option(help="Rate of the last step of the sweep.")] = 10.0,
-    iters: Annotated[int, typer.Option(help="Steps of the sweep, one mini-batch each.")] = 100,
-    mode: Annotated[SweepMode, typer.Option(help="Spacing of the rates: exp (even in log lr) or linear.")] = SweepMode.exp,
-    smooth: Annotated[float, typer.Option(help="Decay of the bias-corrected moving average of the loss, in [0, 1).")] = 0.98,
-    diverge: Annotated[float, typer.Option(help="Stop a seed once its smoothed loss exceeds this multiple of its best (or any loss is NaN/inf).")] = 4.0,
+    start_lr: Annotated[float, typer.Option(help="Rate of the first step of the sweep.")] = SWEEP.start_lr,
+    end_lr: Annotated[float, typer.Option(help="Rate of the last step of the sweep.")] = SWEEP.end_lr,
+    iters: Annotated[int, typer.Option(help="Steps of the sweep, one mini-batch each.")] = SWEEP.iters,
+    mode: Annotated[SweepMode, typer.Option(help="Spacing of the rates: exp (even in log lr) or linear.")] = SweepMode(SWEEP.mode),
+    smooth: Annotated[float, typer.Option(help="Decay of the bias-corrected moving average of the loss, in [0, 1).")] = SWEEP.smooth,
+    diverge: Annotated[float, typer.Option(help="Stop a seed once its smoothed loss exceeds this multiple of its best (or any loss is NaN/inf).")] = SWEEP.diverge,
     val: Annotated[bool, typer.Option("--val", help="Also record the full validation loss after every step.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Train real models at a grid of rates plus each rule's suggestion, all as one stacked fit, and report which rate is best and how far each suggestion lands from it.")] = False,
-    verify_rates: Annotated[int, typer.Option(help="Grid rates for --verify, half a decade apart, below the divergence point.", min=1)] = 9,
-    verify_seeds: Annotated[int, typer.Option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = 3,
+    verify_rates: Annotated[int, typer.Option(help="Grid rates for --verify, half a decade apart, below the divergence point.", min=1)] = VERIFY.rates,
+    verify_seeds: Annotated[int, typer.Option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = VERIFY.seeds,
     verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1)] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule of the --verify trainings (default: train's).")] = None,
     runs_dir: RunsDir = Path("runs"),

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 from numpy.polynomial.chebyshev import Chebyshev
 
+from rungefit.config import parameter_count
 from rungefit.errors import UsageError
-from rungefit.model import StackedMLP, parameter_count
+from rungefit.model import StackedMLP
 from rungefit.runge import INTERVAL, runge, test_grid
 
 

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rungefit.config import parse_layers
 from rungefit.errors import UsageError
-from rungefit.model import StackedMLP, parse_layers
+from rungefit.model import StackedMLP
 from rungefit.runge import runge, runge_prime
 
 # Central differences err by h²·|a'''|/6 from truncation and by ~ε/h from rounding; in float64
@@ -45,7 +46,7 @@ def explicit_gradient(model: StackedMLP, x: torch.Tensor) -> torch.Tensor:
     the row, each W^[l] multiplies it, and each diag(σ'(Z)) scales it elementwise.
     """
     with torch.no_grad():
-        _, preacts = model.forward_with_preacts(x)  # Z^[2..L], each [K, B, width]
+        preacts = model.forward_with_preacts(x).preacts  # Z^[2..L], each [K, B, width]
         row = torch.ones_like(preacts[-1])  # σ_L'(Z^[L]) = 1: the output layer is linear
         for index in range(len(preacts) - 1, -1, -1):
             row = torch.bmm(row, model.weight(index))  # [K, B, fan_out] · [K, fan_out, fan_in]
@@ -168,7 +169,7 @@ def explain_chain(model: StackedMLP, x: float) -> list[ChainFactor]:
     if model.members != 1 or model.dtype != torch.float64:
         raise ValueError("explain_chain needs one float64 member; pass it through as_float64 first")
     with torch.no_grad():
-        _, preacts = model.forward_with_preacts(torch.tensor([[float(x)]], dtype=torch.float64))
+        preacts = model.forward_with_preacts(torch.tensor([[float(x)]], dtype=torch.float64)).preacts
     last = len(preacts) + 1  # L: the input layer is 1, the hidden layers 2…L-1
     factors = [(f"σ_{last}'(Z^[{last}])", "output", np.ones((1, 1)), f"the output layer (L = {last}) is linear")]
     for index in range(len(preacts) - 1, -1, -1):

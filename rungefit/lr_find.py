@@ -20,21 +20,14 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from rungefit.config import MODES, RangeTestConfig, TrainConfig, VerifyConfig
 from rungefit.errors import RungefitError, UsageError
 from rungefit.model import StackedMLP
+from rungefit.optim import StackedAdam
 from rungefit.runge import DataSplit, runge, sample_split
-from rungefit.train import (
-    EpochBatches,
-    EpochReport,
-    StackedAdam,
-    TrainConfig,
-    fit,
-    intra_op_threads,
-    new_stack,
-    train_step,
-)
+from rungefit.stack import EpochBatches, new_stack
+from rungefit.train import EpochReport, fit, intra_op_threads
 
-MODES = ("exp", "linear")
 # A curve is informative only if its smoothed loss falls below this share of Var(y), i.e. the
 # network learned more than the mean of f during the sweep.
 INFORMATIVE_BELOW = 0.5
@@ -42,33 +35,6 @@ INFORMATIVE_BELOW = 0.5
 # failures on this problem sit at Var(y) itself, stuck at the mean.
 TRAINED_BELOW = 0.01
 SKIP_END = 5  # points dropped before the divergence: the blow-up itself says nothing
-MAX_ITERS = 1_000_000  # steps of one sweep; the rates are an array of this length
-MAX_VERIFY = 100  # most rates, and most seeds per rate, of --verify
-
-
-@dataclass(frozen=True)
-class RangeTestConfig:
-    start_lr: float = 1e-7  # rate of the first step
-    end_lr: float = 10.0  # rate of the last step
-    iters: int = 100  # steps of the sweep (mini-batches, cycling through epochs)
-    mode: str = "exp"  # exp | linear spacing of the rates
-    smooth: float = 0.98  # decay of the bias-corrected exponential moving average of the loss
-    diverge: float = 4.0  # stop once the smoothed loss exceeds this multiple of its best
-    val: bool = False  # also record the full validation loss after every step
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first setting that cannot work."""
-        checks = [
-            (math.isfinite(self.start_lr) and self.start_lr > 0, f"--start-lr must be a positive finite number, got {self.start_lr}"),
-            (math.isfinite(self.end_lr) and self.end_lr > self.start_lr, f"--end-lr must be finite and above --start-lr {self.start_lr:g}, got {self.end_lr}"),
-            (2 <= self.iters <= MAX_ITERS, f"--iters must be between 2 and {MAX_ITERS}, got {self.iters}"),
-            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
-            (0 <= self.smooth < 1, f"--smooth must lie in [0, 1), got {self.smooth}"),
-            (math.isfinite(self.diverge) and self.diverge > 1, f"--diverge must be a finite number above 1, got {self.diverge}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
 
 
 # ---------------------------------------------------------------- pure functions of the curve
@@ -309,7 +275,8 @@ def _record(model, optimizer, data, seeds, batch_size, rates, config):
     # A member that blew up keeps training (its rows are blanked below) and overflows harmlessly.
     with np.errstate(invalid="ignore", over="ignore"):
         for step, (x, y) in zip(range(len(rates)), batches, strict=False):
-            raw[step] = train_step(model, optimizer, x, y, float(rates[step])).double().cpu().numpy()
+            raw[step] = model.mse_backward(x, y).double().cpu().numpy()
+            optimizer.step(float(rates[step]))
             average, smoothed[step] = ema_step(average, raw[step], config.smooth, step)
             if val is not None:
                 val[step] = model.mse(data.x_val, y_val).double().cpu().numpy()
@@ -416,19 +383,6 @@ def verify(
 
 
 # ---------------------------------------------------------------- lr-find
-
-
-@dataclass(frozen=True)
-class VerifyConfig:
-    rates: int = 9  # grid rates, half a decade apart, below the divergence point
-    seeds: int = 3  # seeds per rate; each trains for the TrainConfig's epochs
-
-    def validate(self) -> None:
-        # The bounds keep the stacked verification (rates + rules) × seeds members to a size that fits in memory.
-        if not 1 <= self.rates <= MAX_VERIFY:
-            raise UsageError(f"--verify-rates must be between 1 and {MAX_VERIFY}, got {self.rates}")
-        if not 1 <= self.seeds <= MAX_VERIFY:
-            raise UsageError(f"--verify-seeds must be between 1 and {MAX_VERIFY}, got {self.seeds}")
 
 
 @dataclass

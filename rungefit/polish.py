@@ -9,9 +9,9 @@ structure directly. With J = ∂r/∂p [n, P] it solves, per step,
 
 and accepts p + δ only if the training MSE falls; λ shrinks after a success (towards Gauss-Newton)
 and grows after a failure (towards a short gradient step), by Nielsen's rule. JᵀJ is only [P, P],
-so a step costs one Jacobian pass over the points (2·n·P² flops for JᵀJ: about 0.1 s on one core
-for the default n = 2800 training points) and a Cholesky factorisation of a 691 × 691 matrix, all
-in float64: the ill-conditioning is exactly what float32 cannot resolve.
+so a step costs one Jacobian pass over the points (2·n·P² flops for JᵀJ) and a Cholesky
+factorisation of a P × P matrix, all in float64: the ill-conditioning is exactly what float32
+cannot resolve.
 
 Members are polished one after another, each with its own λ, stopping rule and float64 copy of
 its parameters, so member k's result depends only on member k's parameters and training points
@@ -19,7 +19,7 @@ its parameters, so member k's result depends only on member k's parameters and t
 
 Usage:
 
-    from polish import levenberg_marquardt
+    from rungefit.polish import levenberg_marquardt
     report = levenberg_marquardt(result.model, data.x_train)          # model updated in place
     report.initial_mse, report.final_mse                              # [K] each, training MSE
 """
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rungefit.model import StackedMLP, block_views, layer_shapes
+from rungefit.model import StackedMLP
 from rungefit.runge import runge
 
 # Points per Jacobian chunk: bounds the float64 Jacobian held at once to CHUNK × P numbers
@@ -76,9 +76,8 @@ def levenberg_marquardt(
 ) -> PolishReport | None:
     """Polish every member of `model` on its training points x_train [K, n]; update it in place.
 
-    iterations: the most LM iterations per member (each solves one P × P system; measured on
-        the default run, 4000 points: median training MSE 6.6e-9 after 10, 1.4e-9 after 20,
-        4e-10 after 30, 7e-11 after 50, from 5.4e-8 after Adam).
+    iterations: the most LM iterations per member (each solves one P × P system; docs/accuracy.md
+        shows what more iterations buy).
     damping: the starting λ.
     rtol, patience: stop a member early once `patience` iterations in a row lowered its MSE by
         less than a factor (1 - rtol), or once λ reaches MAX_DAMPING.
@@ -144,8 +143,9 @@ class _MemberLM:
     """The LM state of one member: float64 parameters, λ, and the normal equations at params."""
 
     def __init__(self, model: StackedMLP, params: torch.Tensor, x: torch.Tensor, y: torch.Tensor, damping: float):
-        self.shapes = layer_shapes(model.layers)
-        self.activations = model.activations
+        # One float64 member whose parameters are set to each point LM evaluates: the model's own
+        # forward pass, never a copy of it.
+        self.net = StackedMLP(model.layers, 1, dtype=torch.float64, device=params.device)
         self.x, self.y = x, y
         self.params = params.clone()
         self.damping = damping
@@ -189,8 +189,7 @@ class _MemberLM:
         return False
 
     def _mse(self, params: torch.Tensor) -> float:
-        out, _, _ = self._forward(params, self.x, keep=False)
-        return float(((out - self.y) ** 2).mean())
+        return float(((self._trace(params, self.x).output[0] - self.y) ** 2).mean())
 
     def _normal_equations(self) -> None:
         """JᵀJ [P, P] and Jᵀr [P] at self.params, accumulated over chunks of points."""
@@ -203,40 +202,31 @@ class _MemberLM:
             self.jtj.addmm_(jacobian.T, jacobian)
             self.jtr.addmv_(jacobian.T, residual)
 
-    def _forward(self, params: torch.Tensor, x: torch.Tensor, keep: bool):
-        """Output [B], and (if keep) each layer's input [a; 1] [B, fan_in + 1] and the blocks."""
-        inputs = []
-        blocks = [block[0] for block in block_views(params.unsqueeze(0), self.shapes)]
-        a = x.unsqueeze(1)
-        last = len(self.shapes) - 1
-        for index, block in enumerate(blocks):
-            augmented = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
-            z = augmented @ block
-            a = z if index == last else self.activations[index].fn(z)
-            if keep:
-                inputs.append(augmented)
-        return a.squeeze(1), inputs, blocks
+    def _trace(self, params: torch.Tensor, x: torch.Tensor):
+        """The member's forward pass at `params` on points x [B]."""
+        with torch.no_grad():
+            self.net.params.copy_(params)
+            return self.net.forward_with_preacts(x.unsqueeze(0))
 
     def _jacobian(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """∂f/∂p [B, P] for a chunk of points, and the residuals f - y [B].
 
-        Backpropagation per point: δ^[L] = 1 at the linear output, then
-        δ^[l-1] = (δ^[l] Wᵀ-block) ⊙ σ'(Z^[l-1]); the Jacobian row of block l is the outer product
-        [a^[l-1]; 1] ⊗ δ^[l], flattened row-major like the block itself.
+        The backward equations of kernels.py per point, with δ^[L] = 1 at the linear output; the
+        Jacobian row of block l is the outer product [a^[l-1]; 1] ⊗ δ^[l], flattened row-major
+        like the block [W^T; b] itself.
         """
-        out, inputs, blocks = self._forward(self.params, x, keep=True)
-        delta = out.new_ones(out.shape[0], 1)
+        trace = self._trace(self.params, x)
+        delta = x.new_ones(x.shape[0], 1)
         pieces = []
-        for index in reversed(range(len(blocks))):
-            augmented = inputs[index]
+        for index in reversed(range(len(trace.inputs))):
+            a = trace.inputs[index][0]
+            augmented = torch.cat([a, a.new_ones(a.shape[0], 1)], dim=1)
             pieces.append((augmented.unsqueeze(2) * delta.unsqueeze(1)).reshape(x.shape[0], -1))
             if index:
-                delta = delta @ blocks[index][:-1].T
-                activated = augmented[:, :-1]  # a^[index] = σ(Z^[index]), the previous layer's output
-                activation = self.activations[index - 1]
+                delta = delta @ self.net.weight(index)[0]
+                activation = self.net.activations[index - 1]
                 if activation.output_derivative is not None:
-                    delta = delta * activation.output_derivative(activated)
-                else:  # recompute Z from the layer before (only for activations without one)
-                    z = inputs[index - 1] @ blocks[index - 1]
-                    delta = delta * activation.derivative(z)
-        return torch.cat(pieces[::-1], dim=1), out - y
+                    delta = delta * activation.output_derivative(a)
+                else:
+                    delta = delta * activation.derivative(trace.preacts[index - 1][0])
+        return torch.cat(pieces[::-1], dim=1), trace.output[0] - y

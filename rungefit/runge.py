@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from rungefit import rng
+from rungefit.config import validation_size
 from rungefit.errors import UsageError
 
 INTERVAL = (-1.0, 1.0)
@@ -32,19 +33,6 @@ class DataSplit:
 
     x_train: torch.Tensor  # [K, n_train]
     x_val: torch.Tensor  # [K, n_val]
-
-
-def validation_size(points: int, val_fraction: float) -> int:
-    """How many of `points` are held out; both parts must keep at least one point."""
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
-    n_val = round(points * val_fraction)
-    if n_val < 1 or n_val >= points:
-        raise UsageError(
-            f"{points} points with val_fraction {val_fraction} leave an empty training or "
-            "validation set; use more points"
-        )
-    return n_val
 
 
 def sample_split(

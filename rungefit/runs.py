@@ -267,8 +267,9 @@ def load_checkpoint(path: Path) -> dict:
 
 def load_run(runs_dir: Path, name: str | None) -> LoadedRun:
     """The run's config, its model rebuilt from model.pt, and its summary."""
-    from rungefit.model import StackedMLP, parse_layers
-    from rungefit.train import DTYPES, TrainConfig
+    from rungefit.config import TrainConfig, parse_layers
+    from rungefit.model import StackedMLP
+    from rungefit.stack import DTYPES
 
     path = resolve_run(runs_dir, name)
     checkpoint = load_checkpoint(path)

@@ -12,7 +12,8 @@ import time
 import pytest
 
 from rungefit import runs
-from rungefit.train import TrainConfig, fit
+from rungefit.config import TrainConfig
+from rungefit.train import fit
 
 RUN_FILES = {"config.json", "model.pt", "history.csv", "summary.json", "fit.png", "loss.png"}
 

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from rungefit import evaluate, runs
-from rungefit.model import StackedMLP, parameter_count, parse_layers
+from rungefit.config import TrainConfig, parameter_count, parse_layers
+from rungefit.model import StackedMLP
 from rungefit.runge import runge
-from rungefit.train import TrainConfig, fit
+from rungefit.train import fit
 
 
 def test_score_splits_the_interval_into_ends_and_middle():

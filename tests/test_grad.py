@@ -9,9 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rungefit import grad
-from rungefit.model import ACTIVATIONS, DEFAULT_LAYERS, StackedMLP, parse_layers
+from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
+from rungefit.model import ACTIVATIONS, StackedMLP
 from rungefit.runge import runge_prime
-from rungefit.train import TrainConfig, fit
+from rungefit.train import fit
 
 SPECS = [DEFAULT_LAYERS, "8:relu,8:gelu", "5:silu,3:softplus,4:identity", "1:tanh", "7:sigmoid,7:sigmoid,7:sigmoid"]
 

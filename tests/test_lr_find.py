@@ -14,8 +14,10 @@ from typer.testing import CliRunner
 
 from rungefit import lr_find
 from rungefit.cli import app, lr_find_command
+from rungefit.config import TrainConfig
 from rungefit.runge import DataSplit
-from rungefit.train import TrainConfig, epoch_batches, fit, new_stack, train_step
+from rungefit.stack import EpochBatches, new_stack
+from rungefit.train import fit
 
 runner = CliRunner()
 
@@ -135,8 +137,9 @@ def test_uninformative_curve_warns_and_an_informative_one_does_not():
 def _trained_stack():
     """A small stack after a few real steps, so the optimizer state is not trivially zero."""
     model, optimizer, data, seeds = new_stack(SMALL)
-    for x, y in epoch_batches(data.x_train, seeds, 0, SMALL.batch_size):
-        train_step(model, optimizer, x, y)
+    for x, y in EpochBatches(data.x_train, seeds, SMALL.batch_size)(0):
+        model.mse_backward(x, y)
+        optimizer.step()
     return model, optimizer, data, seeds
 
 

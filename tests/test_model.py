@@ -1,16 +1,8 @@
 import pytest
 import torch
 
-from rungefit.model import (
-    ACTIVATIONS,
-    DEFAULT_LAYERS,
-    Layer,
-    StackedMLP,
-    format_layers,
-    layer_shapes,
-    parameter_count,
-    parse_layers,
-)
+from rungefit.config import DEFAULT_LAYERS, Layer, format_layers, layer_shapes, parameter_count, parse_layers
+from rungefit.model import ACTIVATIONS, StackedMLP
 
 
 def test_default_spec_is_the_reference_network():
@@ -45,9 +37,10 @@ def test_bad_specs_say_what_is_wrong(spec, message):
 def test_shapes_of_forward_and_preactivations():
     model = StackedMLP(parse_layers(DEFAULT_LAYERS), 3)
     model.initialise(torch.tensor([0, 1, 2]))
-    out, preacts = model.forward_with_preacts(torch.zeros(3, 7))
-    assert out.shape == (3, 7)
-    assert [tuple(z.shape) for z in preacts] == [(3, 7, 20), (3, 7, 10), (3, 7, 20), (3, 7, 10), (3, 7, 1)]
+    trace = model.forward_with_preacts(torch.zeros(3, 7))
+    assert trace.output.shape == (3, 7)
+    assert [tuple(z.shape) for z in trace.preacts] == [(3, 7, 20), (3, 7, 10), (3, 7, 20), (3, 7, 10), (3, 7, 1)]
+    assert [tuple(a.shape) for a in trace.inputs] == [(3, 7, 1), (3, 7, 20), (3, 7, 10), (3, 7, 20), (3, 7, 10)]
     assert model.weight(1).shape == (3, 10, 20) and model.bias(1).shape == (3, 10)
 
 

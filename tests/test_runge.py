@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit.runge import runge, runge_prime, sample_split, test_grid, validation_size
+from rungefit.config import validation_size
+from rungefit.runge import runge, runge_prime, sample_split, test_grid
 
 
 def test_runge_values_and_derivative():

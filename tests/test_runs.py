@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from rungefit import runs
+from rungefit.config import TrainConfig
 from rungefit.evaluate import grid_errors
-from rungefit.train import TrainConfig, fit
+from rungefit.train import fit
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from rungefit import kernels
 from rungefit import model as model_module
-from rungefit.model import ACTIVATIONS, DEFAULT_LAYERS, StackedMLP, _Backprop, layer_shapes, parse_layers
+from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes, parse_layers
+from rungefit.kernels import _Backprop
+from rungefit.model import ACTIVATIONS, StackedMLP
+from rungefit.optim import StackedAdam
 from rungefit.runge import runge
-from rungefit.train import StackedAdam, TrainConfig, fit
+from rungefit.train import fit
 
 F64 = torch.float64
 # A width-1 hidden layer takes the hand-written pass's broadcast path, as the output layer does.
@@ -51,7 +55,7 @@ def test_member_k_follows_the_single_run_with_seed_k():
 @pytest.mark.parametrize("use_numpy", [True, False], ids=["numpy-kernels", "torch-kernels"])
 def test_hand_written_backward_matches_autograd(spec, members, use_numpy, monkeypatch):
     # The torch kernels are the GPU's; here they run on the CPU.
-    monkeypatch.setattr(model_module, "NUMPY_ON_CPU", use_numpy)
+    monkeypatch.setattr(kernels, "NUMPY_ON_CPU", use_numpy)
     model = stacked(spec, list(range(members)))
     x, y = batch(members)
     loss = _Backprop(model, x.shape[1]).mse_backward(x, y)
@@ -159,7 +163,7 @@ def test_a_fit_with_torch_kernels_matches_the_numpy_kernels(monkeypatch):
     # torch's kernels are what a GPU runs: here the whole CPU fit runs on them, against NumPy's.
     config = TrainConfig(points=150, epochs=3, dtype="float64", seeds=(4, 0), workers=1)
     numpy_kernels = fit(config)
-    monkeypatch.setattr(model_module, "NUMPY_ON_CPU", False)
+    monkeypatch.setattr(kernels, "NUMPY_ON_CPU", False)
     torch_kernels = fit(config)
     assert all(p.use_numpy for p in numpy_kernels.model._backprops.values())
     assert not any(p.use_numpy for p in torch_kernels.model._backprops.values())

@@ -5,16 +5,11 @@ import pytest
 import torch
 
 from rungefit import rng
+from rungefit.config import TrainConfig
+from rungefit.optim import lr_factors
 from rungefit.runge import runge
-from rungefit.train import (
-    DivergedError,
-    EpochBatches,
-    TrainConfig,
-    fit,
-    lr_factors,
-    new_stack,
-    resolve_device,
-)
+from rungefit.stack import EpochBatches, new_stack
+from rungefit.train import DivergedError, fit, resolve_device
 
 
 def test_short_training_lowers_the_loss():

@@ -17,7 +17,8 @@ import time
 import numpy as np
 import torch
 
-from rungefit.train import TrainConfig, fit
+from rungefit.config import TrainConfig
+from rungefit.train import fit
 
 SEEDS = tuple(range(10))
 

@@ -25,7 +25,8 @@ from typer.testing import CliRunner
 
 from rungefit import lr_find
 from rungefit.cli import app
-from rungefit.train import TrainConfig, fit
+from rungefit.config import TrainConfig
+from rungefit.train import fit
 
 
 def run(arguments: list[str]) -> dict:

@@ -17,7 +17,9 @@ import time
 import torch
 
 from rungefit import lr_find
-from rungefit.train import TrainConfig, epoch_batches, fit, train_step
+from rungefit.config import TrainConfig
+from rungefit.stack import EpochBatches
+from rungefit.train import fit
 
 
 def plain_steps(config: TrainConfig, steps: int) -> None:
@@ -25,8 +27,9 @@ def plain_steps(config: TrainConfig, steps: int) -> None:
     model, optimizer, data, seeds = lr_find.new_stack(config)
     done, epoch = 0, 0
     while done < steps:
-        for x, y in epoch_batches(data.x_train, seeds, epoch, config.batch_size):
-            train_step(model, optimizer, x, y)
+        for x, y in EpochBatches(data.x_train, seeds, config.batch_size)(epoch):
+            model.mse_backward(x, y)
+            optimizer.step()
             done += 1
             if done == steps:
                 return

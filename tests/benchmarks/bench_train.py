@@ -31,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from plain_loop import train_plain  # noqa: E402
 
+from rungefit.config import TrainConfig  # noqa: E402
 from rungefit.runge import sample_split  # noqa: E402
-from rungefit.train import TrainConfig, fit  # noqa: E402
+from rungefit.train import fit  # noqa: E402
 
 STACK = 64
 RSS_LIMIT_MIB = 1024

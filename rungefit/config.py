@@ -1,0 +1,207 @@
+"""TrainConfig, the layer spec, and every default and limit: torch-free, so cli.py imports it directly.
+
+Checkpoints store asdict(TrainConfig) in config.json and rebuild the config from it; validate()
+names each bad setting by the CLI option that sets it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from rungefit.errors import UsageError
+
+DEFAULT_LAYERS = "20:tanh,10:sigmoid,20:tanh,10:sigmoid"
+# The activations a --layers spec may name; model.ACTIVATIONS implements exactly these.
+ACTIVATION_NAMES = ("tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "identity")
+SCHEDULES = ("constant", "cosine", "onecycle")
+DTYPE_NAMES = ("float32", "float64")
+DEVICES = ("auto", "cpu", "cuda")
+POLISHES = ("none", "lm")
+MODES = ("exp", "linear")  # spacing of lr-find's sweep
+
+# Upper bounds that turn absurd sizes into a clear error instead of an allocation failure.
+MAX_WIDTH = 4096
+MAX_POINTS = 10_000_000  # per member
+MAX_MEMBERS = 100_000
+MAX_STEPS = 100_000_000  # optimizer steps of one run: the schedule holds one float64 per step
+MAX_TEST_POINTS = 1_000_000
+MAX_GRID = 1_000_000  # points of grad --grid and eval --points
+# rng.py keys on the low 32 bits of a seed, so a larger seed would silently repeat a smaller one.
+MAX_SEED = 2**32 - 1
+MAX_POLISH_ITERATIONS = 10_000
+MAX_WORKERS = 256
+MAX_ITERS = 1_000_000  # steps of one sweep; the rates are an array of this length
+MAX_VERIFY = 100  # most rates, and most seeds per rate, of --verify
+# Automatic worker processes give each at least this many members: smaller shares gain too
+# little over one process to pay for a process each (see docs/speed.md).
+MIN_MEMBERS_PER_WORKER = 4
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One hidden layer: its width and the name of its activation."""
+
+    width: int
+    activation: str
+
+
+def parse_layers(spec: str) -> tuple[Layer, ...]:
+    """Parse "20:tanh,10:sigmoid" into hidden layers; UsageError saying what is wrong."""
+    items = [item.strip() for item in spec.split(",")]
+    if not spec.strip() or any(not item for item in items):
+        raise UsageError(
+            f"--layers {spec!r} has an empty entry; expected WIDTH:ACTIVATION items separated by "
+            f"commas, e.g. {DEFAULT_LAYERS!r}"
+        )
+    return tuple(_parse_layer(item) for item in items)
+
+
+def _parse_layer(item: str) -> Layer:
+    width_text, sep, name = item.partition(":")
+    if not sep:
+        raise UsageError(f"layer {item!r} is not WIDTH:ACTIVATION, e.g. '20:tanh'")
+    name = name.strip().lower()
+    if name not in ACTIVATION_NAMES:
+        raise UsageError(f"unknown activation {name!r} in layer {item!r}; choose one of {', '.join(ACTIVATION_NAMES)}")
+    try:
+        width = int(width_text)
+    except ValueError:
+        raise UsageError(f"layer {item!r}: width {width_text.strip()!r} is not a whole number") from None
+    if not 1 <= width <= MAX_WIDTH:
+        raise UsageError(f"layer {item!r}: width must be between 1 and {MAX_WIDTH}, got {width}")
+    return Layer(width, name)
+
+
+def format_layers(layers: tuple[Layer, ...]) -> str:
+    """The inverse of parse_layers."""
+    return ",".join(f"{layer.width}:{layer.activation}" for layer in layers)
+
+
+def layer_shapes(layers: tuple[Layer, ...]) -> list[tuple[int, int]]:
+    """(fan_in, fan_out) of every affine map, input layer to output layer."""
+    widths = [1, *(layer.width for layer in layers), 1]
+    return list(zip(widths[:-1], widths[1:], strict=True))
+
+
+def parameter_count(layers: tuple[Layer, ...]) -> int:
+    """Number of parameters of one member."""
+    return sum(fan_in * fan_out + fan_out for fan_in, fan_out in layer_shapes(layers))
+
+
+def validation_size(points: int, val_fraction: float) -> int:
+    """How many of `points` are held out; both parts must keep at least one point."""
+    if not 0.0 < val_fraction < 1.0:
+        raise UsageError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    n_val = round(points * val_fraction)
+    if n_val < 1 or n_val >= points:
+        raise UsageError(
+            f"{points} points with val_fraction {val_fraction} leave an empty training or validation set; use more points"
+        )
+    return n_val
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    layers: str = DEFAULT_LAYERS  # hidden layers, "WIDTH:ACTIVATION,…"; the output is linear
+    points: int = 4000  # training points per member, validation included (more points = more steps)
+    val_fraction: float = 0.3  # share of the points held out for validation
+    batch_size: int = 39  # mini-batch size (the last batch of an epoch may be smaller)
+    epochs: int = 300  # passes over the training set
+    lr: float = 3e-2  # peak Adam learning rate
+    schedule: str = "cosine"  # constant | cosine | onecycle, applied per optimizer step
+    seeds: tuple[int, ...] = (0,)  # one member per seed: init, data and shuffling
+    dtype: str = "float32"  # float32 | float64
+    device: str = "cpu"  # cpu | cuda (resolved, never "auto")
+    test_points: int = 100  # size of the equally spaced test grid
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam's moment decay rates
+    eps: float = 1e-8  # Adam's denominator guard
+    polish: str = "none"  # none | lm: Levenberg-Marquardt refinement on the training set after Adam
+    polish_iterations: int = 30  # LM iterations per member (each solves one P × P system)
+    workers: int = 0  # CPU processes sharing the members; 0: one per core, ≥ MIN_MEMBERS_PER_WORKER members each
+
+    def validate(self) -> None:
+        """UsageError naming the first setting that cannot work (by its CLI option)."""
+        parse_layers(self.layers)
+        require([
+            (2 <= self.points <= MAX_POINTS, f"--points must be between 2 and {MAX_POINTS}, got {self.points}"),
+            (0 < self.val_fraction < 1, f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
+            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive finite number, got {self.lr}"),
+            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (1 <= len(self.seeds) <= MAX_MEMBERS, f"--seeds: between 1 and {MAX_MEMBERS} seeds, got {len(self.seeds)}"),
+            (all(0 <= s <= MAX_SEED for s in self.seeds), f"--seed, --seeds: seeds must be whole numbers in 0…{MAX_SEED}"),
+            (self.dtype in DTYPE_NAMES, f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}"),
+            (self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device!r}"),
+            (2 <= self.test_points <= MAX_TEST_POINTS, f"test_points must be between 2 and {MAX_TEST_POINTS}, got {self.test_points}"),
+            (self.polish in POLISHES, f"--polish must be one of {', '.join(POLISHES)}, got {self.polish!r}"),
+            (0 <= self.polish_iterations <= MAX_POLISH_ITERATIONS, f"--polish-iterations must be between 0 and {MAX_POLISH_ITERATIONS}, got {self.polish_iterations}"),
+            (0 <= self.workers <= MAX_WORKERS, f"--workers must be between 0 (automatic) and {MAX_WORKERS}, got {self.workers}"),
+            (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
+        ])
+        validation_size(self.points, self.val_fraction)
+        require([
+            (
+                self.total_steps <= MAX_STEPS,
+                f"--epochs {self.epochs} × {self.steps_per_epoch} steps per epoch is more than {MAX_STEPS:.0e} "
+                "optimizer steps; use fewer --epochs or a larger --batch-size",
+            )
+        ])
+
+    @property
+    def n_train(self) -> int:
+        return self.points - validation_size(self.points, self.val_fraction)
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.n_train / self.batch_size)
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+
+def require(checks: list[tuple[bool, str]]) -> None:
+    """UsageError with the message of the first failed check."""
+    for ok, message in checks:
+        if not ok:
+            raise UsageError(message)
+
+
+@dataclass(frozen=True)
+class RangeTestConfig:
+    start_lr: float = 1e-7  # rate of the first step
+    end_lr: float = 10.0  # rate of the last step
+    iters: int = 100  # steps of the sweep (mini-batches, cycling through epochs)
+    mode: str = "exp"  # exp | linear spacing of the rates
+    smooth: float = 0.98  # decay of the bias-corrected exponential moving average of the loss
+    diverge: float = 4.0  # stop once the smoothed loss exceeds this multiple of its best
+    val: bool = False  # also record the full validation loss after every step
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first setting that cannot work."""
+        checks = [
+            (math.isfinite(self.start_lr) and self.start_lr > 0, f"--start-lr must be a positive finite number, got {self.start_lr}"),
+            (math.isfinite(self.end_lr) and self.end_lr > self.start_lr, f"--end-lr must be finite and above --start-lr {self.start_lr:g}, got {self.end_lr}"),
+            (2 <= self.iters <= MAX_ITERS, f"--iters must be between 2 and {MAX_ITERS}, got {self.iters}"),
+            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
+            (0 <= self.smooth < 1, f"--smooth must lie in [0, 1), got {self.smooth}"),
+            (math.isfinite(self.diverge) and self.diverge > 1, f"--diverge must be a finite number above 1, got {self.diverge}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UsageError(message)
+
+
+@dataclass(frozen=True)
+class VerifyConfig:
+    rates: int = 9  # grid rates, half a decade apart, below the divergence point
+    seeds: int = 3  # seeds per rate; each trains for the TrainConfig's epochs
+
+    def validate(self) -> None:
+        # The bounds keep the stacked verification (rates + rules) × seeds members to a size that fits in memory.
+        if not 1 <= self.rates <= MAX_VERIFY:
+            raise UsageError(f"--verify-rates must be between 1 and {MAX_VERIFY}, got {self.rates}")
+        if not 1 <= self.seeds <= MAX_VERIFY:
+            raise UsageError(f"--verify-seeds must be between 1 and {MAX_VERIFY}, got {self.seeds}")

@@ -1,0 +1,158 @@
+"""Adam on a stack's flat parameter buffer, member k at its own rate, and the learning-rate schedules.
+
+StackedAdam is torch.optim.Adam (no weight decay) on the [K, P] buffer, with one parameter group
+per run of consecutive members that share a rate. Its fast path calls the kernel behind
+torch.optim.Adam(fused=True), torch._fused_adam_, directly, skipping the optimizer's per-step
+bookkeeping, which costs as much as the update itself for these small networks. That op is
+private, so the fast path is taken only after fused_adam_works() has run it once against the
+public optimizer; otherwise every step goes through torch.optim.Adam itself.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from rungefit.config import SCHEDULES
+from rungefit.errors import UsageError
+
+
+def lr_factors(schedule: str, total_steps: int) -> np.ndarray:
+    """The multiplier of the peak learning rate at each optimizer step, [total_steps].
+
+    cosine: from 1 down to 0 over the run. onecycle: as torch's OneCycleLR (30 % cosine warm-up
+    from 1/25, then cosine annealing to 1/25e4).
+    """
+    t = np.arange(total_steps, dtype=np.float64)
+    if schedule == "constant":
+        return np.ones(total_steps)
+    if schedule == "cosine":
+        return 0.5 * (1 + np.cos(np.pi * t / total_steps))
+    if schedule == "onecycle":
+        peak = max(round(0.3 * total_steps) - 1, 1)
+        start, end = 1 / 25, 1 / 25e4
+        up = start + (1 - start) * 0.5 * (1 - np.cos(np.pi * np.minimum(t / peak, 1)))
+        frac = np.clip((t - peak) / max(total_steps - 1 - peak, 1), 0, 1)
+        down = end + (1 - end) * 0.5 * (1 + np.cos(np.pi * frac))
+        return np.where(t <= peak, up, down)
+    raise UsageError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+
+
+@functools.cache
+def fused_adam_works(dtype: torch.dtype = torch.float32, device: str = "cpu") -> bool:
+    """Whether torch._fused_adam_ exists and gives torch.optim.Adam(fused=True)'s update, checked
+    once per process, dtype and device on a few numbers."""
+    op = getattr(torch, "_fused_adam_", None)
+    if op is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    start, grad = (torch.randn(2, 5, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device) for _ in range(2))
+    try:
+        mine = _FusedStep([start.clone()], [grad], betas=(0.9, 0.999), eps=1e-8)
+        reference = torch.nn.Parameter(start.clone())
+        public = torch.optim.Adam([reference], lr=0.1, fused=True)
+        for _ in range(2):
+            mine(0.1)
+            reference.grad = grad.clone()
+            public.step()
+        return torch.equal(mine.params[0], reference.detach())
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+        return False
+
+
+class _FusedStep:
+    """The fast path: torch._fused_adam_ on given tensors, as torch.optim.Adam(fused=True) calls it."""
+
+    def __init__(self, params: list[torch.Tensor], grads: list[torch.Tensor], betas, eps: float, moments=None, step: int = 0):
+        self.params, self.grads = params, grads
+        self.exp_avg, self.exp_avg_sq = moments or ([torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params])
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        # The kernel reads the step count from a float32 tensor, as torch.optim keeps it.
+        self.step = torch.full((), step, dtype=torch.float32, device=params[0].device)
+
+    def __call__(self, lr: float) -> None:
+        self.step += 1
+        torch._fused_adam_(
+            self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], [self.step], lr=lr,
+            beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False,
+        )
+
+
+class StackedAdam:
+    """Adam (as torch.optim.Adam, no weight decay) on the flat [K, P] buffer, member k at rate lrs[k].
+
+    The moments live in [K, P] buffers of their own, so that a stack's optimizer state can be
+    saved, split among workers and joined again like its parameters.
+    """
+
+    def __init__(self, model, lrs: Sequence[float], betas=(0.9, 0.999), eps=1e-8, *, fast: bool | None = None):
+        self.model = model
+        self.betas, self.eps = tuple(betas), eps
+        self.step_count = 0
+        self.exp_avg = torch.zeros_like(model.params)
+        self.exp_avg_sq = torch.zeros_like(model.params)
+        self.fast = fused_adam_works(model.dtype, model.device.type) if fast is None else fast
+        self.lrs = lrs
+
+    @property
+    def lrs(self) -> list[float]:
+        """The members' rates, [K]."""
+        return [lr for start, stop, lr in self._runs for _ in range(start, stop)]
+
+    @lrs.setter
+    def lrs(self, lrs: Sequence[float]) -> None:
+        if len(lrs) != self.model.members:
+            raise ValueError(f"{len(lrs)} learning rates for {self.model.members} members")
+        self._runs = _runs_of_equal(lrs)
+        self._build()
+
+    def _build(self) -> None:
+        """One update per run of equal rates, over views of the shared buffers."""
+        views = [
+            [buffer[start:stop].view(-1) for buffer in (self.model.params, self.model.grads, self.exp_avg, self.exp_avg_sq)]
+            for start, stop, _ in self._runs
+        ]
+        if self.fast:
+            self._updates = [_FusedStep([p], [g], self.betas, self.eps, ([m], [v]), self.step_count) for p, g, m, v in views]
+            return
+        groups = [{"params": [p], "lr": lr} for (p, g, _, _), (_, _, lr) in zip(views, self._runs, strict=True)]
+        self._public = torch.optim.Adam(groups, betas=self.betas, eps=self.eps)
+        for p, g, m, v in views:
+            p.grad = g  # the gradient buffer the kernels write
+            # Adam's documented per-parameter state, pointed at the shared moment buffers.
+            self._public.state[p] = {"step": torch.tensor(float(self.step_count)), "exp_avg": m, "exp_avg_sq": v}
+
+    def step(self, factor: float = 1.0) -> None:
+        """One update of every member at factor × its rate; gradients are read from model.grads."""
+        self.step_count += 1
+        if self.fast:
+            for update, (_, _, lr) in zip(self._updates, self._runs, strict=True):
+                update(lr * factor)
+            return
+        for group, (_, _, lr) in zip(self._public.param_groups, self._runs, strict=True):
+            group["lr"] = lr * factor
+        self._public.step()
+
+    def state_dict(self) -> dict:
+        return {"step": self.step_count, "exp_avg": self.exp_avg.clone(), "exp_avg_sq": self.exp_avg_sq.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        self.exp_avg.copy_(state["exp_avg"])
+        self.exp_avg_sq.copy_(state["exp_avg_sq"])
+        self._build()
+
+
+def _runs_of_equal(values: Sequence[float]) -> list[tuple[int, int, float]]:
+    """(start, stop, value) of each run of equal consecutive values."""
+    runs: list[tuple[int, int, float]] = []
+    for index, value in enumerate(values):
+        if runs and runs[-1][2] == value:
+            runs[-1] = (runs[-1][0], index + 1, value)
+        else:
+            runs.append((index, index + 1, float(value)))
+    return runs
