@@ -11,6 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from rungefit.cli import app
+from rungefit.config import parse_layers
+from rungefit.model import StackedMLP
 
 runner = CliRunner()
 
@@ -48,3 +50,10 @@ def heavy_imports_after(setup: str) -> tuple[str, str]:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     return result.stdout, result.stderr.rpartition("HEAVY:")[2].strip()
+
+
+def stacked(spec: str, seeds=(0, 1, 2), dtype=torch.float64) -> StackedMLP:
+    """A freshly initialised stack, one member per seed, float64 unless told otherwise."""
+    model = StackedMLP(parse_layers(spec), len(seeds), dtype=dtype)
+    model.initialise(torch.tensor(list(seeds)))
+    return model

@@ -14,13 +14,9 @@ from rungefit.model import ACTIVATIONS, StackedMLP
 from rungefit.runge import runge_prime
 from rungefit.train import fit
 
+from .conftest import stacked
+
 SPECS = [DEFAULT_LAYERS, "8:relu,8:gelu", "5:silu,3:softplus,4:identity", "1:tanh", "7:sigmoid,7:sigmoid,7:sigmoid"]
-
-
-def stacked(spec: str, seeds=(0, 1, 2), dtype=torch.float64) -> StackedMLP:
-    model = StackedMLP(parse_layers(spec), len(seeds), dtype=dtype)
-    model.initialise(torch.tensor(seeds))
-    return model
 
 
 def points(model: StackedMLP, n: int = 41, span: float = 1.5) -> torch.Tensor:

@@ -9,12 +9,13 @@ from torch import nn
 
 from rungefit import kernels
 from rungefit import model as model_module
-from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes, parse_layers
+from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes
 from rungefit.kernels import _Backprop
-from rungefit.model import ACTIVATIONS, StackedMLP
-from rungefit.optim import StackedAdam
+from rungefit.model import ACTIVATIONS
 from rungefit.runge import runge
 from rungefit.train import fit
+
+from .conftest import stacked
 
 F64 = torch.float64
 # A width-1 hidden layer takes the hand-written pass's broadcast path, as the output layer does.
@@ -28,12 +29,6 @@ MODULES = {
     "softplus": nn.Softplus,
     "identity": nn.Identity,
 }
-
-
-def stacked(spec: str, seeds: list[int]) -> StackedMLP:
-    model = StackedMLP(parse_layers(spec), len(seeds), dtype=F64)
-    model.initialise(torch.tensor(seeds))
-    return model
 
 
 def batch(members: int, size: int = 13, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,41 +90,6 @@ def test_activations_write_into_a_strided_buffer(name):
     # Not bit-equal: ATen computes tails of vectorised loops with scalar code.
     assert torch.allclose(buffer[:, :3], ACTIVATIONS[name].fn(z), rtol=0, atol=1e-15)
     assert not buffer[:, 3].any()
-
-
-def test_tanh_is_within_rounding_of_torch_tanh():
-    z = torch.linspace(-20, 20, 4001, dtype=F64)
-    assert torch.allclose(ACTIVATIONS["tanh"].fn(z), torch.tanh(z), rtol=0, atol=1e-15)
-    assert torch.allclose(ACTIVATIONS["tanh"].fn(z.float()), torch.tanh(z.float()), rtol=0, atol=3e-7)
-
-
-def test_stacked_adam_matches_torch_adam_per_member():
-    lrs = [1e-1, 3e-3, 2e-2]
-    model = stacked("6:tanh,4:sigmoid", [0, 1, 2])
-    optimizer = StackedAdam(model, lrs, betas=(0.8, 0.99), eps=1e-6)
-    singles = [model.params[k].clone().requires_grad_() for k in range(3)]
-    references = [torch.optim.Adam([p], lr=lr, betas=(0.8, 0.99), eps=1e-6) for p, lr in zip(singles, lrs, strict=True)]
-    generator = torch.Generator().manual_seed(1)
-    for _ in range(25):
-        gradients = torch.randn(model.params.shape, dtype=F64, generator=generator)
-        model.grads.copy_(gradients)
-        optimizer.step()
-        for k, (p, reference) in enumerate(zip(singles, references, strict=True)):
-            p.grad = gradients[k].clone()
-            reference.step()
-    for k, p in enumerate(singles):
-        assert torch.allclose(model.params[k], p.detach(), rtol=0, atol=1e-12)
-
-
-def test_adam_state_round_trips():
-    model = stacked("3:tanh", [0])
-    optimizer = StackedAdam(model, [1e-2])
-    model.grads.fill_(0.5)
-    optimizer.step()
-    state = optimizer.state_dict()
-    other = StackedAdam(model, [1e-2])
-    other.load_state_dict(state)
-    assert other.step_count == 1 and torch.equal(other.exp_avg, optimizer.exp_avg)
 
 
 @pytest.mark.parametrize("spec", SPECS)

@@ -6,7 +6,6 @@ import torch
 
 from rungefit import rng
 from rungefit.config import TrainConfig
-from rungefit.optim import lr_factors
 from rungefit.runge import runge
 from rungefit.stack import EpochBatches, new_stack
 from rungefit.train import DivergedError, fit, resolve_device
@@ -72,17 +71,6 @@ def test_divergence_stops_with_the_last_finite_state():
 def test_invalid_configs_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**change).validate()
-
-
-def test_schedules_start_at_the_peak_rate_and_decay():
-    steps = 1000
-    constant, cosine, onecycle = (lr_factors(name, steps) for name in ("constant", "cosine", "onecycle"))
-    assert np.all(constant == 1)
-    assert cosine[0] == 1 and cosine[-1] < 1e-4 and np.all(np.diff(cosine) <= 0)
-    assert onecycle[0] == pytest.approx(1 / 25)
-    assert onecycle.max() == pytest.approx(1)
-    assert onecycle.argmax() == pytest.approx(0.3 * steps, abs=2)
-    assert onecycle[-1] == pytest.approx(1 / 25e4)
 
 
 def test_cuda_without_a_gpu_is_a_clear_error():
