@@ -1,18 +1,18 @@
-"""README's command outputs: regenerate them, or check that they are current.
+"""The command outputs README.md and docs/*.md show: regenerate them, or check that they are current.
 
-Each output block in README.md follows a marker naming its command line:
+Each output block on a page follows a marker naming its command line:
 
-    <!-- snippet: rungefit grad --x 0.3 --run reference -->
+    <!-- snippet: rungefit grad --x 0.3 --explain --run reference -->
     ```
     …what the command printed…
     ```
 
 `python -m tests.snippets` runs every snippet command in order in a fresh working directory (so
 `runs/` starts empty and later commands can use the runs made by earlier ones) with COLUMNS=100,
-and rewrites the blocks. tests/test_readme.py reruns the FAST ones and compares their words, with
-every number masked: what a float32 training run ends with differs from one CPU to another (MKL
-and the vector units round differently), and so does every figure derived from it; the slow ones
-are only checked to parse.
+and rewrites the blocks on every page. tests/test_readme.py reruns the FAST ones and compares their
+words, with every number masked: what a float32 training run ends with differs from one CPU to
+another (MKL and the vector units round differently), and so does every figure derived from it;
+the slow ones are only checked to parse. Each command is shown on exactly one page, once.
 """
 
 from __future__ import annotations
@@ -27,28 +27,36 @@ import sys
 import tempfile
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
 MARKER = re.compile(r"<!-- snippet: (?P<command>.+?) -->\n```\n(?P<output>.*?)```\n", re.S)
 
-# In the order they run: later commands read the runs earlier ones made.
+# In the order they run: later commands read the runs earlier ones made. FAST holds one training;
+# every other fast command reads its run.
 FAST = [
     "rungefit train --name reference",
-    "rungefit grad --x 0.3 --run reference",
     "rungefit grad --grid 201 --run reference",
     "rungefit grad --x 0.3 --explain --run reference",
+    "rungefit eval --run reference",
     "rungefit eval --baselines --run reference",
 ]
 SLOW = [
     "rungefit train --seeds 10 --name seeds",
     "rungefit train --lr auto --name auto",
+    "rungefit lr-find",
     "rungefit lr-find --seeds 5 --verify",
 ]
-# Pictures README shows, copied from the runs the snippets made.
+# Pictures the pages show, copied from the runs the snippets made.
 FIGURES = {"runs/seeds/fit.png": "docs/fit.png"}
 # Words are what lies between blanks and table rules, so that a table drawn to other widths, or
 # a cell wrapped at another place, has the same words; in them every number reads "#".
 WORD = re.compile(r"[^\s│┃┏┓┗┛┡┩└┘┌┐├┤┬┴┼╇╈━─═]+")
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?")
+
+
+def pages() -> list[Path]:
+    """README.md and every docs/*.md: the pages whose command outputs are generated."""
+    return [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
 def run(command: str, workdir: Path) -> str:
@@ -68,27 +76,28 @@ def words(text: str) -> collections.Counter:
     return collections.Counter(NUMBER.sub("#", word) for word in WORD.findall(text))
 
 
-def readme_snippets(text: str) -> dict[str, str]:
-    """command → output, as README.md has them."""
-    return {match["command"]: match["output"] for match in MARKER.finditer(text)}
+def shown_snippets() -> list[tuple[str, str]]:
+    """(command, output) of every block on every page, in page order, repeats included."""
+    return [(match["command"], match["output"]) for page in pages() for match in MARKER.finditer(page.read_text())]
 
 
 def regenerate(commands: list[str]) -> None:
-    text = README.read_text()
     with tempfile.TemporaryDirectory() as workdir:
         outputs = {}
         for command in commands:
             print(f"$ {command}", file=sys.stderr, flush=True)
             outputs[command] = run(command, Path(workdir))
         for source, target in FIGURES.items():
-            shutil.copyfile(Path(workdir) / source, README.parent / target)
+            shutil.copyfile(Path(workdir) / source, ROOT / target)
 
     def replace(match: re.Match) -> str:
         command = match["command"]
         output = outputs.get(command, match["output"])
         return f"<!-- snippet: {command} -->\n```\n{output}```\n"
 
-    README.write_text(MARKER.sub(replace, text))
+    for page in pages():
+        text = page.read_text()
+        page.write_text(MARKER.sub(replace, text))
 
 
 if __name__ == "__main__":
