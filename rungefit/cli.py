@@ -44,7 +44,7 @@ from rungefit.errors import RungefitError, UsageError
 def _lazy_import(name: str):
     """The module, loaded on first attribute access (importlib's LazyLoader recipe).
 
-    report imports Rich's console, progress and table machinery (~0.15 s), which TAB completion
+    report imports Rich's console, progress and table machinery, which TAB completion
     never needs.
     """
     spec = importlib.util.find_spec(name)

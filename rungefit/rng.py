@@ -64,14 +64,14 @@ def permutations(seeds: torch.Tensor, stream: int, n: int, *, counter: int = 0, 
     `out`, int64 on the seeds' device, if given).
 
     On the CPU, row k is torch.randperm (Fisher-Yates on an MT19937 generator seeded with the
-    hash of seed, stream and counter): sorting n hashed keys per row costs about 20 times as much
-    there ([64, 2800]: 16 ms against 0.9 ms per epoch). On a GPU, the whole stack is one argsort of
-    hashed keys, which a loop over members would not be. The two orders differ.
+    hash of seed, stream and counter): sorting n hashed keys per row costs much more there. On a
+    GPU, the whole stack is one argsort of hashed keys, which a loop over members would not be.
+    The two orders differ.
     """
     rows = torch.empty(seeds.shape[0], n, dtype=torch.int64, device=seeds.device) if out is None else out
     if seeds.device.type != "cpu":
         return rows.copy_(torch.argsort(_keys(seeds, stream, counter, n), dim=1, stable=True))
-    # Each row's seed is its first key. In NumPy: about 70 operations on [K] integers, each a
+    # Each row's seed is its first key. In NumPy: a few dozen operations on [K] integers, each a
     # fraction of a torch call's cost (this runs every epoch).
     row_seeds = _key_bits(_row_bases(np.array(seeds.tolist(), dtype=np.int64), stream, counter), 0)
     generator = torch.Generator()

@@ -1,10 +1,9 @@
 """Worker processes: objects built in forked children, whose methods the parent calls on all at once.
 
-fit() trains a large stack on the CPU as a few smaller stacks, one per core (train.py): members
+fit() trains a large stack on the CPU as a few smaller stacks, one per core (stack.py): members
 never interact, so each worker trains its share on its own and only small results cross the pipes.
-Threads would not do: each of the ~35 kernels of a step releases and retakes the GIL, and handing
-it between threads costs about as much as the kernel (two threads on the halves of a 64-member
-stack: 1.1× faster; two processes: 2×).
+Threads would not do: each of the kernels of a step releases and retakes the GIL, and handing
+it between threads costs about as much as the kernel (docs/speed.md).
 
 Children are forked: one starts in milliseconds with the parent's memory (torch imported, the
 factory's closure in place), where a spawned interpreter would spend seconds importing torch.

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rungefit import lr_find
+from rungefit import lr_find, lr_rules
 from rungefit.cli import app, lr_find_command
 from rungefit.config import TrainConfig
 from rungefit.runge import DataSplit
@@ -31,10 +31,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 # ---------------------------------------------------------------- the sweep and the smoothing
 
 
-@pytest.mark.parametrize("mode", lr_find.MODES)
+@pytest.mark.parametrize("mode", lr_rules.MODES)
 @pytest.mark.parametrize(("start", "end", "iters"), [(1e-7, 10.0, 100), (3e-5, 0.7, 37), (1e-3, 1e-2, 2)])
 def test_sweep_hits_both_ends_exactly_and_is_evenly_spaced(mode, start, end, iters):
-    rates = lr_find.sweep(start, end, iters, mode)
+    rates = lr_rules.sweep(start, end, iters, mode)
     assert len(rates) == iters
     assert rates[0] == start and rates[-1] == end
     steps = np.diff(np.log(rates) if mode == "exp" else rates)
@@ -43,24 +43,24 @@ def test_sweep_hits_both_ends_exactly_and_is_evenly_spaced(mode, start, end, ite
 
 def test_sweep_rejects_an_unknown_mode():
     with pytest.raises(ValueError, match="mode"):
-        lr_find.sweep(1e-7, 10.0, 100, "cosine")
+        lr_rules.sweep(1e-7, 10.0, 100, "cosine")
 
 
 def test_smoothing_is_bias_corrected():
     # Without the correction the average would start near zero; with it a constant stays constant.
     average = np.zeros(2)
     for step in range(50):
-        average, smoothed = lr_find.ema_step(average, np.full(2, 0.3), 0.98, step)
+        average, smoothed = lr_rules.ema_step(average, np.full(2, 0.3), 0.98, step)
         assert np.allclose(smoothed, 0.3, rtol=1e-12)
-    average, first = lr_find.ema_step(np.zeros(1), np.array([4.0]), 0.5, 0)
-    _, second = lr_find.ema_step(average, np.array([2.0]), 0.5, 1)
+    average, first = lr_rules.ema_step(np.zeros(1), np.array([4.0]), 0.5, 0)
+    _, second = lr_rules.ema_step(average, np.array([2.0]), 0.5, 1)
     assert (first[0], second[0]) == (4.0, (0.25 * 4 + 0.5 * 2) / 0.75)
 
 
 def test_divergence_is_a_ratio_to_the_best_or_any_non_finite_loss():
     raw = np.array([1.0, 1.0, np.nan, np.inf])
     smoothed = np.array([3.9, 4.1, 1.0, 1.0])
-    assert lr_find.is_diverged(raw, smoothed, np.ones(4), 4.0).tolist() == [False, True, True, True]
+    assert lr_rules.is_diverged(raw, smoothed, np.ones(4), 4.0).tolist() == [False, True, True, True]
 
 
 # ---------------------------------------------------------------- the rules on synthetic curves
@@ -71,7 +71,7 @@ LRS = np.geomspace(1e-6, 1.0, 61)  # ten points a decade
 def test_steepest_finds_the_steepest_fall_in_log_lr():
     # A logistic drop centred on 1e-3 falls fastest there.
     losses = 1 - 0.9 / (1 + np.exp(-(np.log10(LRS) + 3) / 0.3))
-    assert lr_find.steepest(LRS, losses) == pytest.approx(1e-3)
+    assert lr_rules.steepest(LRS, losses) == pytest.approx(1e-3)
 
 
 def test_steepest_reads_slopes_against_log_lr_in_linear_mode():
@@ -79,12 +79,12 @@ def test_steepest_reads_slopes_against_log_lr_in_linear_mode():
     # be found where it is, not where the index-based slope would put it.
     lrs = np.linspace(1e-3, 1.0, 200)
     losses = 1 - 0.9 / (1 + np.exp(-(np.log10(lrs) + 1) / 0.2))
-    assert math.log10(lr_find.steepest(lrs, losses)) == pytest.approx(-1, abs=0.02)
+    assert math.log10(lr_rules.steepest(lrs, losses)) == pytest.approx(-1, abs=0.02)
 
 
 def test_valley_picks_the_middle_of_the_longest_decreasing_stretch():
     losses = np.concatenate([np.ones(20), np.linspace(1, 0.1, 41)[1:], np.linspace(0.2, 3, 21)])
-    index = int(np.flatnonzero(LRS == lr_find.valley(LRS, losses))[0])
+    index = int(np.flatnonzero(LRS == lr_rules.valley(LRS, losses))[0])
     # fastai: the stretch ends at 59 and is 41 long (one flat point, then 40 falling), so it starts
     # at 18 and the pick is 18 + int(41/3) + int(41/6).
     assert index == 18 + 13 + 6
@@ -93,20 +93,20 @@ def test_valley_picks_the_middle_of_the_longest_decreasing_stretch():
 
 def test_minimum_is_a_tenth_of_the_lowest_point():
     losses = (np.log10(LRS) + 2) ** 2
-    assert lr_find.minimum(LRS, losses) == pytest.approx(1e-3)
+    assert lr_rules.minimum(LRS, losses) == pytest.approx(1e-3)
 
 
 def test_rules_decline_a_curve_too_short_to_read():
-    assert lr_find.steepest(LRS[:2], np.ones(2)) is None
-    assert lr_find.valley(LRS[:1], np.ones(1)) is None
-    assert lr_find.minimum(LRS[:0], np.ones(0)) is None
+    assert lr_rules.steepest(LRS[:2], np.ones(2)) is None
+    assert lr_rules.valley(LRS[:1], np.ones(1)) is None
+    assert lr_rules.minimum(LRS[:0], np.ones(0)) is None
 
 
 def test_trim_drops_the_settling_start_and_the_blow_up():
     losses = np.linspace(1, 0, 100)
     losses[70] = np.nan
-    lrs, kept = lr_find.trim(np.arange(100.0), losses, iters=100)
-    assert lrs[0] == 10 and lrs[-1] == 70 - lr_find.SKIP_END - 1
+    lrs, kept = lr_rules.trim(np.arange(100.0), losses, iters=100)
+    assert lrs[0] == 10 and lrs[-1] == 70 - lr_rules.SKIP_END - 1
     assert np.isfinite(kept).all()
 
 
@@ -118,7 +118,7 @@ def test_uninformative_curve_warns_and_an_informative_one_does_not():
         test = lr_find.RangeTest(
             config=lr_find.RangeTestConfig(),
             seeds=(0,),
-            lrs=lr_find.sweep(1e-7, 10.0, 100),
+            lrs=lr_rules.sweep(1e-7, 10.0, 100),
             raw=smoothed,
             smoothed=smoothed,
             val=None,
@@ -209,25 +209,25 @@ def test_verification_member_r_s_is_rate_r_with_seed_s():
 
 
 def test_grid_and_suggestions_merge_in_order_with_their_labels():
-    grid = lr_find.verification_rates(10.0, 3)
+    grid = lr_rules.verification_rates(10.0, 3)
     assert np.allclose(grid, [10**-0.5, 1.0, 10**0.5])
-    rates, labels = lr_find.merge_rates(grid, {"steepest": 0.01, "valley": float(grid[1]), "minimum": None})
+    rates, labels = lr_rules.merge_rates(grid, {"steepest": 0.01, "valley": float(grid[1]), "minimum": None})
     assert rates.tolist() == sorted([0.01, *grid.tolist()])
     assert labels[rates.tolist().index(float(grid[1]))] == ["valley"]
     assert labels[0] == ["steepest"]
 
 
 def test_pick_seeds_continues_after_the_given_ones():
-    assert lr_find.pick_seeds((0,), 3) == (0, 1, 2)
-    assert lr_find.pick_seeds((3, 7, 11), 2) == (3, 7)
-    assert lr_find.pick_seeds((5, 2), 3) == (5, 2, 6)
+    assert lr_rules.pick_seeds((0,), 3) == (0, 1, 2)
+    assert lr_rules.pick_seeds((3, 7, 11), 2) == (3, 7)
+    assert lr_rules.pick_seeds((5, 2), 3) == (5, 2, 6)
 
 
 def test_auto_pick_goes_by_the_worst_seed_and_steps_down():
     rates = np.array([1e-3, 1e-2, 1e-1])
     val = np.array([[1e-3, 1e-3], [1e-6, 2e-6], [1e-7, 0.08]])  # 1e-1: best median, one seed stuck
-    assert lr_find.pick_auto_lr(rates, val) == 1e-2 / lr_find.AUTO_SAFETY
-    assert lr_find.pick_auto_lr(rates, np.full((3, 2), np.inf)) is None
+    assert lr_rules.pick_auto_lr(rates, val) == 1e-2 / lr_rules.AUTO_SAFETY
+    assert lr_rules.pick_auto_lr(rates, np.full((3, 2), np.inf)) is None
 
 
 # ---------------------------------------------------------------- the commands
@@ -248,7 +248,7 @@ def test_lr_find_command_writes_its_files_and_one_json_document(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert set(document["suggestions"]) == set(lr_find.RULES)
+    assert set(document["suggestions"]) == set(lr_rules.RULES)
     assert len(document["range_test"]["members"]) == 2
     assert document["verification"]["epochs"] == 2
     assert sorted(p.name for p in out.iterdir()) == ["lr_find.csv", "lr_find.json", "lr_find.png", "lr_verify.png"]

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from rungefit import lr_find
+from rungefit import lr_find, lr_rules
 from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
@@ -38,14 +38,14 @@ def run(arguments: list[str]) -> dict:
 
 def rule_trainings(seeds: list[int]) -> dict[str, list[tuple[float, float]]]:
     """rule → [(its rate on seed s's curve, seed s's val MSE after training at it)] per seed."""
-    picks = {rule: [] for rule in lr_find.RULES}
+    picks = {rule: [] for rule in lr_rules.RULES}
     for seed in seeds:
         suggestions = lr_find.run_range_test(TrainConfig(seeds=(seed,)), lr_find.RangeTestConfig()).suggestions(0)
-        for rule in lr_find.RULES:
+        for rule in lr_rules.RULES:
             picks[rule].append(suggestions[rule])
-    members = [(rule, seed, lr) for rule in lr_find.RULES for seed, lr in zip(seeds, picks[rule], strict=True) if lr is not None]
+    members = [(rule, seed, lr) for rule in lr_rules.RULES for seed, lr in zip(seeds, picks[rule], strict=True) if lr is not None]
     result = fit(TrainConfig(seeds=tuple(m[1] for m in members)), member_lrs=[m[2] for m in members], stop_on_divergence=False)
-    trained = {rule: [] for rule in lr_find.RULES}
+    trained = {rule: [] for rule in lr_rules.RULES}
     for (rule, _, lr), metrics in zip(members, result.members, strict=True):
         trained[rule].append((lr, metrics.val_mse))
     return trained
@@ -54,7 +54,7 @@ def rule_trainings(seeds: list[int]) -> dict[str, list[tuple[float, float]]]:
 def summary_row(name: str, picks: list[tuple[float, float]], best: dict, var_y: float, seeds: int) -> str:
     rates = np.array([lr for lr, _ in picks])
     val = np.array([v if np.isfinite(v) else np.inf for _, v in picks])
-    ok = int((val < lr_find.TRAINED_BELOW * var_y).sum())
+    ok = int((val < lr_rules.TRAINED_BELOW * var_y).sum())
     spread = np.log10(rates.max() / rates.min())
     ratio = np.median(val) / best["median"]
     return f"| {name} | {rates.min():.2g} … {rates.max():.2g} ({spread:.1f} decades) | {ok}/{seeds} | {np.median(val):.3e} | {ratio:.3g}× |"
@@ -84,7 +84,7 @@ def main() -> None:
     print(f"best fixed rate {best['lr']:.3g}: median val MSE {best['median']:.3e}, {best['trained']}/{args.seeds} seeds trained\n")
     print("| way of choosing | rates chosen over the seeds | seeds trained | median val MSE | vs best fixed rate |")
     print("|---|---|---|---|---|")
-    for rule in lr_find.RULES:
+    for rule in lr_rules.RULES:
         print(summary_row(f"{rule} (own seed's range test)", rules[rule], best, var_y, args.seeds))
     print(summary_row("`train --lr auto`", [(lr, val) for lr, val, _, _ in auto], best, var_y, args.seeds))
     print("\n| seed | auto lr | val MSE (auto) | val MSE (best fixed rate) | auto / best | choosing + training |")
