@@ -427,14 +427,10 @@ def checked_points(values: Optional[list[float]]) -> list[float]:
 def _load_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
     """The run and the member to study: --member, else the best by validation MSE."""
     from rungefit import runs
-    from rungefit.evaluate import best_member
 
     loaded = runs.load_run(runs_dir, run)
     members = loaded.model.members
-    if member is None:
-        member = best_member(loaded.summary)
-    elif member >= members:
-        raise UsageError(f"--member {member}: run {loaded.path.name!r} has {members} member(s), numbered 0…{members - 1}")
+    member = loaded.member(member, "--member")
     source = f"run {loaded.path}, member {member}" + (f" of {members}, best by validation MSE" if members > 1 else "")
     return loaded, member, source
 
