@@ -636,5 +636,55 @@ def _auto_lr(config, quiet: bool):
     return replace(config, lr=choice.lr), {"lr_choice": choice.how, "lr_auto": choice.to_json()}
 
 
+class ExportFormat(str, Enum):
+    pt2 = "pt2"
+    onnx = "onnx"
+    safetensors = "safetensors"
+
+
+@app.command()
+def export(
+    file_format: Annotated[ExportFormat, typer.Option("--format", help="pt2: torch.export's archive (torch.export.load); onnx: an ONNX model (needs `pip install \"rungefit[onnx]\"`); safetensors: the nn.Sequential's state_dict, with the layer spec, target and domain as metadata.")],
+    run: RunName = None,
+    runs_dir: RunsDir = Path("runs"),
+    member: MemberOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT in the run directory).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the file if it exists.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Write one network of a run as a file that other tools load without rungefit.
+
+    The network is the member's plain torch.nn.Sequential (Linear, activation, …, Linear) in the
+    run's dtype. pt2 and onnx take a batch of any size: input x of shape [batch, 1], output y of
+    shape [batch, 1]. Every format records the layer spec, the target and its domain (safetensors
+    and ONNX as metadata, pt2 as its extra file rungefit.json). The file is written atomically and
+    an existing one is kept unless --force is given.
+
+    Example: rungefit export --format onnx --out runge.onnx
+    """
+    from rungefit import export as core
+    from rungefit import runs
+
+    loaded, member, source = _load_member(runs_dir, run, member)
+    path = out or loaded.path / f"member-{member}.{file_format.value}"
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name")
+    if path.exists() and not force:
+        raise RungefitError(f"{path} exists; add --force to overwrite it, or choose another --out")
+    network = loaded.network(member)
+    target, domain = runs.run_target(loaded.path)
+    meta = core.metadata(network, target, domain, loaded.path.name, member)
+    data = core.export_bytes(network, file_format.value, meta)
+    try:
+        runs.atomic_write(path, data)
+    except OSError as error:
+        raise RungefitError(f"cannot write {path} ({error.strerror}); choose another --out") from None
+    doc = {"source": source, "run": str(loaded.path), "member": member, "format": file_format.value, "out": str(path), "bytes": len(data), "metadata": meta}
+    if json_output:
+        report.print_json(doc)
+    else:
+        report.render_export(doc)
+
+
 def main() -> None:
     app(prog_name="rungefit")
