@@ -686,5 +686,50 @@ def export(
         report.render_export(doc)
 
 
+@app.command()
+def predict(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="File of x values: one number per line, or a CSV whose first column holds them (a header line is skipped). - or nothing: standard input.")] = "-",
+    run: RunName = None,
+    runs_dir: RunsDir = Path("runs"),
+    member: MemberOption = None,
+    with_grad: Annotated[bool, typer.Option("--grad", help="Add a column dydx: the network's derivative by autograd, in float64 as `rungefit grad` computes it.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Predict y at x values read from a file or a pipe, and print CSV x,y to stdout.
+
+    y is exactly what `eval --x` reports for the same x. The whole input is checked before anything
+    is printed: a line that is not a finite number is an error naming its line number, and then
+    nothing is written. Pipe it: `seq -1 0.01 1 | rungefit predict > fit.csv`.
+
+    Example: rungefit predict xs.csv --grad
+    """
+    from rungefit import predict as core
+    from rungefit import runs
+
+    loaded, member, _ = _load_member(runs_dir, run, member)
+    x = core.read_x(*_x_lines(file))
+    _, (lo, hi) = runs.run_target(loaded.path)
+    outside = int(((x < lo) | (x > hi)).sum())
+    if outside:
+        report.warning(f"{outside} of the {len(x)} x values lie outside [{lo:g}, {hi:g}], where the network was trained: extrapolation")
+    result = core.predict(loaded.model, member, x, with_grad)
+    if json_output:
+        report.print_json({"run": str(loaded.path), "member": member, "points": len(x), **result.as_dict()})
+    else:
+        report.print_plain(result.csv())
+
+
+def _x_lines(file: str):
+    """(the lines of FILE or of standard input, as bytes; the name to show in errors)."""
+    if file == "-":
+        if sys.stdin.isatty():
+            report.note("reading x values from standard input, one per line (end with Ctrl-D)")
+        return sys.stdin.buffer, "standard input"
+    try:
+        return Path(file).read_bytes().splitlines(), file
+    except OSError as error:
+        raise UsageError(f"FILE {file}: cannot read it ({error.strerror})") from None
+
+
 def main() -> None:
     app(prog_name="rungefit")

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 
 import numpy as np
 from rich.console import Console
@@ -365,6 +367,16 @@ def _eval_points_table(points: list[dict]) -> None:
         row = [f"{p['x']:g}", f"{p['prediction']:.7g}", f"{p['target']:.7g}", fmt(p["error"])]
         table.add_row(*row, *(["extrapolation" if p["extrapolation"] else ""] if flag else []))
     stdout.print(table)
+
+
+def print_plain(text: str) -> None:
+    """text on stdout as it is (CSV for a pipeline); a reader that stops early (`| head`) ends it quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the failed flush again at exit; point stdout at nothing instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def render_export(doc: dict) -> None:
