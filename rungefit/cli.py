@@ -431,14 +431,10 @@ def checked_points(values: Optional[list[float]]) -> list[float]:
 def _load_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
     """The run and the member to study: --member, else the best by validation MSE."""
     from rungefit import runs
-    from rungefit.evaluate import best_member
 
     loaded = runs.load_run(runs_dir, run)
     members = loaded.model.members
-    if member is None:
-        member = best_member(loaded.summary)
-    elif member >= members:
-        raise UsageError(f"--member {member}: run {loaded.path.name!r} has {members} member(s), numbered 0…{members - 1}")
+    member = loaded.member(member, "--member")
     source = f"run {loaded.path}, member {member}" + (f" of {members}, best by validation MSE" if members > 1 else "")
     return loaded, member, source
 
@@ -642,6 +638,101 @@ def _auto_lr(config, quiet: bool):
     if not quiet:
         report.note(f"--lr auto chose {choice.lr:.3g}: {choice.how}")
     return replace(config, lr=choice.lr), {"lr_choice": choice.how, "lr_auto": choice.to_json()}
+
+
+class ExportFormat(str, Enum):
+    pt2 = "pt2"
+    onnx = "onnx"
+    safetensors = "safetensors"
+
+
+@app.command()
+def export(
+    file_format: Annotated[ExportFormat, typer.Option("--format", help="pt2: torch.export's archive (torch.export.load); onnx: an ONNX model (needs `pip install \"rungefit[onnx]\"`); safetensors: the nn.Sequential's state_dict, with the layer spec, target and domain as metadata.")],
+    run: RunName = None,
+    runs_dir: RunsDir = Path("runs"),
+    member: MemberOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT in the run directory).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the file if it exists.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Write one network of a run as a file that other tools load without rungefit.
+
+    The network is the member's plain torch.nn.Sequential (Linear, activation, …, Linear) in the
+    run's dtype. pt2 and onnx take a batch of any size: input x of shape [batch, 1], output y of
+    shape [batch, 1]. Every format records the layer spec, the target and its domain (safetensors
+    and ONNX as metadata, pt2 as its extra file rungefit.json). The file is written atomically and
+    an existing one is kept unless --force is given.
+
+    Example: rungefit export --format onnx --out runge.onnx
+    """
+    from rungefit import export as core
+    from rungefit import runs
+
+    loaded, member, source = _load_member(runs_dir, run, member)
+    path = out or loaded.path / f"member-{member}.{file_format.value}"
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name")
+    if path.exists() and not force:
+        raise RungefitError(f"{path} exists; add --force to overwrite it, or choose another --out")
+    network = loaded.network(member)
+    target, domain = runs.run_target(loaded.path)
+    meta = core.metadata(network, target, domain, loaded.path.name, member)
+    data = core.export_bytes(network, file_format.value, meta)
+    try:
+        runs.atomic_write(path, data)
+    except OSError as error:
+        raise RungefitError(f"cannot write {path} ({error.strerror}); choose another --out") from None
+    doc = {"source": source, "run": str(loaded.path), "member": member, "format": file_format.value, "out": str(path), "bytes": len(data), "metadata": meta}
+    if json_output:
+        report.print_json(doc)
+    else:
+        report.render_export(doc)
+
+
+@app.command()
+def predict(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="File of x values: one number per line, or a CSV whose first column holds them (a header line is skipped). - or nothing: standard input.")] = "-",
+    run: RunName = None,
+    runs_dir: RunsDir = Path("runs"),
+    member: MemberOption = None,
+    with_grad: Annotated[bool, typer.Option("--grad", help="Add a column dydx: the network's derivative by autograd, in float64 as `rungefit grad` computes it.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Predict y at x values read from a file or a pipe, and print CSV x,y to stdout.
+
+    y is exactly what `eval --x` reports for the same x. The whole input is checked before anything
+    is printed: a line that is not a finite number is an error naming its line number, and then
+    nothing is written. Pipe it: `seq -1 0.01 1 | rungefit predict > fit.csv`.
+
+    Example: rungefit predict xs.csv --grad
+    """
+    from rungefit import predict as core
+    from rungefit import runs
+
+    loaded, member, _ = _load_member(runs_dir, run, member)
+    x = core.read_x(*_x_lines(file))
+    _, (lo, hi) = runs.run_target(loaded.path)
+    outside = int(((x < lo) | (x > hi)).sum())
+    if outside:
+        report.warning(f"{outside} of the {len(x)} x values lie outside [{lo:g}, {hi:g}], where the network was trained: extrapolation")
+    result = core.predict(loaded.model, member, x, with_grad)
+    if json_output:
+        report.print_json({"run": str(loaded.path), "member": member, "points": len(x), **result.as_dict()})
+    else:
+        report.print_plain(result.csv())
+
+
+def _x_lines(file: str):
+    """(the lines of FILE or of standard input, as bytes; the name to show in errors)."""
+    if file == "-":
+        if sys.stdin.isatty():
+            report.note("reading x values from standard input, one per line (end with Ctrl-D)")
+        return sys.stdin.buffer, "standard input"
+    try:
+        return Path(file).read_bytes().splitlines(), file
+    except OSError as error:
+        raise UsageError(f"FILE {file}: cannot read it ({error.strerror})") from None
 
 
 def main() -> None:

@@ -103,6 +103,8 @@ def validation_size(points: int, val_fraction: float) -> int:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Every setting of a training run; `rungefit train`'s options map onto these fields."""
+
     layers: str = DEFAULT_LAYERS  # hidden layers, "WIDTH:ACTIVATION,…"; the output is linear
     points: int = 4000  # training points per member, validation included (more points = more steps)
     val_fraction: float = 0.3  # share of the points held out for validation

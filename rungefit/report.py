@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -31,15 +34,16 @@ def print_json(document: dict) -> None:
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # escape: a message may quote the user's text or a name such as rungefit[onnx], not Rich markup.
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def warning(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    stderr.print(message, highlight=False, soft_wrap=True)
+    stderr.print(escape(message), highlight=False, soft_wrap=True)
 
 
 def training_progress(epochs: int, quiet: bool):
@@ -363,3 +367,18 @@ def _eval_points_table(points: list[dict]) -> None:
         row = [f"{p['x']:g}", f"{p['prediction']:.7g}", f"{p['target']:.7g}", fmt(p["error"])]
         table.add_row(*row, *(["extrapolation" if p["extrapolation"] else ""] if flag else []))
     stdout.print(table)
+
+
+def print_plain(text: str) -> None:
+    """text on stdout as it is (CSV for a pipeline); a reader that stops early (`| head`) ends it quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the failed flush again at exit; point stdout at nothing instead.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def render_export(doc: dict) -> None:
+    """Where `rungefit export` wrote which network."""
+    stdout.print(escape(f"rungefit export: {doc['source']} → {doc['out']} ({doc['format']}, {doc['bytes']} bytes)"), highlight=False, soft_wrap=True)

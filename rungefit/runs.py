@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import tempfile
 import time
@@ -18,13 +19,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from rungefit.errors import RungefitError
+from rungefit.errors import RungefitError, UsageError
 
 CHECKPOINT_FORMAT = 1
 LATEST = "latest"
 LR_FIND_DIR = "lr-find"  # lr-find's outputs live in this subdirectory of the runs directory
 RESERVED_NAMES = (LATEST, LR_FIND_DIR)
 MODEL_FILE = "model.pt"
+DEFAULT_TARGET = "runge"
+DEFAULT_DOMAIN = (-1.0, 1.0)
+MAX_TARGET_CHARS = 1000
 
 
 class RunError(RungefitError):
@@ -33,11 +37,43 @@ class RunError(RungefitError):
 
 @dataclass
 class LoadedRun:
+    """A saved run: its directory, settings, every member's network, its raw checkpoint and summary."""
+
     path: Path
     config: Any  # TrainConfig
     model: Any  # StackedMLP
     checkpoint: dict
     summary: dict
+
+    @property
+    def history(self) -> dict:
+        """train_mse, val_mse and lr of every epoch and member, float64 NumPy arrays [epochs, K]."""
+        import torch
+
+        curves = self.checkpoint.get("history")
+        if not isinstance(curves, dict) or not all(isinstance(curve, torch.Tensor) and curve.dim() == 2 for curve in curves.values()):
+            raise RunError(f"{self.path / MODEL_FILE} holds no readable history; retrain with `rungefit train`")
+        return {name: curve.double().numpy() for name, curve in curves.items()}
+
+    def member(self, member: int | None = None, option: str = "member") -> int:
+        """`member` checked against the run, or, for None, the member with the best validation MSE.
+
+        `option` names the value in the error message (the CLI's "--member")."""
+        from rungefit.evaluate import best_member
+
+        if member is None:
+            return best_member(self.summary)
+        members = self.model.members
+        if not 0 <= member < members:
+            raise UsageError(f"{option} {member}: run {self.path.name!r} has {members} member(s), numbered 0…{members - 1}")
+        return member
+
+    def network(self, member: int | None = None):
+        """The member (default: the best by validation MSE) as a torch.nn.Sequential in the run's
+        dtype, on the CPU, in eval mode and without gradients for its parameters."""
+        from rungefit.model import to_sequential
+
+        return to_sequential(self.model, self.member(member))
 
 
 def list_run_names(runs_dir: Path) -> list[str]:
@@ -283,6 +319,22 @@ def load_run(runs_dir: Path, name: str | None) -> LoadedRun:
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise RunError(f"{path} is damaged or incomplete ({error}); retrain with `rungefit train`") from None
     return LoadedRun(path=path, config=config, model=model, checkpoint=checkpoint, summary=summary)
+
+
+def run_target(run_dir: Path) -> tuple[str, tuple[float, float]]:
+    """The run's target and domain from its config.json ("runge" and [-1, 1] when absent).
+
+    The one place that reads them, so that runs which record other targets need a change here only.
+    """
+    try:
+        raw = json.loads((run_dir / "config.json").read_text())
+        target = raw.get("target", DEFAULT_TARGET)
+        lo, hi = (float(value) for value in raw.get("domain", DEFAULT_DOMAIN))
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        raise RunError(f"{run_dir / 'config.json'} is damaged ({error}); retrain with `rungefit train`") from None
+    if not isinstance(target, str) or len(target) > MAX_TARGET_CHARS or not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise RunError(f"{run_dir / 'config.json'} has an invalid target or domain; retrain with `rungefit train`")
+    return target, (lo, hi)
 
 
 def resume_state(loaded: LoadedRun):

@@ -95,7 +95,7 @@ def test_python_dash_m_works():
     assert result.returncode == 0 and result.stdout.startswith("rungefit ")
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["export", "--help"], ["predict", "--help"]])
 def test_help_does_not_import_torch_or_matplotlib(argv):
     stdout, heavy = heavy_imports_after(f"from rungefit.cli import app\napp({argv!r}, prog_name='rungefit')")
     assert "Usage" in stdout

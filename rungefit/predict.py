@@ -1,0 +1,102 @@
+"""`rungefit predict`: x values from a file or a pipe in, the member's y (and dy/dx) as CSV out.
+
+The input is read and checked in full before anything is computed, so a bad line anywhere means
+no output at all. y is computed exactly as `eval --x` computes it (evaluate.member_prediction, in
+the run's dtype); dy/dx is autograd's, in float64, as `rungefit grad` computes it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rungefit.errors import UsageError
+from rungefit.evaluate import member_prediction
+from rungefit.grad import as_float64, autograd_gradient
+from rungefit.model import StackedMLP
+
+MAX_VALUES = 10_000_000
+MAX_LINE_CHARS = 10_000
+# Points per forward pass: bounds the memory of the pre-activations, [K, chunk, width] per layer.
+CHUNK = 1 << 16
+# A first line whose first field is a name like this is a CSV header, not a value.
+HEADER = re.compile(r"[A-Za-z_][\w .()/-]*")
+
+
+def read_x(lines: Iterable[bytes], source: str) -> np.ndarray:
+    """The x values of `lines` as float64 [n]: one number per line, or the first column of a CSV
+    (comma- or tab-separated, an optional header line first). Blank lines are skipped. A line that
+    is not a finite number raises UsageError naming `source` and the line number."""
+    values: list[float] = []
+    for number, raw in enumerate(lines, start=1):
+        if len(values) >= MAX_VALUES:
+            raise UsageError(f"{source}: more than {MAX_VALUES} x values; split the input")
+        field = _first_field(raw, number, source)
+        if not field or (number == 1 and HEADER.fullmatch(field) and not _is_number(field)):
+            continue
+        try:
+            value = float(field)
+        except ValueError:
+            raise UsageError(f"{source}, line {number}: {field[:40]!r} is not a number") from None
+        if not math.isfinite(value):
+            raise UsageError(f"{source}, line {number}: {field!r} is not a finite number")
+        values.append(value)
+    if not values:
+        raise UsageError(f"{source}: no x values (expected one number per line, or a CSV whose first column holds them)")
+    return np.array(values, dtype=np.float64)
+
+
+def _first_field(raw: bytes, number: int, source: str) -> str:
+    if len(raw) > MAX_LINE_CHARS:
+        raise UsageError(f"{source}, line {number}: longer than {MAX_LINE_CHARS} characters")
+    try:
+        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{source}, line {number}: not UTF-8 text") from None
+    return re.split(r"[,\t]", line, maxsplit=1)[0].strip().strip('"').strip()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The member's output at each x, and its derivative when asked for (float64 arrays [n])."""
+
+    x: np.ndarray
+    y: np.ndarray
+    dydx: np.ndarray | None
+
+    def csv(self) -> str:
+        """x,y (and dydx) with a header, every float written so that it reads back exactly."""
+        columns = [self.x, self.y] if self.dydx is None else [self.x, self.y, self.dydx]
+        header = "x,y" if self.dydx is None else "x,y,dydx"
+        rows = (",".join(map(repr, row)) for row in zip(*(column.tolist() for column in columns), strict=True))
+        return "\n".join([header, *rows]) + "\n"
+
+    def as_dict(self) -> dict:
+        doc = {"x": self.x.tolist(), "y": self.y.tolist()}
+        if self.dydx is not None:
+            doc["dydx"] = self.dydx.tolist()
+        return doc
+
+
+def predict(model: StackedMLP, member: int, x: np.ndarray, with_grad: bool = False) -> Predictions:
+    """Member `member`'s y at x [n] (as eval computes it), and with_grad its dy/dx by autograd."""
+    parts = np.array_split(x, max(1, math.ceil(len(x) / CHUNK)))
+    y = np.concatenate([member_prediction(model, member, part) for part in parts])
+    dydx = None
+    if with_grad:
+        single = as_float64(model, member)
+        dydx = np.concatenate([autograd_gradient(single, torch.as_tensor(part).reshape(1, -1))[0].numpy() for part in parts])
+    return Predictions(x=x, y=y, dydx=dydx)
