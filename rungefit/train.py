@@ -216,19 +216,19 @@ def fit(
             polish = stack.polish(config.polish_iterations, on_polish, should_stop)
             status = "complete" if polish is not None else "interrupted"
         model, optimizer, data = stack.finish()
-    earlier = resume.wall_time_s if resume is not None else 0.0
-    result = TrainResult(
-        config=config,
-        model=model,
-        optimizer=optimizer,
-        history=history,
-        members=final_metrics(model, config, data, lrs),
-        epochs_run=len(history.val_mse),
-        steps=optimizer.step_count,
-        wall_time_s=earlier + time.perf_counter() - started,
-        status=status,
-        polish=polish,
-    )
+        # Still on the training's threads: the final metrics are small passes too.
+        result = TrainResult(
+            config=config,
+            model=model,
+            optimizer=optimizer,
+            history=history,
+            members=final_metrics(model, config, data, lrs),
+            epochs_run=len(history.val_mse),
+            steps=optimizer.step_count,
+            wall_time_s=(resume.wall_time_s if resume is not None else 0.0) + time.perf_counter() - started,
+            status=status,
+            polish=polish,
+        )
     if status == "diverged":
         raise DivergedError(
             f"the loss became non-finite in epoch {result.epochs_run + 1} (lr {config.lr:g}); "

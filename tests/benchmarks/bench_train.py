@@ -39,7 +39,8 @@ STACK = 64
 RSS_LIMIT_MIB = 1024
 MEMORY_CHILD = """
 import sys
-from rungefit.train import TrainConfig, fit
+from rungefit.config import TrainConfig
+from rungefit.train import fit
 fit(TrainConfig(epochs=int(sys.argv[1]), seeds=tuple(range(int(sys.argv[2]))), device=sys.argv[3]))
 """
 
