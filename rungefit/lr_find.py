@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from rungefit.errors import RungefitError, UsageError
+from rungefit.evaluate import learned
 from rungefit.model import StackedMLP
 from rungefit.runge import DataSplit, runge, sample_split
 from rungefit.train import (
@@ -38,9 +39,6 @@ MODES = ("exp", "linear")
 # A curve is informative only if its smoothed loss falls below this share of Var(y), i.e. the
 # network learned more than the mean of f during the sweep.
 INFORMATIVE_BELOW = 0.5
-# A training "trains" when its validation MSE ends below this share of Var(y) (R² > 0.99); the
-# failures on this problem sit at Var(y) itself, stuck at the mean.
-TRAINED_BELOW = 0.01
 SKIP_END = 5  # points dropped before the divergence: the blow-up itself says nothing
 MAX_ITERS = 1_000_000  # steps of one sweep; the rates are an array of this length
 MAX_VERIFY = 100  # most rates, and most seeds per rate, of --verify
@@ -363,7 +361,7 @@ class Verification:
 
     def trained(self) -> np.ndarray:
         """[R, S]: did the member learn f, not just its mean?"""
-        return self.val_mse < TRAINED_BELOW * self.mean_loss
+        return learned(self.val_mse, self.mean_loss)
 
     def to_json(self) -> dict:
         trained = self.trained()

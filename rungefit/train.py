@@ -23,7 +23,7 @@ import torch
 
 from rungefit import rng, workers
 from rungefit.errors import RungefitError, UsageError
-from rungefit.evaluate import grid_errors
+from rungefit.evaluate import fit_verdict, float64_mse, grid_errors, learned
 from rungefit.model import DEFAULT_LAYERS, StackedMLP, parameter_count, parse_layers
 from rungefit.polish import PolishProgress, PolishReport, levenberg_marquardt
 from rungefit.runge import DataSplit, runge, sample_split, validation_size
@@ -288,6 +288,7 @@ class MemberMetrics:
     val_mse: float
     test_mse: float
     test_max_abs_error: float
+    val_var: float  # Var(y) of the validation targets: the MSE of predicting their mean
 
 
 @dataclass
@@ -302,6 +303,7 @@ class TrainResult:
     wall_time_s: float
     status: str = "complete"  # complete | diverged | interrupted
     polish: PolishReport | None = None  # the LM refinement, when config.polish == "lm"
+    polish_time_s: float = 0.0  # the part of wall_time_s the polish took
 
     def state(self) -> TrainState:
         """The state after the last completed epoch, from which fit(resume=…) continues; a
@@ -317,9 +319,11 @@ class TrainResult:
         for name in fields:
             values = np.array([getattr(m, name) for m in self.members])
             stats[name] = {"median": float(np.median(values)), "min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
+        members_learned = learned([m.val_mse for m in self.members], [m.val_var for m in self.members])
         return {
             "status": self.status,
-            "members": [asdict(m) for m in self.members],
+            "fit": fit_verdict(members_learned),
+            "members": [{**asdict(m), "learned": bool(ok)} for m, ok in zip(self.members, members_learned, strict=True)],
             "stats": stats,
             "epochs": self.epochs_run,
             "steps": self.steps,
@@ -334,7 +338,7 @@ class TrainResult:
         return {
             "method": self.config.polish,
             "train_mse_before": self.polish.initial_mse.tolist(),
-            "train_mse_after": self.polish.final_mse.tolist(),
+            "train_mse_after": [m.train_mse for m in self.members],  # the saved network's, as the table shows it
             "iterations": self.polish.iterations.tolist(),
             "accepted_steps": self.polish.accepted.tolist(),
         }
@@ -414,7 +418,7 @@ def _fit(
     history, first_epoch, earlier_wall_time = History(), 0, 0.0
     if resume is not None:
         history, first_epoch, earlier_wall_time = copy.deepcopy(resume.history), resume.epochs_run, resume.wall_time_s
-    status, polish = "complete", None
+    status, polish, polish_time = "complete", None, 0.0
     with _open_stack(config, lr_values, resume) as stack:
         for epoch in range(first_epoch, config.epochs):
             curves = stack.train_epoch(epoch, should_stop)
@@ -429,7 +433,9 @@ def _fit(
             if on_epoch is not None:
                 on_epoch(EpochReport(epoch + 1, config.epochs, *(float(np.median(c)) for c in (curves.train_mse, curves.val_mse, curves.lr))))
         if status == "complete" and config.polish == "lm":
+            polish_started = time.perf_counter()
             polish = stack.polish(config.polish_iterations, on_polish, should_stop)
+            polish_time = time.perf_counter() - polish_started
             if polish is None:
                 status = "interrupted"
         model, optimizer, data = stack.finish()
@@ -444,6 +450,7 @@ def _fit(
         wall_time_s=earlier_wall_time + time.perf_counter() - started,
         status=status,
         polish=polish,
+        polish_time_s=polish_time,
     )
     if status == "diverged":
         raise DivergedError(
@@ -710,11 +717,13 @@ def _train_epoch(model, optimizer, batches: EpochBatches, epoch, factors, should
 
 
 def final_metrics(model: StackedMLP, config: TrainConfig, data, lrs: list[float]) -> list[MemberMetrics]:
-    """Full-set MSEs per member, and the test grid's MSE and max |error| (as `eval` computes them)."""
+    """Full-set MSEs per member, and the test grid's MSE and max |error| (as `eval` computes them),
+    all in float64 from the network's outputs; and Var(y) of each validation set."""
     test = grid_errors(model, config.test_points)
-    train_mse = model.mse(data.x_train, runge(data.x_train)).tolist()
-    val_mse = model.mse(data.x_val, runge(data.x_val)).tolist()
+    train_mse = float64_mse(model, data.x_train).tolist()
+    val_mse = float64_mse(model, data.x_val).tolist()
+    val_var = runge(data.x_val.double()).var(dim=1, correction=0).tolist()
     return [
-        MemberMetrics(seed, lr, tr, va, te, mx)
-        for seed, lr, tr, va, te, mx in zip(config.seeds, lrs, train_mse, val_mse, test.mse.tolist(), test.max_abs_error.tolist(), strict=True)
+        MemberMetrics(seed, lr, tr, va, te, mx, var)
+        for seed, lr, tr, va, te, mx, var in zip(config.seeds, lrs, train_mse, val_mse, test.mse.tolist(), test.max_abs_error.tolist(), val_var, strict=True)
     ]

@@ -17,6 +17,8 @@ from rungefit.cli import app, lr_find_command
 from rungefit.runge import DataSplit
 from rungefit.train import TrainConfig, epoch_batches, fit, new_stack, train_step
 
+from .conftest import LEARNS
+
 runner = CliRunner()
 
 # 70 training points in batches of 10: seven steps an epoch, so the sweep crosses epochs.
@@ -266,11 +268,13 @@ def test_lr_find_rejects_an_end_below_the_start(tmp_path):
 
 
 def test_train_lr_auto_says_which_rate_and_how(tmp_path):
-    args = ["train", "--lr", "auto", "--points", "60", "--epochs", "10", "--runs-dir", str(tmp_path), "--name", "auto", "--json"]
+    args = ["train", "--lr", "auto", *LEARNS, "--seed", "2", "--runs-dir", str(tmp_path), "--name", "auto", "--json"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["lr_choice"].startswith("auto:")
+    times = summary["times_s"]  # the rate search is a phase of its own, inside the total
+    assert times["rate_search"] > 0 and sum(v for k, v in times.items() if k != "total" and v) == pytest.approx(times["total"], rel=1e-9)
     assert summary["members"][0]["lr"] == pytest.approx(summary["lr_auto"]["lr"])
     saved = json.loads((tmp_path / "auto" / "summary.json").read_text())
     assert saved["lr_choice"] == summary["lr_choice"]
