@@ -239,12 +239,17 @@ def render_lr_find(doc: dict, out_dir: str) -> None:
     test = doc["range_test"]
     members = test["members"]
     table = Table(title=f"rungefit lr-find → {out_dir}", title_justify="left")
-    for column, justify in (("rule", "left"), ("suggested lr (median)", "right"), ("spread", "right"), ("per seed", "left")):
+    verified = doc["verification"] is not None
+    columns = (("rule", "left"), ("suggested lr (median)", "right"), ("spread", "right"), ("per seed", "left"), *((("verification", "left"),) if verified else ()))
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     for rule, summary in doc["suggestions"].items():
         per_seed = ", ".join("-" if m["suggestions"][rule] is None else f"{m['suggestions'][rule]:.2g}" for m in members[:6])
-        spread = "-" if summary["spread_decades"] is None else f"{summary['spread_decades']:.1f} decades"
-        table.add_row(f"{rule} ({RULE_LETTERS[rule]})", "-" if summary["median"] is None else f"{summary['median']:.3g}", spread, per_seed + (" …" if len(members) > 6 else ""))
+        spread = "—" if summary["spread_decades"] is None else f"{summary['spread_decades']:.1f} decades"
+        cells = [f"{rule} ({RULE_LETTERS[rule]})", "-" if summary["median"] is None else f"{summary['median']:.3g}", spread, per_seed + (" …" if len(members) > 6 else "")]
+        check = summary["verified"]
+        style = "red" if check and check["verdict"] == "contradicted" else None
+        table.add_row(*cells, *([_rule_check(check)] if verified else []), style=style)
     stdout.print(table)
     stops = "; ".join(f"seed {m['seed']} {m['stop']} at {m['top_lr']:.3g}" for m in members[:6])
     stdout.print(f"sweep {test['start_lr']:g} → {test['end_lr']:g} in {test['iters']} steps ({test['mode']}): {stops}", highlight=False)
@@ -261,6 +266,14 @@ def render_lr_find(doc: dict, out_dir: str) -> None:
         warning(doc["warning"])
     if doc["verification"]:
         render_lr_verify(doc["verification"])
+
+
+def _rule_check(check: dict | None) -> str:
+    """What the verification says of a rule's pick, in a table cell."""
+    if check is None:
+        return "-"
+    ratio = "" if check["ratio_to_best"] is None else f", {check['ratio_to_best']:.3g}× best"
+    return f"{check['verdict']}: {check['trained']}/{check['seeds']} trained{ratio}"
 
 
 def render_lr_verify(verification: dict) -> None:
