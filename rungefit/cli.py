@@ -428,7 +428,7 @@ def _run_files(result, summary_extra: dict, phases: Phases) -> dict[str, bytes]:
     x, target, predictions = fit_curves(result.model)
     pictures = {
         "fit.png": plots.fit_png(x, target, predictions, title=f"{result.config.layers}"),
-        "loss.png": plots.loss_png(result.history.train_mse, result.history.val_mse),
+        "loss.png": plots.loss_png(result.history.train_mse, result.history.val_mse, None if result.polish is None else result.polish.curves.numpy()),
     }
     # summary.json cannot hold the time of its own writing: its times end as it is made.
     times = phases.as_dict(ongoing="saving_and_plots")

@@ -196,3 +196,13 @@ def test_the_table_shows_the_time_of_each_phase_that_ran(tmp_path):
     assert result.exit_code == 0, result.output
     shown = re.findall(r"time: ([a-z -]+?)(?: \(.*?\))?\s*│\s*[\d.]+ s", result.stdout)
     assert shown == ["start-up", "training", "saving and plots", "total"]
+
+
+def test_a_polished_runs_loss_png_has_its_polish_panel(polished, quick_run):
+    import struct
+
+    def width(png: bytes) -> int:
+        return struct.unpack(">I", png[16:20])[0]  # the IHDR chunk's first field
+
+    # The panel of the LM iterations widens the figure; the unpolished run's is the plain one.
+    assert width((polished[0] / "loss.png").read_bytes()) > 1.2 * width((quick_run[1] / "loss.png").read_bytes())
