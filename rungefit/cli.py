@@ -169,10 +169,11 @@ ACTIVATION_NAMES = ("tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "iden
 
 
 def complete_layers(incomplete: str) -> list[str]:
-    """Complete the activation name after the last WIDTH: of a --layers spec."""
+    """Complete the activation name after the last WIDTH: of a --layers spec (after a bare WIDTH,
+    every name)."""
     head, _, last = incomplete.rpartition(",")
     width, sep, partial = last.partition(":")
-    if not sep:
+    if not (sep or width.isdigit()):
         return []
     prefix = f"{head}," if head else ""
     return [f"{prefix}{width}:{name}" for name in ACTIVATION_NAMES if name.startswith(partial)]
@@ -183,6 +184,14 @@ def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
 
     runs_dir = Path(ctx.params.get("runs_dir") or "runs")
     return [name for name in list_run_names(runs_dir) if name.startswith(incomplete)]
+
+
+def complete_interrupted_run(ctx: typer.Context, incomplete: str) -> list[str]:
+    """--resume offers the runs that can be resumed: the interrupted ones."""
+    from rungefit.runs import list_interrupted_runs
+
+    runs_dir = Path(ctx.params.get("runs_dir") or "runs")
+    return [name for name in list_interrupted_runs(runs_dir) if name.startswith(incomplete)]
 
 
 def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
@@ -247,7 +256,7 @@ def train(
     workers: Annotated[int, typer.Option(help="CPU processes that share the members of a stacked run. 0: one per core, each with at least 4 members (--seeds 64 on 2 cores: 2 processes of 32, twice the speed of one); 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = 0,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_run_name)] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_interrupted_run)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the final table.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
