@@ -16,6 +16,7 @@ import shlex
 import signal
 import sys
 import threading
+import time
 import traceback
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -39,6 +40,7 @@ from rungefit.config import (
     VerifyConfig,
 )
 from rungefit.errors import RungefitError, UsageError
+from rungefit.phases import Phases, process_started
 
 
 def _lazy_import(name: str):
@@ -62,6 +64,7 @@ class OneLineErrors(TyperGroup):
     """Every failure ends as one line on stderr and a known exit code, never a traceback."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        extra.setdefault("obj", {"started": time.perf_counter()})  # main() passes the process's start
         try:
             result = super().main(args=args, prog_name=prog_name or "rungefit", complete_var=complete_var, standalone_mode=False, **extra)
         except TyperException as error:
@@ -172,10 +175,11 @@ DEFAULTS, SWEEP, VERIFY = TrainConfig(), RangeTestConfig(), VerifyConfig()
 
 
 def complete_layers(incomplete: str) -> list[str]:
-    """Complete the activation name after the last WIDTH: of a --layers spec."""
+    """Complete the activation name after the last WIDTH: of a --layers spec (after a bare WIDTH,
+    every name)."""
     head, _, last = incomplete.rpartition(",")
     width, sep, partial = last.partition(":")
-    if not sep:
+    if not (sep or width.isdigit()):
         return []
     prefix = f"{head}," if head else ""
     return [f"{prefix}{width}:{name}" for name in ACTIVATION_NAMES if name.startswith(partial)]
@@ -186,6 +190,14 @@ def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
 
     runs_dir = Path(ctx.params.get("runs_dir") or "runs")
     return [name for name in list_run_names(runs_dir) if name.startswith(incomplete)]
+
+
+def complete_interrupted_run(ctx: typer.Context, incomplete: str) -> list[str]:
+    """--resume offers the runs that can be resumed: the interrupted ones."""
+    from rungefit.runs import list_interrupted_runs
+
+    runs_dir = Path(ctx.params.get("runs_dir") or "runs")
+    return [name for name in list_interrupted_runs(runs_dir) if name.startswith(incomplete)]
 
 
 def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
@@ -248,7 +260,7 @@ def train(
     workers: Annotated[int, typer.Option(help=f"CPU processes that share the members of a stacked run. 0: one per core, each with at least {MIN_MEMBERS_PER_WORKER} members; 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = DEFAULTS.workers,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
-    resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_run_name)] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_interrupted_run)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the final table.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -265,9 +277,10 @@ def train(
     from rungefit import runs
     from rungefit import train as core
 
+    phases = Phases(ctx.obj["started"])
     if resume is not None:
         _refuse_options_beside_resume(ctx, resume)
-        _resume_run(runs_dir, resume, quiet, json_output)
+        _resume_run(runs_dir, resume, quiet, json_output, phases)
         return
     lr_value = parse_lr(lr)
     config = core.TrainConfig(
@@ -280,12 +293,14 @@ def train(
     warn_if_full_batch(config)
     lr_extra = {}
     if lr_value is None:
+        phases.end("start_up")
         config, lr_extra = _auto_lr(config, quiet or json_output)
+        phases.end("rate_search")
 
     def save(result) -> Path:
-        return runs.save_new_run(runs_dir, name, _run_files(result, lr_extra))
+        return runs.save_new_run(runs_dir, name, _run_files(result, lr_extra, phases))
 
-    _train_and_report(config, save, lr_extra, quiet, json_output)
+    _train_and_report(config, save, lr_extra, quiet, json_output, phases)
 
 
 def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
@@ -308,7 +323,7 @@ def _was_given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool) -> None:
+def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phases: Phases) -> None:
     """Continue an interrupted run in place from its last completed epoch."""
     from dataclasses import replace
 
@@ -324,17 +339,19 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool) -> No
         report.note(f"resuming run {loaded.path} at epoch {state.epochs_run + 1} of {config.epochs}")
 
     def save(result) -> Path:
-        runs.update_run(loaded.path, _run_files(result, carried))
+        runs.update_run(loaded.path, _run_files(result, carried, phases))
         return loaded.path
 
-    _train_and_report(config, save, carried, quiet, json_output, resume=state)
+    _train_and_report(config, save, carried, quiet, json_output, phases, resume=state)
 
 
-def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_output: bool, resume=None) -> None:
-    """fit with Ctrl-C handling, save(result) → the run directory, render; an interrupted run exits 130."""
+def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_output: bool, phases: Phases, resume=None) -> None:
+    """fit with Ctrl-C handling, save(result) → the run directory, render; an interrupted run exits
+    130, a complete one whose members all learned nothing 1."""
     from rungefit import train as core
 
     progress, on_epoch, on_polish = report.training_progress(config.epochs, quiet or json_output)
+    phases.end("start_up")
     with _ctrl_c_stops_training() as stop_requested:
         try:
             with progress:
@@ -342,10 +359,12 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
         except core.DivergedError as diverged:
             path = save(diverged.result)
             raise RungefitError(f"{diverged} (last finite state saved in {path})") from None
+        phases.end("training", **({"polish": result.polish_time_s} if config.polish != "none" else {}))
         if result.status == "interrupted" and result.epochs_run == (resume.epochs_run if resume else 0):
             _nothing_new_to_save(resume, config.epochs)
         path = save(result)
-    summary = {**result.summary(), "run": str(path), "schedule": config.schedule, **summary_extra}
+        phases.end("saving_and_plots")
+    summary = {**result.summary(), "run": str(path), "schedule": config.schedule, **summary_extra, "times_s": phases.as_dict()}
     interrupted = result.status == "interrupted"
     if interrupted:
         summary["resume"] = f"rungefit train --resume {shlex.quote(path.name)} --runs-dir {shlex.quote(str(path.parent))}"
@@ -359,6 +378,22 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
         else:
             report.warning(f"interrupted: epoch {result.epochs_run} of {config.epochs} is saved in {path}; continue with `{summary['resume']}`")
         raise typer.Exit(130)
+    _judge_fit(summary)
+
+
+def _judge_fit(summary: dict) -> None:
+    """Members that learned nothing: a warning naming them; when none learned, the same as the
+    error line of a failed run, exit 1 (the run is saved and shown all the same)."""
+    from rungefit.evaluate import FIT_NONE, FIT_OK, TRAINED_BELOW
+
+    if summary["fit"] == FIT_OK:
+        return
+    message = report.nothing_learned(summary, TRAINED_BELOW)
+    if summary["fit"] != FIT_NONE:
+        report.warning(message)
+        return
+    report.error(message)
+    raise typer.Exit(1)
 
 
 def _nothing_new_to_save(resume, epochs: int) -> None:
@@ -399,16 +434,18 @@ def warn_if_full_batch(config) -> None:
         )
 
 
-def _run_files(result, summary_extra: Optional[dict] = None) -> dict[str, bytes]:
+def _run_files(result, summary_extra: dict, phases: Phases) -> dict[str, bytes]:
     from rungefit import plots, runs
     from rungefit.evaluate import fit_curves
 
     x, target, predictions = fit_curves(result.model)
     pictures = {
         "fit.png": plots.fit_png(x, target, predictions, title=f"{result.config.layers}"),
-        "loss.png": plots.loss_png(result.history.train_mse, result.history.val_mse),
+        "loss.png": plots.loss_png(result.history.train_mse, result.history.val_mse, None if result.polish is None else result.polish.curves.numpy()),
     }
-    return runs.run_files(result, {}, {"schedule": result.config.schedule, **(summary_extra or {})}, pictures)
+    # summary.json cannot hold the time of its own writing: its times end as it is made.
+    times = phases.as_dict(ongoing="saving_and_plots")
+    return runs.run_files(result, {}, {"schedule": result.config.schedule, **summary_extra, "times_s": times}, pictures)
 
 
 XValues = Annotated[Optional[list[float]], typer.Option("--x", help="A point to evaluate at; repeat for several. Outside [-1, 1] is extrapolation (allowed, with a warning).")]
@@ -736,4 +773,4 @@ def _x_lines(file: str):
 
 
 def main() -> None:
-    app(prog_name="rungefit")
+    app(prog_name="rungefit", obj={"started": process_started()})

@@ -3,6 +3,10 @@
 The committed copies in completions/ are regenerated with `python -m rungefit.completions` and a
 test fails when they are stale. Each script calls back into `rungefit` with _RUNGEFIT_COMPLETE
 set, so commands, options, choice values and run names always come from the installed CLI.
+
+bash gets a script of its own (BASH_SCRIPT), speaking Typer's protocol: Typer's hands bash's
+words on as they are, and bash splits words at ':' (COMP_WORDBREAKS), so `--layers 20:t` arrived
+as `t` and completed file names.
 """
 
 from __future__ import annotations
@@ -15,11 +19,74 @@ COMPLETE_VAR = "_RUNGEFIT_COMPLETE"
 FILES = {"bash": "rungefit.bash", "zsh": "_rungefit", "fish": "rungefit.fish"}
 
 
+# Typer's protocol: the words so far in COMP_WORDS (joined by IFS), the index of the one being
+# completed in COMP_CWORD, and the candidates back one a line. Around it, what bash needs:
+# - bash splits the line at every character of COMP_WORDBREAKS, ':' among them, so that
+#   `--layers 20:t` arrives as `20` `:` `t`. The pieces that touch a ':' are joined back (COMP_LINE
+#   shows where blanks were), without changing the user's COMP_WORDBREAKS;
+# - readline replaces only the text after the word's last ':', so the candidates are cut to that;
+# - file names only after an option that takes a path (not, say, after --layers).
+BASH_SCRIPT = r"""_{prog}_completion() {
+    local IFS=$'\n'
+    local line=${COMP_LINE:0:COMP_POINT} words=() word glued=0 i
+    for ((i = 0; i <= COMP_CWORD; i++)); do
+        word=${COMP_WORDS[i]}
+        if [[ $line == [[:blank:]]* ]]; then
+            glued=0
+            line=${line#"${line%%[![:blank:]]*}"}
+        fi
+        if ((glued)) && [[ $word == :* || ${words[-1]} == *: ]]; then
+            words[-1]+=$word
+        else
+            words+=("$word")
+        fi
+        line=${line#"$word"}
+        glued=1
+    done
+    local current=${words[-1]}
+    COMPREPLY=( $( env COMP_WORDS="${words[*]}" \
+                   COMP_CWORD=$(( ${#words[@]} - 1 )) \
+                   {var}=complete_bash $1 ) )
+    if [[ $current == *:* && $COMP_WORDBREAKS == *:* ]]; then
+        COMPREPLY=( "${COMPREPLY[@]#"${current%"${current##*:}"}"}" )
+    fi
+    if ((${#COMPREPLY[@]} == 0 && ${#words[@]} > 1)); then
+        case ${words[-2]} in
+            {path_options}) compopt -o default ;;
+        esac
+    fi
+    return 0
+}
+
+complete -F _{prog}_completion {prog}
+"""
+
+
 def completion_script(shell: str) -> str:
-    """The completion script Typer installs for `shell`, as text."""
+    """The completion script for `shell`, as text: BASH_SCRIPT for bash, Typer's for the others."""
     from typer._completion_shared import get_completion_script
 
+    if shell == "bash":
+        template = BASH_SCRIPT.replace("{prog}", PROG_NAME).replace("{var}", COMPLETE_VAR)
+        return template.replace("{path_options}", "|".join(path_options()))
     return get_completion_script(prog_name=PROG_NAME, complete_var=COMPLETE_VAR, shell=shell).rstrip("\n") + "\n"
+
+
+def path_options() -> list[str]:
+    """Every option of a command whose value is a path (annotated pathlib.Path), sorted."""
+    import inspect
+    import typing
+
+    from typer.main import get_command
+
+    from rungefit.cli import app
+
+    options = set()
+    for command in get_command(app).commands.values():
+        hints = typing.get_type_hints(inspect.unwrap(command.callback))
+        paths = {name for name, hint in hints.items() if Path in (hint, *typing.get_args(hint))}
+        options.update(opt for param in command.params if param.name in paths for opt in param.opts)
+    return sorted(options)
 
 
 def write_all(directory: Path) -> list[Path]:

@@ -21,20 +21,55 @@ from rungefit.errors import UsageError
 from rungefit.model import StackedMLP
 from rungefit.runge import INTERVAL, runge, test_grid
 
+# A network learned f, not just its mean, when its validation MSE ends below this share of Var(y),
+# the MSE of predicting the mean (R² > 0.99); a failed training sits at Var(y) itself.
+TRAINED_BELOW = 0.01
+# A run's verdict: every member learned, some did not, none did.
+FIT_OK, FIT_SOME, FIT_NONE = "ok", "some members learned nothing", "nothing learned"
+
+
+def learned(val_mse, val_var) -> np.ndarray:
+    """Elementwise: is the validation MSE below TRAINED_BELOW × Var(y) of the validation targets?
+    (A non-finite MSE never is.)"""
+    return np.asarray(val_mse, dtype=np.float64) < TRAINED_BELOW * np.asarray(val_var, dtype=np.float64)
+
+
+def fit_verdict(members_learned) -> str:
+    """FIT_OK when every member learned, FIT_NONE when none did, FIT_SOME otherwise."""
+    flags = [bool(flag) for flag in members_learned]
+    return FIT_OK if all(flags) else FIT_SOME if any(flags) else FIT_NONE
+
+
+# Hidden activations float64_mse lets a forward pass hold at once (members × points × units).
+MSE_CHUNK_ACTIVATIONS = 1 << 22
+
+
+def float64_errors(model: StackedMLP, x: torch.Tensor) -> torch.Tensor:
+    """network − f at x [K, n] (in the run's dtype), in float64: the network's outputs as they are,
+    f at exactly those points. Every statistic a run reports is computed from these."""
+    with torch.no_grad():
+        prediction = model.forward(x)
+    return prediction.double() - runge(x.double())
+
+
+def float64_mse(model: StackedMLP, x: torch.Tensor) -> torch.Tensor:
+    """Every member's MSE at its points x [K, n], from float64_errors, a chunk of points at a time."""
+    chunk = max(1, MSE_CHUNK_ACTIVATIONS // (model.members * sum(layer.width for layer in model.layers)))
+    squares = sum(float64_errors(model, part).square().sum(dim=1) for part in x.split(chunk, dim=1))
+    return squares / x.shape[1]
+
 
 @dataclass(frozen=True)
 class GridErrors:
+    errors: torch.Tensor  # [K, n] network − f, float64
     mse: torch.Tensor  # [K]
     max_abs_error: torch.Tensor  # [K]
 
 
 def grid_errors(model: StackedMLP, n: int = 100) -> GridErrors:
-    """MSE and max |error| of every member on n equally spaced points of [-1, 1]."""
-    x = test_grid(n, dtype=model.dtype, device=model.device).expand(model.members, -1)
-    y = runge(x)
-    with torch.no_grad():
-        error = model.forward(x) - y
-    return GridErrors(mse=(error**2).mean(dim=1), max_abs_error=error.abs().max(dim=1).values)
+    """Errors, MSE and max |error| of every member on n equally spaced points of [-1, 1], in float64."""
+    error = float64_errors(model, test_grid(n, dtype=model.dtype, device=model.device).expand(model.members, -1))
+    return GridErrors(errors=error, mse=(error**2).mean(dim=1), max_abs_error=error.abs().max(dim=1).values)
 
 
 def fit_curves(model: StackedMLP, n: int = 401) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -104,20 +139,16 @@ def member_prediction(model: StackedMLP, member: int, x: np.ndarray) -> np.ndarr
 
 
 def network_scores(model: StackedMLP, member: int, n: int) -> Scores:
-    """The member's scores on the n-point test grid.
+    """The member's scores on the n-point test grid, all from grid_errors' float64 errors.
 
-    MSE and max |error| are grid_errors' own numbers (accumulated in the run's dtype), so they equal
-    the test figures `train` reported, bit for bit; the rest compares with f in float64 at the same points.
+    The MSE is grid_errors' own number (torch's mean, which may round differently from NumPy's),
+    so it equals the test MSE `train` reported, bit for bit.
     """
     x = test_grid(n, dtype=model.dtype).double().numpy()  # train's grid points, exactly
     exact = grid_errors(model, n)
     mse = float(exact.mse[member])
-    return replace(
-        score("network", parameter_count(model.layers), x, member_prediction(model, member, x) - runge(x)),
-        mse=mse,
-        rmse=math.sqrt(mse),
-        max_abs_error=float(exact.max_abs_error[member]),
-    )
+    scores = score("network", parameter_count(model.layers), x, exact.errors[member].cpu().numpy())
+    return replace(scores, mse=mse, rmse=math.sqrt(mse))
 
 
 def equispaced_interpolant(degree: int) -> Callable[[np.ndarray], np.ndarray]:

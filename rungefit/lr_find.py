@@ -22,6 +22,7 @@ import torch
 
 from rungefit.config import RangeTestConfig, TrainConfig, VerifyConfig
 from rungefit.errors import RungefitError
+from rungefit.evaluate import FIT_NONE, FIT_OK, FIT_SOME, fit_verdict, learned
 from rungefit.lr_rules import (
     AUTO_EPOCH_SHARE,
     AUTO_RATES,
@@ -30,7 +31,6 @@ from rungefit.lr_rules import (
     AUTO_STEP_DECADES,
     RULE_FUNCTIONS,
     RULES,
-    TRAINED_BELOW,
     ema_step,
     finite_or_none,
     is_diverged,
@@ -192,6 +192,9 @@ def run_range_test(config: TrainConfig, test: RangeTestConfig) -> RangeTest:
 
 # ---------------------------------------------------------------- verification
 
+# A rule's pick is confirmed when every seed trained at its rate, contradicted when none did.
+RULE_VERDICTS = {FIT_OK: "confirmed", FIT_SOME: "partly confirmed", FIT_NONE: "contradicted"}
+
 
 @dataclass
 class Verification:
@@ -220,7 +223,16 @@ class Verification:
 
     def trained(self) -> np.ndarray:
         """[R, S]: did the member learn f, not just its mean?"""
-        return self.val_mse < TRAINED_BELOW * self.mean_loss
+        return learned(self.val_mse, self.mean_loss)
+
+    def rule_checks(self) -> dict[str, dict]:
+        """What the trainings say of each rule's pick: its rate, the seeds that trained there, its
+        ratio to the best rate, and RULE_VERDICTS' word for it."""
+        checks = {}
+        for rate, labels, ok, ratio in zip(self.rates, self.labels, self.trained(), finite_or_none(self.ratios()), strict=True):
+            check = {"lr": float(rate), "trained": int(ok.sum()), "seeds": len(ok), "ratio_to_best": ratio, "verdict": RULE_VERDICTS[fit_verdict(ok)]}
+            checks.update(dict.fromkeys(labels, check))
+        return checks
 
     def to_json(self) -> dict:
         trained = self.trained()
@@ -292,7 +304,9 @@ class Findings:
         values = [s[name] for s in self.per_member if s[name] is not None]
         if not values:
             return {"median": None, "spread_decades": None, "members": 0}
-        return {"median": log_median(values), "spread_decades": spread_decades(values), "members": len(values)}
+        # One seed has no spread to speak of.
+        spread = spread_decades(values) if len(values) > 1 else None
+        return {"median": log_median(values), "spread_decades": spread, "members": len(values)}
 
     def medians(self) -> dict[str, float | None]:
         return {name: self.rule(name)["median"] for name in RULES}
@@ -314,11 +328,13 @@ class Findings:
             f"the range-test loss never fell clearly below the mean-predictor loss Var(y) ≈ "
             f"{np.median(self.test.mean_loss):.3g} ({sum(flat)} of {len(flat)} seeds; lowest smoothed loss "
             f"{min(lowest, default=math.nan):.3g}): the network learned little more than the mean of f "
-            "during the sweep, so the suggestions are guesses; check them with --verify"
+            "during the sweep, so the suggestions are guesses; "
+            + ("the verification below says which rates train" if self.verification is not None else "check them with --verify")
         )
 
     def to_json(self) -> dict:
         test = self.test
+        checks = {} if self.verification is None else self.verification.rule_checks()
         return {
             "range_test": {
                 **asdict(test.config),
@@ -339,7 +355,7 @@ class Findings:
                     for k, seed in enumerate(test.seeds)
                 ],
             },
-            "suggestions": {name: self.rule(name) for name in RULES},
+            "suggestions": {name: {**self.rule(name), "verified": checks.get(name)} for name in RULES},
             "top_lr": self.top_lr(),
             "warning": self.warning(),
             "verification": None if self.verification is None else self.verification.to_json(),

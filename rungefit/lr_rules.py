@@ -19,9 +19,6 @@ from rungefit.errors import UsageError
 # A curve is informative only if its smoothed loss falls below this share of Var(y), i.e. the
 # network learned more than the mean of f during the sweep.
 INFORMATIVE_BELOW = 0.5
-# A training "trains" when its validation MSE ends below this share of Var(y) (R² > 0.99); the
-# failures on this problem sit at Var(y) itself, stuck at the mean.
-TRAINED_BELOW = 0.01
 SKIP_END = 5  # points dropped before the divergence: the blow-up itself says nothing
 
 

@@ -1,14 +1,20 @@
 """Matplotlib figures as PNG bytes (Agg backend, imported only when a figure is drawn).
 
-Each function takes plain arrays and returns the PNG, so the caller decides where it is written
-(atomically, in the run directory).
+Each *_figure function takes plain arrays and draws a figure; its *_png twin returns the PNG, so
+the caller decides where it is written (atomically, in the run directory).
 """
 
 from __future__ import annotations
 
+import functools
 import io
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
 def _pyplot():
@@ -27,86 +33,151 @@ def _png(fig) -> bytes:
     return buffer.getvalue()
 
 
-def fit_png(x: np.ndarray, target: np.ndarray, predictions: np.ndarray, title: str = "") -> bytes:
+# The network's derivative as the docs write it, ∇a^[L], in matplotlib's mathtext (inside $…$).
+GRADIENT = r"\nabla a^{[L]}"
+
+
+def _as_png(figure: Callable[..., Figure]) -> Callable[..., bytes]:
+    """The PNG-bytes twin of a function that draws a figure (tests look at the figure itself)."""
+
+    @functools.wraps(figure)
+    def png(*args, **kwargs) -> bytes:
+        return _png(figure(*args, **kwargs))
+
+    return png
+
+
+def fit_figure(x: np.ndarray, target: np.ndarray, predictions: np.ndarray, title: str = "") -> Figure:
     """f and the network(s) on the top panel, |error| (log scale) below; predictions is [K, n]."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
     top.plot(x, target, color="black", lw=2, label="f(x) = 1/(1+25x²)")
     errors = np.abs(predictions - target)
-    if len(predictions) == 1:
+    members = len(predictions)
+    if members == 1:
         top.plot(x, predictions[0], "--", color="tab:red", label="network")
         bottom.semilogy(x, errors[0], color="tab:red")
     else:
-        top.fill_between(x, predictions.min(0), predictions.max(0), color="tab:red", alpha=0.3, label=f"{len(predictions)} networks (range)")
-        top.plot(x, np.median(predictions, 0), "--", color="tab:red", label="median network")
-        bottom.fill_between(x, np.maximum(errors.min(0), 1e-16), errors.max(0), color="tab:red", alpha=0.3)
-        bottom.semilogy(x, np.median(errors, 0), color="tab:red")
+        top.fill_between(x, predictions.min(0), predictions.max(0), color="tab:red", alpha=0.3, label=f"range of the {members} networks")
+        top.plot(x, np.median(predictions, 0), "--", color="tab:red", label=f"median of the {members} networks")
+        bottom.fill_between(x, np.maximum(errors.min(0), 1e-16), errors.max(0), color="tab:red", alpha=0.3, label=f"range over the {members} networks")
+        bottom.semilogy(x, np.median(errors, 0), color="tab:red", label=f"median over the {members} networks")
+        bottom.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     top.legend()
     top.set_title(title)
+    top.set_ylabel("y")
     bottom.set_xlabel("x")
     bottom.set_ylabel("|network − f|")
-    return _png(fig)
+    return fig
 
 
-def loss_png(train_mse: np.ndarray, val_mse: np.ndarray) -> bytes:
-    """Train and validation MSE per epoch, [epochs, K] each, log scale."""
+def loss_figure(train_mse: np.ndarray, val_mse: np.ndarray, polish: np.ndarray | None = None) -> Figure:
+    """Train and validation MSE per epoch, [epochs, K] each, log scale; with `polish` ([K,
+    iterations + 1], NaN once a member stopped), the Levenberg-Marquardt iterations on a panel
+    to the right, on the same scale."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    if polish is None:
+        fig, ax = plt.subplots(figsize=(7, 4))
+    else:
+        fig, (ax, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True, width_ratios=[2, 1])
     epochs = np.arange(1, len(train_mse) + 1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE")
     if not len(epochs):  # a run that diverged in its first epoch has no curve to draw
         ax.text(0.5, 0.5, "no completed epoch", transform=ax.transAxes, ha="center")
-        return _png(fig)
+        return fig
     for curve, label, color in ((train_mse, "train", "tab:blue"), (val_mse, "validation", "tab:orange")):
-        curve = np.asarray(curve)
-        ax.semilogy(epochs, np.median(curve, 1), color=color, label=f"{label} (median)" if curve.shape[1] > 1 else label)
-        if curve.shape[1] > 1:
-            ax.fill_between(epochs, curve.min(1), curve.max(1), color=color, alpha=0.2)
+        _median_and_band(ax, epochs, np.asarray(curve), label, color)
     ax.legend()
-    return _png(fig)
+    if polish is not None:
+        ax.set_title("Adam")
+        _polish_panel(right, np.asarray(polish, dtype=float))
+    return fig
 
 
-def grad_png(x: np.ndarray, true: np.ndarray, network: np.ndarray, marked: np.ndarray, title: str = "") -> bytes:
+def _median_and_band(ax, x: np.ndarray, curve: np.ndarray, label: str, color: str) -> None:
+    """curve [len(x), K]: the line itself for one member; the median and the min-max band for several."""
+    several = curve.shape[1] > 1
+    ax.semilogy(x, np.median(curve, 1), color=color, label=f"{label} (median)" if several else label)
+    if several:
+        ax.fill_between(x, curve.min(1), curve.max(1), color=color, alpha=0.2)
+
+
+def _polish_panel(ax, curves: np.ndarray) -> None:
+    """The training MSE per LM iteration, [K, iterations + 1]; a member that stopped early keeps
+    its last MSE, a member that was never polished (diverged) is left out."""
+    polished = curves[np.isfinite(curves).any(axis=1)]
+    if not len(polished):
+        return
+    columns = np.arange(polished.shape[1])
+    last_finite = np.maximum.accumulate(np.where(np.isfinite(polished), columns, 0), axis=1)
+    held = np.take_along_axis(polished, last_finite, axis=1)
+    _median_and_band(ax, columns, held.T, "train", "tab:green")
+    ax.set_title("Levenberg-Marquardt polish")
+    ax.set_xlabel("iteration")
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.legend(fontsize="small")
+
+
+def grad_figure(x: np.ndarray, true: np.ndarray, network: np.ndarray, marked: np.ndarray, title: str = "") -> Figure:
     """f' and the network's derivative over x on top, |∇a − f'| (log scale) below; `marked` x are the
     points asked for with --x, drawn as ticks."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
     top.plot(x, true, color="black", lw=2, label="f'(x) = −50x/(1+25x²)²")
-    top.plot(x, network, "--", color="tab:red", label="∇a^[L](x), network")
+    top.plot(x, network, "--", color="tab:red", label=rf"${GRADIENT}(x)$, network")
     bottom.semilogy(x, np.maximum(np.abs(network - true), 1e-16), color="tab:red")
     for value in marked:
         for ax in (top, bottom):
             ax.axvline(value, color="grey", lw=0.8, ls=":")
     top.legend()
     top.set_title(title)
+    top.set_ylabel(rf"$f'(x)$, ${GRADIENT}(x)$")
     bottom.set_xlabel("x")
-    bottom.set_ylabel("|∇a^[L] − f'|")
-    return _png(fig)
+    bottom.set_ylabel(rf"$|{GRADIENT} - f'|$")
+    return fig
 
 
-def eval_png(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, errors: dict[str, np.ndarray], title: str = "") -> bytes:
-    """f and the network on top; below, |error| (log scale) of the network and of each baseline in `errors`."""
+# The error panel of eval.png reaches this factor above the network's largest error; an
+# approximant beyond it (the equispaced interpolant's Runge blow-up) is cut off, and says so.
+ERROR_HEADROOM = 1e3
+
+
+def eval_figure(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, errors: dict[str, np.ndarray], title: str = "") -> Figure:
+    """f and the network on top; below, |error| (log scale) of the network and of each baseline in
+    `errors`, at most up to ERROR_HEADROOM × the network's largest error, the legend beside the panel."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
     top.plot(x, target, color="black", lw=2, label="f(x) = 1/(1+25x²)")
     top.plot(x, prediction, "--", color="tab:red", label="network")
     # Interpolants are exact at their nodes; a floor keeps those dips from stretching the axis.
     floor = 1e-10
+    ceiling = ERROR_HEADROOM * float(np.abs(errors["network"]).max())
     for name, error in errors.items():
-        style = {"color": "tab:red", "lw": 1.5} if name == "network" else {"lw": 1, "alpha": 0.8}
-        bottom.semilogy(x, np.maximum(np.abs(error), floor), label=name, **style)
+        style = {"color": "tab:red", "lw": 1.5, "zorder": 3} if name == "network" else {"lw": 1, "alpha": 0.8}
+        worst = float(np.abs(error).max())
+        label = f"{name} (cut off: up to {worst:.1e})" if worst > ceiling else name
+        bottom.semilogy(x, np.maximum(np.abs(error), floor), label=label, **style)
     top.legend()
     top.set_title(title)
     bottom.set_xlabel("x")
     bottom.set_ylabel("|approximant − f|")
     bottom.set_ylim(bottom=floor)
+    if any(np.abs(error).max() > ceiling for error in errors.values()):
+        bottom.set_ylim(top=ceiling)
     if len(errors) > 1:
-        bottom.legend(fontsize="small", ncol=2, loc="upper center")
-    return _png(fig)
+        bottom.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
 
 
 RULE_STYLES = {"steepest": "--", "valley": "-.", "minimum": ":"}  # black lines: the seeds have the colours
+# The range test's curves of one seed, in its colour: none of them dashed or dotted like a rule.
+CURVE_STYLES = {
+    "smoothed": {"lw": 1.8},
+    "raw": {"lw": 0.8, "alpha": 0.25},
+    "validation": {"ls": "-", "lw": 0.6, "marker": ".", "ms": 3},
+}
+CURVE_LABELS = {"smoothed": "smoothed mini-batch loss", "raw": "raw mini-batch loss", "validation": "validation loss"}
 
 
 def _as_float(values: list) -> np.ndarray:
@@ -114,33 +185,38 @@ def _as_float(values: list) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
-def lr_find_png(members: list[dict], suggestions: dict[str, float | None]) -> bytes:
-    """Raw and smoothed range-test loss against lr (log-log) per seed, with Var(y), the divergence
-    points and each rule's median suggestion marked. members: lr-find's JSON per-seed entries."""
+def lr_find_figure(members: list[dict], suggestions: dict[str, float | None]) -> Figure:
+    """Raw and smoothed range-test loss against lr (log-log) per seed, the validation loss when it
+    was recorded, with Var(y), the divergence points and each rule's median suggestion marked.
+    members: lr-find's JSON per-seed entries. The legend stands beside the axes."""
     plt = _pyplot()
     mean_loss = float(np.median([member["mean_predictor_mse"] for member in members]))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for index, member in enumerate(members):
         lrs, raw, smoothed = np.array(member["lr"]), _as_float(member["loss"]), _as_float(member["smoothed"])
-        ax.loglog(lrs, raw, color=f"C{index % 10}", alpha=0.25, lw=0.8)
-        ax.loglog(lrs, smoothed, color=f"C{index % 10}", lw=1.8, label=f"seed {member['seed']}")
+        ax.loglog(lrs, raw, color=f"C{index % 10}", **CURVE_STYLES["raw"])
+        ax.loglog(lrs, smoothed, color=f"C{index % 10}", label=f"seed {member['seed']}", **CURVE_STYLES["smoothed"])
         if member["val_loss"] is not None:
-            ax.loglog(lrs, _as_float(member["val_loss"]), ":", color=f"C{index % 10}", lw=1.2)
+            ax.loglog(lrs, _as_float(member["val_loss"]), color=f"C{index % 10}", gid="validation", **CURVE_STYLES["validation"])
         if member["stop"] != "complete":
             finite = np.isfinite(smoothed)
             ax.plot(lrs[finite][-1], smoothed[finite][-1], "x", color="black", ms=9, mew=2, label="divergence" if index == 0 else None)
+    # What the line widths and markers mean, in grey: the seeds have the colours.
+    recorded = ("smoothed", "raw", "validation") if any(m["val_loss"] is not None for m in members) else ("smoothed", "raw")
+    for kind in recorded:
+        ax.plot([], [], color="gray", label=CURVE_LABELS[kind], **CURVE_STYLES[kind])
     ax.axhline(mean_loss, color="gray", ls="--", lw=1, label=f"Var(y) = {mean_loss:.3g} (predicting the mean)")
     for rule, lr in suggestions.items():
         if lr is not None:
             ax.axvline(lr, color="black", ls=RULE_STYLES[rule], lw=1.2, label=f"{rule}: {lr:.3g}")
     ax.set_xlabel("learning rate")
-    ax.set_ylabel("mini-batch MSE")
-    ax.set_title("learning-rate range test (thick: smoothed, faint: raw, dotted: validation)")
-    ax.legend(fontsize="small", loc="upper left")
-    return _png(fig)
+    ax.set_ylabel("MSE")
+    ax.set_title("learning-rate range test")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return fig
 
 
-def lr_verify_png(verification: dict) -> bytes:
+def lr_verify_figure(verification: dict) -> Figure:
     """Final validation MSE against lr: every seed, the median, the best rate and each suggestion.
 
     verification: lr-find's JSON verification entry (diverged trainings are null and left out).
@@ -162,4 +238,12 @@ def lr_verify_png(verification: dict) -> bytes:
     ax.set_ylabel(f"validation MSE after {verification['epochs']} epochs")
     ax.set_title("verification: real trainings, one stacked fit")
     ax.legend(fontsize="small")
-    return _png(fig)
+    return fig
+
+
+fit_png = _as_png(fit_figure)
+loss_png = _as_png(loss_figure)
+grad_png = _as_png(grad_figure)
+eval_png = _as_png(eval_figure)
+lr_find_png = _as_png(lr_find_figure)
+lr_verify_png = _as_png(lr_verify_figure)

@@ -60,6 +60,7 @@ class PolishReport:
     final_mse: torch.Tensor  # [K] training MSE after, float64 (evaluated in float64)
     iterations: torch.Tensor  # [K] iterations run (int64)
     accepted: torch.Tensor  # [K] steps taken (int64)
+    curves: torch.Tensor  # [K, iterations + 1] training MSE before and after each iteration (the best so far); NaN once a member stopped
 
 
 def levenberg_marquardt(
@@ -94,7 +95,7 @@ def levenberg_marquardt(
     if iterations < 0:
         raise ValueError(f"iterations must be non-negative, got {iterations}")
     initial, final = [], []
-    counts, taken = [], []
+    counts, taken, curves = [], [], []
     unpolished = model.params.detach().clone()
     for k in range(model.members):
         params = model.params[k].detach().to(torch.float64)
@@ -104,15 +105,18 @@ def levenberg_marquardt(
             final.append(float("nan"))
             counts.append(0)
             taken.append(0)
+            curves.append([])
             continue
         x = x_train[k].detach().to(device=params.device, dtype=torch.float64)
         y = target(x)
         member = _MemberLM(model, params, x, y, damping)
         initial.append(member.mse)
+        curves.append([member.mse])
         best, stalled, run = member.mse, 0, 0
         for iteration in range(1, iterations + 1):
             run = iteration
             accepted = member.step()
+            curves[-1].append(member.mse)
             if progress is not None:
                 progress(PolishProgress(k, iteration, iterations, member.mse, member.damping, accepted))
             if should_stop is not None and should_stop():
@@ -136,6 +140,7 @@ def levenberg_marquardt(
         final_mse=torch.tensor(final, dtype=torch.float64),
         iterations=torch.tensor(counts, dtype=torch.int64),
         accepted=torch.tensor(taken, dtype=torch.int64),
+        curves=torch.tensor([curve + [float("nan")] * (iterations + 1 - len(curve)) for curve in curves], dtype=torch.float64),
     )
 
 

@@ -109,7 +109,7 @@ def render_train(summary: dict, run_dir: str) -> None:
         member = members[0]
         rows = [("train MSE", fmt(member["train_mse"])), ("validation MSE", fmt(member["val_mse"])), ("test MSE", fmt(member["test_mse"])), ("max |error| (test grid)", fmt(member["test_max_abs_error"]))]
     else:
-        rows = [(f"{STAT_LABELS[name]}: median [min … max]", f"{fmt(s['median'])} [{fmt(s['min'])} … {fmt(s['max'])}]") for name, s in stats.items()]
+        rows = [(f"{STAT_LABELS[name]}: median \\[min … max]", f"{fmt(s['median'])} [{fmt(s['min'])} … {fmt(s['max'])}]") for name, s in stats.items()]
     lrs = sorted({m["lr"] for m in members})
     rows += [
         ("members (seeds)", f"{len(members)} ({', '.join(str(m['seed']) for m in members[:8])}{' …' if len(members) > 8 else ''})"),
@@ -118,17 +118,74 @@ def render_train(summary: dict, run_dir: str) -> None:
         ("learning rate", ", ".join(f"{lr:.3g}" for lr in lrs[:4]) + (f" ({summary['lr_choice']})" if summary.get("lr_choice") else "")),
         ("schedule", summary.get("schedule", "")),
         *_polish_rows(summary.get("polish")),
-        ("wall time", f"{summary['wall_time_s']:.1f} s" + (f" ({summary['workers']} processes)" if summary.get("workers", 1) > 1 else "")),
+        *_time_rows(summary["times_s"], summary.get("workers", 1)),
         ("status", summary["status"]),
+        ("fit", _fit_text(summary)),
     ]
     print_pairs(f"rungefit train → {run_dir}", "metric", rows)
     if len(members) > 1:
         per_member = Table(title="per member", title_justify="left")
-        for column in ("member", "seed", "train MSE", "val MSE", "test MSE", "max |error|"):
+        for column in ("member", "seed", "train MSE", "val MSE", "test MSE", "max |error|", "learned"):
             per_member.add_column(column, justify="right")
         for index, m in enumerate(members):
-            per_member.add_row(str(index), str(m["seed"]), fmt(m["train_mse"]), fmt(m["val_mse"]), fmt(m["test_mse"]), fmt(m["test_max_abs_error"]))
+            per_member.add_row(str(index), str(m["seed"]), fmt(m["train_mse"]), fmt(m["val_mse"]), fmt(m["test_mse"]), fmt(m["test_max_abs_error"]), "yes" if m["learned"] else "no")
         stdout.print(per_member)
+
+
+PHASE_LABELS = {
+    "start_up": "start-up (imports, set-up)",
+    "rate_search": "rate search (--lr auto)",
+    "training": "training",
+    "polish": "polish",
+    "saving_and_plots": "saving and plots",
+    "total": "total",
+}
+
+
+def _time_rows(times: dict, workers: int) -> list[tuple[str, str]]:
+    """One row per phase that ran, then the total."""
+    rows = []
+    for phase, label in PHASE_LABELS.items():
+        if times.get(phase) is not None:
+            processes = f" ({workers} processes)" if phase == "training" and workers > 1 else ""
+            rows.append((f"time: {label}", f"{times[phase]:.1f} s{processes}"))
+    return rows
+
+
+def _unlearned(summary: dict) -> list[int]:
+    return [index for index, member in enumerate(summary["members"]) if not member["learned"]]
+
+
+def _numbers(values: list, most: int = 8) -> str:
+    return ", ".join(str(v) for v in values[:most]) + (" …" if len(values) > most else "")
+
+
+def _fit_text(summary: dict) -> str:
+    """The run's verdict, and with several members which learned nothing."""
+    failed = _unlearned(summary)
+    if not failed or len(summary["members"]) == 1:
+        return summary["fit"]
+    return f"{summary['fit']}: member{'s' if len(failed) > 1 else ''} {_numbers(failed)}"
+
+
+def nothing_learned(summary: dict, share: float) -> str:
+    """Which members learned nothing by the yardstick (validation MSE below share × Var(y)), the
+    likely causes and what to try, in one line."""
+    members, failed = summary["members"], _unlearned(summary)
+    if len(members) == 1:
+        member = members[0]
+        who = (
+            f"the network learned nothing: its validation MSE {fmt(member['val_mse'])} is not below {share:.0%} of "
+            f"Var(y) = {fmt(member['val_var'])}, the MSE of predicting the mean"
+        )
+    else:
+        seeds = [members[index]["seed"] for index in failed]
+        who = (
+            f"{len(failed)} of {len(members)} members learned nothing (member{'s' if len(failed) > 1 else ''} {_numbers(failed)}, "
+            f"seed{'s' if len(failed) > 1 else ''} {_numbers(seeds)}): validation MSE not below {share:.0%} of Var(y), the MSE of predicting the mean"
+        )
+    rate = "run `rungefit lr-find --verify`" if summary.get("lr_choice") else "try `--lr auto`, or run `rungefit lr-find --verify`"
+    return f"{who}. The learning rate is probably too high (the network sticks at the mean) or too low, or there were too few epochs: {rate} to choose a rate, or train for more --epochs"
 
 
 RULE_LETTERS = {"steepest": "s", "valley": "v", "minimum": "m"}
@@ -186,12 +243,17 @@ def render_lr_find(doc: dict, out_dir: str) -> None:
     test = doc["range_test"]
     members = test["members"]
     table = Table(title=f"rungefit lr-find → {out_dir}", title_justify="left")
-    for column, justify in (("rule", "left"), ("suggested lr (median)", "right"), ("spread", "right"), ("per seed", "left")):
+    verified = doc["verification"] is not None
+    columns = (("rule", "left"), ("suggested lr (median)", "right"), ("spread", "right"), ("per seed", "left"), *((("verification", "left"),) if verified else ()))
+    for column, justify in columns:
         table.add_column(column, justify=justify)
     for rule, summary in doc["suggestions"].items():
         per_seed = ", ".join("-" if m["suggestions"][rule] is None else f"{m['suggestions'][rule]:.2g}" for m in members[:6])
-        spread = "-" if summary["spread_decades"] is None else f"{summary['spread_decades']:.1f} decades"
-        table.add_row(f"{rule} ({RULE_LETTERS[rule]})", "-" if summary["median"] is None else f"{summary['median']:.3g}", spread, per_seed + (" …" if len(members) > 6 else ""))
+        spread = "—" if summary["spread_decades"] is None else f"{summary['spread_decades']:.1f} decades"
+        cells = [f"{rule} ({RULE_LETTERS[rule]})", "-" if summary["median"] is None else f"{summary['median']:.3g}", spread, per_seed + (" …" if len(members) > 6 else "")]
+        check = summary["verified"]
+        style = "red" if check and check["verdict"] == "contradicted" else None
+        table.add_row(*cells, *([_rule_check(check)] if verified else []), style=style)
     stdout.print(table)
     stops = "; ".join(f"seed {m['seed']} {m['stop']} at {m['top_lr']:.3g}" for m in members[:6])
     stdout.print(f"sweep {test['start_lr']:g} → {test['end_lr']:g} in {test['iters']} steps ({test['mode']}): {stops}", highlight=False)
@@ -208,6 +270,14 @@ def render_lr_find(doc: dict, out_dir: str) -> None:
         warning(doc["warning"])
     if doc["verification"]:
         render_lr_verify(doc["verification"])
+
+
+def _rule_check(check: dict | None) -> str:
+    """What the verification says of a rule's pick, in a table cell."""
+    if check is None:
+        return "-"
+    ratio = "" if check["ratio_to_best"] is None else f", {check['ratio_to_best']:.3g}× best"
+    return f"{check['verdict']}: {check['trained']}/{check['seeds']} trained{ratio}"
 
 
 def render_lr_verify(verification: dict) -> None:

@@ -365,3 +365,24 @@ def resume_state(loaded: LoadedRun):
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise RunError(f"{loaded.path} cannot be resumed: its checkpoint is damaged or incomplete ({error}); retrain with `rungefit train`") from None
     return state
+
+
+# A summary.json larger than this is not read when listing runs for completion: it stays quick.
+MAX_LISTED_SUMMARY_BYTES = 16 << 20
+
+
+def list_interrupted_runs(runs_dir: Path) -> list[str]:
+    """Names of the runs in runs_dir that `train --resume` can continue, newest first: those whose
+    summary.json says "interrupted" (read as untrusted JSON, no torch import)."""
+    names = []
+    for name in list_run_names(runs_dir):
+        summary = runs_dir / name / "summary.json"
+        try:
+            if summary.stat().st_size > MAX_LISTED_SUMMARY_BYTES:
+                continue
+            document = json.loads(summary.read_bytes())
+        except (OSError, ValueError):
+            continue
+        if isinstance(document, dict) and document.get("status") == "interrupted":
+            names.append(name)
+    return names

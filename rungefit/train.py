@@ -18,7 +18,7 @@ import torch
 
 from rungefit.config import DEVICES, TrainConfig, parameter_count, parse_layers, require
 from rungefit.errors import RungefitError, UsageError
-from rungefit.evaluate import grid_errors
+from rungefit.evaluate import fit_verdict, float64_mse, grid_errors, learned
 from rungefit.model import StackedMLP
 from rungefit.optim import StackedAdam
 from rungefit.polish import PolishProgress, PolishReport
@@ -101,6 +101,7 @@ class MemberMetrics:
     val_mse: float
     test_mse: float
     test_max_abs_error: float
+    val_var: float  # Var(y) of the validation targets: the MSE of predicting their mean
 
 
 @dataclass
@@ -115,6 +116,7 @@ class TrainResult:
     wall_time_s: float
     status: str = "complete"  # complete | diverged | interrupted
     polish: PolishReport | None = None  # the LM refinement, when config.polish == "lm"
+    polish_time_s: float = 0.0  # the part of wall_time_s the polish took
 
     def state(self) -> TrainState:
         """The state after the last completed epoch, from which fit(resume=…) continues; a
@@ -130,9 +132,11 @@ class TrainResult:
         for name in fields:
             values = np.array([getattr(m, name) for m in self.members])
             stats[name] = {"median": float(np.median(values)), "min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
+        members_learned = learned([m.val_mse for m in self.members], [m.val_var for m in self.members])
         return {
             "status": self.status,
-            "members": [asdict(m) for m in self.members],
+            "fit": fit_verdict(members_learned),
+            "members": [{**asdict(m), "learned": bool(ok)} for m, ok in zip(self.members, members_learned, strict=True)],
             "stats": stats,
             "epochs": self.epochs_run,
             "steps": self.steps,
@@ -147,7 +151,7 @@ class TrainResult:
         return {
             "method": self.config.polish,
             "train_mse_before": self.polish.initial_mse.tolist(),
-            "train_mse_after": self.polish.final_mse.tolist(),
+            "train_mse_after": [m.train_mse for m in self.members],  # the saved network's, as the table shows it
             "iterations": self.polish.iterations.tolist(),
             "accepted_steps": self.polish.accepted.tolist(),
         }
@@ -198,7 +202,7 @@ def fit(
     lrs = [float(lr) for lr in member_lrs] if member_lrs is not None else [config.lr] * len(config.seeds)
     config = replace(config, workers=worker_count(config))
     history = copy.deepcopy(resume.history) if resume is not None else History()
-    status, polish = "complete", None
+    status, polish, polish_time = "complete", None, 0.0
     with intra_op_threads(config), open_stack(config, lrs, resume) as stack:
         for epoch in range(len(history.val_mse), config.epochs):
             curves = stack.train_epoch(epoch, should_stop)
@@ -213,7 +217,9 @@ def fit(
             if on_epoch is not None:
                 on_epoch(EpochReport.of(epoch + 1, config.epochs, curves))
         if status == "complete" and config.polish == "lm":
+            polish_started = time.perf_counter()
             polish = stack.polish(config.polish_iterations, on_polish, should_stop)
+            polish_time = time.perf_counter() - polish_started
             status = "complete" if polish is not None else "interrupted"
         model, optimizer, data = stack.finish()
         # Still on the training's threads: the final metrics are small passes too.
@@ -228,6 +234,7 @@ def fit(
             wall_time_s=(resume.wall_time_s if resume is not None else 0.0) + time.perf_counter() - started,
             status=status,
             polish=polish,
+            polish_time_s=polish_time,
         )
     if status == "diverged":
         raise DivergedError(
@@ -257,11 +264,13 @@ def intra_op_threads(config: TrainConfig) -> Iterator[None]:
 
 
 def final_metrics(model: StackedMLP, config: TrainConfig, data, lrs: list[float]) -> list[MemberMetrics]:
-    """Full-set MSEs per member, and the test grid's MSE and max |error| (as `eval` computes them)."""
+    """Full-set MSEs per member, and the test grid's MSE and max |error| (as `eval` computes them),
+    all in float64 from the network's outputs; and Var(y) of each validation set."""
     test = grid_errors(model, config.test_points)
-    train_mse = model.mse(data.x_train, runge(data.x_train)).tolist()
-    val_mse = model.mse(data.x_val, runge(data.x_val)).tolist()
+    train_mse = float64_mse(model, data.x_train).tolist()
+    val_mse = float64_mse(model, data.x_val).tolist()
+    val_var = runge(data.x_val.double()).var(dim=1, correction=0).tolist()
     return [
-        MemberMetrics(seed, lr, tr, va, te, mx)
-        for seed, lr, tr, va, te, mx in zip(config.seeds, lrs, train_mse, val_mse, test.mse.tolist(), test.max_abs_error.tolist(), strict=True)
+        MemberMetrics(seed, lr, tr, va, te, mx, var)
+        for seed, lr, tr, va, te, mx, var in zip(config.seeds, lrs, train_mse, val_mse, test.mse.tolist(), test.max_abs_error.tolist(), val_var, strict=True)
     ]

@@ -86,7 +86,7 @@ def readme_python_example() -> str:
 
 
 def test_the_readme_python_example_runs_as_printed(tmp_path, monkeypatch, capsys):
-    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--epochs", "2", "--runs-dir", str(tmp_path / "runs")])
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 0, result.output
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}

@@ -10,6 +10,8 @@ from typer.testing import CliRunner
 
 from rungefit.cli import app
 
+from .conftest import QUICK_TRAIN
+
 runner = CliRunner()
 
 
@@ -18,7 +20,7 @@ def place(tmp_path_factory):
     """A runs directory with a one-member run "base" (the latest), and a regular file to nest paths under."""
     root = tmp_path_factory.mktemp("bad-input")
     runs_dir = root / "runs"
-    result = runner.invoke(app, ["train", "--points", "120", "--epochs", "1", "--quiet", "--runs-dir", str(runs_dir), "--name", "base"])
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--name", "base"])
     assert result.exit_code == 0, result.output
     (root / "file").write_text("not a directory")
     return root
@@ -196,23 +198,23 @@ def runs_tree(root) -> set[str]:
 
 
 @pytest.mark.parametrize(
-    "command, args, warning",
+    "command, args, code, warning",
     [
-        ("grad", ["--x", "1.5", "--x", "-3"], "extrapolation"),
-        ("eval", ["--x", "-1.01"], "extrapolation"),
-        ("train", ["--batch-size", "1000"], "full-batch"),
-        ("lr-find", ["--batch-size", "1000", "--out", "{root}/lf"], "full-batch"),
+        ("grad", ["--x", "1.5", "--x", "-3"], 0, "extrapolation"),
+        ("eval", ["--x", "-1.01"], 0, "extrapolation"),
+        ("train", ["--batch-size", "1000"], 1, "full-batch"),  # one step learns nothing, and says so
+        ("lr-find", ["--batch-size", "1000", "--out", "{root}/lf"], 0, "full-batch"),
     ],
 )
-def test_odd_but_meaningful_input_runs_with_a_warning(place, command, args, warning):
+def test_odd_but_meaningful_input_runs_with_a_warning(place, command, args, code, warning):
     result = invoke(command, place, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == code, result.output
     assert "warning:" in result.stderr and warning in result.stderr
 
 
 def test_a_batch_larger_than_the_training_set_is_one_full_batch_per_epoch(place):
     result = invoke("train", place, ["--batch-size", "1000", "--epochs", "3", "--json"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output  # three steps learn nothing
     assert '"steps": 3' in result.stdout
 
 

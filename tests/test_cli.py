@@ -11,6 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from rungefit import report
 from rungefit.cli import app
 
 from .conftest import QUICK_TRAIN, heavy_imports_after
@@ -26,28 +27,31 @@ def test_train_writes_the_run_directory(quick_run):
     assert (runs_dir / "latest").read_text().strip() == "quick"
     assert summary["status"] == "complete"
     assert summary["run"] == str(run_dir)
-    assert summary["epochs"] == 20
+    assert summary["epochs"] == 60
     member = summary["members"][0]
     assert set(member) >= {"train_mse", "val_mse", "test_mse", "test_max_abs_error", "lr", "seed"}
     assert json.loads((run_dir / "summary.json").read_text())["members"] == summary["members"]
 
 
 def test_json_output_is_one_document_and_nothing_else(tmp_path):
-    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--epochs", "2", "--runs-dir", str(tmp_path), "--json"])
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--epochs", "50", "--runs-dir", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
-    assert document["config"]["epochs"] == 2
+    assert document["config"]["epochs"] == 50
 
 
 def test_table_output_names_the_figures(tmp_path):
-    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--epochs", "2", "--runs-dir", str(tmp_path)])
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    for text in ("train MSE", "validation MSE", "test MSE", "max |error|", "optimizer steps", "learning rate", "wall time"):
+    for text in ("train MSE", "validation MSE", "test MSE", "max |error|", "optimizer steps", "learning rate", "fit"):
         assert text in result.stdout
+    # The time of each phase that ran, and the total.
+    shown = re.findall(r"time: ([a-z -]+?)(?: \(.*?\))?\s*│\s*[\d.]+ s", result.stdout)
+    assert shown == ["start-up", "training", "saving and plots", "total"]
 
 
 def test_stacked_seeds_report_each_member(tmp_path):
-    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--epochs", "2", "--seeds", "3,7", "--runs-dir", str(tmp_path), "--json"])
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--seeds", "3,7", "--runs-dir", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     document = json.loads(result.stdout)
     assert [m["seed"] for m in document["members"]] == [3, 7]
@@ -120,3 +124,81 @@ def test_help_shows_every_word_of_its_texts(name, monkeypatch):
     for text in texts:
         for word in _words(text):
             assert word in shown, (word, text)
+
+
+def test_a_run_that_learned_nothing_is_saved_and_shown_but_fails_naming_the_cause(tmp_path):
+    import numpy as np
+    import torch
+
+    from rungefit.runge import runge, sample_split
+
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--lr", "1e6", "--runs-dir", str(tmp_path), "--name", "stuck", "--json"])
+    assert result.exit_code == 1
+    document = json.loads(result.stdout)
+    saved = json.loads((tmp_path / "stuck" / "summary.json").read_text())
+    for summary in (document, saved):
+        assert summary["status"] == "complete" and summary["fit"] == "nothing learned"
+        assert [m["learned"] for m in summary["members"]] == [False]
+    member = document["members"][0]
+    x_val = sample_split(torch.tensor([0]), 120, 0.3).x_val[0].double().numpy()
+    assert member["val_var"] == pytest.approx(np.var(runge(x_val)), rel=1e-12)
+    assert member["val_mse"] > 0.01 * member["val_var"]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: the network learned nothing")
+    assert "--lr auto" in lines[0] and "rungefit lr-find" in lines[0] and "too high" in lines[0]
+
+
+def test_members_that_learned_nothing_are_flagged_one_by_one_with_a_warning(tmp_path):
+    # Seed 0 is still stuck at the mean after these 420 steps, seed 2 has learned f.
+    result = runner.invoke(app, ["train", "--points", "120", "--batch-size", "4", "--epochs", "20", "--seeds", "0,2", "--quiet", "--runs-dir", str(tmp_path)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert re.search(r"fit\s*│\s*some members learned nothing: member 0\s", result.stdout)
+    assert "validation MSE: median [min … max]" in result.stdout  # not taken for Rich markup
+    assert re.search(r"│\s*0\s*│\s*0\s*│.*│\s*no\s*│", result.stdout) and re.search(r"│\s*1\s*│\s*2\s*│.*│\s*yes\s*│", result.stdout)
+    assert result.stderr.startswith("warning: 1 of 2 members learned nothing (member 0, seed 0)")
+    saved = json.loads(next(tmp_path.glob("*/summary.json")).read_text())
+    assert saved["fit"] == "some members learned nothing" and [m["learned"] for m in saved["members"]] == [False, True]
+
+
+@pytest.fixture(scope="module")
+def polished(tmp_path_factory):
+    """(run directory, --json document, seconds the command took) of a short run with --polish lm."""
+    import time
+
+    runs_dir = tmp_path_factory.mktemp("polished")
+    started = time.perf_counter()
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--polish", "lm", "--polish-iterations", "2", "--runs-dir", str(runs_dir), "--name", "p", "--json"])
+    elapsed = time.perf_counter() - started
+    assert result.exit_code == 0, result.output
+    return runs_dir / "p", json.loads(result.stdout), elapsed
+
+
+def test_the_polish_ends_at_the_train_mse_of_the_saved_network(polished):
+    _, document, _ = polished
+    assert document["polish"]["train_mse_after"] == [m["train_mse"] for m in document["members"]]
+    rows = dict(report._polish_rows(document["polish"]))
+    assert rows["polish (Levenberg-Marquardt)"].split("→ ")[1].startswith(f"{document['members'][0]['train_mse']:.3e},")
+
+
+def test_the_times_cover_every_phase_of_the_command_and_add_up_to_the_total(polished):
+    run_dir, document, elapsed = polished
+    times = document["times_s"]
+    assert times["rate_search"] is None
+    phases = [times[phase] for phase in ("start_up", "training", "polish", "saving_and_plots")]
+    assert all(seconds > 0 for seconds in phases)
+    assert sum(phases) == pytest.approx(times["total"], rel=1e-9)
+    assert times["total"] <= elapsed
+    # summary.json is made during the save: its times end there, the others are the same.
+    saved = json.loads((run_dir / "summary.json").read_text())["times_s"]
+    assert {k: v for k, v in saved.items() if k not in ("saving_and_plots", "total")} == {k: v for k, v in times.items() if k not in ("saving_and_plots", "total")}
+    assert 0 < saved["saving_and_plots"] <= times["saving_and_plots"] and saved["total"] <= times["total"]
+
+
+def test_a_polished_runs_loss_png_has_its_polish_panel(polished, quick_run):
+    import struct
+
+    def width(png: bytes) -> int:
+        return struct.unpack(">I", png[16:20])[0]  # the IHDR chunk's first field
+
+    # The panel of the LM iterations widens the figure; the unpolished run's is the plain one.
+    assert width((polished[0] / "loss.png").read_bytes()) > 1.2 * width((quick_run[1] / "loss.png").read_bytes())

@@ -11,6 +11,8 @@ from typer.testing import CliRunner
 
 from rungefit.cli import app
 
+from .conftest import QUICK_TRAIN
+
 runner = CliRunner()
 
 KNOWN_EXIT_CODES = {0, 1, 2}
@@ -47,7 +49,7 @@ def argument_lists(command: str):
 def root(tmp_path_factory):
     """A temporary directory whose runs directory holds a run for grad and eval to read."""
     path = tmp_path_factory.mktemp("fuzz")
-    result = runner.invoke(app, ["train", *cheap("train", path), "--name", "base"])
+    result = runner.invoke(app, ["train", *cheap("train", path), *QUICK_TRAIN, "--name", "base"])
     assert result.exit_code == 0, result.output
     return path
 

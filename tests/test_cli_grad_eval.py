@@ -7,6 +7,8 @@ from typer.testing import CliRunner
 
 from rungefit.cli import app
 
+from .conftest import QUICK_TRAIN
+
 runner = CliRunner()
 
 
@@ -19,7 +21,7 @@ def runs_dir(tmp_path_factory):
     """A runs directory with a one-member run "single" and a three-member run "stack"."""
     path = tmp_path_factory.mktemp("runs")
     for name, extra in (("single", ()), ("stack", ("--seeds", "3"))):
-        result = invoke("train", "--epochs", "3", "--points", "120", "--runs-dir", str(path), "--name", name, "--quiet", *extra)
+        result = invoke("train", *QUICK_TRAIN, "--runs-dir", str(path), "--name", name, *extra)
         assert result.exit_code == 0, result.output
     return path
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
+import pty
+import re
+import select
+import shlex
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -75,16 +82,178 @@ def test_activation_names_offered_are_the_model_table():
     assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)
 
 
+def fake_run(runs_dir: Path, name: str, status: str | None = None) -> None:
+    """A directory that lists as a run: model.pt, and summary.json with `status` if given."""
+    (runs_dir / name).mkdir(parents=True)
+    (runs_dir / name / "model.pt").write_bytes(b"")
+    if status is not None:
+        (runs_dir / name / "summary.json").write_text(json.dumps({"status": status}))
+
+
 def test_run_names_come_from_the_runs_directory(tmp_path):
     for name in ("alpha", "beta"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "model.pt").write_bytes(b"")
+        fake_run(tmp_path, name)
     (tmp_path / "not-a-run").mkdir()  # no model.pt
-    for command in ("eval --run", "grad --run", "train --resume"):
+    for command in ("eval --run", "grad --run"):
         candidates = complete(f"rungefit {command.split()[0]} --runs-dir {tmp_path} {command.split()[1]} ")
         assert sorted(candidates) == ["alpha", "beta"], command
     assert complete(f"rungefit eval --runs-dir {tmp_path} --run al") == ["alpha"]
 
 
+def test_resume_offers_only_the_interrupted_runs(tmp_path):
+    fake_run(tmp_path, "done", "complete")
+    fake_run(tmp_path, "diverged", "diverged")
+    fake_run(tmp_path, "halted", "interrupted")
+    fake_run(tmp_path, "stopped", "interrupted")
+    fake_run(tmp_path, "no-summary")
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "model.pt").write_bytes(b"")
+    (tmp_path / "damaged" / "summary.json").write_text("[not json")
+    assert sorted(complete(f"rungefit train --runs-dir {tmp_path} --resume ")) == ["halted", "stopped"]
+    assert complete(f"rungefit train --runs-dir {tmp_path} --resume h") == ["halted"]
+
+
+def test_a_width_alone_in_layers_is_offered_every_activation():
+    from rungefit.cli import ACTIVATION_NAMES
+
+    assert complete("rungefit train --layers 20:tanh,16") == [f"20:tanh,16:{name}" for name in ACTIVATION_NAMES]
+    assert complete("rungefit train --layers x") == []
+
+
 def test_lr_find_mode_values():
     assert complete("rungefit lr-find --mode ") == ["exp", "linear"]
+
+
+# ---------------------------------------------------------------- the bash script in bash
+
+BASH_SCRIPT = REPO / "completions" / "rungefit.bash"
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None, reason="bash is not installed")
+
+
+@pytest.fixture()
+def shell_env(tmp_path):
+    """An environment whose `rungefit` runs this checkout, with HOME and the history under tmp_path."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "rungefit"
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m rungefit "$@"\n')
+    wrapper.chmod(0o755)
+    return {
+        **os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+        "HOME": str(tmp_path), "HISTFILE": str(tmp_path / "history"), "TERM": "dumb", "PS1": "READY$ ",
+    }
+
+
+def bash_completion(words: list[str], line: str, env: dict, setup: str = "") -> list[str]:
+    """COMPREPLY of the script's function for the words as bash splits them (COMP_WORDBREAKS
+    holds ':'), the cursor at the end of `line`."""
+    script = "\n".join([
+        f"source {shlex.quote(str(BASH_SCRIPT))}",
+        setup,
+        f"COMP_WORDS=({' '.join(shlex.quote(word) for word in words)})",
+        f"COMP_CWORD={len(words) - 1}",
+        f"COMP_LINE={shlex.quote(line)}",
+        "COMP_POINT=${#COMP_LINE}",
+        "_rungefit_completion rungefit",
+        "printf '%s\\n' \"${COMPREPLY[@]}\"",
+    ])
+    result = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return [candidate for candidate in result.stdout.split("\n") if candidate]
+
+
+@needs_bash
+@pytest.mark.parametrize(
+    "words, candidates",
+    [
+        (["20", ":", "t"], ["tanh"]),
+        (["20", ":"], ["tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "identity"]),
+        (["20", ":", "tanh,10", ":", "s"], ["sigmoid", "silu", "softplus"]),
+        (["20"], ["20:tanh", "20:sigmoid", "20:relu", "20:gelu", "20:silu", "20:softplus", "20:identity"]),
+    ],
+)
+def test_the_bash_script_joins_the_words_bash_split_at_colons(shell_env, words, candidates):
+    line = "rungefit train --layers " + "".join(words)
+    assert bash_completion(["rungefit", "train", "--layers", *words], line, shell_env) == candidates
+
+
+@needs_bash
+def test_the_bash_script_leaves_words_alone_when_colons_do_not_split_them(shell_env):
+    setup = "COMP_WORDBREAKS=${COMP_WORDBREAKS//:}"
+    line = "rungefit train --layers 20:t"
+    assert bash_completion(["rungefit", "train", "--layers", "20:t"], line, shell_env, setup) == ["20:tanh"]
+    # Words apart stay apart: "20 :" is not "20:".
+    assert bash_completion(["rungefit", "train", "--seed", "20", ":"], "rungefit train --seed 20 :", shell_env) == []
+
+
+def test_the_bash_script_speaks_typers_protocol():
+    from typer._completion_shared import get_completion_script
+
+    typers = get_completion_script(prog_name="rungefit", complete_var="_RUNGEFIT_COMPLETE", shell="bash")
+    for part in ('COMP_WORDS="${COMP_WORDS[*]}"', "COMP_CWORD=$COMP_CWORD", "_RUNGEFIT_COMPLETE=complete_bash $1"):
+        assert part in typers
+    assert "_RUNGEFIT_COMPLETE=complete_bash $1" in BASH_SCRIPT.read_text()
+
+
+class Terminal:
+    """An interactive bash on a pseudo-terminal: type into it, wait for what it prints."""
+
+    def __init__(self, env: dict, cwd: Path):
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: nothing but exec
+            os.chdir(cwd)
+            os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+        self.output = b""
+        self.deadline = time.monotonic() + 120
+
+    def type(self, text: str) -> None:
+        os.write(self.fd, text.encode())
+
+    def wait_for(self, pattern: bytes) -> re.Match:
+        """The first match of pattern in what bash printed since the last match."""
+        while (match := re.search(pattern, self.output)) is None:
+            ready, _, _ = select.select([self.fd], [], [], max(0.0, self.deadline - time.monotonic()))
+            assert ready, f"timed out waiting for {pattern!r}; bash printed {self.output!r}"
+            self.output += os.read(self.fd, 1 << 16)
+        self.output = self.output[match.end() :]
+        return match
+
+    def close(self) -> None:
+        self.type("exit\n")
+        while time.monotonic() < self.deadline and os.waitpid(self.pid, os.WNOHANG) == (0, 0):
+            if select.select([self.fd], [], [], 0.5)[0]:
+                try:
+                    os.read(self.fd, 1 << 16)
+                except OSError:  # the child is gone: its side of the terminal closed
+                    pass
+        os.close(self.fd)
+
+
+@needs_bash
+def test_tab_in_an_interactive_bash_completes_after_colons_and_offers_files_only_for_paths(tmp_path, shell_env):
+    runs = tmp_path / "runs"
+    fake_run(runs, "done", "complete")
+    fake_run(runs, "halted", "interrupted")
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "only-file").write_text("")  # what a fallback to file names would insert
+    cases = [
+        ("rungefit train --layers 20:t\t", "rungefit train --layers 20:tanh"),
+        ("rungefit train --layers 20:tanh,10:so\t", "rungefit train --layers 20:tanh,10:softplus"),
+        ("rungefit train --layers 2\t", "rungefit train --layers 2:"),
+        ("rungefit train --layers \t\t", "rungefit train --layers"),
+        (f"rungefit train --runs-dir {runs} --resume \t", f"rungefit train --runs-dir {runs} --resume halted"),
+        ("rungefit train --runs-dir on\t", "rungefit train --runs-dir only-file"),
+    ]
+    terminal = Terminal(shell_env, work)
+    try:
+        terminal.wait_for(rb"READY\$ ")
+        terminal.type(f"source {shlex.quote(str(BASH_SCRIPT))}\n")
+        for index, (typed, line) in enumerate(cases):
+            terminal.wait_for(rb"READY\$ ")
+            # After TAB, go to the start of the line and make it an echo: bash prints the line as completed.
+            terminal.type(f"{typed}\x01echo @@$(({index}))@@ \n")
+            shown = terminal.wait_for(rb"@@%d@@ ([^\r\n]*)\r?\n" % index).group(1).decode()
+            assert shown == line, typed
+    finally:
+        terminal.close()

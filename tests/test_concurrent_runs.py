@@ -15,6 +15,8 @@ from rungefit import runs
 from rungefit.config import TrainConfig
 from rungefit.train import fit
 
+from .conftest import QUICK_TRAIN
+
 RUN_FILES = {"config.json", "model.pt", "history.csv", "summary.json", "fit.png", "loss.png"}
 
 
@@ -35,7 +37,7 @@ def latest_is_complete(runs_dir) -> bool:
 def test_two_trains_started_together_get_two_complete_runs(tmp_path):
     runs_dir = tmp_path / "runs"
     # No --name: both take a timestamp, most often the same one, and os.mkdir decides who gets it.
-    command = [sys.executable, "-m", "rungefit", "train", "--points", "120", "--epochs", "3", "--quiet", "--runs-dir", str(runs_dir), "--json"]
+    command = [sys.executable, "-m", "rungefit", "train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--json"]
     children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     while any(child.poll() is None for child in children):
         assert latest_is_complete(runs_dir)

@@ -95,3 +95,31 @@ def test_eval_reproduces_the_test_figures_train_saved(tmp_path, dtype):
         network = evaluate.evaluate(loaded.model, member, loaded.config.test_points).scores[0]
         assert network.mse == saved["test_mse"]
         assert network.max_abs_error == saved["test_max_abs_error"]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_overall_max_error_is_exactly_the_larger_regional_one(dtype):
+    model = untrained("8:tanh,8:sigmoid", seeds=(0, 1, 2), dtype=dtype)
+    for member in range(3):
+        for points in (100, 101, 257):
+            network = evaluate.evaluate(model, member, points).scores[0]
+            assert network.max_abs_error == max(network.ends_max_abs_error, network.middle_max_abs_error)
+
+
+def test_a_float64_runs_test_mse_is_the_plain_float64_mean_as_before():
+    model = untrained("8:tanh,8:sigmoid", seeds=(0, 1, 2), dtype=torch.float64)
+    x = evaluate.test_grid(100, dtype=torch.float64).expand(3, -1)
+    with torch.no_grad():
+        before = ((model.forward(x) - runge(x)) ** 2).mean(dim=1)  # how it was computed
+    assert torch.equal(evaluate.grid_errors(model).mse, before)
+
+
+def test_a_member_learned_when_its_validation_mse_is_below_a_hundredth_of_var_y():
+    var_y = [0.08] * 5
+    assert evaluate.learned([7.9e-4, 8.1e-4, 0.08, float("nan"), float("inf")], var_y).tolist() == [True, False, False, False, False]
+
+
+def test_the_verdict_says_whether_every_some_or_no_member_learned():
+    assert evaluate.fit_verdict([True, True]) == evaluate.FIT_OK == "ok"
+    assert evaluate.fit_verdict([False, True]) == evaluate.FIT_SOME == "some members learned nothing"
+    assert evaluate.fit_verdict([False]) == evaluate.FIT_NONE == "nothing learned"

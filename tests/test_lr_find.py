@@ -12,12 +12,14 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from rungefit import lr_find, lr_rules
+from rungefit import lr_find, lr_rules, report
 from rungefit.cli import app, lr_find_command
 from rungefit.config import TrainConfig
 from rungefit.runge import DataSplit
 from rungefit.stack import EpochBatches, new_stack
 from rungefit.train import fit
+
+from .conftest import LEARNS
 
 runner = CliRunner()
 
@@ -269,12 +271,78 @@ def test_lr_find_rejects_an_end_below_the_start(tmp_path):
 
 
 def test_train_lr_auto_says_which_rate_and_how(tmp_path):
-    args = ["train", "--lr", "auto", "--points", "60", "--epochs", "10", "--runs-dir", str(tmp_path), "--name", "auto", "--json"]
+    args = ["train", "--lr", "auto", *LEARNS, "--seed", "2", "--runs-dir", str(tmp_path), "--name", "auto", "--json"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["lr_choice"].startswith("auto:")
+    times = summary["times_s"]  # the rate search is a phase of its own, inside the total
+    assert times["rate_search"] > 0 and sum(v for k, v in times.items() if k != "total" and v) == pytest.approx(times["total"], rel=1e-9)
     assert summary["members"][0]["lr"] == pytest.approx(summary["lr_auto"]["lr"])
     saved = json.loads((tmp_path / "auto" / "summary.json").read_text())
     assert saved["lr_choice"] == summary["lr_choice"]
     assert json.loads((tmp_path / "auto" / "config.json").read_text())["lr"] == pytest.approx(summary["lr_auto"]["lr"])
+
+
+# ---------------------------------------------------------------- lr-find's plain output
+
+
+def flat_findings(seeds: tuple[int, ...], verified: bool) -> lr_find.Findings:
+    """A range test that never falls below Var(y) = 0.08 (so the rules are guesses), and with
+    `verified` a verification where only the grid's top rate trains, on every seed."""
+    config = lr_find.RangeTestConfig(iters=50)
+    lrs = lr_find.sweep(config.start_lr, config.end_lr, config.iters)
+    wobble = 0.08 * (1 + 0.01 * np.sin(np.arange(config.iters)))[:, None] * np.ones((1, len(seeds)))
+    test = lr_find.RangeTest(config, seeds, lrs, wobble, wobble, None, [None] * len(seeds), np.full(len(seeds), 0.08))
+    findings = lr_find.Findings(SMALL, test)
+    if verified:
+        rates, labels = lr_find.merge_rates(np.array([1e-3, 1e2]), findings.medians())
+        val = np.where(rates[:, None] == 1e2, 1e-6, 0.08) * np.ones((1, 3))
+        findings.verification = lr_find.Verification(rates, labels, (0, 1, 2), val, 0.08, epochs=5, wall_time_s=1.0)
+    return findings
+
+
+def rendered(findings: lr_find.Findings, capsys, monkeypatch) -> tuple[str, str]:
+    monkeypatch.setenv("COLUMNS", "250")
+    report.render_lr_find(findings.to_json(), "out")
+    captured = capsys.readouterr()
+    return captured.out, captured.err
+
+
+def rule_row(out: str, rule: str) -> list[str]:
+    line = next(line for line in out.splitlines() if line.startswith(f"│ {rule} ("))
+    return [cell.strip() for cell in line.strip("│").split("│")]
+
+
+def test_one_seed_has_no_spread_to_show(capsys, monkeypatch):
+    one = flat_findings((0,), verified=False)
+    assert {rule["spread_decades"] for rule in one.to_json()["suggestions"].values()} == {None}
+    out, _ = rendered(one, capsys, monkeypatch)
+    assert all(rule_row(out, rule)[2] == "—" for rule in lr_find.RULES)
+    two = flat_findings((0, 1), verified=False)
+    assert all(rule["spread_decades"] is not None for rule in two.to_json()["suggestions"].values())
+
+
+def test_the_flat_curve_warning_points_at_the_verification_once_it_has_run(capsys, monkeypatch):
+    _, before = rendered(flat_findings((0,), verified=False), capsys, monkeypatch)
+    _, after = rendered(flat_findings((0,), verified=True), capsys, monkeypatch)
+    assert "check them with --verify" in before
+    assert "--verify" not in after and "the verification below says which rates train" in after
+
+
+def test_a_rule_whose_pick_did_not_train_is_marked_contradicted_beside_it(capsys, monkeypatch):
+    findings = flat_findings((0,), verified=True)
+    suggestions = findings.to_json()["suggestions"]
+    for rule in lr_find.RULES:
+        check = suggestions[rule]["verified"]
+        assert (check["lr"], check["trained"], check["seeds"], check["verdict"]) == (suggestions[rule]["median"], 0, 3, "contradicted")
+    out, _ = rendered(findings, capsys, monkeypatch)
+    assert all(rule_row(out, rule)[-1].startswith("contradicted: 0/3 trained") for rule in lr_find.RULES)
+
+
+def test_a_rule_verdict_says_whether_every_some_or_no_seed_trained_at_its_pick():
+    rates, labels = np.array([1e-3, 1e-2, 1e-1]), [["steepest"], ["valley", "minimum"], []]
+    val = np.array([[1e-6, 1e-6], [1e-6, 0.08], [0.08, 0.08]])
+    checks = lr_find.Verification(rates, labels, (0, 1), val, 0.08, epochs=5, wall_time_s=1.0).rule_checks()
+    assert {rule: check["verdict"] for rule, check in checks.items()} == {"steepest": "confirmed", "valley": "partly confirmed", "minimum": "partly confirmed"}
+    assert checks["valley"]["trained"] == 1 and checks["valley"]["lr"] == 1e-2

@@ -136,3 +136,19 @@ def test_jacobian_matches_autograd():
     expected = torch.stack(rows)
     torch.testing.assert_close(jacobian, expected, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(residual, model.forward(x.unsqueeze(0))[0].detach() - runge(x))
+
+
+def test_the_report_keeps_each_members_mse_before_and_after_every_iteration(short_run):
+    model, x_train = short_run
+    model = _copy(model)
+    with torch.no_grad():
+        model.params[1, 0] = float("nan")  # never polished: its curve is all NaN
+    seen: list[PolishProgress] = []
+    report = levenberg_marquardt(model, x_train, iterations=4, progress=seen.append)
+    assert report.curves.shape == (3, 5)
+    for k in (0, 2):
+        steps = [p.mse for p in seen if p.member == k]
+        assert report.curves[k, 0] == report.initial_mse[k]
+        assert report.curves[k, 1 : 1 + len(steps)].tolist() == steps
+        assert report.curves[k, 1 + len(steps) :].isnan().all()
+    assert report.curves[1].isnan().all()

@@ -24,6 +24,8 @@ from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
 
+from .conftest import LEARNS
+
 runner = CliRunner()
 
 CONFIG = TrainConfig(points=120, epochs=6, seeds=(0, 1))  # 3 optimizer steps per epoch
@@ -92,8 +94,8 @@ def test_a_stop_during_the_polish_undoes_it_and_resume_runs_it_again(workers):
 
 # ---------------------------------------------------------------- the CLI, with a real Ctrl-C
 
-EPOCHS = 12
-LONG_TRAIN = ["--points", "120", "--epochs", str(EPOCHS), "--seeds", "2", "--quiet"]
+LONG_TRAIN = [*LEARNS, "--seeds", "2", "--quiet"]  # a run that learns, so that it exits 0
+STEPS_PER_EPOCH = TrainConfig(points=120, batch_size=8).steps_per_epoch
 PRESS_AFTER = 3  # the epoch after which Ctrl-C is pressed
 # `rungefit train` as run from a terminal, except that after epoch PRESS_AFTER it says so on stderr
 # and waits until its stdin closes: the test presses Ctrl-C at a known point of the run, however
@@ -138,7 +140,7 @@ def assert_same_checkpoint(a, b):
 
 def without_wall_time(run_dir) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
-    del summary["wall_time_s"]
+    del summary["wall_time_s"], summary["times_s"]
     return summary
 
 
@@ -175,7 +177,7 @@ def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbe
     assert saved["status"] == summary["status"] == "interrupted"
     # Workers run one epoch ahead of the parent, and may finish it before the stop reaches them.
     assert PRESS_AFTER <= saved["epochs_run"] == summary["epochs"] <= PRESS_AFTER + 1
-    assert saved["optimizer"]["step"] == summary["steps"] == 3 * saved["epochs_run"]
+    assert saved["optimizer"]["step"] == summary["steps"] == STEPS_PER_EPOCH * saved["epochs_run"]
     assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + 2 * saved["epochs_run"]
 
     resumed = runner.invoke(app, ["train", "--resume", "x", "--runs-dir", str(runs_dir), "--json"])
@@ -193,7 +195,7 @@ def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbe
 
 def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path, monkeypatch):
     polish = ["--polish", "lm", "--polish-iterations", "4"]
-    train = ["train", "--points", "120", "--epochs", "3", *polish, "--quiet"]
+    train = ["train", *LEARNS, *polish, "--quiet"]
     assert runner.invoke(app, [*train, "--runs-dir", str(tmp_path / "ref"), "--name", "x"]).exit_code == 0
     pressed = []
 
@@ -217,9 +219,9 @@ def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path,
     runs_dir = tmp_path / "runs"
     stopped = runner.invoke(app, [*train, "--runs-dir", str(runs_dir), "--name", "x"])
     assert stopped.exit_code == 130, stopped.output
-    assert "interrupted during the polish: all 3 epochs are saved" in stopped.stderr
+    assert "interrupted during the polish: all 60 epochs are saved" in stopped.stderr
     summary = json.loads((runs_dir / "x" / "summary.json").read_text())
-    assert (summary["status"], summary["epochs"], summary["polish"]) == ("interrupted", 3, None)
+    assert (summary["status"], summary["epochs"], summary["polish"]) == ("interrupted", 60, None)
 
     again = runner.invoke(app, ["train", "--resume", "x", "--runs-dir", str(runs_dir)])
     assert again.exit_code == 130

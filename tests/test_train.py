@@ -121,3 +121,28 @@ def test_epoch_batches_are_each_members_shuffled_set_through_reused_buffers():
         assert torch.equal(torch.cat([y for _, y in got], dim=1), runge(x_epoch))
     assert len(storages) == 1  # every epoch in the same memory
 
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_every_final_figure_is_float64_arithmetic_on_the_networks_outputs(dtype):
+    from rungefit.runge import sample_split, test_grid
+    from rungefit.stack import DTYPES
+
+    config = TrainConfig(points=120, epochs=2, seeds=(0, 1), dtype=dtype)
+    result = fit(config)
+    data = sample_split(torch.tensor(config.seeds), config.points, config.val_fraction, dtype=DTYPES[dtype])
+    grid = test_grid(config.test_points, dtype=DTYPES[dtype]).expand(2, -1)
+
+    def errors(x):
+        with torch.no_grad():
+            return result.model.forward(x).double().numpy() - runge(x.double().numpy())
+
+    expected = {
+        "train_mse": np.mean(errors(data.x_train) ** 2, axis=1),
+        "val_mse": np.mean(errors(data.x_val) ** 2, axis=1),
+        "test_mse": np.mean(errors(grid) ** 2, axis=1),
+        "test_max_abs_error": np.abs(errors(grid)).max(axis=1),
+        "val_var": np.var(runge(data.x_val.double().numpy()), axis=1),
+    }
+    for name, values in expected.items():
+        np.testing.assert_allclose([getattr(m, name) for m in result.members], values, rtol=1e-12, atol=0, err_msg=name)

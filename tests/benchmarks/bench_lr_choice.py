@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 from rungefit import lr_find, lr_rules
 from rungefit.cli import app
 from rungefit.config import TrainConfig
+from rungefit.evaluate import learned
 from rungefit.train import fit
 
 
@@ -54,7 +55,7 @@ def rule_trainings(seeds: list[int]) -> dict[str, list[tuple[float, float]]]:
 def summary_row(name: str, picks: list[tuple[float, float]], best: dict, var_y: float, seeds: int) -> str:
     rates = np.array([lr for lr, _ in picks])
     val = np.array([v if np.isfinite(v) else np.inf for _, v in picks])
-    ok = int((val < lr_rules.TRAINED_BELOW * var_y).sum())
+    ok = int(learned(val, var_y).sum())
     spread = np.log10(rates.max() / rates.min())
     ratio = np.median(val) / best["median"]
     return f"| {name} | {rates.min():.2g} … {rates.max():.2g} ({spread:.1f} decades) | {ok}/{seeds} | {np.median(val):.3e} | {ratio:.3g}× |"

@@ -1,0 +1,102 @@
+"""The figures, through their artists (legend labels, axis limits, line data), never their pixels."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pytest
+
+from rungefit import plots
+
+matplotlib.use("Agg")
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def legend_labels(ax) -> list[str]:
+    legend = ax.get_legend()
+    return [] if legend is None else [text.get_text() for text in legend.get_texts()]
+
+
+X = np.linspace(-1, 1, 41)
+
+
+def test_loss_figure_of_a_polished_run_shows_each_polish_iteration_beside_the_epochs():
+    epochs = [[1e-2, 2e-2], [1e-3, 2e-3]]
+    curves = np.array([[1e-5, 5e-6, 1e-7, np.nan], [2e-5, 1e-5, 1e-6, 4e-7]])  # member 0 stopped after 2 iterations
+    adam, polish = plots.loss_figure(epochs, epochs, curves).axes
+    assert "Levenberg-Marquardt" in polish.get_title() and polish.get_xlabel() == "iteration"
+    (median,) = polish.get_lines()
+    assert median.get_xdata().tolist() == [0, 1, 2, 3]
+    # A member that stopped keeps its last MSE: the median of (1e-7, 4e-7) at the end.
+    np.testing.assert_allclose(median.get_ydata(), [1.5e-5, 7.5e-6, 5.5e-7, 2.5e-7])
+    assert adam.get_shared_y_axes().joined(adam, polish)
+    assert len(plots.loss_figure(epochs, epochs).axes) == 1
+
+
+def members(val: bool) -> list[dict]:
+    lrs = np.geomspace(1e-5, 1.0, 20).tolist()
+    losses = np.linspace(0.1, 0.05, 20).tolist()
+    return [
+        {"seed": seed, "lr": lrs, "loss": losses, "smoothed": losses, "val_loss": losses if val else None, "stop": "complete", "mean_predictor_mse": 0.08}
+        for seed in (0, 1)
+    ]
+
+
+def test_lr_find_figure_mentions_validation_only_when_it_was_recorded():
+    suggestions = {"steepest": 1e-3, "valley": 1e-2, "minimum": 1e-1}
+    (without,) = plots.lr_find_figure(members(val=False), suggestions).axes
+    assert not any("validation" in text for text in [without.get_title(), *legend_labels(without)])
+    (with_val,) = plots.lr_find_figure(members(val=True), suggestions).axes
+    assert "validation loss" in legend_labels(with_val)
+    validation = [line for line in with_val.get_lines() if line.get_gid() == "validation"]
+    minimum = next(line for line in with_val.get_lines() if line.get_label().startswith("minimum"))
+    assert len(validation) == 2
+    assert {line.get_linestyle() for line in validation}.isdisjoint({minimum.get_linestyle()})
+
+
+def test_eval_figure_cuts_off_a_blown_up_baseline_says_so_and_keeps_the_legend_off_the_curves():
+    network = 1e-4 * np.sin(7 * X)
+    errors = {"network": network, "equispaced, d = 40": 1e4 * X**40, "Chebyshev, d = 40": 1e-5 * np.cos(9 * X)}
+    figure = plots.eval_figure(X, 1 / (1 + 25 * X**2), 1 / (1 + 25 * X**2) + network, errors)
+    top, bottom = figure.axes
+    low, high = bottom.get_ylim()
+    assert high == pytest.approx(plots.ERROR_HEADROOM * np.abs(network).max()) and high < 1e4
+    assert low <= np.abs(network).max() * 1e-3
+    assert legend_labels(bottom) == ["network", "equispaced, d = 40 (cut off: up to 1.0e+04)", "Chebyshev, d = 40"]
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    assert bottom.get_legend().get_window_extent(renderer).x0 >= bottom.get_window_extent(renderer).x1
+
+
+def test_eval_figure_without_baselines_cuts_nothing_off():
+    network = 1e-4 * np.sin(7 * X)
+    (_, bottom) = plots.eval_figure(X, 1 / (1 + 25 * X**2), 1 / (1 + 25 * X**2) + network, {"network": network}).axes
+    assert bottom.get_ylim()[1] >= np.abs(network).max()
+
+
+def test_fit_figure_labels_its_axes_and_with_several_networks_the_median_and_the_band():
+    target = 1 / (1 + 25 * X**2)
+    predictions = target + np.array([[1e-3], [-2e-3], [3e-3]]) * np.cos(X)
+    top, bottom = plots.fit_figure(X, target, predictions).axes
+    assert top.get_ylabel() and bottom.get_ylabel() and bottom.get_xlabel() == "x"
+    assert legend_labels(top)[1:] == ["range of the 3 networks", "median of the 3 networks"]
+    assert legend_labels(bottom) == ["range over the 3 networks", "median over the 3 networks"]
+    top, _ = plots.fit_figure(X, target, predictions[:1]).axes
+    assert top.get_ylabel() and legend_labels(top)[1:] == ["network"]
+
+
+def test_grad_figure_writes_the_gradient_in_mathtext():
+    figure = plots.grad_figure(X, np.cos(X), np.cos(X) + 1e-4, np.array([0.3]))
+    top, bottom = figure.axes
+    network_label = legend_labels(top)[1]
+    assert network_label == r"$\nabla a^{[L]}(x)$, network"
+    assert "$" in top.get_ylabel() and r"\nabla a^{[L]}" in bottom.get_ylabel()
+    figure.canvas.draw()  # mathtext that does not parse fails here
+    assert all("^[L]" not in text for text in (network_label, top.get_ylabel(), bottom.get_ylabel()))
