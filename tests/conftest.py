@@ -15,6 +15,8 @@ from rungefit.config import parse_layers
 from rungefit.model import StackedMLP
 
 runner = CliRunner()
+# What every saved training run holds.
+RUN_FILES = {"config.json", "model.pt", "history.csv", "summary.json", "fit.png", "loss.png"}
 
 # The smallest runs that still learn f (validation MSE below 1 % of Var(y), so `train` exits 0):
 # a fraction of a second of training. Shorter runs learn nothing, and `train` exits 1.

@@ -12,15 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import rungefit
 from rungefit import evaluate, runs, train
 from rungefit.cli import app
 
-from .conftest import QUICK_TRAIN, heavy_imports_after
+from .conftest import QUICK_TRAIN, heavy_imports_after, runner
 
-runner = CliRunner()
 REPO = Path(__file__).resolve().parent.parent
 # A run saved by this version's `rungefit train --points 60 --epochs 3 --layers 6:tanh,4:gelu
 # --seeds 2` (its PNGs left out): later versions must still load it and agree with its summary.

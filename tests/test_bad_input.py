@@ -6,13 +6,10 @@ a usage error and 1 for a runtime failure, never a traceback. Inputs that are od
 from __future__ import annotations
 
 import pytest
-from typer.testing import CliRunner
 
 from rungefit.cli import app
 
-from .conftest import QUICK_TRAIN
-
-runner = CliRunner()
+from .conftest import QUICK_TRAIN, runner
 
 
 @pytest.fixture(scope="module")

@@ -9,16 +9,11 @@ import sys
 
 import pytest
 import typer
-from typer.testing import CliRunner
 
 from rungefit import report
 from rungefit.cli import app
 
-from .conftest import QUICK_TRAIN, heavy_imports_after
-
-runner = CliRunner()
-
-RUN_FILES = {"config.json", "model.pt", "history.csv", "summary.json", "fit.png", "loss.png"}
+from .conftest import QUICK_TRAIN, RUN_FILES, heavy_imports_after, runner
 
 
 def test_train_writes_the_run_directory(quick_run):

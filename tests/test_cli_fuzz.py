@@ -7,13 +7,10 @@ import pytest
 import typer
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from rungefit.cli import app
 
-from .conftest import QUICK_TRAIN
-
-runner = CliRunner()
+from .conftest import QUICK_TRAIN, runner
 
 KNOWN_EXIT_CODES = {0, 1, 2}
 # Paths are never drawn: they are given under a temporary directory, so that nothing is written elsewhere.

@@ -3,13 +3,10 @@
 import json
 
 import pytest
-from typer.testing import CliRunner
 
 from rungefit.cli import app
 
-from .conftest import QUICK_TRAIN
-
-runner = CliRunner()
+from .conftest import QUICK_TRAIN, runner
 
 
 def invoke(*args: str):
@@ -28,13 +25,6 @@ def runs_dir(tmp_path_factory):
 
 def summary(runs_dir, name):
     return json.loads((runs_dir / name / "summary.json").read_text())
-
-
-@pytest.mark.parametrize("command", ["grad", "eval"])
-def test_help_ends_with_an_example(command):
-    result = invoke(command, "--help")
-    assert result.exit_code == 0
-    assert "Example: rungefit " + command in result.stdout
 
 
 def test_grad_prints_a_table_and_writes_grad_png(runs_dir):

@@ -15,9 +15,7 @@ from rungefit import runs
 from rungefit.config import TrainConfig
 from rungefit.train import fit
 
-from .conftest import QUICK_TRAIN
-
-RUN_FILES = {"config.json", "model.pt", "history.csv", "summary.json", "fit.png", "loss.png"}
+from .conftest import QUICK_TRAIN, RUN_FILES
 
 
 def leftovers(runs_dir):

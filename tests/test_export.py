@@ -14,7 +14,6 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 import rungefit
 from rungefit import runs
@@ -22,9 +21,8 @@ from rungefit.cli import app
 from rungefit.evaluate import member_prediction
 from rungefit.runge import runge, test_grid
 
-from .conftest import SPECS
+from .conftest import SPECS, runner
 
-runner = CliRunner()
 DEFAULT = SPECS[0]
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 

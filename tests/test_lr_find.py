@@ -10,7 +10,6 @@ import math
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from rungefit import lr_find, lr_rules, report
 from rungefit.cli import app, lr_find_command
@@ -19,9 +18,7 @@ from rungefit.runge import DataSplit
 from rungefit.stack import EpochBatches, new_stack
 from rungefit.train import fit
 
-from .conftest import LEARNS
-
-runner = CliRunner()
+from .conftest import LEARNS, runner
 
 # 70 training points in batches of 10: seven steps an epoch, so the sweep crosses epochs.
 SMALL = TrainConfig(points=100, batch_size=10, seeds=(0, 1))

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
 from rungefit import predict as core
 from rungefit import runs
@@ -21,7 +20,8 @@ from rungefit.cli import app
 from rungefit.errors import UsageError
 from rungefit.evaluate import member_prediction
 
-runner = CliRunner()
+from .conftest import runner
+
 REPO = Path(__file__).resolve().parent.parent
 
 

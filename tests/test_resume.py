@@ -17,16 +17,13 @@ from dataclasses import replace
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from rungefit import cli, runs
 from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
 
-from .conftest import LEARNS
-
-runner = CliRunner()
+from .conftest import LEARNS, runner
 
 CONFIG = TrainConfig(points=120, epochs=6, seeds=(0, 1))  # 3 optimizer steps per epoch
 
