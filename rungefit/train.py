@@ -22,8 +22,8 @@ from rungefit.evaluate import grid_errors
 from rungefit.model import StackedMLP
 from rungefit.optim import StackedAdam
 from rungefit.polish import PolishProgress, PolishReport
-from rungefit.runge import runge
 from rungefit.stack import EpochCurves, open_stack, worker_count
+from rungefit.target import target_of
 
 # Hidden activations per step (members × batch × hidden units) from which CPU training uses
 # torch's intra-op threads; below it one thread is faster (see intra_op_threads).
@@ -139,6 +139,7 @@ class TrainResult:
             "wall_time_s": self.wall_time_s,
             "workers": self.config.workers,
             "polish": self._polish_summary(),
+            "target": {"target": target_of(self.config).name, "domain": list(self.config.domain)},
         }
 
     def _polish_summary(self) -> dict | None:
@@ -257,10 +258,10 @@ def intra_op_threads(config: TrainConfig) -> Iterator[None]:
 
 
 def final_metrics(model: StackedMLP, config: TrainConfig, data, lrs: list[float]) -> list[MemberMetrics]:
-    """Full-set MSEs per member, and the test grid's MSE and max |error| (as `eval` computes them)."""
-    test = grid_errors(model, config.test_points)
-    train_mse = model.mse(data.x_train, runge(data.x_train)).tolist()
-    val_mse = model.mse(data.x_val, runge(data.x_val)).tolist()
+    """Full-set MSEs per member, and the test set's MSE and max |error| (as `eval` computes them)."""
+    test = grid_errors(model, target_of(config), config.test_points)
+    train_mse = model.mse(data.x_train, data.y_train).tolist()
+    val_mse = model.mse(data.x_val, data.y_val).tolist()
     return [
         MemberMetrics(seed, lr, tr, va, te, mx)
         for seed, lr, tr, va, te, mx in zip(config.seeds, lrs, train_mse, val_mse, test.mse.tolist(), test.max_abs_error.tolist(), strict=True)

@@ -13,8 +13,9 @@ from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes, parse_lay
 from rungefit.kernels import _Backprop
 from rungefit.model import ACTIVATIONS, StackedMLP
 from rungefit.optim import StackedAdam
-from rungefit.runge import runge
 from rungefit.train import fit
+
+from .conftest import runge
 
 F64 = torch.float64
 # A width-1 hidden layer takes the hand-written pass's broadcast path, as the output layer does.

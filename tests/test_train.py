@@ -7,9 +7,10 @@ import torch
 from rungefit import rng
 from rungefit.config import TrainConfig
 from rungefit.optim import lr_factors
-from rungefit.runge import runge
 from rungefit.stack import EpochBatches, new_stack
 from rungefit.train import DivergedError, fit, resolve_device
+
+from .conftest import runge
 
 
 def test_short_training_lowers_the_loss():
@@ -120,7 +121,7 @@ def test_default_run_beats_the_reference():
 def test_epoch_batches_are_each_members_shuffled_set_through_reused_buffers():
     config = TrainConfig(seeds=(3, 0, 8), points=60)
     _, _, data, seeds = new_stack(config)
-    batches = EpochBatches(data.x_train, seeds, 16)
+    batches = EpochBatches(data.x_train, data.y_train, seeds, 16)
     storages = set()
     for epoch in (0, 1, 0):
         views = list(batches(epoch))
