@@ -1,6 +1,7 @@
-"""rungefit: fit the Runge function with a small network, and study its gradient, learning rate and fit.
+"""rungefit: fit a 1-D function (the Runge function by default) or a data set with a small network,
+and study its gradient, learning rate and fit.
 
-The library API lives in the modules (runge, model, train, lr_find, grad, evaluate, runs); this
+The library API lives in the modules (target, model, train, lr_find, grad, evaluate, runs); this
 package imports none of them eagerly, so that `rungefit --help` never pays for importing torch.
 """
 

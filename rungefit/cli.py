@@ -228,7 +228,7 @@ def complete_target(incomplete: str) -> list[str]:
 
 TARGET_HELP = (
     "What to fit: a preset, "
-    + "; ".join(f"`{name}` {preset.about}" for name, preset in PRESETS.items())
+    + "; ".join(f"`{name}` ({preset.about})" for name, preset in PRESETS.items())
     + " (default: runge). Or a formula in x such as `'exp(-x**2) * cos(5*x)'`: numbers, x, pi, e, `+ - * / **`, "
     + f"parentheses and {', '.join(FORMULA_FUNCTIONS)}."
 )

@@ -61,7 +61,7 @@ def fit_curves(model: StackedMLP, target: Target, n: int = 401) -> FitCurves:
     if target.has_function:
         return FitCurves(grid, target(x[0]).double().cpu().numpy(), predictions, target.label, None)
     at_points = _predict(model, torch.as_tensor(target.points.x).to(dtype=model.dtype, device=model.device).expand(model.members, -1))
-    return FitCurves(grid, None, predictions, target.name, (target.points.x, target.points.y, at_points))
+    return FitCurves(grid, None, predictions, target.label, (target.points.x, target.points.y, at_points))
 
 
 def _predict(model: StackedMLP, x: torch.Tensor) -> np.ndarray:
@@ -329,8 +329,7 @@ def plot_curves(model: StackedMLP, target: Target, member: int, degrees: tuple[i
     errors = {"network": member_prediction(model, member, error_x) - truth}
     if degrees:
         errors.update({name: approximant(error_x) - truth for name, _, approximant in baseline_approximants(target, degrees[-1:], train)})
-    label = target.label if target.has_function else target.name
-    return Curves(x, truth if target.has_function else None, prediction, error_x, errors, label, points)
+    return Curves(x, truth if target.has_function else None, prediction, error_x, errors, target.label, points)
 
 
 def evaluate(

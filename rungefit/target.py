@@ -25,6 +25,7 @@ import math
 import operator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -42,6 +43,9 @@ from rungefit.config import (
     validation_size,
 )
 from rungefit.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
 
 DATA_FILE = "data.csv"  # a data run's copy of its points, in the run directory
 CONSTANTS = {"pi": math.pi, "e": math.e}
@@ -316,10 +320,10 @@ class DataSplit:
     """Each member's training and validation points and their targets, [K, n] each, in the run's
     dtype: the targets are evaluated here, once, and never again while training."""
 
-    x_train: object  # torch.Tensor [K, n_train]
-    x_val: object  # torch.Tensor [K, n_val]
-    y_train: object  # torch.Tensor [K, n_train]
-    y_val: object  # torch.Tensor [K, n_val]
+    x_train: torch.Tensor  # [K, n_train]
+    x_val: torch.Tensor  # [K, n_val]
+    y_train: torch.Tensor  # [K, n_train]
+    y_val: torch.Tensor  # [K, n_val]
 
     def select(self, start: int, stop: int) -> DataSplit:
         """Members start…stop-1."""
@@ -351,10 +355,6 @@ class FunctionTarget:
     @property
     def name(self) -> str:
         return self.spec if self.spec in PRESETS else f"f(x) = {self.spec}"
-
-    @property
-    def is_default(self) -> bool:
-        return self.spec == DEFAULT_TARGET and self.domain == DEFAULT_DOMAIN
 
     def __call__(self, x):
         """f(x) on a NumPy array or a tensor, in its dtype."""
@@ -571,14 +571,16 @@ class DataTarget:
     source: str  # the file as the user named it
 
     has_function = False
-    is_default = False
-    label = "data"
     derivative_label = "f'"
     kinks = ()
 
     @property
     def name(self) -> str:
         return f"data {Path(self.source).name}"
+
+    @property
+    def label(self) -> str:
+        return self.name
 
     @functools.cached_property
     def _order(self) -> np.ndarray:
@@ -697,6 +699,8 @@ def target_of(config) -> FunctionTarget | DataTarget:
     domain = check_domain(config.domain)
     if not isinstance(config.test_fraction, (int, float)) or isinstance(config.test_fraction, bool):
         raise UsageError(f"--test-fraction must be a number, got {type(config.test_fraction).__name__}")
+    if config.data and not config.data_sha256:
+        raise UsageError("a data setting needs the file's SHA-256 too: build it with target.settings(data=…)")
     return _target(config.target, domain, config.data, config.data_sha256, float(config.test_fraction))
 
 
@@ -704,7 +708,7 @@ def target_of(config) -> FunctionTarget | DataTarget:
 def _target(spec: str, domain: tuple[float, float], data: str, sha256: str, test_fraction: float):
     if not data:
         return function_target(spec, domain)
-    points = _FILES.get(sha256) or read_points(data, expected_sha256=sha256 or None)
+    points = _FILES.get(sha256) or read_points(data, expected_sha256=sha256)
     return data_target(points, domain, test_fraction, data)
 
 

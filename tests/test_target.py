@@ -402,3 +402,8 @@ def test_data_points_must_match_their_recorded_sha256(tmp_path):
     copy = write(tmp_path, DATA.read_text().replace("0.033664", "0.033665"))
     with pytest.raises(UsageError, match="does not match the SHA-256"):
         read_points(copy, expected_sha256=data_config().data_sha256)
+
+
+def test_a_data_setting_without_its_sha256_is_refused():
+    with pytest.raises(UsageError, match="SHA-256"):
+        TrainConfig(data=str(DATA), points=160, test_points=40).validate()
