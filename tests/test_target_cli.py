@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -228,3 +229,20 @@ def test_every_command_runs_on_every_preset_a_formula_and_a_data_file(target, tm
     assert found["verification"]["rates"]
     assert invoke_json("eval", "--baselines", "--runs-dir", str(tmp_path))["scores"][1:]
     assert invoke_json("grad", "--grid", "201", "--runs-dir", str(tmp_path))["grid"]["points"] == 201
+
+
+def test_an_interrupted_data_run_resumes_from_its_own_copy_to_the_uninterrupted_numbers(tmp_path, fast_figures):
+    from rungefit.target import settings
+
+    source = tmp_path / "points.csv"
+    shutil.copyfile(DATA, source)
+    config = TrainConfig(**settings(data=str(source)), epochs=4, batch_size=16, dtype="float64", seeds=(0, 1))
+    uninterrupted = fit(config)
+    steps = []
+    stopped = fit(config, should_stop=lambda: steps.append(1) or len(steps) == 25)
+    assert stopped.status == "interrupted" and 0 < stopped.epochs_run < 4
+    runs.save_new_run(tmp_path, "r", runs.run_files(stopped, {}, {}, {}))
+    source.unlink()
+    result = runner.invoke(app, ["train", "--resume", "r", "--runs-dir", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["members"] == [asdict(member) for member in uninterrupted.members]
