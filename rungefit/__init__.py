@@ -1,4 +1,5 @@
-"""rungefit: fit the Runge function with a small network, and study its gradient, learning rate and fit.
+"""rungefit: fit a 1-D function (the Runge function by default) or a data set with a small network,
+and study its gradient, learning rate and fit.
 
 The Python API, for scripts and notebooks:
 

@@ -30,11 +30,13 @@ from typer.exceptions import TyperException
 
 from rungefit.config import (
     ACTIVATION_NAMES,
+    FORMULA_FUNCTIONS,
     MAX_GRID,
     MAX_MEMBERS,
     MAX_SEED,
     MAX_WORKERS,
     MIN_MEMBERS_PER_WORKER,
+    PRESETS,
     RangeTestConfig,
     TrainConfig,
     VerifyConfig,
@@ -142,8 +144,8 @@ def _show_version(value: bool) -> None:
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
-    """Fit the Runge function f(x) = 1/(1+25x²) on [-1, 1] with a small network, and study its
-    gradient, its learning rate and its fit.
+    """Fit a 1-D function with a small network (the Runge function f(x) = 1/(1+25x²) on [-1, 1]
+    unless --target or --data says otherwise), and study its gradient, its learning rate and its fit.
 
     Example: rungefit train && rungefit eval && rungefit grad --x 0.3
     """
@@ -232,6 +234,20 @@ def parse_lr(text: str) -> Optional[float]:
     return value
 
 
+def complete_target(incomplete: str) -> list[str]:
+    return [name for name in PRESETS if name.startswith(incomplete)]
+
+
+TARGET_HELP = (
+    "What to fit: a preset, "
+    + "; ".join(f"`{name}` ({preset.about})" for name, preset in PRESETS.items())
+    + " (default: runge). Or a formula in x such as `'exp(-x**2) * cos(5*x)'`: numbers, x, pi, e, `+ - * / **`, "
+    + f"parentheses and {', '.join(FORMULA_FUNCTIONS)}."
+)
+TargetOption = Annotated[Optional[str], typer.Option("--target", help=TARGET_HELP, autocompletion=complete_target)]
+DomainOption = Annotated[Optional[str], typer.Option("--domain", help="The interval A,B of the training points, the test grid, the baselines and the plots (default: -1,1; with --data, the data's range).")]
+DataOption = Annotated[Optional[str], typer.Option("--data", help="Fit measured points instead of a function: a CSV file of two columns x,y (a header line is allowed). --test-fraction of them are the test set; the rest are split into training and validation as usual. The run keeps a copy.")]
+TestFractionOption = Annotated[float, typer.Option(help="With --data: the share of the points held out as the test set, drawn once (seeded) and the same for every member.")]
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Directory holding the run directories.", show_default=True)]
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of tables.")]
 
@@ -245,7 +261,7 @@ RESUME_ALLOWS = ("resume", "runs_dir", "quiet", "json_output")
 def train(
     ctx: typer.Context,
     layers: Annotated[str, typer.Option(help="Hidden layers as WIDTH:ACTIVATION items; the output layer is linear.", autocompletion=complete_layers)] = DEFAULTS.layers,
-    points: Annotated[int, typer.Option(help="Training points drawn uniformly from [-1, 1], validation included. More points mean more Adam steps per epoch, and the fit is limited by the steps, not by data (docs/accuracy.md).")] = DEFAULTS.points,
+    points: Annotated[int, typer.Option(help="Training points drawn uniformly from the domain, validation included (with --data: the data's). More points mean more Adam steps per epoch, and the fit is limited by the steps, not by data (docs/accuracy.md).")] = DEFAULTS.points,
     val_fraction: Annotated[float, typer.Option(help="Share of the points held out for validation, in (0, 1).")] = DEFAULTS.val_fraction,
     batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = DEFAULTS.batch_size,
     epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = DEFAULTS.epochs,
@@ -258,13 +274,18 @@ def train(
     polish: Annotated[Polish, typer.Option(help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (what it gains and what it costs: docs/accuracy.md).")] = Polish(DEFAULTS.polish),
     polish_iterations: Annotated[int, typer.Option(help="Levenberg-Marquardt iterations per member with --polish lm.")] = DEFAULTS.polish_iterations,
     workers: Annotated[int, typer.Option(help=f"CPU processes that share the members of a stacked run. 0: one per core, each with at least {MIN_MEMBERS_PER_WORKER} members; 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = DEFAULTS.workers,
+    target: TargetOption = None,
+    domain: DomainOption = None,
+    data: DataOption = None,
+    test_fraction: TestFractionOption = DEFAULTS.test_fraction,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_interrupted_run)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the final table.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
-    """Train the network on the Runge function and save the run (model, history, plots).
+    """Train the network on the target (the Runge function unless --target or --data says
+    otherwise) and save the run (model, history, plots).
 
     The defaults reproduce the reference experiment's setup (1 → 20 tanh → 10 sigmoid → 20 tanh →
     10 sigmoid → 1, Adam, MSE, mini-batches of 39, 300 epochs, 30 % validation, 100 test points).
@@ -283,11 +304,12 @@ def train(
         _resume_run(runs_dir, resume, quiet, json_output, phases)
         return
     lr_value = parse_lr(lr)
-    config = core.TrainConfig(
+    settings = dict(
         layers=layers, points=points, val_fraction=val_fraction, batch_size=batch_size, epochs=epochs,
         lr=lr_value or core.TrainConfig.lr, schedule=schedule.value, seeds=parse_seeds(seed, seeds), dtype=dtype.value,
         device=core.resolve_device(device.value), polish=polish.value, polish_iterations=polish_iterations, workers=workers,
     )
+    config = core.TrainConfig(**{**settings, **target_settings(ctx, target, domain, data, test_fraction)})
     config.validate()
     runs.prepare_runs_dir(runs_dir, name)
     warn_if_full_batch(config)
@@ -301,6 +323,19 @@ def train(
         return runs.save_new_run(runs_dir, name, _run_files(result, lr_extra, phases))
 
     _train_and_report(config, save, lr_extra, quiet, json_output, phases)
+
+
+def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[str], data: Optional[str], test_fraction: float) -> dict:
+    """The TrainConfig fields of --target, --domain, --data and --test-fraction (with data, the
+    points too), checked: the target is parsed and checked for NaN/inf here, before any work."""
+    from rungefit.target import settings
+
+    if data is None and _was_given(ctx, "test_fraction"):
+        raise UsageError("--test-fraction applies only with --data")
+    fields = settings(target, domain, data, test_fraction)
+    if data is not None and _was_given(ctx, "points"):
+        raise UsageError("--points: with --data the points are the data's; drop --points")
+    return fields
 
 
 def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
@@ -437,10 +472,11 @@ def warn_if_full_batch(config) -> None:
 def _run_files(result, summary_extra: dict, phases: Phases) -> dict[str, bytes]:
     from rungefit import plots, runs
     from rungefit.evaluate import fit_curves
+    from rungefit.target import target_of
 
-    x, target, predictions = fit_curves(result.model)
+    curves = fit_curves(result.model, target_of(result.config))
     pictures = {
-        "fit.png": plots.fit_png(x, target, predictions, title=f"{result.config.layers}"),
+        "fit.png": plots.fit_png(curves.x, curves.target, curves.predictions, title=f"{result.config.layers}", label=curves.label, points=curves.points),
         "loss.png": plots.loss_png(result.history.train_mse, result.history.val_mse, None if result.polish is None else result.polish.curves.numpy()),
     }
     # summary.json cannot hold the time of its own writing: its times end as it is made.
@@ -448,21 +484,26 @@ def _run_files(result, summary_extra: dict, phases: Phases) -> dict[str, bytes]:
     return runs.run_files(result, {}, {"schedule": result.config.schedule, **summary_extra, "times_s": times}, pictures)
 
 
-XValues = Annotated[Optional[list[float]], typer.Option("--x", help="A point to evaluate at; repeat for several. Outside [-1, 1] is extrapolation (allowed, with a warning).")]
+XValues = Annotated[Optional[list[float]], typer.Option("--x", help="A point to evaluate at; repeat for several. Outside the run's domain is extrapolation (allowed, with a warning).")]
 RunName = Annotated[Optional[str], typer.Option("--run", help="Name of the run in --runs-dir (default: the latest run).", autocompletion=complete_run_name)]
 MemberOption = Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to use (default: the best by validation MSE).", min=0)]
 
 
 def checked_points(values: Optional[list[float]]) -> list[float]:
-    """--x values: NaN or ±inf is a usage error; outside [-1, 1] is extrapolation, allowed with a warning."""
+    """--x values: NaN or ±inf is a usage error."""
     points = list(values or [])
     for value in points:
         if not math.isfinite(value):
             raise UsageError(f"--x {value}: expected a finite number")
-    outside = [value for value in points if abs(value) > 1]
-    if outside:
-        report.warning(f"--x {', '.join(f'{v:g}' for v in outside)}: outside [-1, 1], where the network was trained, so this is extrapolation")
     return points
+
+
+def warn_outside(points: list[float], domain: tuple[float, float]) -> None:
+    """--x outside the domain is extrapolation, allowed with a warning."""
+    low, high = domain
+    outside = [value for value in points if not low <= value <= high]
+    if outside:
+        report.warning(f"--x {', '.join(f'{v:g}' for v in outside)}: outside {report.interval(domain)}, where the network was trained, so this is extrapolation")
 
 
 def _load_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
@@ -489,29 +530,34 @@ def _write_figure(path: Path, png: bytes) -> None:
 @app.command()
 def grad(
     x: XValues = None,
-    grid: Annotated[Optional[int], typer.Option(help="Also check N equally spaced points of [-1, 1] and report the largest discrepancies; grad.png then shows them. With neither --x nor --grid: --grid 201.", min=2, max=MAX_GRID)] = None,
+    grid: Annotated[Optional[int], typer.Option(help="Also check N equally spaced points of the domain and report the largest discrepancies; grad.png then shows them. With neither --x nor --grid: --grid 201.", min=2, max=MAX_GRID)] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Print the chain-rule product for each --x factor by factor: its shape and its value at that x.")] = False,
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
     untrained: Annotated[bool, typer.Option("--untrained", help="Study a freshly initialised network (--seed, --layers) instead of a saved run; writes no files.")] = False,
     seed: Annotated[Optional[int], typer.Option(help="With --untrained: the initialisation seed, as in train (default: 0).", min=0, max=MAX_SEED)] = None,
     layers: Annotated[Optional[str], typer.Option(help="With --untrained: hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="With --untrained: the target to compare with, as train's --target (default: runge).", autocompletion=complete_target)] = None,
+    domain: Annotated[Optional[str], typer.Option("--domain", help="With --untrained: the interval A,B, as train's --domain.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="With --untrained: a data file, as train's --data (there is no true derivative then).")] = None,
     member: MemberOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """The network's derivative `∇a^[L](x)`: the explicit chain-rule product, checked against autograd
-    and a central finite difference, beside the true f'(x) = −50x/(1+25x²)².
+    and a central finite difference, beside the true f'(x) (by autograd of the target's formula; for
+    the default, f'(x) = −50x/(1+25x²)²). Where f is not differentiable, and for data, there is none.
 
     The product is σ_L'(Z^[L]) · W^[L] diag(σ_{L-1}'(Z^[L-1])) · … · W^[2] diag(σ_1'(Z^[1])), where
     the input layer's factor diag(σ_1'(Z^[1])) is the identity (a^[1] = x has no activation) and
     σ_L' = 1 (the output is linear). It runs in float64 whatever the run's dtype. Writes grad.png, the
-    network's derivative beside f' over the interval, into the run directory.
+    network's derivative beside f' over the domain, into the run directory.
 
     Example: rungefit grad --x 0.3 --explain
     """
     from rungefit import grad as core
     from rungefit import plots
-    from rungefit.config import DEFAULT_LAYERS, format_layers
+    from rungefit.config import DEFAULT_LAYERS, TrainConfig, format_layers
+    from rungefit.target import settings, target_of
 
     points = checked_points(x)
     if explain and not points:
@@ -522,18 +568,22 @@ def grad(
         if run is not None or member is not None:
             raise UsageError("--untrained studies a new network; drop --run and --member")
         model = core.untrained_model(DEFAULT_LAYERS if layers is None else layers, seed or 0)
+        goal = target_of(TrainConfig(**settings(target, domain, data)))
         doc = {"source": f"untrained, seed {seed or 0}", "run": None, "member": 0}
     else:
-        if seed is not None or layers is not None:
-            raise UsageError("--seed and --layers apply only with --untrained; a saved run has its own")
+        if seed is not None or layers is not None or target is not None or domain is not None or data is not None:
+            raise UsageError("--seed, --layers, --target, --domain and --data apply only with --untrained; a saved run has its own")
         loaded, member, source = _load_member(runs_dir, run, member)
         model = core.as_float64(loaded.model, member)
+        goal = target_of(loaded.config)
         doc = {"source": source, "run": str(loaded.path), "member": member}
-    study = core.study_gradient(model, points, grid, explain)
-    doc = {**doc, "layers": format_layers(model.layers), "dtype": "float64", **study.as_dict()}
+    warn_outside(points, goal.domain)
+    study = core.study_gradient(model, goal, points, grid, explain)
+    doc = {**doc, "layers": format_layers(model.layers), "dtype": "float64", "target": goal.name, "domain": list(goal.domain), **study.as_dict()}
     if not untrained:
         curve = study.curve
-        _write_figure(loaded.path / "grad.png", plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"]))
+        png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"], label=goal.derivative_label)
+        _write_figure(loaded.path / "grad.png", png)
     if json_output:
         report.print_json(doc)
     else:
@@ -544,26 +594,35 @@ def grad(
 def eval_run(
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
-    points: Annotated[Optional[int], typer.Option(help="Size of the equally spaced test grid on [-1, 1] (default: the run's, as train scored it).", min=2, max=MAX_GRID)] = None,
+    points: Annotated[Optional[int], typer.Option(help="Size of the equally spaced test grid on the run's domain (default: the run's, as train scored it). A data run is scored on its held-out test points.", min=2, max=MAX_GRID)] = None,
     x: XValues = None,
-    baselines: Annotated[bool, typer.Option("--baselines", help="Also score, for d = 10, 20, 40, the polynomial interpolant at d+1 equally spaced nodes, the Chebyshev interpolant of degree d and the cubic spline through the same d+1 nodes.")] = False,
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also score, for d = 10, 20, 40, the polynomial interpolant at d+1 equally spaced nodes, the Chebyshev interpolant of degree d and the cubic spline through the same d+1 nodes. For a data run: the Chebyshev least-squares fit of degree d of the member's training points, and a smoothing spline.")] = False,
     member: MemberOption = None,
     json_output: JsonFlag = False,
 ) -> None:
     """Score a saved network on the test grid: MSE, RMSE, max |error| and where it occurs, near the
-    ends (|x| > 0.8) and in the middle; on the default grid the MSE is exactly the test MSE that
-    train reported. Writes eval.png (f, the network and the errors) into the run directory.
+    ends (the outer tenth of the domain at each end: |x| > 0.8 on [-1, 1]) and in the middle; on
+    the default grid the MSE is exactly the test MSE that train reported. A data run is scored on
+    its held-out test points. Writes eval.png (f, the network and the errors) into the run directory.
 
     Example: rungefit eval --baselines --x 0.95
     """
     from rungefit import evaluate as core
     from rungefit import plots
+    from rungefit.target import target_of
 
     values = checked_points(x)
     loaded, member, source = _load_member(runs_dir, run, member)
-    result = core.evaluate(loaded.model, member, points or loaded.config.test_points, values, core.BASELINE_DEGREES if baselines else ())
+    goal = target_of(loaded.config)
+    if points is not None and not goal.has_function:
+        raise UsageError("--points: a data run is scored on its held-out test points; drop --points")
+    warn_outside(values, goal.domain)
+    train = core.training_points(loaded.config, member) if baselines and not goal.has_function else None
+    degrees = core.BASELINE_DEGREES if baselines else ()
+    result = core.evaluate(loaded.model, goal, member, points or loaded.config.test_points, values, degrees, train)
     curves = result.curves
-    _write_figure(loaded.path / "eval.png", plots.eval_png(curves.x, curves.target, curves.prediction, curves.errors, title=source))
+    png = plots.eval_png(curves.x, curves.target, curves.prediction, curves.errors, title=source, label=curves.label, error_x=curves.error_x, points=curves.points)
+    _write_figure(loaded.path / "eval.png", png)
     doc = {"source": source, "run": str(loaded.path), **result.as_dict()}
     if json_output:
         report.print_json(doc)
@@ -578,6 +637,7 @@ class SweepMode(str, Enum):
 
 @app.command("lr-find")
 def lr_find_command(
+    ctx: typer.Context,
     layers: Annotated[Optional[str], typer.Option(help="Hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
     points: Annotated[Optional[int], typer.Option(help="Training points, validation included (default: train's).")] = None,
     val_fraction: Annotated[Optional[float], typer.Option(help="Share of the points held out for validation (default: train's).")] = None,
@@ -598,6 +658,10 @@ def lr_find_command(
     verify_seeds: Annotated[int, typer.Option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = VERIFY.seeds,
     verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1)] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule of the --verify trainings (default: train's).")] = None,
+    target: TargetOption = None,
+    domain: DomainOption = None,
+    data: DataOption = None,
+    test_fraction: TestFractionOption = DEFAULTS.test_fraction,
     runs_dir: RunsDir = Path("runs"),
     out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png (default: `RUNS_DIR/lr-find/<timestamp>`).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar for --verify.")] = False,
@@ -618,7 +682,8 @@ def lr_find_command(
     from rungefit import train as training
 
     shape = {"layers": layers, "points": points, "val_fraction": val_fraction, "batch_size": batch_size, "epochs": verify_epochs, "schedule": schedule and schedule.value, "dtype": dtype and dtype.value}
-    config = training.TrainConfig(seeds=parse_seeds(seed, seeds), device=training.resolve_device(device.value), **{k: v for k, v in shape.items() if v is not None})
+    shape = {**{k: v for k, v in shape.items() if v is not None}, **target_settings(ctx, target, domain, data, test_fraction)}
+    config = training.TrainConfig(seeds=parse_seeds(seed, seeds), device=training.resolve_device(device.value), **shape)
     config.validate()
     test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
     test.validate()

@@ -37,6 +37,44 @@ MAX_VERIFY = 100  # most rates, and most seeds per rate, of --verify
 # little over one process to pay for a process each (see docs/speed.md).
 MIN_MEMBERS_PER_WORKER = 4
 
+# Bounds on a target (target.py): a formula is parsed, checked and evaluated in work proportional
+# to these, whoever wrote it (a user, or a config.json from someone else's run).
+MAX_FORMULA_CHARS = 1000
+MAX_FORMULA_NODES = 500  # syntax-tree nodes
+MAX_FORMULA_DEPTH = 100  # nesting of the syntax tree; the evaluator recurses this deep
+MAX_DOMAIN = 1e6  # largest |A|, |B| of --domain
+MAX_DATA_BYTES = 64 * 2**20  # size of a --data file
+# f is checked for NaN/inf on this many equally spaced points of the domain (its ends included,
+# and 0 when inside), besides the training points.
+CHECK_POINTS = 10_001
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named target: a formula in target.py's language, and what a user and a plot call it."""
+
+    formula: str
+    about: str  # for --help
+    label: str  # f in a plot's legend
+    derivative_label: str  # f' in a plot's legend
+    kinks: tuple[float, ...] = ()  # where f is not differentiable
+
+
+# Approximation theory's classic cases: smooth but hard for equispaced interpolation, a kink, a
+# jump, smooth and easy, oscillating. Written as x*x rather than x**2 so that the default target
+# computes exactly what the Runge function always has.
+PRESETS = {
+    "runge": Preset("1/(1+25*x*x)", "1/(1+25x²), the Runge function", "f(x) = 1/(1+25x²)", "f'(x) = −50x/(1+25x²)²"),
+    "abs": Preset("abs(x)", "|x|, a kink at 0", "f(x) = |x|", "f'(x) = sign(x)", (0.0,)),
+    "step": Preset("step(x)", "0 for x < 0 and 1 for x ≥ 0, a jump at 0", "f(x) = step(x)", "f'(x) = 0 (x ≠ 0)", (0.0,)),
+    "sine": Preset("sin(pi*x)", "sin(πx), smooth and easy", "f(x) = sin(πx)", "f'(x) = π cos(πx)"),
+    "wave": Preset("sin(8*x)", "sin(8x), oscillating", "f(x) = sin(8x)", "f'(x) = 8 cos(8x)"),
+}
+# The functions a formula may call; target.py implements exactly these. step(v) is 0 for v < 0, 1 for v ≥ 0.
+FORMULA_FUNCTIONS = ("abs", "sqrt", "exp", "log", "sin", "cos", "tan", "tanh", "arctan", "sinh", "cosh", "sign", "step", "min", "max")
+DEFAULT_TARGET = "runge"
+DEFAULT_DOMAIN = (-1.0, 1.0)
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -121,6 +159,11 @@ class TrainConfig:
     polish: str = "none"  # none | lm: Levenberg-Marquardt refinement on the training set after Adam
     polish_iterations: int = 30  # LM iterations per member (each solves one P × P system)
     workers: int = 0  # CPU processes sharing the members; 0: one per core, ≥ MIN_MEMBERS_PER_WORKER members each
+    target: str = DEFAULT_TARGET  # a PRESETS name, or a formula in x as typed; ignored with data ("" from the CLI)
+    domain: tuple[float, float] = DEFAULT_DOMAIN  # the interval of the training points, test grid, baselines and plots
+    data: str = ""  # with --data: the points file as it was named; the run keeps a copy (target.DATA_FILE)
+    data_sha256: str = ""  # with --data: the file's SHA-256, which its copy must match
+    test_fraction: float = 0.2  # with --data: share of the points held out as the test set, the same for every member
 
     def validate(self) -> None:
         """UsageError naming the first setting that cannot work (by its CLI option)."""
@@ -141,8 +184,12 @@ class TrainConfig:
             (0 <= self.polish_iterations <= MAX_POLISH_ITERATIONS, f"--polish-iterations must be between 0 and {MAX_POLISH_ITERATIONS}, got {self.polish_iterations}"),
             (0 <= self.workers <= MAX_WORKERS, f"--workers must be between 0 (automatic) and {MAX_WORKERS}, got {self.workers}"),
             (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
+            (0 < self.test_fraction < 1, f"--test-fraction must lie strictly between 0 and 1, got {self.test_fraction}"),
         ])
         validation_size(self.points, self.val_fraction)
+        from rungefit.target import check_config  # NumPy, only when a config is checked
+
+        check_config(self)
         require([
             (
                 self.total_steps <= MAX_STEPS,

@@ -1,9 +1,12 @@
-"""Metrics of a trained stack on the test grid or given points, and classical baselines for context.
+"""Metrics of a trained stack on the test set or given points, and classical baselines for context.
 
 `train` reports its test figures through grid_errors, so `eval` on a saved run reproduces them
-exactly: the same points, the same dtype, the same stacked forward. The baselines (interpolants at
-equispaced and Chebyshev nodes, cubic splines) are scored on the same grid. SciPy is imported only
-when a baseline is built, because `train` imports this module too.
+exactly: the same points, the same dtype, the same stacked forward. For a function the test set is
+an equally spaced grid of the domain, and the baselines (interpolants at equispaced and Chebyshev
+nodes, cubic splines) are built from f at nodes of the domain; for data the test set is the
+held-out share, and the baselines are least-squares fits of the member's training points (Chebyshev
+series, a smoothing spline). All are scored on the same points. SciPy is imported only when a
+baseline is built, because `train` imports this module too.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ import numpy as np
 import torch
 from numpy.polynomial.chebyshev import Chebyshev
 
-from rungefit.config import parameter_count
+from rungefit.config import DEFAULT_DOMAIN, TrainConfig, parameter_count
 from rungefit.errors import UsageError
 from rungefit.model import StackedMLP
-from rungefit.runge import INTERVAL, runge, test_grid
+from rungefit.target import DataTarget, FunctionTarget
+
+Target = FunctionTarget | DataTarget
 
 # A network learned f, not just its mean, when its validation MSE ends below this share of Var(y),
 # the MSE of predicting the mean (R² > 0.99); a failed training sits at Var(y) itself.
@@ -44,18 +49,25 @@ def fit_verdict(members_learned) -> str:
 MSE_CHUNK_ACTIVATIONS = 1 << 22
 
 
-def float64_errors(model: StackedMLP, x: torch.Tensor) -> torch.Tensor:
-    """network − f at x [K, n] (in the run's dtype), in float64: the network's outputs as they are,
-    f at exactly those points. Every statistic a run reports is computed from these."""
+def float64_truth(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """What the network is scored against, in float64: f at exactly the points x (as the run's
+    dtype holds them) for a function, the measured y for data."""
+    return target(x.double()) if target.has_function else y.double()
+
+
+def float64_errors(model: StackedMLP, target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """network − truth at x [K, n] (y: the targets beside x), in float64: the network's outputs as
+    they are. Every statistic a run reports is computed from these."""
     with torch.no_grad():
         prediction = model.forward(x)
-    return prediction.double() - runge(x.double())
+    return prediction.double() - float64_truth(target, x, y)
 
 
-def float64_mse(model: StackedMLP, x: torch.Tensor) -> torch.Tensor:
+def float64_mse(model: StackedMLP, target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Every member's MSE at its points x [K, n], from float64_errors, a chunk of points at a time."""
     chunk = max(1, MSE_CHUNK_ACTIVATIONS // (model.members * sum(layer.width for layer in model.layers)))
-    squares = sum(float64_errors(model, part).square().sum(dim=1) for part in x.split(chunk, dim=1))
+    parts = zip(x.split(chunk, dim=1), y.split(chunk, dim=1), strict=True)
+    squares = sum(float64_errors(model, target, xs, ys).square().sum(dim=1) for xs, ys in parts)
     return squares / x.shape[1]
 
 
@@ -66,24 +78,61 @@ class GridErrors:
     max_abs_error: torch.Tensor  # [K]
 
 
-def grid_errors(model: StackedMLP, n: int = 100) -> GridErrors:
-    """Errors, MSE and max |error| of every member on n equally spaced points of [-1, 1], in float64."""
-    error = float64_errors(model, test_grid(n, dtype=model.dtype, device=model.device).expand(model.members, -1))
+def grid_errors(model: StackedMLP, target: Target, n: int = 100) -> GridErrors:
+    """Errors, MSE and max |error| of every member on the target's test set, in float64: n equally
+    spaced points of the domain for a function, the held-out points for data."""
+    x, y = target.test_set(n, dtype=model.dtype, device=model.device)
+    if not target.has_function:  # the measured values as they are, not as the run's dtype rounds them
+        y = target.test_set(n, dtype=torch.float64, device=model.device)[1]
+    error = float64_errors(model, target, x.expand(model.members, -1), y.expand(model.members, -1))
     return GridErrors(errors=error, mse=(error**2).mean(dim=1), max_abs_error=error.abs().max(dim=1).values)
 
 
-def fit_curves(model: StackedMLP, n: int = 401) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x on a fine grid, f(x), and every member's prediction [K, n], for plotting."""
-    x = test_grid(n, dtype=model.dtype, device=model.device).expand(model.members, -1)
+@dataclass(frozen=True)
+class FitCurves:
+    """What fit.png draws: f (None for data) and every member's prediction [K, n] on a fine grid;
+    for data, its points (x, y) and every member's predictions there [K, m]."""
+
+    x: np.ndarray
+    target: np.ndarray | None
+    predictions: np.ndarray
+    label: str
+    points: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+
+
+def fit_curves(model: StackedMLP, target: Target, n: int = 401) -> FitCurves:
+    x = target.test_grid(n, dtype=model.dtype, device=model.device).expand(model.members, -1)
+    predictions = _predict(model, x)
+    grid = x[0].double().cpu().numpy()
+    if target.has_function:
+        return FitCurves(grid, target(x[0]).double().cpu().numpy(), predictions, target.label, None)
+    at_points = _predict(model, torch.as_tensor(target.points.x).to(dtype=model.dtype, device=model.device).expand(model.members, -1))
+    return FitCurves(grid, None, predictions, target.label, (target.points.x, target.points.y, at_points))
+
+
+def _predict(model: StackedMLP, x: torch.Tensor) -> np.ndarray:
     with torch.no_grad():
-        predictions = model.forward(x)
-    return x[0].double().cpu().numpy(), runge(x[0]).double().cpu().numpy(), predictions.double().cpu().numpy()
+        return model.forward(x).double().cpu().numpy()
 
 
-# Where the Runge phenomenon lives: |x| > END_REGION is "near the ends", |x| ≤ END_REGION the middle.
+# Where the Runge phenomenon lives: farther than END_REGION of the half-width from the domain's
+# centre is "near the ends" (|x| > 0.8 on [-1, 1]), the rest the middle.
 END_REGION = 0.8
 BASELINE_DEGREES = (10, 20, 40)
 PLOT_POINTS = 401
+
+
+def near_the_ends(x: np.ndarray, domain: tuple[float, float] = DEFAULT_DOMAIN) -> np.ndarray:
+    low, high = domain
+    return np.abs(x - (low + high) / 2) > END_REGION * ((high - low) / 2)
+
+
+def region_texts(domain: tuple[float, float]) -> dict[str, str]:
+    """How the ends and the middle read, e.g. "|x| > 0.8" and "|x| ≤ 0.8" on [-1, 1]."""
+    low, high = domain
+    centre, radius = (low + high) / 2, END_REGION * (high - low) / 2
+    distance = "|x|" if centre == 0 else f"|x {'−' if centre > 0 else '+'} {abs(centre):.4g}|"
+    return {"ends": f"{distance} > {radius:.4g}", "middle": f"{distance} ≤ {radius:.4g}"}
 
 
 @dataclass(frozen=True)
@@ -96,16 +145,16 @@ class Scores:
     rmse: float
     max_abs_error: float
     max_abs_error_at: float  # the x where |error| is largest
-    ends_rmse: float  # over |x| > END_REGION
+    ends_rmse: float  # near the ends (near_the_ends)
     ends_max_abs_error: float
-    middle_rmse: float  # over |x| ≤ END_REGION
+    middle_rmse: float  # in the middle
     middle_max_abs_error: float
 
 
-def score(name: str, parameters: int, x: np.ndarray, error: np.ndarray) -> Scores:
+def score(name: str, parameters: int, x: np.ndarray, error: np.ndarray, domain: tuple[float, float] = DEFAULT_DOMAIN) -> Scores:
     """Scores from the errors approximant − f at points x (float64 arrays of one shape)."""
     worst = int(np.argmax(np.abs(error)))
-    ends = np.abs(x) > END_REGION
+    ends = near_the_ends(x, domain)
     mse = float(np.mean(error**2))
     return Scores(
         name=name,
@@ -138,63 +187,111 @@ def member_prediction(model: StackedMLP, member: int, x: np.ndarray) -> np.ndarr
     return prediction[member].double().cpu().numpy()
 
 
-def network_scores(model: StackedMLP, member: int, n: int) -> Scores:
-    """The member's scores on the n-point test grid, all from grid_errors' float64 errors.
+def network_scores(model: StackedMLP, target: Target, member: int, n: int) -> Scores:
+    """The member's scores on the test set (the n-point grid for a function), all from grid_errors'
+    float64 errors.
 
     The MSE is grid_errors' own number (torch's mean, which may round differently from NumPy's),
     so it equals the test MSE `train` reported, bit for bit.
     """
-    x = test_grid(n, dtype=model.dtype).double().numpy()  # train's grid points, exactly
-    exact = grid_errors(model, n)
+    x, y = test_points(target, n, model.dtype)
+    exact = grid_errors(model, target, n)
     mse = float(exact.mse[member])
-    scores = score("network", parameter_count(model.layers), x, exact.errors[member].cpu().numpy())
+    scores = score("network", parameter_count(model.layers), x, exact.errors[member].cpu().numpy(), target.domain)
     return replace(scores, mse=mse, rmse=math.sqrt(mse))
 
 
-def equispaced_interpolant(degree: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The polynomial through f at degree+1 equally spaced nodes, evaluated in barycentric form.
+def test_points(target: Target, n: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """The test set's x as the run's dtype holds them (train's points, exactly) and f there, or the
+    measured y, in float64."""
+    x = target.test_set(n, dtype=dtype)[0].double().numpy()
+    if target.has_function:
+        return x, target(x)
+    return x, target.test_set(n, dtype=torch.float64)[1].numpy()
 
-    The barycentric form evaluates the interpolant stably, so its growth near ±1 as the degree rises
-    is the Runge phenomenon itself, not rounding in a monomial basis.
+
+def equispaced_interpolant(target: FunctionTarget, degree: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The polynomial through f at degree+1 equally spaced nodes of the domain, evaluated in barycentric form.
+
+    The barycentric form evaluates the interpolant stably, so its growth near the ends as the degree
+    rises is the Runge phenomenon itself, not rounding in a monomial basis.
     """
     from scipy.interpolate import BarycentricInterpolator
 
-    nodes = np.linspace(-1.0, 1.0, degree + 1)
+    nodes = np.linspace(*target.domain, degree + 1)
     # SciPy orders the nodes at random to compute the weights; a fixed seed fixes the last bits, so
     # that ties such as the symmetric maxima at x = ±0.98 are always resolved the same way.
-    return BarycentricInterpolator(nodes, runge(nodes), random_state=0)
+    return BarycentricInterpolator(nodes, target(nodes), random_state=0)
 
 
-def chebyshev_interpolant(degree: int) -> Callable[[np.ndarray], np.ndarray]:
-    """The polynomial through f at the degree+1 Chebyshev points of the first kind."""
-    return Chebyshev.interpolate(runge, degree)
+def chebyshev_interpolant(target: FunctionTarget, degree: int) -> Callable[[np.ndarray], np.ndarray]:
+    """The polynomial through f at the degree+1 Chebyshev points of the first kind, mapped to the domain."""
+    return Chebyshev.interpolate(target, degree, domain=list(target.domain))
 
 
-def spline_interpolant(degree: int) -> Callable[[np.ndarray], np.ndarray]:
+def spline_interpolant(target: FunctionTarget, degree: int) -> Callable[[np.ndarray], np.ndarray]:
     """The not-a-knot cubic spline through f at the same degree+1 equally spaced nodes."""
     from scipy.interpolate import CubicSpline
 
-    nodes = np.linspace(-1.0, 1.0, degree + 1)
-    return CubicSpline(nodes, runge(nodes))
+    nodes = np.linspace(*target.domain, degree + 1)
+    return CubicSpline(nodes, target(nodes))
 
 
 # Each is fixed by its degree+1 values of f, so that is its parameter count.
-BASELINES: dict[str, Callable[[int], Callable[[np.ndarray], np.ndarray]]] = {
+BASELINES: dict[str, Callable[[FunctionTarget, int], Callable[[np.ndarray], np.ndarray]]] = {
     "equispaced": equispaced_interpolant,
     "Chebyshev": chebyshev_interpolant,
     "cubic spline": spline_interpolant,
 }
+# Data has no f to interpolate: least-squares fits of the training points take the interpolants' place.
+SMOOTHING_SPLINE = "smoothing spline (GCV)"
 
 
-def baseline_approximants(degrees: tuple[int, ...]) -> list[tuple[str, int, Callable[[np.ndarray], np.ndarray]]]:
-    """(name such as "cubic spline, d = 20", parameter count, approximant) for every baseline and degree."""
-    return [(f"{kind}, d = {degree}", degree + 1, build(degree)) for degree in degrees for kind, build in BASELINES.items()]
+def chebyshev_least_squares(x: np.ndarray, y: np.ndarray, degree: int, domain: tuple[float, float]) -> Callable[[np.ndarray], np.ndarray]:
+    """The Chebyshev series of degree d on the domain closest to the points in least squares."""
+    return Chebyshev.fit(x, y, degree, domain=list(domain))
 
 
-def baseline_scores(n: int, degrees: tuple[int, ...] = BASELINE_DEGREES) -> list[Scores]:
-    """Each baseline scored on the n-point test grid, in float64."""
-    x = test_grid(n, dtype=torch.float64).numpy()
-    return [score(name, parameters, x, approximant(x) - runge(x)) for name, parameters, approximant in baseline_approximants(degrees)]
+def smoothing_spline(x: np.ndarray, y: np.ndarray):
+    """SciPy's cubic smoothing spline, its smoothness chosen by generalised cross-validation; points
+    at the same x become one, their mean y weighted by their count (the spline needs distinct x)."""
+    from scipy.interpolate import make_smoothing_spline
+
+    unique, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return make_smoothing_spline(unique, np.bincount(inverse, weights=y) / counts, w=counts.astype(np.float64))
+
+
+def baseline_approximants(
+    target: Target, degrees: tuple[int, ...], train: tuple[np.ndarray, np.ndarray] | None = None
+) -> list[tuple[str, int, Callable[[np.ndarray], np.ndarray]]]:
+    """(name such as "cubic spline, d = 20", parameter count, approximant) for every baseline and
+    degree. For data: a Chebyshev least-squares fit of the training points `train` per degree that
+    they determine, and one smoothing spline (its parameters: its B-spline coefficients)."""
+    if target.has_function:
+        return [(f"{kind}, d = {degree}", degree + 1, build(target, degree)) for degree in degrees for kind, build in BASELINES.items()]
+    if not degrees:
+        return []
+    x, y = train
+    distinct = np.unique(x).size
+    fits = [(f"Chebyshev LS, d = {d}", d + 1, chebyshev_least_squares(x, y, d, target.domain)) for d in degrees if d < distinct]
+    if distinct >= 5:
+        spline = smoothing_spline(x, y)
+        fits.append((SMOOTHING_SPLINE, len(spline.c), spline))
+    return fits
+
+
+def baseline_scores(target: Target, n: int, degrees: tuple[int, ...] = BASELINE_DEGREES, train=None) -> list[Scores]:
+    """Each baseline scored on the test set (the n-point grid for a function), in float64."""
+    x, y = test_points(target, n, torch.float64)
+    return [score(name, parameters, x, approximant(x) - y, target.domain) for name, parameters, approximant in baseline_approximants(target, degrees, train)]
+
+
+def training_points(config: TrainConfig, member: int) -> tuple[np.ndarray, np.ndarray]:
+    """A member's training points and their y, in float64 (as drawn for its seed)."""
+    from rungefit.target import target_of
+
+    split = target_of(config).split([config.seeds[member]], config.points, config.val_fraction, dtype=torch.float64)
+    return split.x_train[0].numpy(), split.y_train[0].numpy()
 
 
 @dataclass(frozen=True)
@@ -203,25 +300,29 @@ class PointScore:
 
     x: float
     prediction: float
-    target: float
-    error: float
-    extrapolation: bool  # x lies outside the training interval [-1, 1]
+    target: float | None  # None for data: no truth between the points
+    error: float | None
+    extrapolation: bool  # x lies outside the domain the network was trained on
 
 
 @dataclass(frozen=True)
 class Curves:
-    """f, the network and every approximant's error on a fine grid, for eval.png."""
+    """f, the network and every approximant's error, for eval.png."""
 
-    x: np.ndarray
-    target: np.ndarray
-    prediction: np.ndarray
-    errors: dict[str, np.ndarray]  # approximant name → approximant − f
+    x: np.ndarray  # a fine grid of the domain
+    target: np.ndarray | None  # f on it; None for data
+    prediction: np.ndarray  # the network on it
+    error_x: np.ndarray  # where the errors are known: the grid, or a data set's test points
+    errors: dict[str, np.ndarray]  # approximant name → approximant − f at error_x
+    label: str  # what f is called in the legend
+    points: tuple[np.ndarray, np.ndarray] | None  # a data set's test points
 
 
 @dataclass(frozen=True)
 class Evaluation:
     member: int
-    points: int  # size of the test grid
+    points: int  # size of the test set
+    target: Target
     scores: list[Scores]  # the network first, then the baselines
     at_x: list[PointScore]
     curves: Curves
@@ -231,46 +332,71 @@ class Evaluation:
             "member": self.member,
             "points": self.points,
             "end_region": END_REGION,
+            "target": self.target.name,
+            "domain": list(self.target.domain),
+            "data": not self.target.has_function,
+            "regions": region_texts(self.target.domain),
             "scores": [asdict(s) for s in self.scores],
             "at_x": [asdict(p) for p in self.at_x],
         }
 
 
-def point_scores(model: StackedMLP, member: int, x_values: list[float]) -> list[PointScore]:
-    """The network's prediction (in the run's dtype) and its error against f (in float64) at each requested x."""
+def point_scores(model: StackedMLP, target: Target, member: int, x_values: list[float]) -> list[PointScore]:
+    """The network's prediction (in the run's dtype) and its error against f (in float64) at each
+    requested x; for data the target and the error are None."""
     if not x_values:
         return []
     x = np.array(x_values, dtype=np.float64)
-    prediction, target = member_prediction(model, member, x), runge(x)
-    lo, hi = INTERVAL
+    prediction = member_prediction(model, member, x)
+    truth = target(x) if target.has_function else [None] * len(x)
+    low, high = target.domain
     return [
-        PointScore(x=value, prediction=float(p), target=float(t), error=float(p - t), extrapolation=not lo <= value <= hi)
-        for value, p, t in zip(x_values, prediction, target, strict=True)
+        PointScore(
+            x=value, prediction=float(p), target=None if t is None else float(t), error=None if t is None else float(p - t),
+            extrapolation=not low <= value <= high,
+        )
+        for value, p, t in zip(x_values, prediction, truth, strict=True)
     ]
 
 
-def plot_curves(model: StackedMLP, member: int, degrees: tuple[int, ...]) -> Curves:
+def plot_curves(model: StackedMLP, target: Target, member: int, degrees: tuple[int, ...], train=None) -> Curves:
     """The network and, for the largest degree in `degrees` (none when empty), each baseline's error."""
-    x = test_grid(PLOT_POINTS, dtype=torch.float64).numpy()
+    x = target.test_grid(PLOT_POINTS, dtype=torch.float64).numpy()
     prediction = member_prediction(model, member, x)
-    errors = {"network": prediction - runge(x)}
+    if target.has_function:
+        error_x, truth, points = x, target(x), None
+    else:
+        error_x, truth = test_points(target, 0, torch.float64)
+        points = (error_x, truth)
+    errors = {"network": member_prediction(model, member, error_x) - truth}
     if degrees:
-        errors.update({name: approximant(x) - runge(x) for name, _, approximant in baseline_approximants(degrees[-1:])})
-    return Curves(x=x, target=runge(x), prediction=prediction, errors=errors)
+        errors.update({name: approximant(error_x) - truth for name, _, approximant in baseline_approximants(target, degrees[-1:], train)})
+    return Curves(x, truth if target.has_function else None, prediction, error_x, errors, target.label, points)
 
 
 def evaluate(
-    model: StackedMLP, member: int, points: int = 100, x_values: list[float] | None = None, degrees: tuple[int, ...] = ()
+    model: StackedMLP,
+    target: Target,
+    member: int,
+    points: int = 100,
+    x_values: list[float] | None = None,
+    degrees: tuple[int, ...] = (),
+    train: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Evaluation:
-    """Score one member of a stack on the test grid and at x_values, beside the baselines of the given degrees."""
+    """Score one member of a stack on the test set and at x_values, beside the baselines of the
+    given degrees (for data, fitted to `train`, the member's training points: training_points)."""
     if not 0 <= member < model.members:
         raise UsageError(f"member {member} does not exist; the run has members 0…{model.members - 1}")
+    if degrees and not target.has_function and train is None:
+        raise ValueError("a data set's baselines are fitted to the member's training points: pass train")
+    n = points if target.has_function else len(target.test_index)
     return Evaluation(
         member=member,
-        points=points,
-        scores=[network_scores(model, member, points), *baseline_scores(points, degrees)],
-        at_x=point_scores(model, member, x_values or []),
-        curves=plot_curves(model, member, degrees),
+        points=n,
+        target=target,
+        scores=[network_scores(model, target, member, n), *baseline_scores(target, n, degrees, train)],
+        at_x=point_scores(model, target, member, x_values or []),
+        curves=plot_curves(model, target, member, degrees, train),
     )
 
 

@@ -6,8 +6,9 @@ With Z^[1] = x, Z^[l] = W^[l] a^[l-1] + b^[l] and a^[l] = σ_l(Z^[l]) for l = 2�
 
 The input layer has no activation (a^[1] = x), so its factor diag(σ_1'(Z^[1])) is the identity, and
 the output layer is linear (σ_L' = 1). The explicit product is built from the layer matrices and the
-recorded pre-activations; autograd and a central finite difference check it, and f'(x) is the target.
-Everything runs in float64 whatever dtype the network was trained in.
+recorded pre-activations; autograd and a central finite difference check it, and f'(x) is the target:
+autograd of the target's formula in float64, none where f is not differentiable, and none at all for
+data. Everything runs in float64 whatever dtype the network was trained in.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 from rungefit.config import parse_layers
 from rungefit.errors import UsageError
 from rungefit.model import StackedMLP
-from rungefit.runge import runge, runge_prime
+from rungefit.target import DataTarget, FunctionTarget
 
 # Central differences err by h²·|a'''|/6 from truncation and by ~ε/h from rounding; in float64
 # (ε ≈ 1e-16) h = 1e-5 keeps both below 1e-8 for the curvatures a fitted Runge network has.
@@ -73,7 +74,8 @@ def finite_difference_gradient(model: StackedMLP, x: torch.Tensor, step: float =
 
 @dataclass(frozen=True)
 class GradientCheck:
-    """One member's derivative at points x [n], three ways, beside f and f' (all float64)."""
+    """One member's derivative at points x [n], three ways, beside f and f' (all float64; NaN where
+    there is no truth: f' where f is not differentiable, f and f' for data)."""
 
     x: np.ndarray
     output: np.ndarray  # a^[L](x)
@@ -83,6 +85,7 @@ class GradientCheck:
     finite_difference: np.ndarray
     true: np.ndarray  # f'(x)
     fd_step: float
+    differentiable: np.ndarray  # [n] bool: f has a derivative at x (always True for data: it has none anywhere)
 
     @property
     def product_vs_autograd(self) -> np.ndarray:
@@ -97,44 +100,57 @@ class GradientCheck:
         return np.abs(self.explicit - self.true)
 
     def points(self) -> list[dict]:
-        """One JSON-ready record per x."""
+        """One JSON-ready record per x; a figure without a truth is None."""
         columns = {
             "x": self.x, "output": self.output, "target": self.target, "explicit": self.explicit,
             "autograd": self.autograd, "finite_difference": self.finite_difference, "true": self.true,
             "product_vs_autograd": self.product_vs_autograd, "fd_vs_autograd": self.fd_vs_autograd,
             "network_vs_true": self.network_vs_true,
         }
-        return [{name: float(values[i]) for name, values in columns.items()} for i in range(len(self.x))]
+        return [
+            {**{name: _number_or_none(values[i]) for name, values in columns.items()}, "differentiable": bool(self.differentiable[i])}
+            for i in range(len(self.x))
+        ]
 
     def maxima(self) -> dict:
-        """The largest discrepancies over all points, and where the network's derivative errs most."""
-        worst = int(np.argmax(self.network_vs_true))
+        """The largest discrepancies over all points, and where the network's derivative errs most
+        (over the points where f' exists; None when it exists at none)."""
+        known = np.isfinite(self.network_vs_true)
+        worst = int(np.argmax(np.where(known, self.network_vs_true, -np.inf)))
         return {
             "points": len(self.x),
             "max_product_vs_autograd": float(self.product_vs_autograd.max()),
             "max_fd_vs_autograd": float(self.fd_vs_autograd.max()),
-            "max_network_vs_true": float(self.network_vs_true[worst]),
-            "max_network_vs_true_at": float(self.x[worst]),
-            "rms_network_vs_true": float(np.sqrt(np.mean(self.network_vs_true**2))),
+            "max_network_vs_true": float(self.network_vs_true[worst]) if known.any() else None,
+            "max_network_vs_true_at": float(self.x[worst]) if known.any() else None,
+            "rms_network_vs_true": float(np.sqrt(np.mean(self.network_vs_true[known] ** 2))) if known.any() else None,
+            "not_differentiable_at": [float(v) for v in self.x[~self.differentiable]],
         }
 
 
-def check_gradient(model: StackedMLP, x: np.ndarray, step: float = FD_STEP) -> GradientCheck:
+def _number_or_none(value: float) -> float | None:
+    """JSON has no NaN: a figure without a truth (or of a diverged network) is null."""
+    return None if np.isnan(value) else float(value)
+
+
+def check_gradient(model: StackedMLP, target: FunctionTarget | DataTarget, x: np.ndarray, step: float = FD_STEP) -> GradientCheck:
     """Compare the three derivatives of a one-member float64 model (see as_float64) at points x."""
     if model.members != 1 or model.dtype != torch.float64:
         raise ValueError("check_gradient needs one float64 member; pass it through as_float64 first")
     points = torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(1, -1)
     with torch.no_grad():
         output = model.forward(points)
+    x = _row(points)
     return GradientCheck(
-        x=_row(points),
+        x=x,
         output=_row(output),
-        target=_row(runge(points)),
+        target=target(x) if target.has_function else np.full(x.shape, np.nan),
         explicit=_row(explicit_gradient(model, points)),
         autograd=_row(autograd_gradient(model, points)),
         finite_difference=_row(finite_difference_gradient(model, points, step)),
-        true=_row(runge_prime(points)),
+        true=target.derivative(x),
         fd_step=step,
+        differentiable=target.differentiable(x),
     )
 
 
@@ -211,15 +227,17 @@ class GradientStudy:
         }
 
 
-def study_gradient(model: StackedMLP, x_values: list[float], grid_points: int | None = None, explain: bool = False) -> GradientStudy:
-    """Check the gradient at x_values and on a grid of grid_points over [-1, 1]; with explain, the
-    chain of every x_values point. `model` is one float64 member (see as_float64)."""
+def study_gradient(
+    model: StackedMLP, target: FunctionTarget | DataTarget, x_values: list[float], grid_points: int | None = None, explain: bool = False
+) -> GradientStudy:
+    """Check the gradient at x_values and on a grid of grid_points over the target's domain; with
+    explain, the chain of every x_values point. `model` is one float64 member (see as_float64)."""
     if grid_points is not None and grid_points < 2:
         raise UsageError(f"--grid needs at least 2 points, got {grid_points}")
-    grid = check_gradient(model, np.linspace(-1.0, 1.0, grid_points)) if grid_points is not None else None
+    grid = check_gradient(model, target, np.linspace(*target.domain, grid_points)) if grid_points is not None else None
     return GradientStudy(
-        at_x=check_gradient(model, np.array(x_values, dtype=np.float64)),
+        at_x=check_gradient(model, target, np.array(x_values, dtype=np.float64)),
         grid=grid,
-        curve=grid if grid is not None else check_gradient(model, np.linspace(-1.0, 1.0, PLOT_POINTS)),
+        curve=grid if grid is not None else check_gradient(model, target, np.linspace(*target.domain, PLOT_POINTS)),
         chains=[(x, explain_chain(model, x)) for x in x_values] if explain else [],
     )

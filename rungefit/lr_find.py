@@ -46,8 +46,8 @@ from rungefit.lr_rules import (
 )
 from rungefit.model import StackedMLP
 from rungefit.optim import StackedAdam
-from rungefit.runge import DataSplit, runge, sample_split
 from rungefit.stack import EpochBatches, new_stack
+from rungefit.target import DataSplit, target_of
 from rungefit.train import EpochReport, fit, intra_op_threads
 
 # ---------------------------------------------------------------- the range test
@@ -141,13 +141,13 @@ def range_test(
         smoothed=smoothed,
         val=val,
         stops=[int(s) if s >= 0 else None for s in stops],
-        mean_loss=runge(data.x_train).var(dim=1, correction=0).double().cpu().numpy(),
+        mean_loss=data.y_train.var(dim=1, correction=0).double().cpu().numpy(),
     )
 
 
-def _endless_batches(x_train: torch.Tensor, seeds: torch.Tensor, batch_size: int):
+def _endless_batches(data: DataSplit, seeds: torch.Tensor, batch_size: int):
     """The mini-batches of `train`, epoch after epoch, for as long as the sweep needs."""
-    batches = EpochBatches(x_train, seeds, batch_size)
+    batches = EpochBatches(data.x_train, data.y_train, seeds, batch_size)
     for epoch in itertools.count():
         yield from batches(epoch)
 
@@ -158,10 +158,9 @@ def _record(model, optimizer, data, seeds, batch_size, rates, config):
     raw = np.full((len(rates), members), np.nan)
     smoothed = np.full_like(raw, np.nan)
     val = np.full_like(raw, np.nan) if config.val else None
-    y_val = runge(data.x_val)
     average, best = np.zeros(members), np.full(members, np.inf)
     stops = np.full(members, -1)
-    batches = _endless_batches(data.x_train, seeds, batch_size)
+    batches = _endless_batches(data, seeds, batch_size)
     # A member that blew up keeps training (its rows are blanked below) and overflows harmlessly.
     with np.errstate(invalid="ignore", over="ignore"):
         for step, (x, y) in zip(range(len(rates)), batches, strict=False):
@@ -169,7 +168,7 @@ def _record(model, optimizer, data, seeds, batch_size, rates, config):
             optimizer.step(float(rates[step]))
             average, smoothed[step] = ema_step(average, raw[step], config.smooth, step)
             if val is not None:
-                val[step] = model.mse(data.x_val, y_val).double().cpu().numpy()
+                val[step] = model.mse(data.x_val, data.y_val).double().cpu().numpy()
             best = np.fmin(best, smoothed[step])
             stops[(stops < 0) & is_diverged(raw[step], smoothed[step], best, config.diverge)] = step
             if (stops >= 0).all():
@@ -272,13 +271,13 @@ def verify(
     result = fit(stacked, member_lrs=np.repeat(rates, len(seeds)).tolist(), on_epoch=on_epoch, stop_on_divergence=False)
     val = np.array([m.val_mse for m in result.members]).reshape(len(rates), len(seeds))
     val[~np.isfinite(val)] = np.inf
-    split = sample_split(torch.tensor(seeds), config.points, config.val_fraction, dtype=torch.float64)
+    split = target_of(config).split(torch.tensor(seeds), config.points, config.val_fraction, dtype=torch.float64)
     return Verification(
         rates=rates,
         labels=labels or [[] for _ in rates],
         seeds=tuple(seeds),
         val_mse=val,
-        mean_loss=float(runge(split.x_val).var(dim=1, correction=0).median()),
+        mean_loss=float(split.y_val.var(dim=1, correction=0).median()),
         epochs=config.epochs,
         wall_time_s=result.wall_time_s,
     )

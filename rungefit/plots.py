@@ -47,27 +47,38 @@ def _as_png(figure: Callable[..., Figure]) -> Callable[..., bytes]:
     return png
 
 
-def fit_figure(x: np.ndarray, target: np.ndarray, predictions: np.ndarray, title: str = "") -> Figure:
-    """f and the network(s) on the top panel, |error| (log scale) below; predictions is [K, n]."""
+def fit_figure(
+    x: np.ndarray, target: np.ndarray | None, predictions: np.ndarray, title: str = "", label: str = "f(x) = 1/(1+25x²)",
+    points: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> Figure:
+    """f and the network(s) on the top panel, |error| (log scale) below; predictions is [K, n].
+    For data (target None), points = (x, y, the predictions there [K, m]): the points on top, and
+    the errors at them below."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
-    top.plot(x, target, color="black", lw=2, label="f(x) = 1/(1+25x²)")
-    errors = np.abs(predictions - target)
+    if target is not None:
+        top.plot(x, target, color="black", lw=2, label=label)
+        error_x, errors = x, np.abs(predictions - target)
+    else:
+        point_x, point_y, at_points = points
+        order = np.argsort(point_x, kind="stable")
+        top.plot(point_x, point_y, ".", color="black", ms=3, label=label)
+        error_x, errors = point_x[order], np.abs(at_points - point_y)[:, order]
     members = len(predictions)
     if members == 1:
         top.plot(x, predictions[0], "--", color="tab:red", label="network")
-        bottom.semilogy(x, errors[0], color="tab:red")
+        bottom.semilogy(error_x, errors[0], color="tab:red")
     else:
         top.fill_between(x, predictions.min(0), predictions.max(0), color="tab:red", alpha=0.3, label=f"range of the {members} networks")
         top.plot(x, np.median(predictions, 0), "--", color="tab:red", label=f"median of the {members} networks")
-        bottom.fill_between(x, np.maximum(errors.min(0), 1e-16), errors.max(0), color="tab:red", alpha=0.3, label=f"range over the {members} networks")
-        bottom.semilogy(x, np.median(errors, 0), color="tab:red", label=f"median over the {members} networks")
+        bottom.fill_between(error_x, np.maximum(errors.min(0), 1e-16), errors.max(0), color="tab:red", alpha=0.3, label=f"range over the {members} networks")
+        bottom.semilogy(error_x, np.median(errors, 0), color="tab:red", label=f"median over the {members} networks")
         bottom.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     top.legend()
     top.set_title(title)
     top.set_ylabel("y")
     bottom.set_xlabel("x")
-    bottom.set_ylabel("|network − f|")
+    bottom.set_ylabel("|network − f|" if target is not None else "|network − y|")
     return fig
 
 
@@ -119,14 +130,20 @@ def _polish_panel(ax, curves: np.ndarray) -> None:
     ax.legend(fontsize="small")
 
 
-def grad_figure(x: np.ndarray, true: np.ndarray, network: np.ndarray, marked: np.ndarray, title: str = "") -> Figure:
+def grad_figure(
+    x: np.ndarray, true: np.ndarray, network: np.ndarray, marked: np.ndarray, title: str = "", label: str = "f'(x) = −50x/(1+25x²)²"
+) -> Figure:
     """f' and the network's derivative over x on top, |∇a − f'| (log scale) below; `marked` x are the
-    points asked for with --x, drawn as ticks."""
+    points asked for with --x, drawn as ticks. f' is NaN where it does not exist (a kink, a jump),
+    and everywhere for data, which has no f' to draw."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
-    top.plot(x, true, color="black", lw=2, label="f'(x) = −50x/(1+25x²)²")
+    if np.isfinite(true).any():
+        top.plot(x, true, color="black", lw=2, label=label)
+        bottom.semilogy(x, np.maximum(np.abs(network - true), 1e-16), color="tab:red")
+    else:
+        bottom.text(0.5, 0.5, "data: no true derivative to compare with", transform=bottom.transAxes, ha="center")
     top.plot(x, network, "--", color="tab:red", label=rf"${GRADIENT}(x)$, network")
-    bottom.semilogy(x, np.maximum(np.abs(network - true), 1e-16), color="tab:red")
     for value in marked:
         for ax in (top, bottom):
             ax.axvline(value, color="grey", lw=0.8, ls=":")
@@ -143,25 +160,34 @@ def grad_figure(x: np.ndarray, true: np.ndarray, network: np.ndarray, marked: np
 ERROR_HEADROOM = 1e3
 
 
-def eval_figure(x: np.ndarray, target: np.ndarray, prediction: np.ndarray, errors: dict[str, np.ndarray], title: str = "") -> Figure:
+def eval_figure(
+    x: np.ndarray, target: np.ndarray | None, prediction: np.ndarray, errors: dict[str, np.ndarray], title: str = "",
+    label: str = "f(x) = 1/(1+25x²)", error_x: np.ndarray | None = None, points: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Figure:
     """f and the network on top; below, |error| (log scale) of the network and of each baseline in
-    `errors`, at most up to ERROR_HEADROOM × the network's largest error, the legend beside the panel."""
+    `errors` at error_x (default x), at most up to ERROR_HEADROOM × the network's largest error, the
+    legend beside the panel. For data (target None), `points` are drawn instead of f, and the
+    errors are those at the test points."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
-    top.plot(x, target, color="black", lw=2, label="f(x) = 1/(1+25x²)")
+    if target is not None:
+        top.plot(x, target, color="black", lw=2, label=label)
+    else:
+        top.plot(*points, ".", color="black", ms=4, label=label)
     top.plot(x, prediction, "--", color="tab:red", label="network")
     # Interpolants are exact at their nodes; a floor keeps those dips from stretching the axis.
     floor = 1e-10
     ceiling = ERROR_HEADROOM * float(np.abs(errors["network"]).max())
+    marker = "." if target is None else ""
     for name, error in errors.items():
         style = {"color": "tab:red", "lw": 1.5, "zorder": 3} if name == "network" else {"lw": 1, "alpha": 0.8}
         worst = float(np.abs(error).max())
-        label = f"{name} (cut off: up to {worst:.1e})" if worst > ceiling else name
-        bottom.semilogy(x, np.maximum(np.abs(error), floor), label=label, **style)
+        entry = f"{name} (cut off: up to {worst:.1e})" if worst > ceiling else name
+        bottom.semilogy(x if error_x is None else error_x, np.maximum(np.abs(error), floor), marker=marker, label=entry, **style)
     top.legend()
     top.set_title(title)
     bottom.set_xlabel("x")
-    bottom.set_ylabel("|approximant − f|")
+    bottom.set_ylabel("|approximant − f|" if target is not None else "|approximant − y|")
     bottom.set_ylim(bottom=floor)
     if any(np.abs(error).max() > ceiling for error in errors.values()):
         bottom.set_ylim(top=ceiling)

@@ -1,7 +1,7 @@
 """Levenberg-Marquardt polish: a damped Gauss-Newton refinement of a trained StackedMLP.
 
 After Adam the fit sits in a long, very ill-conditioned valley: the loss is a sum of squares of
-n residuals r_i(p) = f_p(x_i) - runge(x_i) in only P = 691 parameters (the default network), and
+n residuals r_i(p) = f_p(x_i) - y_i in only P = 691 parameters (the default network), and
 first-order methods (Adam, even L-BFGS) crawl along it. Levenberg-Marquardt uses the least-squares
 structure directly. With J = ∂r/∂p [n, P] it solves, per step,
 
@@ -20,7 +20,7 @@ its parameters, so member k's result depends only on member k's parameters and t
 Usage:
 
     from rungefit.polish import levenberg_marquardt
-    report = levenberg_marquardt(result.model, data.x_train)          # model updated in place
+    report = levenberg_marquardt(result.model, data.x_train, y_train)  # model updated in place
     report.initial_mse, report.final_mse                              # [K] each, training MSE
 """
 
@@ -32,7 +32,6 @@ from dataclasses import dataclass
 import torch
 
 from rungefit.model import StackedMLP
-from rungefit.runge import runge
 
 # Points per Jacobian chunk: bounds the float64 Jacobian held at once to CHUNK × P numbers
 # (about 6 MB for the default network) however many training points there are.
@@ -66,23 +65,24 @@ class PolishReport:
 def levenberg_marquardt(
     model: StackedMLP,
     x_train: torch.Tensor,
+    y_train: torch.Tensor,
     *,
     iterations: int = 30,
     damping: float = 1e-3,
     rtol: float = 1e-6,
     patience: int = 5,
-    target: Callable[[torch.Tensor], torch.Tensor] = runge,
     progress: Callable[[PolishProgress], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> PolishReport | None:
-    """Polish every member of `model` on its training points x_train [K, n]; update it in place.
+    """Polish every member of `model` on its training points x_train [K, n] and their targets
+    y_train [K, n] (float64: the target's own values, not rounded to a float32 run's dtype);
+    update the model in place.
 
     iterations: the most LM iterations per member (each solves one P × P system; docs/accuracy.md
         shows what more iterations buy).
     damping: the starting λ.
     rtol, patience: stop a member early once `patience` iterations in a row lowered its MSE by
         less than a factor (1 - rtol), or once λ reaches MAX_DAMPING.
-    target: the function being fitted (the Runge function).
     progress: called with a PolishProgress after each iteration of each member.
     should_stop: asked after each iteration; once it says yes, the polish stops there and returns
         None, with every member as it was before (a polish is quick to run again, where half of
@@ -90,8 +90,8 @@ def levenberg_marquardt(
 
     The work is in float64 whatever the model's dtype; the result is written back in its dtype.
     """
-    if x_train.dim() != 2 or x_train.shape[0] != model.members:
-        raise ValueError(f"x_train must be [K={model.members}, n], got {tuple(x_train.shape)}")
+    if x_train.dim() != 2 or x_train.shape[0] != model.members or y_train.shape != x_train.shape:
+        raise ValueError(f"x_train and y_train must be [K={model.members}, n], got {tuple(x_train.shape)} and {tuple(y_train.shape)}")
     if iterations < 0:
         raise ValueError(f"iterations must be non-negative, got {iterations}")
     initial, final = [], []
@@ -108,7 +108,7 @@ def levenberg_marquardt(
             curves.append([])
             continue
         x = x_train[k].detach().to(device=params.device, dtype=torch.float64)
-        y = target(x)
+        y = y_train[k].detach().to(device=params.device, dtype=torch.float64)
         member = _MemberLM(model, params, x, y, damping)
         initial.append(member.mse)
         curves.append([member.mse])

@@ -17,6 +17,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET
+
 stdout = Console()
 stderr = Console(stderr=True)
 
@@ -91,6 +93,23 @@ def _polish_rows(polish: dict | None) -> list[tuple[str, str]]:
     return [("polish (Levenberg-Marquardt)", f"train MSE {fmt(before)} → {fmt(after)}, {iterations} it.")]
 
 
+def interval(domain: list[float]) -> str:
+    return f"[{domain[0]:g}, {domain[1]:g}]"
+
+
+def target_note(doc: dict) -> str:
+    """", target abs on [-1, 1]" for a result's target and domain; "" for the default, which
+    every output has always meant."""
+    if doc["target"] == DEFAULT_TARGET and tuple(doc["domain"]) == DEFAULT_DOMAIN:
+        return ""
+    return f", target {doc['target']} on {interval(doc['domain'])}"
+
+
+def _or_dash(value: float | None, show) -> str:
+    """A figure, or "—" where there is no truth to compute it from (data)."""
+    return "—" if value is None else show(value)
+
+
 def print_pairs(title: str, heading: str, rows: list[tuple[str, str]]) -> None:
     """A two-column table (name, right-aligned value) on stdout."""
     table = Table(title=title, title_justify="left")
@@ -111,7 +130,9 @@ def render_train(summary: dict, run_dir: str) -> None:
     else:
         rows = [(f"{STAT_LABELS[name]}: median \\[min … max]", f"{fmt(s['median'])} [{fmt(s['min'])} … {fmt(s['max'])}]") for name, s in stats.items()]
     lrs = sorted({m["lr"] for m in members})
+    note = target_note(summary["target"])
     rows += [
+        *([("target", note.removeprefix(", target "))] if note else []),
         ("members (seeds)", f"{len(members)} ({', '.join(str(m['seed']) for m in members[:8])}{' …' if len(members) > 8 else ''})"),
         ("epochs", str(summary["epochs"])),
         ("optimizer steps", str(summary["steps"])),
@@ -320,38 +341,46 @@ def _preview(values: list[float], count: int = 3) -> str:
 
 def render_grad(doc: dict) -> None:
     """One table per --x point, the --grid maxima, and with --explain the chain factor by factor."""
-    stdout.print(f"rungefit grad: {doc['source']} ({doc['layers']}), in float64", highlight=False)
+    stdout.print(f"rungefit grad: {doc['source']} ({doc['layers']}){target_note(doc)}, in float64", highlight=False)
     for point in doc["points"]:
         _grad_point_table(point, doc)
     if doc["grid"] is not None:
-        _grad_grid_table(doc["grid"])
+        _grad_grid_table(doc["grid"], doc["domain"])
     for chain in doc["explain"]:
         _chain_table(chain)
 
 
 def _grad_point_table(point: dict, doc: dict) -> None:
+    if not point["differentiable"]:
+        true = "not differentiable"
+    else:
+        true = _or_dash(point["true"], _full) + (" (data: no true derivative)" if point["true"] is None else "")
     rows = [
         ("a^[L](x)  network output", _full(point["output"])),
-        ("f(x)", _full(point["target"])),
+        ("f(x)", _or_dash(point["target"], _full)),
         ("∇a^[L](x)  explicit chain-rule product", _full(point["explicit"])),
         ("∇a^[L](x)  autograd", _full(point["autograd"])),
         (f"∇a^[L](x)  central difference, h = {doc['fd_step']:g}", _full(point["finite_difference"])),
-        ("f'(x)  true derivative", _full(point["true"])),
+        ("f'(x)  true derivative", true),
         ("|product − autograd|", fmt(point["product_vs_autograd"])),
         ("|finite difference − autograd|", fmt(point["fd_vs_autograd"])),
-        ("|∇a^[L] − f'|  network vs true", fmt(point["network_vs_true"])),
+        ("|∇a^[L] − f'|  network vs true", _or_dash(point["network_vs_true"], fmt)),
     ]
     print_pairs(f"at x = {point['x']:g}", "quantity", rows)
 
 
-def _grad_grid_table(grid: dict) -> None:
+def _grad_grid_table(grid: dict, domain: list[float]) -> None:
+    worst = grid["max_network_vs_true"]
     rows = [
         ("max |product − autograd|", fmt(grid["max_product_vs_autograd"])),
         ("max |finite difference − autograd|", fmt(grid["max_fd_vs_autograd"])),
-        ("max |∇a^[L] − f'|", f"{fmt(grid['max_network_vs_true'])} at x = {grid['max_network_vs_true_at']:.4g}"),
-        ("RMS |∇a^[L] − f'|", fmt(grid["rms_network_vs_true"])),
+        ("max |∇a^[L] − f'|", "— (data: no true derivative)" if worst is None else f"{fmt(worst)} at x = {grid['max_network_vs_true_at']:.4g}"),
+        ("RMS |∇a^[L] − f'|", _or_dash(grid["rms_network_vs_true"], fmt)),
     ]
-    print_pairs(f"over {grid['points']} equally spaced points of [-1, 1]", "maximum over the grid", rows)
+    if grid["not_differentiable_at"]:
+        places = ", ".join(f"{x:.4g}" for x in grid["not_differentiable_at"][:4]) + (" …" if len(grid["not_differentiable_at"]) > 4 else "")
+        rows.append(("f not differentiable at (left out of f')", f"x = {places}"))
+    print_pairs(f"over {grid['points']} equally spaced points of {interval(domain)}", "maximum over the grid", rows)
 
 
 def _chain_table(chain: dict) -> None:
@@ -387,31 +416,43 @@ def _factor_value(factor: dict) -> str:
 
 def render_eval(doc: dict) -> None:
     """The network's scores on the test grid, the baselines beside it (if any), then the --x points."""
-    network, edge = doc["scores"][0], doc["end_region"]
-    stdout.print(f"rungefit eval: {doc['source']}", highlight=False)
+    network, regions = doc["scores"][0], doc["regions"]
+    stdout.print(f"rungefit eval: {doc['source']}{target_note(doc)}", highlight=False)
     rows = [
         ("MSE", fmt(network["mse"])),
         ("RMSE", fmt(network["rmse"])),
         ("max |error|", f"{fmt(network['max_abs_error'])} at x = {network['max_abs_error_at']:.4g}"),
-        (f"near the ends, |x| > {edge:g}: RMSE, max |error|", f"{fmt(network['ends_rmse'])}, {fmt(network['ends_max_abs_error'])}"),
-        (f"in the middle, |x| ≤ {edge:g}: RMSE, max |error|", f"{fmt(network['middle_rmse'])}, {fmt(network['middle_max_abs_error'])}"),
+        (f"near the ends, {regions['ends']}: RMSE, max |error|", f"{fmt(network['ends_rmse'])}, {fmt(network['ends_max_abs_error'])}"),
+        (f"in the middle, {regions['middle']}: RMSE, max |error|", f"{fmt(network['middle_rmse'])}, {fmt(network['middle_max_abs_error'])}"),
         ("parameters", str(network["parameters"])),
     ]
-    print_pairs(f"on {doc['points']} equally spaced points of [-1, 1]", "metric", rows)
+    where = f"the {doc['points']} held-out test points" if doc["data"] else f"{doc['points']} equally spaced points of {interval(doc['domain'])}"
+    print_pairs(f"on {where}", "metric", rows)
     if len(doc["scores"]) > 1:
-        _baselines_table(doc["scores"], edge)
+        _baselines_table(doc["scores"], regions, doc["data"])
     if doc["at_x"]:
         _eval_points_table(doc["at_x"])
 
 
-def _baselines_table(scores: list[dict], edge: float) -> None:
+BASELINE_CAPTIONS = {
+    False: (
+        "equispaced: the polynomial interpolant of degree d at d+1 equally spaced nodes; Chebyshev: the interpolant "
+        "at d+1 Chebyshev points; cubic spline: through the same d+1 equispaced nodes."
+    ),
+    True: (
+        "Chebyshev LS: the Chebyshev series of degree d closest to the member's training points in least squares; "
+        "smoothing spline: SciPy's cubic smoothing spline of those points, smoothed by generalised cross-validation."
+    ),
+}
+
+
+def _baselines_table(scores: list[dict], regions: dict, data: bool) -> None:
     table = Table(
-        title="the network beside classical approximants, on the same grid",
+        title=f"the network beside classical approximants, on the same {'points' if data else 'grid'}",
         title_justify="left",
         caption=(
-            f"ends max, middle max: max |error| over |x| > {edge:g} and |x| ≤ {edge:g}. equispaced: the polynomial "
-            "interpolant of degree d at d+1 equally spaced nodes; Chebyshev: the interpolant at d+1 Chebyshev "
-            "points; cubic spline: through the same d+1 equispaced nodes. params: the numbers that fix each approximant."
+            f"ends max, middle max: max |error| over {regions['ends']} and {regions['middle']}. {BASELINE_CAPTIONS[data]} "
+            "params: the numbers that fix each approximant."
         ),
         caption_justify="left",
     )
@@ -434,7 +475,7 @@ def _eval_points_table(points: list[dict]) -> None:
     if flag:
         table.add_column("")
     for p in points:
-        row = [f"{p['x']:g}", f"{p['prediction']:.7g}", f"{p['target']:.7g}", fmt(p["error"])]
+        row = [f"{p['x']:g}", f"{p['prediction']:.7g}", _or_dash(p["target"], lambda v: f"{v:.7g}"), _or_dash(p["error"], fmt)]
         table.add_row(*row, *(["extrapolation" if p["extrapolation"] else ""] if flag else []))
     stdout.print(table)
 

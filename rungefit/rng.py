@@ -20,6 +20,7 @@ _MULTIPLIERS = (0x7FEB352D, 0x4C957F2D, 0x5851F42D)
 STREAM_DATA = 1
 STREAM_INIT = 2
 STREAM_SHUFFLE = 3
+STREAM_TEST = 4  # a data set's test share: drawn with seed 0, the same for every member
 
 
 def _mix(x):

@@ -183,6 +183,7 @@ def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[st
     import torch
 
     from rungefit import __version__
+    from rungefit.target import DATA_FILE, points_bytes
 
     config = {**asdict(result.config), **config_extra, "rungefit_version": __version__, "torch_version": torch.__version__}
     return {
@@ -190,6 +191,8 @@ def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[st
         MODEL_FILE: checkpoint_bytes(result),
         "history.csv": history_csv(result.history, result.config.seeds),
         "summary.json": json_bytes({**result.summary(), **summary_extra}),
+        # A data run keeps its points, so that it survives the file moving.
+        **({DATA_FILE: points_bytes(result.config)} if result.config.data else {}),
         **pictures,
     }
 
@@ -306,6 +309,7 @@ def load_run(runs_dir: Path, name: str | None) -> LoadedRun:
     from rungefit.config import TrainConfig, parse_layers
     from rungefit.model import StackedMLP
     from rungefit.stack import DTYPES
+    from rungefit.target import DATA_FILE, read_points, target_of
 
     path = resolve_run(runs_dir, name)
     checkpoint = load_checkpoint(path)
@@ -313,6 +317,11 @@ def load_run(runs_dir: Path, name: str | None) -> LoadedRun:
         raw = json.loads((path / "config.json").read_text())
         fields = TrainConfig.__dataclass_fields__
         config = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items() if k in fields})
+        # The target is parsed as if typed (a UsageError, a ValueError, for anything hostile), and a
+        # data run finds its points in its own copy of them.
+        if config.data:
+            read_points(path / DATA_FILE, expected_sha256=config.data_sha256)
+        target_of(config)
         model = StackedMLP(parse_layers(checkpoint["layers"]), int(checkpoint["members"]), dtype=DTYPES[checkpoint["dtype"]])
         model.load_state_dict(checkpoint["state_dict"])
         summary = json.loads((path / "summary.json").read_text())

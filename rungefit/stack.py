@@ -23,7 +23,7 @@ from rungefit.config import MIN_MEMBERS_PER_WORKER, TrainConfig, parse_layers
 from rungefit.model import StackedMLP
 from rungefit.optim import StackedAdam, lr_factors
 from rungefit.polish import PolishProgress, PolishReport, levenberg_marquardt
-from rungefit.runge import DataSplit, runge, sample_split
+from rungefit.target import DataSplit, target_of
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -48,7 +48,7 @@ def new_stack(config: TrainConfig, lrs: Sequence[float] | None = None) -> tuple[
     data and the seeds [K], as every fit starts."""
     dtype, device = DTYPES[config.dtype], config.device
     seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
-    data = sample_split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
+    data = target_of(config).split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
     model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=dtype, device=device)
     model.initialise(seeds)
     optimizer = StackedAdam(model, [config.lr] * len(config.seeds) if lrs is None else lrs, config.betas, config.eps)
@@ -58,12 +58,12 @@ def new_stack(config: TrainConfig, lrs: Sequence[float] | None = None) -> tuple[
 class EpochBatches:
     """The shuffled mini-batches of each epoch of one training set, every member its own order.
 
-    The targets are computed once, and each epoch is gathered into buffers that the next epoch
-    reuses: fresh [K, n] tensors every epoch would cost more than the gathering itself.
+    The targets come computed (DataSplit), and each epoch is gathered into buffers that the next
+    epoch reuses: fresh [K, n] tensors every epoch would cost more than the gathering itself.
     """
 
-    def __init__(self, x_train: torch.Tensor, seeds: torch.Tensor, batch_size: int):
-        self.x_train, self.y_train, self.batch_size = x_train, runge(x_train), batch_size
+    def __init__(self, x_train: torch.Tensor, y_train: torch.Tensor, seeds: torch.Tensor, batch_size: int):
+        self.x_train, self.y_train, self.batch_size = x_train, y_train, batch_size
         self.seeds = seeds.to(x_train.device)
         self._order = torch.empty(x_train.shape, dtype=torch.int64, device=x_train.device)
         self._x, self._y = torch.empty_like(x_train), torch.empty_like(x_train)
@@ -107,8 +107,7 @@ class Stack:
 
     def __init__(self, config: TrainConfig, model: StackedMLP, optimizer: StackedAdam, data: DataSplit, seeds: torch.Tensor):
         self.config, self.model, self.optimizer, self.data, self.seeds = config, model, optimizer, data, seeds
-        self.y_val = runge(data.x_val)
-        self.batches = EpochBatches(data.x_train, seeds, config.batch_size)
+        self.batches = EpochBatches(data.x_train, data.y_train, seeds, config.batch_size)
         self.factors = lr_factors(config.schedule, config.total_steps)
         self._snapshots: dict[int, tuple[torch.Tensor, dict]] = {}  # epoch → the state it started from
 
@@ -127,7 +126,7 @@ class Stack:
         optimizer = StackedAdam(model, self.optimizer.lrs[start:stop], self.optimizer.betas, self.optimizer.eps)
         moments = {name: getattr(self.optimizer, name)[start:stop] for name in ("exp_avg", "exp_avg_sq")}
         optimizer.load_state_dict({"step": self.optimizer.step_count, **moments})
-        data = DataSplit(self.data.x_train[start:stop], self.data.x_val[start:stop])
+        data = self.data.select(start, stop)
         config = replace(self.config, seeds=self.config.seeds[start:stop], workers=1)
         return Stack(config, model, optimizer, data, self.seeds[start:stop])
 
@@ -148,7 +147,7 @@ class Stack:
                 if should_stop is not None and should_stop():
                     self.rewind(epoch)
                     return None
-        val_mse = self.model.mse(self.data.x_val, self.y_val)
+        val_mse = self.model.mse(self.data.x_val, self.data.y_val)
         factor = float(self.factors[self.optimizer.step_count - 1])
         return EpochCurves(loss.tolist(), val_mse.tolist(), [lr * factor for lr in self.optimizer.lrs])
 
@@ -161,7 +160,8 @@ class Stack:
 
     def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None, should_stop: Callable[[], bool] | None) -> PolishReport | None:
         """The LM polish; None, with the members as they were, if should_stop said yes."""
-        return levenberg_marquardt(self.model, self.data.x_train, iterations=iterations, progress=progress, should_stop=should_stop)
+        y_train = target_of(self.config).polish_targets(self.data)
+        return levenberg_marquardt(self.model, self.data.x_train, y_train, iterations=iterations, progress=progress, should_stop=should_stop)
 
     def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:
         return self.model, self.optimizer, self.data

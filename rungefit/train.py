@@ -18,12 +18,12 @@ import torch
 
 from rungefit.config import DEVICES, TrainConfig, parameter_count, parse_layers, require
 from rungefit.errors import RungefitError, UsageError
-from rungefit.evaluate import fit_verdict, float64_mse, grid_errors, learned
+from rungefit.evaluate import fit_verdict, float64_mse, float64_truth, grid_errors, learned
 from rungefit.model import StackedMLP
 from rungefit.optim import StackedAdam
 from rungefit.polish import PolishProgress, PolishReport
-from rungefit.runge import runge
 from rungefit.stack import EpochCurves, open_stack, worker_count
+from rungefit.target import target_of
 
 # Hidden activations per step (members × batch × hidden units) from which CPU training uses
 # torch's intra-op threads; below it one thread is faster (see intra_op_threads).
@@ -143,6 +143,7 @@ class TrainResult:
             "wall_time_s": self.wall_time_s,
             "workers": self.config.workers,
             "polish": self._polish_summary(),
+            "target": {"target": target_of(self.config).name, "domain": list(self.config.domain)},
         }
 
     def _polish_summary(self) -> dict | None:
@@ -264,12 +265,13 @@ def intra_op_threads(config: TrainConfig) -> Iterator[None]:
 
 
 def final_metrics(model: StackedMLP, config: TrainConfig, data, lrs: list[float]) -> list[MemberMetrics]:
-    """Full-set MSEs per member, and the test grid's MSE and max |error| (as `eval` computes them),
+    """Full-set MSEs per member, and the test set's MSE and max |error| (as `eval` computes them),
     all in float64 from the network's outputs; and Var(y) of each validation set."""
-    test = grid_errors(model, config.test_points)
-    train_mse = float64_mse(model, data.x_train).tolist()
-    val_mse = float64_mse(model, data.x_val).tolist()
-    val_var = runge(data.x_val.double()).var(dim=1, correction=0).tolist()
+    target = target_of(config)
+    test = grid_errors(model, target, config.test_points)
+    train_mse = float64_mse(model, target, data.x_train, data.y_train).tolist()
+    val_mse = float64_mse(model, target, data.x_val, data.y_val).tolist()
+    val_var = float64_truth(target, data.x_val, data.y_val).var(dim=1, correction=0).tolist()
     return [
         MemberMetrics(seed, lr, tr, va, te, mx, var)
         for seed, lr, tr, va, te, mx, var in zip(config.seeds, lrs, train_mse, val_mse, test.mse.tolist(), test.max_abs_error.tolist(), val_var, strict=True)

@@ -44,6 +44,15 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+def runge(x):
+    """The Runge function in closed form, independent of target.py: what the default target must compute."""
+    return 1.0 / (1.0 + 25.0 * x * x)
+
+
+def runge_prime(x):
+    return -50.0 * x / (1.0 + 25.0 * x * x) ** 2
+
+
 def heavy_imports_after(setup: str) -> tuple[str, str]:
     """Run `setup` (which calls the CLI) in a fresh interpreter: (its stdout, and which of torch and
     matplotlib it imported, comma-separated, '' when none)."""

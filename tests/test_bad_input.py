@@ -20,7 +20,22 @@ def place(tmp_path_factory):
     result = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--name", "base"])
     assert result.exit_code == 0, result.output
     (root / "file").write_text("not a directory")
+    for name, text in DATA_FILES.items():
+        (root / name).write_text(text)
     return root
+
+
+# --data files, each wrong in one way, written under the fixture's root.
+DATA_FILES = {
+    "empty.csv": "",
+    "one.csv": "x\n1\n2\n",
+    "text.csv": "x,y\n0,1\n1,one\n",
+    "nan.csv": "0,1\n1,nan\n",
+    "few.csv": "".join(f"{i},{i}\n" for i in range(40)),
+    "good.csv": "".join(f"{i / 100},{(i / 100) ** 2}\n" for i in range(100)),
+}
+# Typed formulas that must be refused without running anything.
+HOSTILE = ["__import__('os').system('touch p')", "x.real", "x[0]", "(lambda: 1)()", "[x for x in (1,)]", "min(x, key=1)", "'x'", "9**9**9**9", "x" * 100_000]
 
 
 def cheap(command: str, root) -> list[str]:
@@ -92,6 +107,31 @@ TRAIN = [
     (["--name", "../escape"], 1, "--name"),
     (["--name", ""], 1, "--name"),
     (["--resume", "nope"], 2, "--resume"),  # the cheap options may not go with it
+    (["--target", "nope"], 2, "unknown preset; choose one of runge, abs, step"),
+    (["--target", "exp(-x**2"], 2, "syntax error at character"),
+    (["--target", "y + 1"], 2, "unknown name 'y'; a formula may use"),
+    (["--target", "bessel(x)"], 2, "unknown function 'bessel'"),
+    (["--target", "log(x)"], 2, "not a real number (NaN) at x = -1"),
+    (["--target", "1/x"], 2, "infinite at x = 0"),
+    (["--target", "sqrt(x - 1)", "--domain", "0,2"], 2, "at x = 0"),
+    *((["--target", formula], 2, "--target") for formula in HOSTILE),
+    (["--domain", "1,1"], 2, "--domain"),
+    (["--domain", "2,1"], 2, "--domain"),
+    (["--domain", "nan,1"], 2, "--domain"),
+    (["--domain", "0,inf"], 2, "--domain"),
+    (["--domain", "0"], 2, "--domain"),
+    (["--data", MISSING], 2, "--data"),
+    (["--data", "{root}/empty.csv"], 2, "is empty"),
+    (["--data", "{root}/one.csv"], 2, "one column"),
+    (["--data", "{root}/text.csv"], 2, "'one' is not a number"),
+    (["--data", "{root}/nan.csv"], 2, "NaN or infinite"),
+    (["--data", "{root}/few.csv"], 2, "fewer than one batch"),
+    (["--data", "{root}/good.csv", "--domain", "0,0.5"], 2, "outside --domain"),
+    (["--data", "{root}/good.csv", "--points", "50"], 2, "--points"),
+    (["--data", "{root}/good.csv", "--target", "abs"], 2, "exclude each other"),
+    (["--data", "{root}/good.csv", "--test-fraction", "0"], 2, "--test-fraction"),
+    (["--data", "{root}/good.csv", "--test-fraction", "1"], 2, "--test-fraction"),
+    (["--test-fraction", "0.1"], 2, "--test-fraction applies only with --data"),
 ]
 
 LR_FIND = [
@@ -130,6 +170,11 @@ LR_FIND = [
     (["--verify-epochs", "0"], 2, "--verify-epochs"),
     (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
     (["--out", UNDER_A_FILE], 1, "--out"),
+    (["--target", "nope"], 2, "unknown preset"),
+    (["--target", "x.real"], 2, "attribute access"),
+    (["--domain", "3,-3"], 2, "--domain"),
+    (["--data", "{root}/text.csv"], 2, "'one' is not a number"),
+    (["--data", "{root}/good.csv", "--points", "50"], 2, "--points"),
 ]
 
 GRAD = [
@@ -148,6 +193,9 @@ GRAD = [
     (["--untrained", "--layers", ""], 2, "--layers"),
     (["--untrained", "--layers", "20:foo"], 2, "unknown activation"),
     (["--untrained", "--seed", "-1"], 2, "--seed"),
+    (["--target", "abs"], 2, "--target"),
+    (["--untrained", "--target", "log(x)"], 2, "NaN"),
+    (["--untrained", "--domain", "1,0"], 2, "--domain"),
     (["--run", "nope"], 1, "'nope' not found"),
     (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
     (["--runs-dir", MISSING], 1, "--runs-dir"),
@@ -173,10 +221,14 @@ CASES = [(command, *case) for command, cases in (("train", TRAIN), ("lr-find", L
 
 
 def invoke(command: str, root, args: list[str]):
-    return runner.invoke(app, [command, *cheap(command, root), *(arg.format(root=root) for arg in args)])
+    options = cheap(command, root)
+    if "--data" in args and "--points" in options:  # the data's points are the points
+        at = options.index("--points")
+        options = options[:at] + options[at + 2 :]
+    return runner.invoke(app, [command, *options, *(arg.format(root=root) for arg in args)])
 
 
-@pytest.mark.parametrize("command, args, code, text", CASES, ids=[f"{c[0]} {' '.join(c[1])}" for c in CASES])
+@pytest.mark.parametrize("command, args, code, text", CASES, ids=[f"{c[0]} {' '.join(c[1])[:60]}" for c in CASES])
 def test_bad_input_gives_one_line_naming_the_option(place, command, args, code, text):
     before = runs_tree(place)
     result = invoke(command, place, args)

@@ -125,7 +125,10 @@ def test_a_run_that_learned_nothing_is_saved_and_shown_but_fails_naming_the_caus
     import numpy as np
     import torch
 
-    from rungefit.runge import runge, sample_split
+    from rungefit.config import TrainConfig
+    from rungefit.target import target_of
+
+    from .conftest import runge
 
     result = runner.invoke(app, ["train", *QUICK_TRAIN, "--lr", "1e6", "--runs-dir", str(tmp_path), "--name", "stuck", "--json"])
     assert result.exit_code == 1
@@ -135,7 +138,7 @@ def test_a_run_that_learned_nothing_is_saved_and_shown_but_fails_naming_the_caus
         assert summary["status"] == "complete" and summary["fit"] == "nothing learned"
         assert [m["learned"] for m in summary["members"]] == [False]
     member = document["members"][0]
-    x_val = sample_split(torch.tensor([0]), 120, 0.3).x_val[0].double().numpy()
+    x_val = target_of(TrainConfig()).split(torch.tensor([0]), 120, 0.3).x_val[0].double().numpy()
     assert member["val_var"] == pytest.approx(np.var(runge(x_val)), rel=1e-12)
     assert member["val_mse"] > 0.01 * member["val_var"]
     lines = result.stderr.strip().splitlines()

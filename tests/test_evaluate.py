@@ -7,10 +7,14 @@ import pytest
 import torch
 
 from rungefit import evaluate, runs
-from rungefit.config import TrainConfig, parameter_count, parse_layers
+from rungefit.config import TrainConfig, parameter_count
 from rungefit.model import StackedMLP
-from rungefit.runge import runge
+from rungefit.target import target_of
 from rungefit.train import fit
+
+from .conftest import runge, stacked
+
+RUNGE = target_of(TrainConfig())
 
 
 def test_score_splits_the_interval_into_ends_and_middle():
@@ -32,14 +36,14 @@ def test_score_of_an_empty_region_is_nan():
 
 def test_interpolants_pass_through_their_nodes():
     nodes = np.linspace(-1, 1, 11)
-    np.testing.assert_allclose(evaluate.equispaced_interpolant(10)(nodes), runge(nodes), atol=1e-13)
-    np.testing.assert_allclose(evaluate.spline_interpolant(10)(nodes), runge(nodes), atol=1e-15)
+    np.testing.assert_allclose(evaluate.equispaced_interpolant(RUNGE, 10)(nodes), runge(nodes), atol=1e-13)
+    np.testing.assert_allclose(evaluate.spline_interpolant(RUNGE, 10)(nodes), runge(nodes), atol=1e-15)
     chebyshev_points = np.cos((2 * np.arange(11) + 1) * np.pi / 22)
-    np.testing.assert_allclose(evaluate.chebyshev_interpolant(10)(chebyshev_points), runge(chebyshev_points), atol=1e-13)
+    np.testing.assert_allclose(evaluate.chebyshev_interpolant(RUNGE, 10)(chebyshev_points), runge(chebyshev_points), atol=1e-13)
 
 
 def test_baselines_show_the_runge_phenomenon():
-    scores = {s.name: s for s in evaluate.baseline_scores(100, (10, 20, 40))}
+    scores = {s.name: s for s in evaluate.baseline_scores(RUNGE, 100, (10, 20, 40))}
     assert len(scores) == 9
     assert {scores[f"{kind}, d = 20"].parameters for kind in evaluate.BASELINES} == {21}
 
@@ -61,14 +65,12 @@ def test_best_member_is_the_lowest_finite_validation_mse():
 
 
 def untrained(layers="5:tanh", seeds=(0, 1), dtype=torch.float32) -> StackedMLP:
-    model = StackedMLP(parse_layers(layers), len(seeds), dtype=dtype)
-    model.initialise(torch.tensor(seeds))
-    return model
+    return stacked(layers, seeds, dtype)
 
 
 def test_point_scores_flag_extrapolation_and_use_the_exact_target():
     model = untrained()
-    scored = evaluate.point_scores(model, 1, [0.3, -1.5])
+    scored = evaluate.point_scores(model, RUNGE, 1, [0.3, -1.5])
     assert [p.extrapolation for p in scored] == [False, True]
     assert scored[0].target == runge(0.3)
     assert scored[0].error == scored[0].prediction - scored[0].target
@@ -77,12 +79,12 @@ def test_point_scores_flag_extrapolation_and_use_the_exact_target():
 def test_evaluate_rejects_a_missing_member_and_plots_the_largest_degree():
     model = untrained()
     with pytest.raises(ValueError, match="member 2"):
-        evaluate.evaluate(model, 2)
-    result = evaluate.evaluate(model, 1, 50, [0.5], (10, 20))
+        evaluate.evaluate(model, RUNGE, 2)
+    result = evaluate.evaluate(model, RUNGE, 1, 50, [0.5], (10, 20))
     assert [s.name for s in result.scores][:2] == ["network", "equispaced, d = 10"]
     assert result.scores[0].parameters == parameter_count(model.layers)
     assert list(result.curves.errors) == ["network", "equispaced, d = 20", "Chebyshev, d = 20", "cubic spline, d = 20"]
-    assert list(evaluate.evaluate(model, 0).curves.errors) == ["network"]
+    assert list(evaluate.evaluate(model, RUNGE, 0).curves.errors) == ["network"]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -92,7 +94,7 @@ def test_eval_reproduces_the_test_figures_train_saved(tmp_path, dtype):
     runs.save_new_run(tmp_path, "r", runs.run_files(result, {}, {}, {}))
     loaded = runs.load_run(tmp_path, "r")
     for member, saved in enumerate(loaded.summary["members"]):
-        network = evaluate.evaluate(loaded.model, member, loaded.config.test_points).scores[0]
+        network = evaluate.evaluate(loaded.model, target_of(loaded.config), member, loaded.config.test_points).scores[0]
         assert network.mse == saved["test_mse"]
         assert network.max_abs_error == saved["test_max_abs_error"]
 
@@ -102,16 +104,16 @@ def test_the_overall_max_error_is_exactly_the_larger_regional_one(dtype):
     model = untrained("8:tanh,8:sigmoid", seeds=(0, 1, 2), dtype=dtype)
     for member in range(3):
         for points in (100, 101, 257):
-            network = evaluate.evaluate(model, member, points).scores[0]
+            network = evaluate.evaluate(model, RUNGE, member, points).scores[0]
             assert network.max_abs_error == max(network.ends_max_abs_error, network.middle_max_abs_error)
 
 
 def test_a_float64_runs_test_mse_is_the_plain_float64_mean_as_before():
     model = untrained("8:tanh,8:sigmoid", seeds=(0, 1, 2), dtype=torch.float64)
-    x = evaluate.test_grid(100, dtype=torch.float64).expand(3, -1)
+    x = RUNGE.test_grid(100, dtype=torch.float64).expand(3, -1)
     with torch.no_grad():
         before = ((model.forward(x) - runge(x)) ** 2).mean(dim=1)  # how it was computed
-    assert torch.equal(evaluate.grid_errors(model).mse, before)
+    assert torch.equal(evaluate.grid_errors(model, RUNGE).mse, before)
 
 
 def test_a_member_learned_when_its_validation_mse_is_below_a_hundredth_of_var_y():

@@ -19,9 +19,9 @@ import rungefit
 from rungefit import runs
 from rungefit.cli import app
 from rungefit.evaluate import member_prediction
-from rungefit.runge import runge, test_grid
+from rungefit.target import target_of
 
-from .conftest import SPECS, runner
+from .conftest import SPECS, runge, runner
 
 DEFAULT = SPECS[0]
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
@@ -29,7 +29,7 @@ TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
 def eval_grid(loaded, member: int) -> tuple[np.ndarray, np.ndarray]:
     """The run's test grid and eval's predictions on it (evaluate.member_prediction, as eval scores)."""
-    x = test_grid(loaded.config.test_points, dtype=loaded.model.dtype).double().numpy()
+    x = target_of(loaded.config).test_grid(loaded.config.test_points, dtype=loaded.model.dtype).double().numpy()
     return x, member_prediction(loaded.model, member, x)
 
 

@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 from rungefit import grad
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
 from rungefit.model import ACTIVATIONS, StackedMLP
-from rungefit.runge import runge_prime
+from rungefit.target import target_of
 from rungefit.train import fit
 
-from .conftest import stacked
+from .conftest import runge_prime, stacked
+
+RUNGE = target_of(TrainConfig())
 
 SPECS = [DEFAULT_LAYERS, "8:relu,8:gelu", "5:silu,3:softplus,4:identity", "1:tanh", "7:sigmoid,7:sigmoid,7:sigmoid"]
 
@@ -71,7 +73,7 @@ def linear_network(w: float, b: float) -> StackedMLP:
 
 def test_one_layer_linear_network_gives_exactly_w():
     model = linear_network(w=-0.7318, b=0.25)
-    check = grad.check_gradient(model, np.array([-1.0, -0.2, 0.0, 0.3, 1.0]))
+    check = grad.check_gradient(model, RUNGE, np.array([-1.0, -0.2, 0.0, 0.3, 1.0]))
     assert (check.explicit == -0.7318).all()
     assert (check.autograd == -0.7318).all()
     assert grad.explain_chain(model, 0.3)[-1].running[0, 0] == -0.7318
@@ -81,7 +83,7 @@ def test_identity_layers_give_the_product_of_the_weights():
     model = stacked("4:identity,3:identity", seeds=(5,))
     w2, w3, w4 = (model.weight(i)[0].numpy() for i in range(3))
     expected = (w4 @ w3 @ w2).item()
-    check = grad.check_gradient(model, np.array([-0.5, 0.9]))
+    check = grad.check_gradient(model, RUNGE, np.array([-0.5, 0.9]))
     np.testing.assert_allclose(check.explicit, expected, rtol=0, atol=1e-15)
 
 
@@ -101,7 +103,7 @@ def test_explain_writes_out_the_formula_with_identity_for_the_input_layer():
 def test_check_gradient_runs_in_float64_on_one_member():
     model = stacked(DEFAULT_LAYERS, seeds=(0, 1), dtype=torch.float32)
     with pytest.raises(ValueError, match="as_float64"):
-        grad.check_gradient(model, np.array([0.3]))
+        grad.check_gradient(model, RUNGE, np.array([0.3]))
     member = grad.as_float64(model, 1)
     assert member.members == 1 and member.dtype == torch.float64
     assert torch.equal(member.params[0], model.params[1].double())
@@ -109,20 +111,20 @@ def test_check_gradient_runs_in_float64_on_one_member():
 
 def test_study_reports_points_grid_and_chains_as_json():
     model = grad.untrained_model("6:tanh,4:sigmoid", seed=1)
-    study = grad.study_gradient(model, [0.3, -1.5], grid_points=11, explain=True)
+    study = grad.study_gradient(model, RUNGE, [0.3, -1.5], grid_points=11, explain=True)
     doc = json.loads(json.dumps(study.as_dict()))
     assert [p["x"] for p in doc["points"]] == [0.3, -1.5]
     assert doc["grid"]["points"] == 11 and doc["grid"]["max_product_vs_autograd"] < 1e-12
     assert [chain["x"] for chain in doc["explain"]] == [0.3, -1.5]
     assert len(study.curve.x) == 11
-    assert len(grad.study_gradient(model, [0.3]).curve.x) == grad.PLOT_POINTS
+    assert len(grad.study_gradient(model, RUNGE, [0.3]).curve.x) == grad.PLOT_POINTS
     with pytest.raises(ValueError, match="--grid"):
-        grad.study_gradient(model, [], grid_points=1)
+        grad.study_gradient(model, RUNGE, [], grid_points=1)
 
 
 def test_true_derivative_column_is_f_prime():
-    check = grad.check_gradient(grad.untrained_model("3:tanh", seed=0), np.array([0.3]))
-    assert check.true[0] == runge_prime(0.3)
+    check = grad.check_gradient(grad.untrained_model("3:tanh", seed=0), RUNGE, np.array([0.3]))
+    assert check.true[0] == pytest.approx(runge_prime(0.3), rel=1e-15)
 
 
 @pytest.fixture(scope="session")
@@ -136,6 +138,6 @@ def trained_model():
 
 def test_trained_network_derivative_is_close_to_f_prime(trained_model):
     assert trained_model.dtype == torch.float32
-    check = grad.check_gradient(grad.as_float64(trained_model, 0), np.array([0.3]))
+    check = grad.check_gradient(grad.as_float64(trained_model, 0), RUNGE, np.array([0.3]))
     assert check.network_vs_true[0] < 1e-2
     assert check.product_vs_autograd[0] < 1e-12

@@ -14,8 +14,8 @@ import torch
 from rungefit import lr_find, lr_rules, report
 from rungefit.cli import app, lr_find_command
 from rungefit.config import TrainConfig
-from rungefit.runge import DataSplit
 from rungefit.stack import EpochBatches, new_stack
+from rungefit.target import DataSplit
 from rungefit.train import fit
 
 from .conftest import LEARNS, runner
@@ -136,7 +136,7 @@ def test_uninformative_curve_warns_and_an_informative_one_does_not():
 def _trained_stack():
     """A small stack after a few real steps, so the optimizer state is not trivially zero."""
     model, optimizer, data, seeds = new_stack(SMALL)
-    for x, y in EpochBatches(data.x_train, seeds, SMALL.batch_size)(0):
+    for x, y in EpochBatches(data.x_train, data.y_train, seeds, SMALL.batch_size)(0):
         model.mse_backward(x, y)
         optimizer.step()
     return model, optimizer, data, seeds
@@ -176,7 +176,7 @@ def test_a_non_finite_loss_stops_its_member_at_once_and_spares_the_others():
     poisoned = data.x_train.clone()
     poisoned[1] = float("nan")
     config = lr_find.RangeTestConfig(start_lr=1e-5, end_lr=1e-3, iters=20)
-    test = lr_find.range_test(model, optimizer, DataSplit(poisoned, data.x_val), seeds, SMALL.batch_size, config)
+    test = lr_find.range_test(model, optimizer, DataSplit(poisoned, data.x_val, data.y_train, data.y_val), seeds, SMALL.batch_size, config)
     assert test.stops == [None, 0]
     assert test.stop_reason(1) == "non-finite"
     assert len(test.lrs) == config.iters and np.isfinite(test.raw[:, 0]).all()

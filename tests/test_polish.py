@@ -12,8 +12,10 @@ from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
 from rungefit.evaluate import grid_errors
 from rungefit.model import StackedMLP
 from rungefit.polish import PolishProgress, levenberg_marquardt
-from rungefit.runge import runge, sample_split
+from rungefit.target import target_of
 from rungefit.train import fit
+
+from .conftest import runge
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,8 +25,16 @@ def short_run():
     """A short Adam run of three members (seconds), and each member's training points."""
     config = TrainConfig(seeds=(0, 1, 2), points=400, epochs=200)
     result = fit(config, stop_on_divergence=False)
-    data = sample_split(torch.tensor(config.seeds), config.points, config.val_fraction)
+    data = target_of(config).split(torch.tensor(config.seeds), config.points, config.val_fraction)
     return result.model, data.x_train
+
+
+def lm(model: StackedMLP, x_train: torch.Tensor, **options):
+    """The polish against the Runge function, its targets in float64 as fit gives them."""
+    return levenberg_marquardt(model, x_train, runge(x_train.double()), **options)
+
+
+RUNGE = target_of(TrainConfig())
 
 
 def _copy(model: StackedMLP) -> StackedMLP:
@@ -35,10 +45,10 @@ def test_polish_lowers_training_and_test_error(short_run):
     model, x_train = short_run
     model = _copy(model)
     before_train = model.mse(x_train, runge(x_train))
-    before_test = grid_errors(model).mse
-    report = levenberg_marquardt(model, x_train, iterations=10)
+    before_test = grid_errors(model, RUNGE).mse
+    report = lm(model, x_train, iterations=10)
     after_train = model.mse(x_train, runge(x_train))
-    after_test = grid_errors(model).mse
+    after_test = grid_errors(model, RUNGE).mse
     assert model.dtype == torch.float32
     # The report's figures are the float64 ones of the same parameters.
     torch.testing.assert_close(report.initial_mse, before_train.double(), rtol=1e-3, atol=0)
@@ -52,18 +62,18 @@ def test_polish_lowers_training_and_test_error(short_run):
 def test_member_alone_equals_member_in_stack(short_run):
     model, x_train = short_run
     stacked = _copy(model)
-    levenberg_marquardt(stacked, x_train, iterations=5)
+    lm(stacked, x_train, iterations=5)
     for k in range(model.members):
         alone = model.select([k])
-        levenberg_marquardt(alone, x_train[k : k + 1], iterations=5)
+        lm(alone, x_train[k : k + 1], iterations=5)
         assert torch.equal(alone.params[0], stacked.params[k]), k
 
 
 def test_deterministic(short_run):
     model, x_train = short_run
     first, second = _copy(model), _copy(model)
-    levenberg_marquardt(first, x_train, iterations=5)
-    levenberg_marquardt(second, x_train, iterations=5)
+    lm(first, x_train, iterations=5)
+    lm(second, x_train, iterations=5)
     assert torch.equal(first.params, second.params)
 
 
@@ -71,7 +81,7 @@ def test_float64_model_and_progress(short_run):
     model, x_train = short_run
     model = model.to(dtype=torch.float64)
     seen: list[PolishProgress] = []
-    report = levenberg_marquardt(model, x_train.double(), iterations=4, progress=seen.append)
+    report = lm(model, x_train.double(), iterations=4, progress=seen.append)
     assert model.dtype == torch.float64
     assert [(p.member, p.iteration) for p in seen] == [(k, i) for k in range(3) for i in range(1, 5)]
     assert all(p.iterations == 4 for p in seen)
@@ -88,7 +98,7 @@ def test_diverged_member_is_left_alone(short_run):
     with torch.no_grad():
         model.params[1, 0] = float("nan")
     before = model.params.clone()
-    report = levenberg_marquardt(model, x_train, iterations=5)
+    report = lm(model, x_train, iterations=5)
     assert torch.equal(model.params[1].isnan(), before[1].isnan())
     assert math.isnan(float(report.final_mse[1])) and int(report.iterations[1]) == 0
     assert float(report.final_mse[0]) < float(report.initial_mse[0])
@@ -97,7 +107,7 @@ def test_diverged_member_is_left_alone(short_run):
 def test_zero_iterations_changes_nothing(short_run):
     model, x_train = short_run
     copy = _copy(model)
-    levenberg_marquardt(copy, x_train, iterations=0)
+    lm(copy, x_train, iterations=0)
     assert torch.equal(copy.params, model.params)
 
 
@@ -106,7 +116,7 @@ def test_a_stop_undoes_the_polish_of_every_member(short_run):
     copy = _copy(model)
     seen: list[PolishProgress] = []
     # Yes at member 1's second iteration: member 0 is polished by then, member 1 half-way.
-    report = levenberg_marquardt(copy, x_train, iterations=5, progress=seen.append, should_stop=lambda: (seen[-1].member, seen[-1].iteration) == (1, 2))
+    report = lm(copy, x_train, iterations=5, progress=seen.append, should_stop=lambda: (seen[-1].member, seen[-1].iteration) == (1, 2))
     assert report is None
     assert [(p.member, p.iteration) for p in seen][-2:] == [(1, 1), (1, 2)]
     assert torch.equal(copy.params, model.params)
@@ -115,7 +125,7 @@ def test_a_stop_undoes_the_polish_of_every_member(short_run):
 def test_rejects_mismatched_points():
     model = StackedMLP(parse_layers(DEFAULT_LAYERS), 2)
     with pytest.raises(ValueError, match="x_train"):
-        levenberg_marquardt(model, torch.zeros(3, 10))
+        levenberg_marquardt(model, torch.zeros(3, 10), torch.zeros(3, 10))
 
 
 def test_jacobian_matches_autograd():
@@ -144,7 +154,7 @@ def test_the_report_keeps_each_members_mse_before_and_after_every_iteration(shor
     with torch.no_grad():
         model.params[1, 0] = float("nan")  # never polished: its curve is all NaN
     seen: list[PolishProgress] = []
-    report = levenberg_marquardt(model, x_train, iterations=4, progress=seen.append)
+    report = levenberg_marquardt(model, x_train, runge(x_train.double()), iterations=4, progress=seen.append)
     assert report.curves.shape == (3, 5)
     for k in (0, 2):
         steps = [p.mse for p in seen if p.member == k]

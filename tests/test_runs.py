@@ -6,6 +6,7 @@ import torch
 from rungefit import runs
 from rungefit.config import TrainConfig
 from rungefit.evaluate import grid_errors
+from rungefit.target import target_of
 from rungefit.train import fit
 
 
@@ -25,7 +26,7 @@ def test_saved_run_reloads_to_the_same_model_and_test_mse(tmp_path, result):
     assert loaded.config == result.config
     assert torch.equal(loaded.model.params, result.model.params)
     reported = [m["test_mse"] for m in loaded.summary["members"]]
-    assert grid_errors(loaded.model).mse.tolist() == reported
+    assert grid_errors(loaded.model, target_of(loaded.config)).mse.tolist() == reported
 
 
 def test_latest_names_the_newest_run(tmp_path, result):

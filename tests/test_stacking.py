@@ -12,10 +12,9 @@ from rungefit import model as model_module
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes
 from rungefit.kernels import _Backprop
 from rungefit.model import ACTIVATIONS
-from rungefit.runge import runge
 from rungefit.train import fit
 
-from .conftest import stacked
+from .conftest import runge, stacked
 
 F64 = torch.float64
 # A width-1 hidden layer takes the hand-written pass's broadcast path, as the output layer does.

@@ -6,9 +6,11 @@ import torch
 
 from rungefit import rng
 from rungefit.config import TrainConfig
-from rungefit.runge import runge
 from rungefit.stack import EpochBatches, new_stack
+from rungefit.target import target_of
 from rungefit.train import DivergedError, fit, resolve_device
+
+from .conftest import runge
 
 
 def test_short_training_lowers_the_loss():
@@ -108,7 +110,7 @@ def test_default_run_beats_the_reference():
 def test_epoch_batches_are_each_members_shuffled_set_through_reused_buffers():
     config = TrainConfig(seeds=(3, 0, 8), points=60)
     _, _, data, seeds = new_stack(config)
-    batches = EpochBatches(data.x_train, seeds, 16)
+    batches = EpochBatches(data.x_train, data.y_train, seeds, 16)
     storages = set()
     for epoch in (0, 1, 0):
         views = list(batches(epoch))
@@ -125,13 +127,13 @@ def test_epoch_batches_are_each_members_shuffled_set_through_reused_buffers():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_final_figure_is_float64_arithmetic_on_the_networks_outputs(dtype):
-    from rungefit.runge import sample_split, test_grid
     from rungefit.stack import DTYPES
 
     config = TrainConfig(points=120, epochs=2, seeds=(0, 1), dtype=dtype)
     result = fit(config)
-    data = sample_split(torch.tensor(config.seeds), config.points, config.val_fraction, dtype=DTYPES[dtype])
-    grid = test_grid(config.test_points, dtype=DTYPES[dtype]).expand(2, -1)
+    target = target_of(config)
+    data = target.split(torch.tensor(config.seeds), config.points, config.val_fraction, dtype=DTYPES[dtype])
+    grid = target.test_grid(config.test_points, dtype=DTYPES[dtype]).expand(2, -1)
 
     def errors(x):
         with torch.no_grad():

@@ -27,7 +27,7 @@ def plain_steps(config: TrainConfig, steps: int) -> None:
     model, optimizer, data, seeds = lr_find.new_stack(config)
     done, epoch = 0, 0
     while done < steps:
-        for x, y in EpochBatches(data.x_train, seeds, config.batch_size)(epoch):
+        for x, y in EpochBatches(data.x_train, data.y_train, seeds, config.batch_size)(epoch):
             model.mse_backward(x, y)
             optimizer.step()
             done += 1

@@ -1,0 +1,735 @@
+"""The target: what the network fits. A preset, a formula in x, or a data file; its domain, the
+training points and their train/validation split, the test set, and f' by autograd.
+
+A formula is parsed by a whitelist over Python's `ast` and evaluated by the small tree walker
+below, never by eval/exec: a formula is stored in config.json and read back from runs that people
+share. `ast.parse` only builds a syntax tree, and every node of it must be a number, x, pi, e, one
+of + - * / ** (or a unary sign), or a call of a FUNCTIONS name with positional arguments; anything
+else (names, attributes, subscripts, lambdas, strings, keywords, comparisons) is refused before
+anything is evaluated. The work is bounded: at most MAX_FORMULA_CHARS characters (checked before
+parsing), MAX_FORMULA_NODES nodes and MAX_FORMULA_DEPTH levels (checked before the tree is walked),
+and every number is a float64, so a power such as 9**9**9**9 is three float operations that
+overflow to inf (and the formula is then refused for being inf on the domain), never a huge integer.
+
+The same tree evaluates NumPy arrays (checks, baselines) and torch tensors (training targets in the
+run's dtype; f' by autograd in float64). torch is imported only inside the functions that use it,
+so the CLI can check a --target while parsing without it.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import math
+import operator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from rungefit.config import (
+    CHECK_POINTS,
+    DEFAULT_DOMAIN,
+    DEFAULT_TARGET,
+    FORMULA_FUNCTIONS,
+    MAX_DATA_BYTES,
+    MAX_DOMAIN,
+    MAX_FORMULA_CHARS,
+    MAX_FORMULA_DEPTH,
+    MAX_FORMULA_NODES,
+    PRESETS,
+    validation_size,
+)
+from rungefit.errors import UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+DATA_FILE = "data.csv"  # a data run's copy of its points, in the run directory
+CONSTANTS = {"pi": math.pi, "e": math.e}
+# name → number of arguments.
+FUNCTIONS = {name: 2 if name in ("min", "max") else 1 for name in FORMULA_FUNCTIONS}
+# Functions whose argument's sign changes are where f may not be differentiable (for min and max,
+# the difference of their two arguments).
+KINKED = ("abs", "sign", "step", "min", "max")
+BINARY = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
+OPERATORS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv, "**": operator.pow}
+# A point closer than this share of the domain's width to a kink counts as the kink itself.
+KINK_TOLERANCE = 1e-9
+LANGUAGE = (
+    f"a formula may use numbers, x, pi, e, + - * / ** and parentheses, and the functions {', '.join(FUNCTIONS)}"
+)
+
+
+def short(text: str, limit: int = 40) -> str:
+    """A formula or a name for an error message: its start, quoted."""
+    return repr(text if len(text) <= limit else text[:limit] + "…")
+
+
+# ---------------------------------------------------------------- formulas
+
+
+@dataclass(frozen=True)
+class Node:
+    """One node of a parsed formula: "x", "const", an OPERATORS symbol, "neg", or a FUNCTIONS name."""
+
+    op: str
+    args: tuple[Node, ...] = ()
+    value: float = 0.0
+
+
+def parse_formula(text: str) -> Formula:
+    """Parse a formula in x; a UsageError saying what is wrong (and where) for anything else."""
+    if not isinstance(text, str):
+        raise UsageError(f"--target must be a preset name or a formula, got {type(text).__name__}")
+    if len(text) > MAX_FORMULA_CHARS:
+        raise UsageError(f"--target is {len(text)} characters long; a formula may have at most {MAX_FORMULA_CHARS}")
+    if not text.strip():
+        raise UsageError("--target is empty; give a preset name or a formula in x")
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as error:
+        where = f" at character {error.offset}" if error.offset else ""
+        raise UsageError(f"--target {short(text)}: syntax error{where}: {error.msg}") from None
+    except (ValueError, RecursionError, MemoryError, OverflowError) as error:
+        raise UsageError(f"--target {short(text)} cannot be parsed ({type(error).__name__})") from None
+    _check_size(tree, text)
+    return Formula(text, _fold(_convert(tree.body, text)))
+
+
+def _check_size(tree: ast.AST, text: str) -> None:
+    """Count the nodes and measure the depth without recursion, before anything walks the tree."""
+    nodes, deepest, pending = 0, 0, [(tree, 1)]
+    while pending:
+        node, depth = pending.pop()
+        nodes, deepest = nodes + 1, max(deepest, depth)
+        if nodes > MAX_FORMULA_NODES or deepest > MAX_FORMULA_DEPTH:
+            raise UsageError(
+                f"--target {short(text)} is too large: a formula may have at most {MAX_FORMULA_NODES} "
+                f"terms and operations, nested at most {MAX_FORMULA_DEPTH} deep"
+            )
+        pending.extend((child, depth + 1) for child in ast.iter_child_nodes(node) if not isinstance(child, ast.expr_context))
+
+
+# What a refused node is, in a user's words.
+REFUSED = {
+    ast.Attribute: "attribute access", ast.Subscript: "a subscript", ast.Lambda: "a lambda",
+    ast.ListComp: "a comprehension", ast.SetComp: "a comprehension", ast.DictComp: "a comprehension",
+    ast.GeneratorExp: "a comprehension", ast.Compare: "a comparison (use step(x - a))",
+    ast.BoolOp: "and/or", ast.IfExp: "if/else (use step)", ast.JoinedStr: "a string", ast.List: "a list",
+    ast.Tuple: "a tuple (a comma)", ast.Dict: "a dict", ast.Set: "a set", ast.NamedExpr: "an assignment",
+    ast.Starred: "*arguments", ast.Await: "await", ast.Yield: "yield", ast.YieldFrom: "yield",
+}
+
+
+def _convert(node: ast.AST, text: str) -> Node:
+    """The whitelist: ast node → Node, or a UsageError naming what is not allowed."""
+    if isinstance(node, ast.Constant):
+        return Node("const", value=_number(node.value, text))
+    if isinstance(node, ast.Name):
+        if node.id == "x":
+            return Node("x")
+        if node.id in CONSTANTS:
+            return Node("const", value=CONSTANTS[node.id])
+        if node.id in FUNCTIONS:
+            raise UsageError(f"--target {short(text)}: {node.id} is a function; write {node.id}(…)")
+        raise UsageError(f"--target {short(text)}: unknown name {node.id!r}; {LANGUAGE}")
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        operand = _convert(node.operand, text)
+        return Node("neg", (operand,)) if isinstance(node.op, ast.USub) else operand
+    if isinstance(node, ast.BinOp) and type(node.op) in BINARY:
+        return Node(BINARY[type(node.op)], (_convert(node.left, text), _convert(node.right, text)))
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitXor):
+        raise UsageError(f"--target {short(text)}: ^ is not a power here; write x**2")
+    if isinstance(node, ast.Call):
+        return _call(node, text)
+    what = REFUSED.get(type(node), type(node).__name__)
+    raise UsageError(f"--target {short(text)}: {what} is not allowed in a formula; {LANGUAGE}")
+
+
+def _number(value: object, text: str) -> float:
+    if type(value) not in (int, float):  # bool is an int, but True is no number here
+        what = "a string" if isinstance(value, (str, bytes)) else repr(value)
+        raise UsageError(f"--target {short(text)}: {what} is not allowed in a formula; {LANGUAGE}")
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf
+    if not math.isfinite(number):
+        raise UsageError(f"--target {short(text)}: a number in it is too large for a float64")
+    return number
+
+
+def _call(node: ast.Call, text: str) -> Node:
+    name = node.func.id if isinstance(node.func, ast.Name) else None
+    if name is None:
+        what = REFUSED.get(type(node.func), "a call of an expression")
+        raise UsageError(f"--target {short(text)}: {what} is not allowed in a formula; {LANGUAGE}")
+    if name not in FUNCTIONS:
+        raise UsageError(f"--target {short(text)}: unknown function {name!r}; {LANGUAGE}")
+    if node.keywords:
+        raise UsageError(f"--target {short(text)}: {name}() takes no keyword arguments")
+    count = FUNCTIONS[name]
+    if len(node.args) != count:
+        raise UsageError(f"--target {short(text)}: {name}() takes {count} argument{'s' if count > 1 else ''}, got {len(node.args)}")
+    return Node(name, tuple(_convert(arg, text) for arg in node.args))
+
+
+def _fold(node: Node) -> Node:
+    """Parts without x become one float64 constant, computed in NumPy: an overflow is inf, not an error."""
+    args = tuple(_fold(arg) for arg in node.args)
+    node = Node(node.op, args, node.value)
+    if args and all(arg.op == "const" for arg in args):
+        with np.errstate(all="ignore"):
+            value = _apply(node.op, [np.float64(arg.value) for arg in args], NUMPY_FUNCTIONS)
+        return Node("const", value=float(value))
+    return node
+
+
+def _step_numpy(v):
+    return np.where(np.isnan(v), v, np.where(v >= 0, 1.0, 0.0))  # NaN stays NaN, to be found
+
+
+NUMPY_FUNCTIONS = {
+    "abs": np.abs, "sqrt": np.sqrt, "exp": np.exp, "log": np.log, "sin": np.sin, "cos": np.cos, "tan": np.tan,
+    "tanh": np.tanh, "arctan": np.arctan, "sinh": np.sinh, "cosh": np.cosh, "sign": np.sign, "step": _step_numpy,
+    "min": np.minimum, "max": np.maximum,
+}
+
+
+@functools.cache
+def _torch_functions() -> dict:
+    import torch
+
+    def tensors(a, b):
+        """torch.minimum and torch.maximum take tensors only; a folded constant is a float."""
+        like = a if isinstance(a, torch.Tensor) else b
+        return tuple(v if isinstance(v, torch.Tensor) else torch.full_like(like, v) for v in (a, b))
+
+    return {
+        "abs": torch.abs, "sqrt": torch.sqrt, "exp": torch.exp, "log": torch.log, "sin": torch.sin, "cos": torch.cos,
+        "tan": torch.tan, "tanh": torch.tanh, "arctan": torch.arctan, "sinh": torch.sinh, "cosh": torch.cosh,
+        "sign": torch.sign, "step": lambda v: torch.where(torch.isnan(v), v, (v >= 0).to(v.dtype)),
+        "min": lambda a, b: torch.minimum(*tensors(a, b)), "max": lambda a, b: torch.maximum(*tensors(a, b)),
+    }
+
+
+def _apply(op: str, values: list, functions: dict):
+    if op in OPERATORS:
+        return OPERATORS[op](*values)
+    if op == "neg":
+        return -values[0]
+    return functions[op](*values)
+
+
+def _evaluate(node: Node, x, functions: dict):
+    """The node at x: a float for a constant, else an array or tensor like x."""
+    if node.op == "x":
+        return x
+    if node.op == "const":
+        return node.value
+    return _apply(node.op, [_evaluate(arg, x, functions) for arg in node.args], functions)
+
+
+@dataclass(frozen=True)
+class Formula:
+    """A parsed formula in x, evaluated elementwise on a NumPy array or a torch tensor."""
+
+    text: str
+    root: Node
+
+    def __call__(self, x):
+        """f(x), of x's type, shape and dtype; NumPy warnings (overflow, log 0) are silenced: the
+        caller looks for NaN and inf."""
+        return self.evaluate(self.root, x)
+
+    @staticmethod
+    def evaluate(node: Node, x):
+        if isinstance(x, np.ndarray):
+            with np.errstate(all="ignore"):
+                value = _evaluate(node, x, NUMPY_FUNCTIONS)
+            return np.full_like(x, value) if isinstance(value, float) else np.asarray(value, dtype=x.dtype)
+        value = _evaluate(node, x, _torch_functions())
+        return value if not isinstance(value, float) else x.new_full(x.shape, value)
+
+    def kink_arguments(self) -> list[Node]:
+        """Where f may not be differentiable is where one of these changes sign."""
+        found, pending = [], [self.root]
+        while pending:
+            node = pending.pop()
+            pending.extend(node.args)
+            if node.op in ("min", "max"):
+                found.append(Node("-", node.args))
+            elif node.op in KINKED:
+                found.append(node.args[0])
+        return found
+
+
+# ---------------------------------------------------------------- the domain
+
+
+def parse_domain(text: str) -> tuple[float, float]:
+    """--domain "A,B" as a checked (A, B)."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        domain = (float(parts[0]), float(parts[1]))
+    except ValueError:
+        raise UsageError(f"--domain {text!r}: expected two numbers A,B with A < B, e.g. -1,1 or 0,3") from None
+    return check_domain(domain)
+
+
+def check_domain(domain) -> tuple[float, float]:
+    """The domain as two floats, or a UsageError: finite, A < B, not absurdly large or narrow."""
+    try:
+        low, high = (float(v) for v in domain)
+        if any(isinstance(v, (bool, str)) for v in domain):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise UsageError(f"--domain must be two numbers A,B, got {str(domain)[:40]}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise UsageError(f"--domain {low:g},{high:g}: both ends must be finite")
+    if not low < high:
+        raise UsageError(f"--domain {low:g},{high:g}: A must be below B")
+    if max(abs(low), abs(high)) > MAX_DOMAIN:
+        raise UsageError(f"--domain {low:g},{high:g}: the ends must lie within ±{MAX_DOMAIN:g}")
+    if high - low < 1e-9 * max(1.0, abs(low), abs(high)):
+        raise UsageError(f"--domain {low:g},{high:g} is too narrow for float64 points to resolve")
+    return low, high
+
+
+def describe_domain(domain: tuple[float, float]) -> str:
+    return f"[{domain[0]:g}, {domain[1]:g}]"
+
+
+def check_grid(domain: tuple[float, float]) -> np.ndarray:
+    """CHECK_POINTS equally spaced points of the domain, its ends, and 0 when inside; sorted."""
+    low, high = domain
+    extra = [0.0] if low < 0.0 < high else []
+    return np.unique(np.concatenate([np.linspace(low, high, CHECK_POINTS), extra]))
+
+
+# ---------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """Each member's training and validation points and their targets, [K, n] each, in the run's
+    dtype: the targets are evaluated here, once, and never again while training."""
+
+    x_train: torch.Tensor  # [K, n_train]
+    x_val: torch.Tensor  # [K, n_val]
+    y_train: torch.Tensor  # [K, n_train]
+    y_val: torch.Tensor  # [K, n_val]
+
+    def select(self, start: int, stop: int) -> DataSplit:
+        """Members start…stop-1."""
+        return DataSplit(*(part[start:stop] for part in (self.x_train, self.x_val, self.y_train, self.y_val)))
+
+
+def _hold_out(x, y, points: int, val_fraction: float) -> DataSplit:
+    """The last val_fraction of each row as the validation set."""
+    n_train = points - validation_size(points, val_fraction)
+    return DataSplit(x[:, :n_train].contiguous(), x[:, n_train:].contiguous(), y[:, :n_train].contiguous(), y[:, n_train:].contiguous())
+
+
+# ---------------------------------------------------------------- function targets
+
+
+@dataclass(frozen=True)
+class FunctionTarget:
+    """A preset or a formula on a domain: f is known everywhere, and so is f' (by autograd)."""
+
+    spec: str  # the preset name or the formula as typed
+    formula: Formula
+    domain: tuple[float, float]
+    label: str  # f in a plot legend
+    derivative_label: str
+    known_kinks: tuple[float, ...] | None  # a preset's; None for a formula (detected on demand)
+
+    has_function = True
+
+    @property
+    def name(self) -> str:
+        return self.spec if self.spec in PRESETS else f"f(x) = {self.spec}"
+
+    def __call__(self, x):
+        """f(x) on a NumPy array or a tensor, in its dtype."""
+        return self.formula(x)
+
+    def check_finite(self, x: np.ndarray, where: str) -> None:
+        """A UsageError naming the first x where f is NaN or infinite."""
+        values = self(x)
+        bad = ~np.isfinite(values)
+        if bad.any():
+            first = int(np.argmax(bad))
+            what = "not a real number (NaN)" if np.isnan(values[first]) else "infinite"
+            raise UsageError(
+                f"--target {short(self.spec)} is {what} at x = {x[first]:.6g} ({int(bad.sum())} of the {x.size} "
+                f"{where}); choose a formula that is finite on the whole --domain {describe_domain(self.domain)}"
+            )
+
+    def split(self, seeds, points: int, val_fraction: float, *, dtype=None, device="cpu") -> DataSplit:
+        """`points` uniform points of the domain per seed, the last val_fraction of them held out.
+
+        The points are i.i.d., so holding out the last ones is a uniformly random split."""
+        import torch
+
+        from rungefit import rng
+
+        seeds = torch.as_tensor(seeds, dtype=torch.int64, device=device)
+        low, high = self.domain
+        x = (low + (high - low) * rng.uniform(seeds, rng.STREAM_DATA, points)).to(dtype or torch.float32)
+        y = self(x)
+        finite = torch.isfinite(y)
+        if not bool(finite.all()):
+            raise UsageError(
+                f"--target {short(self.spec)} is not finite at the training point x = {float(x[~finite][0]):.6g} in "
+                f"{str(x.dtype).removeprefix('torch.')}; use --dtype float64, or a formula that stays finite there"
+            )
+        return _hold_out(x, y, points, val_fraction)
+
+    def test_grid(self, n: int, *, dtype=None, device="cpu"):
+        """n equally spaced points of the domain, both ends included, as a tensor."""
+        return linspace(self.domain, n, dtype=dtype, device=device)
+
+    def polish_targets(self, data: DataSplit):
+        """f at the training points in float64, for the Levenberg-Marquardt polish."""
+        return self(data.x_train.double())
+
+    def test_set(self, n: int, *, dtype=None, device="cpu"):
+        """(x, f(x)) on the n-point test grid, tensors [n] in dtype."""
+        x = self.test_grid(n, dtype=dtype, device=device)
+        return x, self(x)
+
+    def derivative(self, x: np.ndarray) -> np.ndarray:
+        """f'(x) by autograd in float64; NaN where f is not differentiable."""
+        slope = self._autograd(x)
+        slope[~self.differentiable(x, slope)] = np.nan
+        return slope
+
+    def differentiable(self, x: np.ndarray, slope: np.ndarray | None = None) -> np.ndarray:
+        """Elementwise: x is not at a kink, and autograd's f' there is finite."""
+        x = np.asarray(x, dtype=np.float64)
+        slope = self._autograd(x) if slope is None else slope
+        tolerance = KINK_TOLERANCE * (self.domain[1] - self.domain[0])
+        near = np.zeros(x.shape, dtype=bool)
+        for kink in self.kinks:
+            near |= np.abs(x - kink) <= tolerance
+        return np.isfinite(slope) & ~near
+
+    def _autograd(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        points = torch.tensor(np.asarray(x, dtype=np.float64), requires_grad=True)
+        values = self(points)
+        if not values.requires_grad:  # constant, or flat where it is defined (a step)
+            return np.zeros(points.shape)
+        (slope,) = torch.autograd.grad(values.sum(), points)
+        return slope.numpy()
+
+    @functools.cached_property
+    def kinks(self) -> tuple[float, ...]:
+        """Where f is not differentiable on the domain: a preset's known points; for a formula, the
+        sign changes of the arguments of abs, sign, step, min and max, and the points of the check
+        grid where autograd's f' is NaN or infinite."""
+        low, high = self.domain
+        if self.known_kinks is not None:
+            return tuple(k for k in self.known_kinks if low <= k <= high)
+        grid = check_grid(self.domain)
+        found = [grid[~np.isfinite(self._autograd(grid))]]
+        found += [_sign_changes(lambda v, node=node: Formula.evaluate(node, v), grid) for node in self.formula.kink_arguments()]
+        return tuple(float(k) for k in np.unique(np.concatenate(found)))
+
+
+def _sign_changes(g, grid: np.ndarray, steps: int = 60) -> np.ndarray:
+    """The points of a sorted grid where g is 0 between values of opposite sign, and each
+    bracket [a, b] of the grid over which g changes sign, bisected `steps` times."""
+    values = np.sign(g(grid))
+    zeros = grid[1:-1][(values[1:-1] == 0) & (values[:-2] * values[2:] < 0)]
+    brackets = np.flatnonzero(values[:-1] * values[1:] < 0)
+    low, high, low_sign = grid[brackets], grid[brackets + 1], values[brackets]
+    for _ in range(steps):
+        middle = (low + high) / 2
+        same = np.sign(g(middle)) == low_sign
+        low, high = np.where(same, middle, low), np.where(same, high, middle)
+    return np.concatenate([zeros, (low + high) / 2])
+
+
+def function_target(spec: str, domain) -> FunctionTarget:
+    """A preset or a formula on a domain, checked: parses, and finite on the domain's check grid."""
+    domain = check_domain(domain)
+    if not isinstance(spec, str) or len(spec) > MAX_FORMULA_CHARS:
+        parse_formula(spec)  # says what is wrong
+    preset = PRESETS.get(spec.strip())
+    if preset is not None:
+        target = FunctionTarget(spec.strip(), parse_formula(preset.formula), domain, preset.label, preset.derivative_label, preset.kinks)
+    elif spec.strip().isidentifier() and spec.strip() not in ("x", *CONSTANTS, *FUNCTIONS):
+        raise UsageError(f"--target {short(spec)}: unknown preset; choose one of {', '.join(PRESETS)}, or give a formula in x such as 'exp(-x**2)*cos(5*x)'")
+    else:
+        target = FunctionTarget(spec, parse_formula(spec), domain, f"f(x) = {spec}", "f'(x)", None)
+    target.check_finite(check_grid(domain), "points checked")
+    return target
+
+
+# ---------------------------------------------------------------- data targets
+
+
+@dataclass(frozen=True, eq=False)
+class PointsFile:
+    """The points of a --data file: its bytes as read, their SHA-256, and x, y as float64 [N]."""
+
+    raw: bytes
+    sha256: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+# Data files read in this process, by SHA-256: a run's target finds its points here, whether they
+# came from the user's file or from a saved run's copy of it.
+_FILES: dict[str, PointsFile] = {}
+
+
+def read_points(path, expected_sha256: str | None = None) -> PointsFile:
+    """Read a CSV of two numeric columns x,y (a header line is allowed) and remember it by its
+    SHA-256; a UsageError for anything else."""
+    path = Path(path)
+    label = f"--data {path}"
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise UsageError(f"{label} is not a file")
+        if size > MAX_DATA_BYTES:
+            raise UsageError(f"{label} is {size} bytes; a data file may have at most {MAX_DATA_BYTES}")
+        raw = path.read_bytes()
+    except OSError as error:
+        raise UsageError(f"{label}: cannot read it ({error.strerror})") from None
+    sha256 = hashlib.sha256(raw).hexdigest()
+    if expected_sha256 is not None and sha256 != expected_sha256:
+        raise UsageError(f"{label} does not match the SHA-256 the run recorded for its points")
+    if sha256 not in _FILES:
+        x, y = _parse_points(raw, label)
+        _FILES[sha256] = PointsFile(raw, sha256, x, y)
+    return _FILES[sha256]
+
+
+def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise UsageError(f"{label} is not UTF-8 text; expected a CSV of two columns x,y") from None
+    rows = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.lstrip().startswith("#")]
+    if not rows:
+        raise UsageError(f"{label} is empty; expected a CSV of two columns x,y")
+    values = []
+    for index, (number, line) in enumerate(rows):
+        cells = [cell.strip() for cell in (line.split(",") if "," in line else line.split())]
+        if len(cells) != 2:
+            count = "one column" if len(cells) == 1 else f"{len(cells)} columns"
+            raise UsageError(f"{label}, line {number}: {count}; expected two columns x,y")
+        try:
+            pair = (float(cells[0]), float(cells[1]))
+        except ValueError:
+            if index == 0:  # a header
+                continue
+            bad = next(cell for cell in cells if not _is_number(cell))
+            raise UsageError(f"{label}, line {number}: {bad[:20]!r} is not a number") from None
+        if not all(math.isfinite(v) for v in pair):
+            raise UsageError(f"{label}, line {number}: {line.strip()[:40]!r} has a NaN or infinite value")
+        values.append(pair)
+    if not values:
+        raise UsageError(f"{label} has a header but no points")
+    points = np.array(values, dtype=np.float64)
+    return points[:, 0].copy(), points[:, 1].copy()
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def test_size(count: int, test_fraction: float) -> int:
+    """How many of a data set's points are held out as the test set."""
+    return round(count * test_fraction)
+
+
+@dataclass(frozen=True, eq=False)
+class DataTarget:
+    """Measured points: no f and no f' beyond them. A fixed share of them (the same for every
+    member, a function of the data alone) is the test set; each member draws its own
+    train/validation split from the rest, as it draws its own points from a function."""
+
+    points: PointsFile
+    domain: tuple[float, float]
+    test_fraction: float
+    source: str  # the file as the user named it
+
+    has_function = False
+    derivative_label = "f'"
+    kinks = ()
+
+    @property
+    def name(self) -> str:
+        return f"data {Path(self.source).name}"
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+    @functools.cached_property
+    def _order(self) -> np.ndarray:
+        """All indices in one seeded order, whatever the members' seeds: the first test_size are the test set."""
+        return _orders([0], "STREAM_TEST", len(self.points.x))[0]
+
+    @property
+    def test_index(self) -> np.ndarray:
+        return np.sort(self._order[: test_size(len(self.points.x), self.test_fraction)])
+
+    @property
+    def pool(self) -> np.ndarray:
+        """The indices of the points left for training and validation."""
+        return np.sort(self._order[test_size(len(self.points.x), self.test_fraction) :])
+
+    def split(self, seeds, points: int, val_fraction: float, *, dtype=None, device="cpu") -> DataSplit:
+        """Each seed's own order of the pool (drawn on the CPU, so the same on every device); the last val_fraction held out."""
+        import torch
+
+        pool = self.pool
+        if points != len(pool):
+            raise UsageError(f"--data leaves {len(pool)} points for training and validation; the config asks for {points}")
+        index = pool[_orders(seeds, "STREAM_DATA", len(pool))]
+        x, y = (torch.from_numpy(values[index]).to(dtype=dtype or torch.float32, device=device) for values in (self.points.x, self.points.y))
+        return _hold_out(x, y, points, val_fraction)
+
+    def test_set(self, n: int | None = None, *, dtype=None, device="cpu"):
+        """(x, y) of the held-out test points, tensors in dtype, ascending in x (n is the data's own)."""
+        import torch
+
+        index = self.test_index[np.argsort(self.points.x[self.test_index], kind="stable")]
+        return tuple(torch.from_numpy(values[index]).to(dtype=dtype or torch.float32, device=device) for values in (self.points.x, self.points.y))
+
+    def test_grid(self, n: int, *, dtype=None, device="cpu"):
+        """n equally spaced points of the domain (for plots; the test set is the held-out points)."""
+        return linspace(self.domain, n, dtype=dtype, device=device)
+
+    def polish_targets(self, data: DataSplit):
+        """The training points' y in float64, as the run's dtype holds them."""
+        return data.y_train.double()
+
+    def derivative(self, x: np.ndarray) -> np.ndarray:
+        """There is no true derivative: NaN everywhere."""
+        return np.full(np.shape(x), np.nan)
+
+    def differentiable(self, x: np.ndarray, slope: np.ndarray | None = None) -> np.ndarray:
+        return np.ones(np.shape(x), dtype=bool)
+
+
+def _orders(seeds, stream: str, n: int) -> np.ndarray:
+    """[K, n] permutations of range(n), row k a function of seeds[k] and the rng stream of that
+    name alone: the argsort of hashed uniforms, the same on every device and with every torch
+    version (torch.randperm's need not be)."""
+    import torch
+
+    from rungefit import rng
+
+    keys = rng.uniform(torch.as_tensor(seeds, dtype=torch.int64).reshape(-1), getattr(rng, stream), n)
+    return torch.argsort(keys, dim=1, stable=True).numpy()
+
+
+def linspace(domain: tuple[float, float], n: int, *, dtype=None, device="cpu"):
+    """n equally spaced points of the domain, both ends included, as a tensor in dtype."""
+    import torch
+
+    if n < 2:
+        raise UsageError(f"the test grid needs at least 2 points, got {n}")
+    low, high = domain
+    return torch.linspace(low, high, n, dtype=torch.float64, device=device).to(dtype or torch.float32)
+
+
+def data_target(points: PointsFile, domain, test_fraction: float, source: str) -> DataTarget:
+    domain = check_domain(domain)
+    outside = (points.x < domain[0]) | (points.x > domain[1])
+    if outside.any():
+        raise UsageError(
+            f"--data {source}: x = {points.x[outside][0]:g} lies outside --domain {describe_domain(domain)} "
+            f"({int(outside.sum())} points); widen --domain, or drop it to use the data's range"
+        )
+    if not 0 < test_fraction < 1:
+        raise UsageError(f"--test-fraction must lie strictly between 0 and 1, got {test_fraction}")
+    return DataTarget(points, domain, test_fraction, source)
+
+
+# ---------------------------------------------------------------- the target of a run
+
+
+def settings(target: str | None = None, domain: str | None = None, data: str | None = None, test_fraction: float = 0.2) -> dict:
+    """TrainConfig fields for --target, --domain, --data and --test-fraction (None: not given),
+    checked. With data they include the points (all but the test share) and the test points."""
+    if data is None:
+        fields = {"target": DEFAULT_TARGET if target is None else target, "domain": parse_domain(domain) if domain is not None else DEFAULT_DOMAIN}
+        function_target(fields["target"], fields["domain"])
+        return fields
+    if target is not None:
+        raise UsageError("--target and --data exclude each other: the data are the target")
+    points = read_points(data)
+    if domain is not None:
+        span = parse_domain(domain)
+    else:
+        span = (float(points.x.min()), float(points.x.max()))
+        if not span[0] < span[1]:
+            raise UsageError(f"--data {data}: every x is {span[0]:g}; give --domain, or points at more than one x")
+    resolved = data_target(points, span, test_fraction, str(data))
+    return {
+        "target": "", "domain": span, "data": str(data), "data_sha256": points.sha256, "test_fraction": test_fraction,
+        "points": len(resolved.pool), "test_points": len(resolved.test_index),
+    }
+
+
+def target_of(config) -> FunctionTarget | DataTarget:
+    """The target a TrainConfig names (built once per setting, then remembered)."""
+    for name in ("target", "data", "data_sha256"):
+        if not isinstance(getattr(config, name), str):
+            raise UsageError(f"the {name} setting must be text, got {type(getattr(config, name)).__name__}")
+    domain = check_domain(config.domain)
+    if not isinstance(config.test_fraction, (int, float)) or isinstance(config.test_fraction, bool):
+        raise UsageError(f"--test-fraction must be a number, got {type(config.test_fraction).__name__}")
+    if config.data and not config.data_sha256:
+        raise UsageError("a data setting needs the file's SHA-256 too: build it with target.settings(data=…)")
+    return _target(config.target, domain, config.data, config.data_sha256, float(config.test_fraction))
+
+
+@functools.lru_cache(maxsize=32)
+def _target(spec: str, domain: tuple[float, float], data: str, sha256: str, test_fraction: float):
+    if not data:
+        return function_target(spec, domain)
+    points = _FILES.get(sha256) or read_points(data, expected_sha256=sha256)
+    return data_target(points, domain, test_fraction, data)
+
+
+def check_config(config) -> None:
+    """A UsageError unless config's target can be trained as it asks (called by TrainConfig.validate)."""
+    target = target_of(config)
+    if not config.data:
+        return
+    pool = len(target.pool)
+    n_test = len(target.test_index)
+    n_val = round(pool * config.val_fraction)
+    if n_test < 1 or n_val < 1 or pool - n_val < config.batch_size:
+        raise UsageError(
+            f"--data {config.data} has {len(target.points.x)} points, fewer than one batch ({config.batch_size}) plus "
+            f"a validation share ({config.val_fraction:g}) and a test share ({config.test_fraction:g}) need; "
+            "use more points or a smaller --batch-size"
+        )
+    if config.points != pool:
+        raise UsageError(f"--points: with --data the points are the data's ({pool} after the test share); drop --points")
+
+
+def points_bytes(config) -> bytes:
+    """The bytes of a data run's points file, for its copy in the run directory."""
+    return target_of(config).points.raw
