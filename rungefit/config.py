@@ -161,7 +161,7 @@ class TrainConfig:
     workers: int = 0  # CPU processes sharing the members; 0: one per core, ≥ MIN_MEMBERS_PER_WORKER members each
     target: str = DEFAULT_TARGET  # a PRESETS name, or a formula in x as typed; ignored with data ("" from the CLI)
     domain: tuple[float, float] = DEFAULT_DOMAIN  # the interval of the training points, test grid, baselines and plots
-    data: str = ""  # with --data: the points file as it was named; the run keeps a copy (target.DATA_FILE)
+    data: str = ""  # with --data: the points file as it was named; the run keeps a copy (datafile.DATA_FILE)
     data_sha256: str = ""  # with --data: the file's SHA-256, which its copy must match
     test_fraction: float = 0.2  # with --data: share of the points held out as the test set, the same for every member
 

@@ -183,7 +183,8 @@ def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[st
     import torch
 
     from rungefit import __version__
-    from rungefit.target import DATA_FILE, points_bytes
+    from rungefit.datafile import DATA_FILE
+    from rungefit.target import target_of
 
     config = {**asdict(result.config), **config_extra, "rungefit_version": __version__, "torch_version": torch.__version__}
     return {
@@ -192,7 +193,7 @@ def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[st
         "history.csv": history_csv(result.history, result.config.seeds),
         "summary.json": json_bytes({**result.summary(), **summary_extra}),
         # A data run keeps its points, so that it survives the file moving.
-        **({DATA_FILE: points_bytes(result.config)} if result.config.data else {}),
+        **({DATA_FILE: target_of(result.config).points.raw} if result.config.data else {}),
         **pictures,
     }
 
@@ -307,9 +308,10 @@ def load_checkpoint(path: Path) -> dict:
 def load_run(runs_dir: Path, name: str | None) -> LoadedRun:
     """The run's config, its model rebuilt from model.pt, and its summary."""
     from rungefit.config import TrainConfig, parse_layers
+    from rungefit.datafile import DATA_FILE, read_points
     from rungefit.model import StackedMLP
     from rungefit.stack import DTYPES
-    from rungefit.target import DATA_FILE, read_points, target_of
+    from rungefit.target import target_of
 
     path = resolve_run(runs_dir, name)
     checkpoint = load_checkpoint(path)

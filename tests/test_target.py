@@ -14,8 +14,10 @@ from hypothesis import strategies as st
 
 from rungefit import target as targets
 from rungefit.config import FORMULA_FUNCTIONS, PRESETS, TrainConfig, validation_size
+from rungefit.datafile import read_points
 from rungefit.errors import UsageError
-from rungefit.target import check_grid, function_target, parse_domain, parse_formula, read_points, target_of
+from rungefit.formula import parse_formula
+from rungefit.target import check_grid, function_target, parse_domain, target_of
 
 from .conftest import runge, runge_prime
 

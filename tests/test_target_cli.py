@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from rungefit import runs
 from rungefit.cli import app
 from rungefit.config import PRESETS, TrainConfig
-from rungefit.target import Formula, target_of
+from rungefit.formula import Formula
+from rungefit.target import target_of
 from rungefit.train import fit
 
 from .conftest import heavy_imports_after, runge
