@@ -837,5 +837,23 @@ def _x_lines(file: str):
         raise UsageError(f"FILE {file}: cannot read it ({error.strerror})") from None
 
 
+class Shell(str, Enum):
+    bash = "bash"
+    zsh = "zsh"
+    fish = "fish"
+
+
+@app.command()
+def completion(shell: Annotated[Shell, typer.Argument(help="The shell to print the completion script for.")]) -> None:
+    """Print the TAB-completion script for SHELL: commands, options, choices, activation names inside
+    --layers, presets and run names. bash needs no bash-completion package for it.
+
+    Example: rungefit completion bash > ~/.local/share/bash-completion/completions/rungefit
+    """
+    from rungefit.completions import completion_script
+
+    sys.stdout.write(completion_script(shell.value))
+
+
 def main() -> None:
     app(prog_name="rungefit", obj={"started": process_started()})

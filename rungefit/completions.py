@@ -14,6 +14,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from rungefit.errors import RungefitError
+
 PROG_NAME = "rungefit"
 COMPLETE_VAR = "_RUNGEFIT_COMPLETE"
 FILES = {"bash": "rungefit.bash", "zsh": "_rungefit", "fish": "rungefit.fish"}
@@ -64,11 +66,13 @@ complete -F _{prog}_completion {prog}
 
 def completion_script(shell: str) -> str:
     """The completion script for `shell`, as text: BASH_SCRIPT for bash, Typer's for the others."""
-    from typer._completion_shared import get_completion_script
-
     if shell == "bash":
         template = BASH_SCRIPT.replace("{prog}", PROG_NAME).replace("{var}", COMPLETE_VAR)
         return template.replace("{path_options}", "|".join(path_options()))
+    try:  # Typer has no public function for its zsh and fish scripts
+        from typer._completion_shared import get_completion_script
+    except ImportError:
+        raise RungefitError(f"this Typer version cannot write the {shell} script; use completions/ from rungefit's source") from None
     return get_completion_script(prog_name=PROG_NAME, complete_var=COMPLETE_VAR, shell=shell).rstrip("\n") + "\n"
 
 

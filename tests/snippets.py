@@ -40,6 +40,8 @@ FAST = [
     "rungefit grad --x 0.3 --explain --run reference",
     "rungefit eval --run reference",
     "rungefit eval --baselines --run reference",
+    "rungefit train --data tests/data/damped_sine.csv --name measured",
+    "rungefit eval --run measured",
 ]
 SLOW = [
     "rungefit train --seeds 10 --name seeds",
@@ -53,6 +55,11 @@ FIGURES = {"runs/seeds/fit.png": "docs/fit.png"}
 # a cell wrapped at another place, has the same words; in them every number reads "#".
 WORD = re.compile(r"[^\s│┃┏┓┗┛┡┩└┘┌┐├┤┬┴┼╇╈━─═]+")
 NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)(e[-+]?\d+)?")
+
+
+def prepare(workdir: Path) -> None:
+    """What the commands read besides the runs they make: the data files under tests/data/."""
+    shutil.copytree(ROOT / "tests" / "data", workdir / "tests" / "data", ignore=shutil.ignore_patterns("runs"))
 
 
 def pages() -> list[Path]:
@@ -111,6 +118,7 @@ def shown_snippets() -> list[tuple[str, str]]:
 
 def regenerate(commands: list[str]) -> None:
     with tempfile.TemporaryDirectory() as workdir:
+        prepare(Path(workdir))
         outputs = {}
         for command in commands:
             print(f"$ {command}", file=sys.stderr, flush=True)

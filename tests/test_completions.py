@@ -257,3 +257,15 @@ def test_tab_in_an_interactive_bash_completes_after_colons_and_offers_files_only
             assert shown == line, typed
     finally:
         terminal.close()
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_the_completion_command_prints_the_committed_script(shell):
+    from rungefit.cli import app
+    from rungefit.completions import FILES
+
+    from .conftest import runner
+
+    result = runner.invoke(app, ["completion", shell])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (Path(__file__).resolve().parent.parent / "completions" / FILES[shell]).read_text()

@@ -12,7 +12,7 @@ import typer
 
 from rungefit.cli import app
 
-from .snippets import FAST, README, ROOT, SLOW, pages, run_here, shown_snippets, words
+from .snippets import FAST, README, ROOT, SLOW, pages, prepare, run_here, shown_snippets, words
 
 TEXT = README.read_text()
 
@@ -32,6 +32,7 @@ def test_every_snippet_command_is_known_and_shown_exactly_once():
 
 def test_fast_snippets_are_current(tmp_path):
     shown = dict(shown_snippets())
+    prepare(tmp_path)
     for command in FAST:
         fresh = run_here(command, tmp_path)
         assert words(fresh) == words(shown[command]), f"stale output of `{command}`: run `python -m tests.snippets`"
