@@ -163,6 +163,8 @@ def _parse_layer(item: str) -> Layer:
             f"unknown activation {name!r} in layer {item!r}; choose one of {', '.join(ACTIVATIONS)}"
         )
     try:
+        if not width_text.strip().isascii() or not width_text.strip().isdigit():  # int() takes '２０' and '2_0'
+            raise ValueError
         width = int(width_text)
     except ValueError:
         raise UsageError(f"layer {item!r}: width {width_text.strip()!r} is not a whole number") from None

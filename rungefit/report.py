@@ -1,18 +1,22 @@
 """Rich rendering: the consoles, the training progress bar, and one render function per result.
 
 Functions here take plain results (dicts, floats, lists) and print; they never train anything.
-Results go to stdout, progress and diagnostics to stderr.
+Results go to stdout, progress and diagnostics to stderr. Rich reads `[...]` in text as markup,
+so every text that comes from the user or from a file (names, paths, messages quoting a value)
+is escaped before Rich sees it: `--name '[red]x'` prints as typed, and `[/]` cannot break a line.
 """
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from rungefit.runs import json_text
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -26,20 +30,20 @@ def fmt(value: float) -> str:
 
 
 def print_json(document: dict) -> None:
-    """Exactly one JSON document on stdout, nothing else."""
-    print(json.dumps(document, indent=2, allow_nan=True))
+    """Exactly one JSON document on stdout, nothing else; a non-finite figure is null."""
+    print(json_text(document))
 
 
 def error(message: str) -> None:
-    stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def warning(message: str) -> None:
-    stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    stderr.print(f"[yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def note(message: str) -> None:
-    stderr.print(message, highlight=False, soft_wrap=True)
+    stderr.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def training_progress(epochs: int, quiet: bool):
@@ -89,11 +93,11 @@ def _polish_rows(polish: dict | None) -> list[tuple[str, str]]:
 
 def print_pairs(title: str, heading: str, rows: list[tuple[str, str]]) -> None:
     """A two-column table (name, right-aligned value) on stdout."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     table.add_column(heading)
     table.add_column("value", justify="right")
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(escape(name), escape(value))
     stdout.print(table)
 
 
@@ -181,7 +185,7 @@ def render_lr_find(doc: dict, out_dir: str) -> None:
     """The rules' suggestions, the warning, a sketch of the curve, and the verification table."""
     test = doc["range_test"]
     members = test["members"]
-    table = Table(title=f"rungefit lr-find → {out_dir}", title_justify="left")
+    table = Table(title=f"rungefit lr-find → {escape(out_dir)}", title_justify="left")
     for column, justify in (("rule", "left"), ("suggested lr (median)", "right"), ("spread", "right"), ("per seed", "left")):
         table.add_column(column, justify=justify)
     for rule, summary in doc["suggestions"].items():
@@ -246,7 +250,7 @@ def _preview(values: list[float], count: int = 3) -> str:
 
 def render_grad(doc: dict) -> None:
     """One table per --x point, the --grid maxima, and with --explain the chain factor by factor."""
-    stdout.print(f"rungefit grad: {doc['source']} ({doc['layers']}), in float64", highlight=False)
+    stdout.print(f"rungefit grad: {doc['source']} ({doc['layers']}), in float64", markup=False, highlight=False)
     for point in doc["points"]:
         _grad_point_table(point, doc)
     if doc["grid"] is not None:
@@ -314,7 +318,7 @@ def _factor_value(factor: dict) -> str:
 def render_eval(doc: dict) -> None:
     """The network's scores on the test grid, the baselines beside it (if any), then the --x points."""
     network, edge = doc["scores"][0], doc["end_region"]
-    stdout.print(f"rungefit eval: {doc['source']}", highlight=False)
+    stdout.print(f"rungefit eval: {doc['source']}", markup=False, highlight=False)
     rows = [
         ("MSE", fmt(network["mse"])),
         ("RMSE", fmt(network["rmse"])),

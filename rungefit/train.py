@@ -83,7 +83,7 @@ class TrainConfig:
         _check([
             (2 <= self.points <= MAX_POINTS, f"--points must be between 2 and {MAX_POINTS}, got {self.points}"),
             (0 < self.val_fraction < 1, f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (1 <= self.batch_size <= MAX_POINTS, f"--batch-size must be between 1 and {MAX_POINTS}, got {self.batch_size}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive finite number, got {self.lr}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),

@@ -90,8 +90,24 @@ TRAIN = [
     (["--workers", "two"], 2, "--workers"),
     (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
     (["--runs-dir", "{root}/file"], 1, "--runs-dir"),
-    (["--name", "../escape"], 1, "--name"),
-    (["--name", ""], 1, "--name"),
+    (["--name", "../escape"], 2, "--name"),
+    (["--name", ""], 2, "--name"),
+    (["--name", "x" * 300], 2, "--name"),
+    (["--name", "[/]"], 2, "--name '[/]'"),
+    (["--name", "[red]x"], 2, "--name '[red]x'"),
+    (["--lr", "[/]"], 2, "--lr '[/]'"),
+    (["--seeds", "[/x]"], 2, "--seeds '[/x]'"),
+    (["--layers", "[/]"], 2, "'[/]'"),
+    (["--runs-dir", "{root}/file/[/]"], 1, "[/]"),
+    (["--seeds", "１"], 2, "--seeds"),
+    (["--seeds", "٣"], 2, "--seeds"),
+    (["--seeds", "1_0"], 2, "--seeds"),
+    (["--seeds", "1,２"], 2, "--seeds"),
+    (["--lr", "1_0"], 2, "--lr"),
+    (["--lr", "３e-2"], 2, "--lr"),
+    (["--layers", "２０:tanh"], 2, "width"),
+    (["--layers", "2_0:tanh"], 2, "width"),
+    (["--batch-size", "99999999999999999999"], 2, "--batch-size"),
     (["--resume", "nope"], 2, "--resume"),  # the cheap options may not go with it
 ]
 
@@ -131,6 +147,8 @@ LR_FIND = [
     (["--verify-epochs", "0"], 2, "--verify-epochs"),
     (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
     (["--out", UNDER_A_FILE], 1, "--out"),
+    (["--batch-size", "99999999999999999999"], 2, "--batch-size"),
+    (["--seeds", "１"], 2, "--seeds"),
 ]
 
 GRAD = [
@@ -152,6 +170,7 @@ GRAD = [
     (["--run", "nope"], 1, "'nope' not found"),
     (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
     (["--runs-dir", MISSING], 1, "--runs-dir"),
+    *[(["--run", name], 2, "--run") for name in ("../runs/base", "{root}/runs/base", "base/", "x" * 300, "[/]")],
 ]
 
 EVAL = [
@@ -168,6 +187,8 @@ EVAL = [
     (["--run", "nope"], 1, "'nope' not found"),
     (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
     (["--runs-dir", MISSING], 1, "--runs-dir"),
+    (["--runs-dir", "{root}/[/]"], 1, "[/]"),
+    *[(["--run", name], 2, "--run") for name in ("../runs/base", "{root}/runs/base", "base/", "x" * 300, "[/]")],
 ]
 
 CASES = [(command, *case) for command, cases in (("train", TRAIN), ("lr-find", LR_FIND), ("grad", GRAD), ("eval", EVAL)) for case in cases]
@@ -239,3 +260,20 @@ def test_an_unexpected_exception_is_an_internal_error_not_bad_input(place, monke
     monkeypatch.setenv("RUNGEFIT_TRACEBACK", "1")
     shown = runner.invoke(app, ["eval", *cheap("eval", place)])
     assert shown.exit_code == 3 and "Traceback" in shown.stderr and "a bug deep in the core" in shown.stderr
+
+
+@pytest.mark.parametrize("name", ["../runs/base", "{root}/runs/base", "..", "x" * 300, "[/]"])
+def test_resume_takes_a_run_name_not_a_path(place, name):
+    before = runs_tree(place)
+    result = runner.invoke(app, ["train", "--resume", name.format(root=place), "--runs-dir", str(place / "runs")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--resume" in lines[0] and "not a valid run name" in lines[0]
+    assert runs_tree(place) == before
+
+
+def test_an_unknown_command_with_markup_is_one_line_naming_it():
+    result = runner.invoke(app, ["[/]"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "[/]" in lines[0]

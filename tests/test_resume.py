@@ -10,9 +10,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -23,6 +20,8 @@ from typer.testing import CliRunner
 from rungefit import cli, runs
 from rungefit.cli import app
 from rungefit.train import TrainConfig, fit
+
+from .conftest import ENDLESS_TRAIN, WORKERS_GONE_WITHIN_S, Rungefit, children_of, wait_until_gone
 
 runner = CliRunner()
 
@@ -92,16 +91,9 @@ def test_a_stop_during_the_polish_undoes_it_and_resume_runs_it_again(workers):
 
 # ---------------------------------------------------------------- the CLI, with a real Ctrl-C
 
-# About 1.5 ms per epoch on a shared 2-core machine, where the SIGINT below lands near epoch 50:
+# About 1.5 ms per epoch on a shared 2-core machine, where the SIGINT below lands a few epochs in:
 # a machine would have to be 15× faster to finish first.
-LONG_TRAIN = ["--points", "120", "--epochs", "800", "--seeds", "2", "--quiet"]
-
-
-def wait_for(condition, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
+LONG_TRAIN = ["--points", "120", "--epochs", "800", "--seeds", "2"]
 
 
 def checkpoint(run_dir):
@@ -125,10 +117,9 @@ def without_wall_time(run_dir) -> dict:
     return summary
 
 
-def start_train(runs_dir, workers: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "rungefit", "train", *LONG_TRAIN, "--workers", str(workers), "--runs-dir", str(runs_dir), "--name", "x"]
+def start_train(runs_dir, workers: int) -> Rungefit:
     # A session of its own, so that Ctrl-C can reach the whole process group, as in a terminal.
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    return Rungefit("train", *LONG_TRAIN, "--workers", str(workers), "--runs-dir", str(runs_dir), "--name", "x")
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -136,12 +127,10 @@ def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbe
     runs_dir, ref_dir = tmp_path / "runs", tmp_path / "ref" / "x"
     reference = start_train(ref_dir.parent, workers)  # uninterrupted, alongside: the numbers do not depend on timing
     child = start_train(runs_dir, workers)
-    # train creates the runs directory just before the first epoch; then let a few epochs pass.
-    wait_for(runs_dir.is_dir)
-    time.sleep(0.1)
+    child.wait_for_epoch(1)
     os.killpg(child.pid, signal.SIGINT)  # the training process and its workers, as Ctrl-C does
-    _, stderr = child.communicate(timeout=120)
-    assert child.returncode == 130, stderr
+    assert child.finish() == 130, child.stderr
+    stderr = child.stderr
     assert "Traceback" not in stderr
     assert f"rungefit train --resume x --runs-dir {runs_dir}" in stderr
 
@@ -156,8 +145,7 @@ def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbe
     resumed = runner.invoke(app, ["train", "--resume", "x", "--runs-dir", str(runs_dir), "--json"])
     assert resumed.exit_code == 0, resumed.output
     assert json.loads(resumed.stdout)["status"] == "complete"
-    _, reference_stderr = reference.communicate(timeout=120)
-    assert reference.returncode == 0, reference_stderr
+    assert reference.finish() == 0, reference.stderr
 
     assert_same_checkpoint(checkpoint(run_dir), checkpoint(ref_dir))
     assert without_wall_time(run_dir) == without_wall_time(ref_dir)
@@ -166,15 +154,35 @@ def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbe
     assert sorted(p.name for p in runs_dir.iterdir()) == ["latest", "x"]  # nothing temporary left
 
 
+@pytest.mark.parametrize("target", ["process", "group"])
+def test_sigterm_saves_the_run_exits_143_says_so_and_leaves_no_worker(tmp_path, target):
+    # To the process alone (kill, timeout) or to its group (a service manager stopping it).
+    runs_dir = tmp_path / "runs"
+    child = Rungefit(*ENDLESS_TRAIN, "--runs-dir", str(runs_dir), "--name", "x")
+    try:
+        child.wait_for_epoch(1)
+        workers = children_of(child.pid)
+        (os.killpg if target == "group" else os.kill)(child.pid, signal.SIGTERM)
+        assert child.finish() == 143, child.stderr
+    finally:
+        child.kill()
+    assert wait_until_gone(workers, WORKERS_GONE_WITHIN_S) == []
+    assert "Traceback" not in child.stderr
+    saved = checkpoint(runs_dir / "x")
+    assert saved["status"] == "interrupted" and saved["epochs_run"] >= 1
+    assert f"terminated (SIGTERM): epoch {saved['epochs_run']} of 100000 is saved" in child.stderr
+    assert f"rungefit train --resume x --runs-dir {runs_dir}" in child.stderr
+
+
 def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path, monkeypatch):
     polish = ["--polish", "lm", "--polish-iterations", "4"]
     train = ["train", "--points", "120", "--epochs", "3", *polish, "--quiet"]
     assert runner.invoke(app, [*train, "--runs-dir", str(tmp_path / "ref"), "--name", "x"]).exit_code == 0
-    pressed = []
+    pressed = cli.StopRequest()
 
     @contextmanager
     def ctrl_c_once_the_epochs_are_done():
-        yield lambda: bool(pressed)
+        yield pressed
 
     def pressing_after_the_last_epoch(epochs, quiet):
         progress, on_epoch, on_polish = real_progress(epochs, quiet)
@@ -182,7 +190,7 @@ def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path,
         def on_epoch_then_press(epoch) -> None:
             on_epoch(epoch)
             if epoch.epoch == epochs:
-                pressed.append(epoch)
+                pressed.set(signal.SIGINT)
 
         return progress, on_epoch_then_press, on_polish
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from rungefit import runs
+from rungefit.errors import UsageError
 from rungefit.evaluate import grid_errors
 from rungefit.train import TrainConfig, fit
 
@@ -71,7 +72,8 @@ def test_missing_runs_say_how_to_make_one(tmp_path):
         runs.load_run(tmp_path, "empty")
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "latest", "lr-find", "x y"])
-def test_bad_run_names(tmp_path, name):
-    with pytest.raises(runs.RunError, match="name"):
-        runs.prepare_runs_dir(tmp_path, name)
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "latest", "lr-find", "x y", "..", "/abs", "../up", "x" * 101, "run\n"])
+def test_bad_run_names_are_usage_errors_that_create_nothing(tmp_path, name):
+    with pytest.raises(UsageError, match="--name .* is not a valid run name"):
+        runs.prepare_runs_dir(tmp_path / "runs", name)
+    assert not (tmp_path / "runs").exists()
