@@ -45,7 +45,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +109,12 @@ def check_name(name: str, option: str = "--name") -> None:
     """UsageError naming the option unless `name` is a valid run name."""
     problem = name_problem(name)
     if problem:
-        shown = repr(name) if len(name) <= 60 else repr(name[:57]) + "…"
-        raise UsageError(f"{option} {shown} is not a valid run name: it {problem}")
+        raise UsageError(f"{option} {_quoted(name)} is not a valid run name: it {problem}")
+
+
+def _quoted(name: str) -> str:
+    """A name in quotes for a message, cut if long."""
+    return repr(name) if len(name) <= 60 else repr(name[:57]) + "…"
 
 
 def default_run_name() -> str:
@@ -608,19 +612,19 @@ def mark_latest(runs_dir: Path, name: str) -> None:
 # ---------------------------------------------------------------- reading
 
 
-def _open_regular(path: Path, limit: int) -> int:
+def _open_regular(path: Path, limit: int, advice: str = f"the run is damaged: {RETRAIN}") -> int:
     """A read-only descriptor of `path`, which must be a regular file of at most `limit` bytes.
 
     Opened without blocking (a FIFO would wait for a writer forever) and checked on the
     descriptor, so that a device such as /dev/zero is refused before a byte is read.
-    FileNotFoundError passes through; anything else is a RunError.
+    FileNotFoundError passes through; anything else is a RunError ending with `advice`.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise
     except OSError as error:
-        raise RunError(f"cannot open {path} ({describe(error)})") from None
+        raise RunError(f"cannot open {path} ({describe(error)}); {advice}") from None
     info = os.fstat(fd)
     problem = None
     if not stat.S_ISREG(info.st_mode):
@@ -629,7 +633,7 @@ def _open_regular(path: Path, limit: int) -> int:
         problem = f"{path} holds {info.st_size} bytes, more than its {limit} at most"
     if problem:
         os.close(fd)
-        raise RunError(f"{problem}; the run is damaged: {RETRAIN}")
+        raise RunError(f"{problem}; {advice}")
     return fd
 
 
@@ -652,7 +656,8 @@ def _read(fd: int, limit: int, path: Path) -> bytes:
 def _latest_named(runs_dir: Path) -> str | None:
     """The run name in runs_dir/latest; None without such a file, RunError when it is damaged."""
     path = runs_dir / LATEST
-    fd = _open_regular(path, FILE_LIMITS[LATEST])
+    advice = "delete it (eval and grad then take the newest run)"
+    fd = _open_regular(path, FILE_LIMITS[LATEST], advice)
     try:
         data = _read(fd, FILE_LIMITS[LATEST], path)
     finally:
@@ -660,7 +665,7 @@ def _latest_named(runs_dir: Path) -> str | None:
     name = data.decode("ascii", errors="replace").removesuffix("\n")
     problem = name_problem(name)
     if problem:
-        raise RunError(f"{path} is damaged: the run name in it {problem}; delete it (eval and grad then take the newest run)")
+        raise RunError(f"{path} is damaged: the run name in it, {_quoted(name)}, {problem}; {advice}")
     return name
 
 
@@ -760,9 +765,9 @@ def _read_json(fd: int, file: Path) -> Any:
         raise _damaged(file, f"not valid JSON ({str(error).splitlines()[0][:100]})") from None
 
 
-def _validated(value: Any, check: schema.Check, file: Path) -> Any:
+def _validated(value: Any, check: schema.Check, file: Path, where: str = "") -> Any:
     try:
-        return check(value, "")
+        return check(value, where)
     except schema.SchemaError as error:
         raise _damaged(file, str(error)) from None
 
@@ -825,7 +830,7 @@ def _check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
 
     from rungefit.model import layer_shapes, parameter_count, parse_layers
     from rungefit.schema import equal_to, integer, record, tensor, text
-    from rungefit.train import DTYPES, MAX_STEPS
+    from rungefit.train import DTYPES, MAX_STEPS, History
 
     if not isinstance(checkpoint, dict) or "format" not in checkpoint:
         raise RunError(f"{file} is not a rungefit checkpoint; {RETRAIN}")
@@ -860,7 +865,7 @@ def _check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
         "status": text(choices=STATUSES),
     }), file)
     curve = tensor(torch.float64, (checked["epochs_run"], members), finite=False)
-    checked["history"] = _validated(checked["history"], record(dict.fromkeys(("train_mse", "val_mse", "lr"), curve)), file)
+    checked["history"] = _validated(checked["history"], record({field.name: curve for field in fields(History)}), file, "history")
     return checked
 
 
@@ -919,7 +924,7 @@ def resume_state(loaded: LoadedRun):
             f"run {name!r} diverged, and resuming it would diverge again; train a new run with a lower --lr "
             "(`rungefit lr-find` suggests one)"
         )
-    history = History(**{key: curve.tolist() for key, curve in checkpoint["history"].items()})
+    history = History(**{curve.name: checkpoint["history"][curve.name].tolist() for curve in fields(History)})
     state = TrainState(
         model_state=checkpoint["state_dict"],
         optimizer_state=checkpoint["optimizer"],

@@ -33,8 +33,8 @@ class SchemaError(ValueError):
 
 
 def shown(value: Any, limit: int = 40) -> str:
-    """A short description of a value for a message: its repr, cut, and its type."""
-    text = repr(value)
+    """A short description of a value for a message: its repr on one line, cut, and its type."""
+    text = " ".join(repr(value).split())
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"{text} ({type(value).__name__})"
@@ -191,7 +191,7 @@ def record(fields: dict[str, Check], *, exact: bool = False) -> Check:
                 result[name] = field_check(value[name], path)
             elif not isinstance(field_check, OptionalField):
                 raise SchemaError(path, "is missing")
-        extra = sorted(str(key) for key in value if key not in fields)
+        extra = sorted(repr(key)[:40] for key in value if key not in fields)
         if exact and extra:
             raise SchemaError(where, f"has unexpected entries {', '.join(extra[:5])}")
         return result
