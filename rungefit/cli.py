@@ -192,6 +192,7 @@ class Device(str, Enum):
 MAX_SEED = 2**32 - 1  # as train.MAX_SEED: rng.py keys on a seed's low 32 bits
 MAX_GRID = 1_000_000  # points of grad --grid and eval --points
 MAX_WORKERS = 256  # as train.MAX_WORKERS
+MAX_EPOCHS = 100_000_000  # as train.MAX_STEPS: every epoch takes at least one optimizer step
 
 ACTIVATION_NAMES = ("tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "identity")
 
@@ -654,7 +655,7 @@ def lr_find_command(
     verify: Annotated[bool, typer.Option("--verify", help="Train real models at a grid of rates plus each rule's suggestion, all as one stacked fit, and report which rate is best and how far each suggestion lands from it.")] = False,
     verify_rates: Annotated[int, typer.Option(help="Grid rates for --verify, half a decade apart, below the divergence point.", min=1)] = 9,
     verify_seeds: Annotated[int, typer.Option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = 3,
-    verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1)] = None,
+    verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1, max=MAX_EPOCHS)] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule of the --verify trainings (default: train's).")] = None,
     runs_dir: RunsDir = Path("runs"),
     out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png (default: `RUNS_DIR/lr-find/<timestamp>`).")] = None,
@@ -680,9 +681,8 @@ def lr_find_command(
     config.validate()
     test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
     test.validate()
-    verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds) if verify else None
-    if verify_config is not None:
-        verify_config.validate()
+    verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds)
+    verify_config.validate()  # with or without --verify: a value given is checked
     # Fail on an unusable directory now, not after the range test.
     if out is None:
         runs.prepare_runs_dir(runs_dir / runs.LR_FIND_DIR, None)
@@ -691,7 +691,7 @@ def lr_find_command(
     warn_if_full_batch(config)
     progress, on_epoch, _ = report.training_progress(config.epochs, quiet or json_output or not verify)
     with progress:
-        findings = core.lr_find(config, test, verify_config, on_epoch)
+        findings = core.lr_find(config, test, verify_config if verify else None, on_epoch)
     doc = {**findings.to_json(), "config": asdict(config)}
     path = _save_lr_find(doc, findings.test.csv(), runs_dir, out)
     if json_output:

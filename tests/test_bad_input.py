@@ -5,7 +5,11 @@ a usage error and 1 for a runtime failure, never a traceback. Inputs that are od
 
 from __future__ import annotations
 
+import typing
+from typing import Optional
+
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from rungefit.cli import app
@@ -277,3 +281,28 @@ def test_an_unknown_command_with_markup_is_one_line_naming_it():
     assert result.exit_code == 2, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "[/]" in lines[0]
+
+
+def integer_options() -> list[tuple[str, str]]:
+    """(command, option) of every option that takes a whole number."""
+    found = []
+    for name, command in typer.main.get_command(app).commands.items():
+        hints = typing.get_type_hints(command.callback)
+        found += [(name, param.opts[0]) for param in command.params if hints.get(param.name) in (int, Optional[int])]
+    return found
+
+
+@pytest.mark.parametrize("command, option", integer_options())
+def test_every_integer_option_refuses_a_huge_value_naming_the_option(place, command, option):
+    before = runs_tree(place)
+    result = invoke(command, place, [option, "99999999999999999999"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0], result.stderr
+    assert runs_tree(place) == before
+
+
+def test_the_cli_bounds_mirror_the_core_limits():
+    from rungefit import cli, train
+
+    assert (cli.MAX_SEED, cli.MAX_WORKERS, cli.MAX_EPOCHS) == (train.MAX_SEED, train.MAX_WORKERS, train.MAX_STEPS)

@@ -120,3 +120,40 @@ def test_help_shows_every_word_of_its_texts(name, monkeypatch):
     for text in texts:
         for word in _words(text):
             assert word in shown, (word, text)
+
+
+def test_paths_and_names_with_rich_markup_are_printed_as_they_are(tmp_path):
+    runs_dir = tmp_path / "mk[/]" / "[red]runs"
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--epochs", "2", "--runs-dir", str(runs_dir), "--name", "x"])
+    assert result.exit_code == 0, result.output
+    assert "".join(f"rungefit train → {runs_dir / 'x'}".split()) in "".join(result.stdout.split())  # the title wraps
+    (runs_dir / "latest").write_text("[/]\n")
+    damaged = runner.invoke(app, ["eval", "--runs-dir", str(runs_dir)])
+    assert damaged.exit_code == 1
+    lines = damaged.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'[/]'" in lines[0] and "[red]runs" in lines[0], damaged.stderr
+
+
+def test_a_resume_that_cannot_write_fails_before_it_trains_and_leaves_the_run(tmp_path, monkeypatch):
+    import errno
+    import itertools
+    import tempfile
+
+    from rungefit import runs
+    from rungefit.train import TrainConfig, fit
+
+    steps = itertools.count(1)
+    stopped = fit(TrainConfig(points=120, epochs=5), should_stop=lambda: next(steps) >= 7)
+    runs.save_new_run(tmp_path, "r", runs.run_files(stopped, {}, {}, {}))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr("rungefit.train.fit", lambda *args, **kwargs: pytest.fail("a resume that cannot save trained"))
+    result = runner.invoke(app, ["train", "--resume", "r", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--runs-dir" in lines[0] and "read-only" in lines[0]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before

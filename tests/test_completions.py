@@ -88,3 +88,17 @@ def test_run_names_come_from_the_runs_directory(tmp_path):
 
 def test_lr_find_mode_values():
     assert complete("rungefit lr-find --mode ") == ["exp", "linear"]
+
+
+def test_latest_is_offered_only_while_it_names_a_run(tmp_path):
+    for name in ("alpha", "beta"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.pt").write_bytes(b"")
+    (tmp_path / "reserved").mkdir()  # a train --name in progress: not a run yet
+    (tmp_path / "lr-find").mkdir()
+    (tmp_path / "lr-find" / "model.pt").write_bytes(b"")
+    (tmp_path / "latest").write_text("beta\n")
+    assert sorted(complete(f"rungefit eval --runs-dir {tmp_path} --run ")) == ["alpha", "beta", "latest"]
+    (tmp_path / "beta" / "model.pt").unlink()
+    (tmp_path / "beta").rmdir()
+    assert complete(f"rungefit eval --runs-dir {tmp_path} --run ") == ["alpha"]

@@ -1,4 +1,7 @@
 import json
+import math
+import os
+import shutil
 
 import pytest
 import torch
@@ -77,3 +80,63 @@ def test_bad_run_names_are_usage_errors_that_create_nothing(tmp_path, name):
     with pytest.raises(UsageError, match="--name .* is not a valid run name"):
         runs.prepare_runs_dir(tmp_path / "runs", name)
     assert not (tmp_path / "runs").exists()
+
+
+def test_latest_falls_back_to_the_newest_run_that_still_exists_and_says_which(tmp_path, result):
+    save(tmp_path, result, "a")
+    save(tmp_path, result, "b")
+    shutil.rmtree(tmp_path / "b")  # the run latest names
+    for name in (None, "latest"):
+        loaded = runs.load_run(tmp_path, name)
+        assert loaded.path.name == "a"
+        assert "'b'" in loaded.note and "no longer exists" in loaded.note and "'a'" in loaded.note
+    (tmp_path / "latest").unlink()
+    assert runs.load_run(tmp_path, None).path.name == "a"
+    assert "has no `latest`" in runs.load_run(tmp_path, None).note
+    assert runs.load_run(tmp_path, "a").note is None
+
+
+def test_latest_and_the_run_listing_skip_reservations_staging_and_lr_find(tmp_path, result):
+    save(tmp_path, result, "a")
+    reservation = runs.reserve(tmp_path, "reserved")
+    for name in (".staging-x", "lr-find"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.pt").write_bytes((tmp_path / "a" / "model.pt").read_bytes())
+    assert runs.list_run_names(tmp_path) == ["a"]
+    shutil.rmtree(tmp_path / "a")
+    with pytest.raises(runs.RunError, match="no runs in --runs-dir"):
+        runs.load_run(tmp_path, None)
+    reservation.release()
+    assert not (tmp_path / "reserved").exists()
+
+
+def test_a_name_in_use_is_refused_until_its_owner_lets_go_or_dies(tmp_path):
+    held = runs.reserve(tmp_path, "x")
+    with pytest.raises(runs.RunError, match="in use by another rungefit process"):
+        runs.reserve(tmp_path, "x")
+    # A process that reserves and dies without a word (as on SIGKILL): the kernel frees its lock.
+    child = os.fork()
+    if child == 0:
+        try:
+            runs.reserve(tmp_path, "killed")
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert os.listdir(tmp_path / "killed") == []
+    runs.reserve(tmp_path, "killed").release()  # reclaimed
+    held.release()
+    runs.reserve(tmp_path, "x").release()
+
+
+def test_json_files_and_json_output_write_null_for_a_non_finite_figure(capsys):
+    from rungefit import report
+
+    document = {"mse": math.nan, "members": [{"max": math.inf}, {"min": -math.inf, "ok": 1.5}], "pair": (math.nan, 2.0)}
+    expected = {"mse": None, "members": [{"max": None}, {"min": None, "ok": 1.5}], "pair": [None, 2.0]}
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
+
+    assert strict(runs.json_bytes(document)) == expected
+    report.print_json(document)
+    assert strict(capsys.readouterr().out) == expected
