@@ -163,7 +163,8 @@ def _parse_layer(item: str) -> Layer:
             f"unknown activation {name!r} in layer {item!r}; choose one of {', '.join(ACTIVATIONS)}"
         )
     try:
-        if not width_text.strip().isascii() or not width_text.strip().isdigit():  # int() takes '２０' and '2_0'
+        digits = width_text.strip().lstrip("+-")
+        if not (digits.isascii() and digits.isdigit()):  # int() takes '２０' and '2_0'
             raise ValueError
         width = int(width_text)
     except ValueError:

@@ -59,8 +59,8 @@ def heavy_imports_after(setup: str) -> tuple[str, str]:
     return result.stdout, result.stderr.rpartition("HEAVY:")[2].strip()
 
 # Long enough never to end by itself in a test: the process is stopped by a signal once it has
-# shown an epoch done. --seeds 8 --workers 2: two worker processes.
-ENDLESS_TRAIN = ["train", "--points", "120", "--epochs", "100000", "--seeds", "8", "--workers", "2"]
+# shown an epoch done. --seeds 2 --workers 2: two worker processes, one member each.
+ENDLESS_TRAIN = ["train", "--points", "120", "--epochs", "100000", "--seeds", "2", "--workers", "2"]
 # Workers get a kernel signal when their parent dies, so they end at once; the deadline only
 # guards against a machine too busy to schedule them.
 WORKERS_GONE_WITHIN_S = 5.0

@@ -279,7 +279,7 @@ def can_mount_tmpfs() -> bool:
 
 
 @pytest.mark.skipif(not can_mount_tmpfs(), reason="needs unshare and a mountable tmpfs")
-def test_on_a_real_full_then_read_only_disk_the_run_survives_and_each_command_says_why(tmp_path, two_versions):
+def test_on_a_real_full_then_read_only_disk_a_resume_fails_in_one_line_and_the_run_survives(tmp_path, two_versions):
     source, mount, out = tmp_path / "source", tmp_path / "mount", tmp_path / "out"
     old, _ = old_run(source, two_versions)
     mount.mkdir()
@@ -295,7 +295,6 @@ def test_on_a_real_full_then_read_only_disk_the_run_survives_and_each_command_sa
         {rungefit} train --resume x --quiet --runs-dir {mount} 2> {out}/full.err; echo $? > {out}/full.code
         mount -o remount,ro {mount}
         {rungefit} train --resume x --quiet --runs-dir {mount} 2> {out}/ro.err; echo $? > {out}/ro.code
-        {rungefit} eval --json --run x --runs-dir {mount} > {out}/eval.out 2> {out}/eval.err; echo $? > {out}/eval.code
         cp -a {mount}/x {out}/x
         ls -a {mount} > {out}/listing
     """
@@ -308,8 +307,5 @@ def test_on_a_real_full_then_read_only_disk_the_run_survives_and_each_command_sa
     assert code == 1 and len(lines) == 1 and "no space left" in lines[0] and "'x' is unchanged" in lines[0], lines
     code, lines = outcome("ro")
     assert code == 1 and len(lines) == 1 and "read-only" in lines[0], lines
-    code, lines = outcome("eval")
-    assert code == 0 and json.loads((out / "eval.out").read_text())["run"].endswith("/x")
-    assert any(line.startswith("warning: cannot write") and "eval.png" in line and "read-only" in line for line in lines), lines
     assert snapshot(out / "x") == old
     assert (out / "listing").read_text().split() == [".", "..", "filler", "latest", "x"]

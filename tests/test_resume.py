@@ -117,15 +117,15 @@ def without_wall_time(run_dir) -> dict:
     return summary
 
 
-def start_train(runs_dir, workers: int) -> Rungefit:
+def start_train(runs_dir, workers: int, *quiet: str) -> Rungefit:
     # A session of its own, so that Ctrl-C can reach the whole process group, as in a terminal.
-    return Rungefit("train", *LONG_TRAIN, "--workers", str(workers), "--runs-dir", str(runs_dir), "--name", "x")
+    return Rungefit("train", *LONG_TRAIN, "--workers", str(workers), "--runs-dir", str(runs_dir), "--name", "x", *quiet)
 
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbers(tmp_path, workers):
     runs_dir, ref_dir = tmp_path / "runs", tmp_path / "ref" / "x"
-    reference = start_train(ref_dir.parent, workers)  # uninterrupted, alongside: the numbers do not depend on timing
+    reference = start_train(ref_dir.parent, workers, "--quiet")  # uninterrupted, alongside: the numbers do not depend on timing
     child = start_train(runs_dir, workers)
     child.wait_for_epoch(1)
     os.killpg(child.pid, signal.SIGINT)  # the training process and its workers, as Ctrl-C does
