@@ -157,3 +157,21 @@ def test_a_resume_that_cannot_write_fails_before_it_trains_and_leaves_the_run(tm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "--runs-dir" in lines[0] and "read-only" in lines[0]
     assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+
+
+def test_sigterm_outside_training_ends_the_command_with_143_in_one_line(quick_run, monkeypatch):
+    import os
+    import signal
+
+    from rungefit import evaluate
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this (the main) thread
+        pytest.fail("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(evaluate, "evaluate", terminated)
+    runs_dir, _, _ = quick_run
+    result = runner.invoke(app, ["eval", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 143
+    assert result.stderr.strip().splitlines() == ["error: terminated (SIGTERM)"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again

@@ -140,3 +140,28 @@ def test_json_files_and_json_output_write_null_for_a_non_finite_figure(capsys):
     assert strict(runs.json_bytes(document)) == expected
     report.print_json(document)
     assert strict(capsys.readouterr().out) == expected
+
+
+def test_a_run_being_resumed_cannot_be_resumed_a_second_time(tmp_path):
+    steps = iter(range(1, 100))
+    stopped = fit(TrainConfig(points=80, epochs=3, seeds=(0, 1)), should_stop=lambda: next(steps) >= 4)
+    runs.save_new_run(tmp_path, "r", runs.run_files(stopped, {}, {}, {}))
+    with runs.run_for_update(tmp_path, "r"):
+        with pytest.raises(runs.RunError, match="in use by another rungefit process"):
+            with runs.run_for_update(tmp_path, "r"):
+                pass
+        runs.load_run(tmp_path, "r")  # reading it is fine
+    with runs.run_for_update(tmp_path, "r"):
+        pass
+
+
+def test_a_runs_directory_held_too_long_is_an_error_not_a_hang(tmp_path, result, monkeypatch):
+    save(tmp_path, result, "a")
+    monkeypatch.setattr(runs, "LOCK_WAIT_S", 0.05)
+    holder = runs.DirLock.take(tmp_path)  # as another process in a step would hold it
+    try:
+        with pytest.raises(runs.RunError, match="stays locked by another rungefit process"):
+            runs.load_run(tmp_path, "a")
+    finally:
+        holder.release()
+    runs.load_run(tmp_path, "a")
