@@ -835,7 +835,7 @@ def _check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
     if not isinstance(checkpoint, dict) or "format" not in checkpoint:
         raise RunError(f"{file} is not a rungefit checkpoint; {RETRAIN}")
     found = checkpoint["format"]
-    if schema._exact_int(found) and found > CHECKPOINT_FORMAT:
+    if schema.exact_int(found) and found > CHECKPOINT_FORMAT:
         raise RunError(f"{file} has checkpoint format {found}, this rungefit reads format {CHECKPOINT_FORMAT}; upgrade rungefit")
     layers, members, dtype = parse_layers(config.layers), len(config.seeds), DTYPES[config.dtype]
 

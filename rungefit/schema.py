@@ -40,7 +40,8 @@ def shown(value: Any, limit: int = 40) -> str:
     return f"{text} ({type(value).__name__})"
 
 
-def _exact_int(value: Any) -> bool:
+def exact_int(value: Any) -> bool:
+    """An int that is not a bool (JSON's true is not a count)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -56,7 +57,7 @@ def integer(lo: int | None = None, hi: int | None = None) -> Check:
     """A JSON integer (not a boolean) in lo…hi."""
 
     def check(value: Any, where: str) -> int:
-        if not _exact_int(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+        if not exact_int(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
             raise SchemaError(where, f"must be an integer{_range_text(lo, hi)}, got {shown(value)}")
         return value
 
@@ -68,7 +69,7 @@ def number(lo: float | None = None, hi: float | None = None, *, positive: bool =
     wanted = "a finite number" + (" above 0" if positive else _range_text(lo, hi))
 
     def check(value: Any, where: str) -> float:
-        if not (_exact_int(value) or isinstance(value, float)):
+        if not (exact_int(value) or isinstance(value, float)):
             raise SchemaError(where, f"must be {wanted}, got {shown(value)}")
         try:
             result = float(value)
@@ -88,7 +89,7 @@ def figure() -> Check:
     def check(value: Any, where: str) -> float:
         if value is None:
             return math.nan
-        if not (_exact_int(value) or isinstance(value, float)):
+        if not (exact_int(value) or isinstance(value, float)):
             raise SchemaError(where, f"must be a number ≥ 0 or null, got {shown(value)}")
         try:
             result = float(value)
@@ -166,15 +167,6 @@ class OptionalField:
 
 def optional(check: Check) -> OptionalField:
     return OptionalField(check)
-
-
-def nullable(check: Check) -> Check:
-    """check, or null."""
-
-    def checked(value: Any, where: str) -> Any:
-        return None if value is None else check(value, where)
-
-    return checked
 
 
 def record(fields: dict[str, Check], *, exact: bool = False) -> Check:

@@ -123,7 +123,18 @@ class Rungefit:
             assert not reader.is_alive(), "the output never ended: another process still holds rungefit's pipes"
         return code
 
-    def kill(self) -> None:
+    def training_workers(self, count: int = 2) -> list[int]:
+        """Once an epoch is done: the pids of the worker processes (there must be `count`)."""
+        self.wait_for_epoch(1)
+        workers = children_of(self.pid)
+        assert len(workers) == count, workers
+        return workers
+
+    def __enter__(self) -> Rungefit:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Whatever the test did, the process does not outlive it."""
         if self.process.poll() is None:
             self.process.kill()
 

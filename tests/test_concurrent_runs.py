@@ -22,7 +22,7 @@ from rungefit import runs
 from rungefit.cli import app
 from rungefit.train import TrainConfig, fit
 
-from .conftest import ENDLESS_TRAIN, QUICK_TRAIN, WORKERS_GONE_WITHIN_S, Rungefit, children_of, wait_until_gone
+from .conftest import ENDLESS_TRAIN, QUICK_TRAIN, WORKERS_GONE_WITHIN_S, Rungefit, wait_until_gone
 
 runner = CliRunner()
 
@@ -245,11 +245,8 @@ def test_a_new_run_killed_at_any_step_is_absent_or_complete_and_its_name_stays_u
 
 def test_sigkill_of_a_named_train_leaves_no_worker_and_a_name_the_next_train_reclaims(tmp_path, monkeypatch):
     runs_dir = tmp_path / "runs"
-    owner = Rungefit(*ENDLESS_TRAIN, "--runs-dir", str(runs_dir), "--name", "x")
-    try:
-        owner.wait_for_epoch(1)
-        workers = children_of(owner.pid)
-        assert len(workers) == 2
+    with Rungefit(*ENDLESS_TRAIN, "--runs-dir", str(runs_dir), "--name", "x") as owner:
+        workers = owner.training_workers()
 
         # While it trains, its name is taken: a second train fails before training.
         monkeypatch.setattr("rungefit.train.fit", lambda *args, **kwargs: pytest.fail("the clashing train trained"))
@@ -260,9 +257,7 @@ def test_sigkill_of_a_named_train_leaves_no_worker_and_a_name_the_next_train_rec
 
         os.kill(owner.pid, signal.SIGKILL)
         assert owner.finish() == -signal.SIGKILL  # its output ended: no worker holds the pipes
-        assert wait_until_gone(workers, WORKERS_GONE_WITHIN_S) == []
-    finally:
-        owner.kill()
+    assert wait_until_gone(workers, WORKERS_GONE_WITHIN_S) == []
     assert os.listdir(runs_dir / "x") == []  # the killed owner's reservation
 
     again = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--name", "x", "--json"])

@@ -21,7 +21,7 @@ from rungefit import cli, runs
 from rungefit.cli import app
 from rungefit.train import TrainConfig, fit
 
-from .conftest import ENDLESS_TRAIN, WORKERS_GONE_WITHIN_S, Rungefit, children_of, wait_until_gone
+from .conftest import ENDLESS_TRAIN, WORKERS_GONE_WITHIN_S, Rungefit, wait_until_gone
 
 runner = CliRunner()
 
@@ -125,27 +125,27 @@ def start_train(runs_dir, workers: int, *quiet: str) -> Rungefit:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbers(tmp_path, workers):
     runs_dir, ref_dir = tmp_path / "runs", tmp_path / "ref" / "x"
-    reference = start_train(ref_dir.parent, workers, "--quiet")  # uninterrupted, alongside: the numbers do not depend on timing
-    child = start_train(runs_dir, workers)
-    child.wait_for_epoch(1)
-    os.killpg(child.pid, signal.SIGINT)  # the training process and its workers, as Ctrl-C does
-    assert child.finish() == 130, child.stderr
-    stderr = child.stderr
-    assert "Traceback" not in stderr
-    assert f"rungefit train --resume x --runs-dir {runs_dir}" in stderr
+    # The reference runs uninterrupted, alongside: the numbers do not depend on timing.
+    with start_train(ref_dir.parent, workers, "--quiet") as reference, start_train(runs_dir, workers) as child:
+        child.wait_for_epoch(1)
+        os.killpg(child.pid, signal.SIGINT)  # the training process and its workers, as Ctrl-C does
+        assert child.finish() == 130, child.stderr
+        stderr = child.stderr
+        assert "Traceback" not in stderr
+        assert f"rungefit train --resume x --runs-dir {runs_dir}" in stderr
 
-    run_dir = runs_dir / "x"
-    saved = checkpoint(run_dir)
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert saved["status"] == summary["status"] == "interrupted"
-    assert 0 < saved["epochs_run"] == summary["epochs"] < 800
-    assert saved["optimizer"]["step"] == summary["steps"] == 3 * saved["epochs_run"]
-    assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + 2 * saved["epochs_run"]
+        run_dir = runs_dir / "x"
+        saved = checkpoint(run_dir)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert saved["status"] == summary["status"] == "interrupted"
+        assert 0 < saved["epochs_run"] == summary["epochs"] < 800
+        assert saved["optimizer"]["step"] == summary["steps"] == 3 * saved["epochs_run"]
+        assert len((run_dir / "history.csv").read_text().splitlines()) == 1 + 2 * saved["epochs_run"]
 
-    resumed = runner.invoke(app, ["train", "--resume", "x", "--runs-dir", str(runs_dir), "--json"])
-    assert resumed.exit_code == 0, resumed.output
-    assert json.loads(resumed.stdout)["status"] == "complete"
-    assert reference.finish() == 0, reference.stderr
+        resumed = runner.invoke(app, ["train", "--resume", "x", "--runs-dir", str(runs_dir), "--json"])
+        assert resumed.exit_code == 0, resumed.output
+        assert json.loads(resumed.stdout)["status"] == "complete"
+        assert reference.finish() == 0, reference.stderr
 
     assert_same_checkpoint(checkpoint(run_dir), checkpoint(ref_dir))
     assert without_wall_time(run_dir) == without_wall_time(ref_dir)
@@ -158,14 +158,10 @@ def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbe
 def test_sigterm_saves_the_run_exits_143_says_so_and_leaves_no_worker(tmp_path, target):
     # To the process alone (kill, timeout) or to its group (a service manager stopping it).
     runs_dir = tmp_path / "runs"
-    child = Rungefit(*ENDLESS_TRAIN, "--runs-dir", str(runs_dir), "--name", "x")
-    try:
-        child.wait_for_epoch(1)
-        workers = children_of(child.pid)
+    with Rungefit(*ENDLESS_TRAIN, "--runs-dir", str(runs_dir), "--name", "x") as child:
+        workers = child.training_workers()
         (os.killpg if target == "group" else os.kill)(child.pid, signal.SIGTERM)
         assert child.finish() == 143, child.stderr
-    finally:
-        child.kill()
     assert wait_until_gone(workers, WORKERS_GONE_WITHIN_S) == []
     assert "Traceback" not in child.stderr
     saved = checkpoint(runs_dir / "x")

@@ -218,28 +218,18 @@ def assert_refused(runs_dir, file, fragment):
     assert file in message and fragment in message, message
 
 
-@pytest.mark.parametrize("case", CONFIG_DAMAGE)
-def test_a_damaged_config_is_one_line_naming_the_file_and_the_field(interrupted, case):
+DAMAGE = {"config.json": CONFIG_DAMAGE, "summary.json": SUMMARY_DAMAGE, "model.pt": CHECKPOINT_DAMAGE}
+
+
+@pytest.mark.parametrize("file, case", [(file, case) for file, cases in DAMAGE.items() for case in cases])
+def test_a_damaged_run_file_is_one_line_naming_the_file_and_the_field(interrupted, file, case):
     runs_dir, run_dir = interrupted
-    change, fragment = CONFIG_DAMAGE[case]
-    edit_json(run_dir / "config.json", change)
-    assert_refused(runs_dir, "config.json", fragment)
-
-
-@pytest.mark.parametrize("case", SUMMARY_DAMAGE)
-def test_a_damaged_summary_is_one_line_naming_the_file_and_the_field(interrupted, case):
-    runs_dir, run_dir = interrupted
-    change, fragment = SUMMARY_DAMAGE[case]
-    edit_json(run_dir / "summary.json", change)
-    assert_refused(runs_dir, "summary.json", fragment)
-
-
-@pytest.mark.parametrize("case", CHECKPOINT_DAMAGE)
-def test_a_damaged_checkpoint_is_one_line_naming_the_file_and_the_field(interrupted, case):
-    runs_dir, run_dir = interrupted
-    change, fragment = CHECKPOINT_DAMAGE[case]
-    rewrite_checkpoint(run_dir, change)
-    assert_refused(runs_dir, "model.pt", fragment)
+    change, fragment = DAMAGE[file][case]
+    if file == "model.pt":
+        rewrite_checkpoint(run_dir, change)
+    else:
+        edit_json(run_dir / file, change)
+    assert_refused(runs_dir, file, fragment)
 
 
 def test_json_nested_a_hundred_thousand_deep_is_refused(interrupted):
