@@ -197,7 +197,7 @@ def _held(path: Path) -> bool:
 def _locked(runs_dir: Path) -> Iterator[None]:
     """Hold the runs directory's lock, waiting up to LOCK_WAIT_S for another process to let go."""
     deadline = time.monotonic() + LOCK_WAIT_S
-    while (lock := DirLock.take(runs_dir)) is None:
+    while (lock := _take_runs_dir(runs_dir)) is None:
         if time.monotonic() > deadline:
             raise RunError(f"{runs_dir} stays locked by another rungefit process; try again when it has finished")
         time.sleep(0.01)
@@ -205,6 +205,13 @@ def _locked(runs_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _take_runs_dir(runs_dir: Path) -> DirLock | None:
+    try:
+        return DirLock.take(runs_dir)
+    except OSError as error:
+        raise RunError(f"cannot open --runs-dir {runs_dir} ({describe(error)})") from None
 
 
 class Reservation:
@@ -233,9 +240,9 @@ class Reservation:
                 os.rmdir(self.path)
             except OSError:
                 pass  # something was put into it meanwhile: leave that alone
-            self._filled()
+            self.saved()
 
-    def _filled(self) -> None:
+    def saved(self) -> None:
         """A run now lives in the directory: the lock is no longer needed."""
         if self._lock is not None:
             self._lock.release()
@@ -523,7 +530,7 @@ def save_new_run(runs_dir: Path, name: str | None, files: dict[str, bytes], rese
                 made_here.release()
             raise
         staging.moved()
-        reservation._filled()
+        reservation.saved()
     mark_latest(runs_dir, reservation.path.name)
     return reservation.path
 

@@ -169,11 +169,11 @@ class Workers:
 def _serve(factory: Callable[[Callable[[], bool]], Any], pipe, stop, parent: int, foreign: list) -> None:
     """A child's life: cut loose from what the parent holds, build the target, then answer calls
     until told to end."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent(parent)
     for end in foreign:
         end.close()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _standard_streams_to_devnull()
     try:
         target = factory(lambda: stop.value != 0)
@@ -189,8 +189,9 @@ def _serve(factory: Callable[[Callable[[], bool]], Any], pipe, stop, parent: int
 
 def _die_with_parent(parent: int) -> None:
     """Ask Linux to SIGKILL this child when the parent dies, and exit if it already has (it may
-    have died before the request was made). Where prctl is missing, the end of the pipe still
-    ends the child, after its current call."""
+    have died before the request was made). Linux sends the signal when the forking thread ends,
+    which a Workers user outlives: it closes the workers first. Where prctl is missing, the end
+    of the pipe still ends the child, after its current call."""
     prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
     if prctl is not None:
         prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
