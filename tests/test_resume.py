@@ -154,13 +154,13 @@ def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbe
     assert sorted(p.name for p in runs_dir.iterdir()) == ["latest", "x"]  # nothing temporary left
 
 
-@pytest.mark.parametrize("target", ["process", "group"])
-def test_sigterm_saves_the_run_exits_143_says_so_and_leaves_no_worker(tmp_path, target):
-    # To the process alone (kill, timeout) or to its group (a service manager stopping it).
+def test_sigterm_saves_the_run_exits_143_says_so_and_leaves_no_worker(tmp_path):
+    # To the whole process group, as a service manager stops a service: the workers get it too
+    # and leave the stopping to the main process (tests/test_workers.py: they ignore it).
     runs_dir = tmp_path / "runs"
     with Rungefit(*ENDLESS_TRAIN, "--runs-dir", str(runs_dir), "--name", "x") as child:
         workers = child.training_workers()
-        (os.killpg if target == "group" else os.kill)(child.pid, signal.SIGTERM)
+        os.killpg(child.pid, signal.SIGTERM)
         assert child.finish() == 143, child.stderr
     assert wait_until_gone(workers, WORKERS_GONE_WITHIN_S) == []
     assert "Traceback" not in child.stderr

@@ -67,6 +67,9 @@ class Echo:
         ctypes.CDLL(None).prctl(2, ctypes.byref(signum), 0, 0, 0)  # PR_GET_PDEATHSIG
         return os.getppid(), signum.value
 
+    def ignored_signals(self):
+        return [signum for signum in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(signum) is signal.SIG_IGN]
+
     def wait_for_stop(self):
         while not self.stop_requested():
             time.sleep(0.001)
@@ -265,3 +268,9 @@ def test_linux_kills_a_child_when_its_parent_dies():
     with echoes(2) as pool:
         answers = pool.call("parent_and_death_signal")
     assert answers == [(os.getpid(), signal.SIGKILL)] * 2
+
+
+def test_a_child_leaves_ctrl_c_and_sigterm_to_its_parent():
+    # Sent to the whole process group, they must not kill a worker before the parent has saved.
+    with echoes(2) as pool:
+        assert pool.call("ignored_signals") == [[signal.SIGINT, signal.SIGTERM]] * 2
