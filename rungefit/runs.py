@@ -327,7 +327,7 @@ def prepare_runs_dir(runs_dir: Path, name: str | None) -> Reservation | None:
     return None if name is None else reserve(runs_dir, name)
 
 
-def ensure_writable_dir(path: Path, option: str) -> None:
+def ensure_writable_dir(path: Path, option: str, advice: str = "choose another directory") -> None:
     """Create path if needed; RunError naming the option if it cannot be created or written.
 
     Writing is tried (a file created and removed): permissions alone do not tell, as root may
@@ -336,13 +336,13 @@ def ensure_writable_dir(path: Path, option: str) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise RunError(f"{option} {path}: cannot create it ({describe(error)}); choose another directory") from None
+        raise RunError(f"{option} {path}: cannot create it ({describe(error)}); {advice}") from None
     try:
         fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as error:
-        raise RunError(f"{option} {path} is not writable ({describe(error)}); choose another directory") from None
+        raise RunError(f"{option} {path} is not writable ({describe(error)}); {advice}") from None
 
 
 def _umask() -> int:
@@ -707,10 +707,10 @@ def load_run(runs_dir: Path, name: str | None, *, option: str = "--run") -> Load
 @contextmanager
 def run_for_update(runs_dir: Path, name: str, *, option: str = "--resume") -> Iterator[LoadedRun]:
     """load_run, holding the run's lock until the end (pass loaded.owner to update_run): no other
-    process updates it meanwhile. Fails first if the runs directory cannot be written."""
-    ensure_writable_dir(runs_dir, "--runs-dir")
+    process updates it meanwhile. Fails at once if the runs directory cannot be written."""
     loaded = _load(runs_dir, name, option, own=True)
     try:
+        ensure_writable_dir(runs_dir, "--runs-dir", "the update is saved there: make it writable, or copy the run elsewhere")
         yield loaded
     finally:
         loaded.owner.release()
