@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from enum import Enum
 from pathlib import Path
@@ -31,6 +31,7 @@ from typer.exceptions import TyperException
 from rungefit.config import (
     ACTIVATION_NAMES,
     FORMULA_FUNCTIONS,
+    MAX_EPOCHS,
     MAX_GRID,
     MAX_MEMBERS,
     MAX_SEED,
@@ -68,7 +69,8 @@ class OneLineErrors(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         extra.setdefault("obj", {"started": time.perf_counter()})  # main() passes the process's start
         try:
-            result = super().main(args=args, prog_name=prog_name or "rungefit", complete_var=complete_var, standalone_mode=False, **extra)
+            with _sigterm_raises():
+                result = super().main(args=args, prog_name=prog_name or "rungefit", complete_var=complete_var, standalone_mode=False, **extra)
         except TyperException as error:
             message = error.format_message() if hasattr(error, "format_message") else str(error)
             if message:  # empty when no_args_is_help has already printed the help
@@ -80,6 +82,9 @@ class OneLineErrors(TyperGroup):
         except KeyboardInterrupt:
             report.error("interrupted")
             code = 130
+        except Terminated:
+            report.error("terminated (SIGTERM)")
+            code = SIGTERM_EXIT
         except RungefitError as error:
             report.error(str(error))
             code = 1
@@ -99,6 +104,33 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived outside training, where it ends the command as Ctrl-C does (a BaseException,
+    so that no `except Exception` takes it for an error)."""
+
+
+SIGINT_EXIT, SIGTERM_EXIT = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+@contextmanager
+def _sigterm_raises():
+    """SIGTERM raises Terminated, so that it unwinds like Ctrl-C: worker processes are closed,
+    a reserved run name is given up, and the exit code is 143. Only the main thread may set
+    signal handlers; elsewhere SIGTERM keeps its default."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 # Set to 1 to see the traceback of an internal error.
@@ -188,10 +220,12 @@ def complete_layers(incomplete: str) -> list[str]:
 
 
 def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
-    from rungefit.runs import list_run_names
+    """The runs in --runs-dir, and `latest` while it names one of them."""
+    from rungefit.runs import LATEST, latest_run, list_run_names
 
     runs_dir = Path(ctx.params.get("runs_dir") or "runs")
-    return [name for name in list_run_names(runs_dir) if name.startswith(incomplete)]
+    names = list_run_names(runs_dir) + ([LATEST] if latest_run(runs_dir) else [])
+    return [name for name in names if name.startswith(incomplete)]
 
 
 def complete_interrupted_run(ctx: typer.Context, incomplete: str) -> list[str]:
@@ -209,11 +243,11 @@ def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
     text = seeds.strip()
     try:
         if "," not in text:
-            count = int(text)
+            count = ascii_int(text)
             if not 1 <= count <= MAX_MEMBERS:
                 raise UsageError
             return tuple(range(count))
-        values = tuple(int(part) for part in text.split(","))
+        values = tuple(ascii_int(part) for part in text.split(","))
     except ValueError:
         raise UsageError(f"--seeds {seeds!r}: expected a count N in 1…{MAX_MEMBERS} (seeds 0…N-1) or a list like 3,7,11") from None
     if len(set(values)) != len(values) or min(values) < 0 or max(values) > MAX_SEED:
@@ -221,11 +255,22 @@ def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
     return values
 
 
+def ascii_int(text: str) -> int:
+    """A whole number in ASCII digits; ValueError for anything else, such as '１', '٣' or '1_0',
+    which int() would take."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.lstrip("+-").isdigit()):
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(digits)
+
+
 def parse_lr(text: str) -> Optional[float]:
     """A positive finite float, or None for 'auto'."""
     if text.strip().lower() == "auto":
         return None
     try:
+        if not text.isascii() or "_" in text:  # float() takes '１' and '1_0'
+            raise ValueError
         value = float(text)
     except ValueError:
         raise UsageError(f"--lr {text!r}: expected a positive number such as 3e-2, or 'auto'") from None
@@ -311,18 +356,19 @@ def train(
     )
     config = core.TrainConfig(**{**settings, **target_settings(ctx, target, domain, data, test_fraction)})
     config.validate()
-    runs.prepare_runs_dir(runs_dir, name)
-    warn_if_full_batch(config)
-    lr_extra = {}
-    if lr_value is None:
-        phases.end("start_up")
-        config, lr_extra = _auto_lr(config, quiet or json_output)
-        phases.end("rate_search")
+    # A --name is reserved now, so that a clash fails before training; leaving unsaved gives it up.
+    with runs.prepare_runs_dir(runs_dir, name) or nullcontext() as reservation:
+        warn_if_full_batch(config)
+        lr_extra = {}
+        if lr_value is None:
+            phases.end("start_up")
+            config, lr_extra = _auto_lr(config, quiet or json_output)
+            phases.end("rate_search")
 
-    def save(result) -> Path:
-        return runs.save_new_run(runs_dir, name, _run_files(result, lr_extra, phases))
+        def save(result) -> Path:
+            return runs.save_new_run(runs_dir, name, _run_files(result, lr_extra, phases), reservation)
 
-    _train_and_report(config, save, lr_extra, quiet, json_output, phases)
+        _train_and_report(config, save, lr_extra, quiet, json_output, phases)
 
 
 def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[str], data: Optional[str], test_fraction: float) -> dict:
@@ -365,24 +411,27 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phase
     from rungefit import runs
     from rungefit import train as core
 
-    loaded = runs.load_run(runs_dir, name)
-    state = runs.resume_state(loaded)
-    config = replace(loaded.config, device=core.resolve_device(loaded.config.device))
-    # How --lr auto chose the rate: the resumed part does not choose again, so carry it over.
-    carried = {key: loaded.summary[key] for key in ("lr_choice", "lr_auto") if key in loaded.summary}
-    if not (quiet or json_output):
-        report.note(f"resuming run {loaded.path} at epoch {state.epochs_run + 1} of {config.epochs}")
+    # The run stays locked until it is saved: no other process updates it meanwhile.
+    with runs.run_for_update(runs_dir, name) as loaded:
+        _note_latest(loaded)
+        state = runs.resume_state(loaded)
+        config = replace(loaded.config, device=core.resolve_device(loaded.config.device))
+        # How --lr auto chose the rate: the resumed part does not choose again, so carry it over.
+        carried = {key: loaded.summary[key] for key in ("lr_choice", "lr_auto") if key in loaded.summary}
+        if not (quiet or json_output):
+            report.note(f"resuming run {loaded.path} at epoch {state.epochs_run + 1} of {config.epochs}")
 
-    def save(result) -> Path:
-        runs.update_run(loaded.path, _run_files(result, carried, phases))
-        return loaded.path
+        def save(result) -> Path:
+            runs.update_run(loaded.path, _run_files(result, carried, phases), loaded.owner)
+            return loaded.path
 
-    _train_and_report(config, save, carried, quiet, json_output, phases, resume=state)
+        _train_and_report(config, save, carried, quiet, json_output, phases, resume=state)
 
 
 def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_output: bool, phases: Phases, resume=None) -> None:
-    """fit with Ctrl-C handling, save(result) → the run directory, render; an interrupted run exits
-    130, a complete one whose members all learned nothing 1."""
+    """fit with Ctrl-C and SIGTERM handling, save(result) → the run directory, render; an
+    interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM), a complete one whose members all learned
+    nothing 1."""
     from rungefit import train as core
 
     progress, on_epoch, on_polish = report.training_progress(config.epochs, quiet or json_output)
@@ -396,7 +445,7 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
             raise RungefitError(f"{diverged} (last finite state saved in {path})") from None
         phases.end("training", **({"polish": result.polish_time_s} if config.polish != "none" else {}))
         if result.status == "interrupted" and result.epochs_run == (resume.epochs_run if resume else 0):
-            _nothing_new_to_save(resume, config.epochs)
+            _nothing_new_to_save(resume, config.epochs, stop_requested)
         path = save(result)
         phases.end("saving_and_plots")
     summary = {**result.summary(), "run": str(path), "schedule": config.schedule, **summary_extra, "times_s": phases.as_dict()}
@@ -409,10 +458,10 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
         report.render_train(summary, str(path))
     if interrupted:
         if result.epochs_run == config.epochs:
-            report.warning(f"interrupted during the polish: all {config.epochs} epochs are saved in {path}, unpolished; `{summary['resume']}` runs the polish")
+            report.warning(f"{stop_requested.cause} during the polish: all {config.epochs} epochs are saved in {path}, unpolished; `{summary['resume']}` runs the polish")
         else:
-            report.warning(f"interrupted: epoch {result.epochs_run} of {config.epochs} is saved in {path}; continue with `{summary['resume']}`")
-        raise typer.Exit(130)
+            report.warning(f"{stop_requested.cause}: epoch {result.epochs_run} of {config.epochs} is saved in {path}; continue with `{summary['resume']}`")
+        raise typer.Exit(stop_requested.exit_code)
     _judge_fit(summary)
 
 
@@ -431,33 +480,57 @@ def _judge_fit(summary: dict) -> None:
     raise typer.Exit(1)
 
 
-def _nothing_new_to_save(resume, epochs: int) -> None:
-    """Ctrl-C came before an epoch (or a resumed polish) completed: say so and exit 130 without
-    touching the runs directory."""
+def _nothing_new_to_save(resume, epochs: int, stop: StopRequest) -> None:
+    """The stop came before an epoch (or a resumed polish) completed: say so and exit 130 or 143
+    without touching the runs directory."""
     if resume is None:
-        report.warning("interrupted before the first epoch completed; nothing was saved")
+        report.warning(f"{stop.cause} before the first epoch completed; nothing was saved")
     elif resume.epochs_run == epochs:
-        report.warning("interrupted during the polish again; the run still resumes at the polish")
+        report.warning(f"{stop.cause} during the polish again; the run still resumes at the polish")
     else:
-        report.warning(f"interrupted before epoch {resume.epochs_run + 1} completed; the run still resumes from epoch {resume.epochs_run}")
-    raise typer.Exit(130)
+        report.warning(f"{stop.cause} before epoch {resume.epochs_run + 1} completed; the run still resumes from epoch {resume.epochs_run}")
+    raise typer.Exit(stop.exit_code)
+
+
+class StopRequest:
+    """Set by Ctrl-C (SIGINT) or SIGTERM while training; fit asks it after every step. The first
+    signal decides the exit code (130 or 143) and the word for it."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def set(self, signum: int, frame=None) -> None:
+        if self.signal is None:
+            self.signal = signum
+
+    @property
+    def exit_code(self) -> int:
+        return SIGTERM_EXIT if self.signal == signal.SIGTERM else SIGINT_EXIT
+
+    @property
+    def cause(self) -> str:
+        return "terminated (SIGTERM)" if self.signal == signal.SIGTERM else "interrupted"
 
 
 @contextmanager
 def _ctrl_c_stops_training():
-    """While training and saving, Ctrl-C (SIGINT) sets a flag instead of raising KeyboardInterrupt
+    """While training and saving, Ctrl-C (SIGINT) and SIGTERM set a StopRequest instead of raising
     wherever Python happens to be; fit reads it after each optimizer step and stops cleanly.
 
-    Yields the flag's reader. Further Ctrl-Cs are absorbed until the run is saved, because the save
-    takes a moment and aborting it would lose the epochs the first Ctrl-C meant to keep. The
-    previous handler comes back afterwards.
+    Yields the request. Further signals are absorbed until the run is saved, because the save
+    takes a moment and aborting it would lose the epochs the first signal meant to keep. The
+    previous handlers come back afterwards.
     """
-    requested = threading.Event()
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: requested.set())
+    request = StopRequest()
+    previous = {signum: signal.signal(signum, request.set) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield requested.is_set
+        yield request
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def warn_if_full_batch(config) -> None:
@@ -511,20 +584,43 @@ def _load_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
     from rungefit import runs
 
     loaded = runs.load_run(runs_dir, run)
+    _note_latest(loaded)
+    _warn_if_unfinished(loaded)
     members = loaded.model.members
     member = loaded.member(member, "--member")
     source = f"run {loaded.path}, member {member}" + (f" of {members}, best by validation MSE" if members > 1 else "")
     return loaded, member, source
 
 
+def _note_latest(loaded) -> None:
+    """Say which run `latest` stood for, when it is not the one it names."""
+    if loaded.note:
+        report.note(loaded.note)
+
+
+def _warn_if_unfinished(loaded) -> None:
+    """An interrupted or diverged run is studied as it stands, with a word on what that is."""
+    status, epochs = loaded.checkpoint["status"], loaded.checkpoint["epochs_run"]
+    name = shlex.quote(loaded.path.name)
+    if status == "interrupted":
+        report.warning(
+            f"run {loaded.path.name!r} was interrupted after epoch {epochs} of {loaded.config.epochs}: these are the figures "
+            f"of an unfinished training; `rungefit train --resume {name} --runs-dir {shlex.quote(str(loaded.path.parent))}` continues it"
+        )
+    elif status == "diverged":
+        report.warning(f"run {loaded.path.name!r} diverged in epoch {epochs + 1}: this is its last finite state, from before the divergence")
+
+
 def _write_figure(path: Path, png: bytes) -> None:
+    """Write a figure into the run directory; a failure is a warning, the results stand."""
     from rungefit import runs
 
     try:
         runs.atomic_write(path, png)
     except OSError as error:
-        raise RungefitError(f"cannot write {path} ({error.strerror}); check the run directory's permissions") from None
-    report.note(f"wrote {path}")
+        report.warning(f"cannot write {path} ({runs.describe(error)}); the results above are complete without it")
+    else:
+        report.note(f"wrote {path}")
 
 
 @app.command()
@@ -580,14 +676,14 @@ def grad(
     warn_outside(points, goal.domain)
     study = core.study_gradient(model, goal, points, grid, explain)
     doc = {**doc, "layers": format_layers(model.layers), "dtype": "float64", "target": goal.name, "domain": list(goal.domain), **study.as_dict()}
-    if not untrained:
-        curve = study.curve
-        png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"], label=goal.derivative_label)
-        _write_figure(loaded.path / "grad.png", png)
     if json_output:
         report.print_json(doc)
     else:
         report.render_grad(doc)
+    if not untrained:
+        curve = study.curve
+        png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"], label=goal.derivative_label)
+        _write_figure(loaded.path / "grad.png", png)
 
 
 @app.command("eval")
@@ -620,14 +716,14 @@ def eval_run(
     train = core.training_points(loaded.config, member) if baselines and not goal.has_function else None
     degrees = core.BASELINE_DEGREES if baselines else ()
     result = core.evaluate(loaded.model, goal, member, points or loaded.config.test_points, values, degrees, train)
-    curves = result.curves
-    png = plots.eval_png(curves.x, curves.target, curves.prediction, curves.errors, title=source, label=curves.label, error_x=curves.error_x, points=curves.points)
-    _write_figure(loaded.path / "eval.png", png)
     doc = {"source": source, "run": str(loaded.path), **result.as_dict()}
     if json_output:
         report.print_json(doc)
     else:
         report.render_eval(doc)
+    curves = result.curves
+    png = plots.eval_png(curves.x, curves.target, curves.prediction, curves.errors, title=source, label=curves.label, error_x=curves.error_x, points=curves.points)
+    _write_figure(loaded.path / "eval.png", png)
 
 
 class SweepMode(str, Enum):
@@ -656,7 +752,7 @@ def lr_find_command(
     verify: Annotated[bool, typer.Option("--verify", help="Train real models at a grid of rates plus each rule's suggestion, all as one stacked fit, and report which rate is best and how far each suggestion lands from it.")] = False,
     verify_rates: Annotated[int, typer.Option(help="Grid rates for --verify, half a decade apart, below the divergence point.", min=1)] = VERIFY.rates,
     verify_seeds: Annotated[int, typer.Option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = VERIFY.seeds,
-    verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1)] = None,
+    verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1, max=MAX_EPOCHS)] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule of the --verify trainings (default: train's).")] = None,
     target: TargetOption = None,
     domain: DomainOption = None,
@@ -687,9 +783,8 @@ def lr_find_command(
     config.validate()
     test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
     test.validate()
-    verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds) if verify else None
-    if verify_config is not None:
-        verify_config.validate()
+    verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds)
+    verify_config.validate()  # with or without --verify: a value given is checked
     # Fail on an unusable directory now, not after the range test.
     if out is None:
         runs.prepare_runs_dir(runs_dir / runs.LR_FIND_DIR, None)
@@ -698,7 +793,7 @@ def lr_find_command(
     warn_if_full_batch(config)
     progress, on_epoch, _ = report.training_progress(config.epochs, quiet or json_output or not verify)
     with progress:
-        findings = core.lr_find(config, test, verify_config, on_epoch)
+        findings = core.lr_find(config, test, verify_config if verify else None, on_epoch)
     doc = {**findings.to_json(), "config": asdict(config)}
     path = _save_lr_find(doc, findings.test.csv(), runs_dir, out)
     if json_output:
@@ -778,8 +873,9 @@ def export(
     if path.exists() and not force:
         raise RungefitError(f"{path} exists; add --force to overwrite it, or choose another --out")
     network = loaded.network(member)
-    target, domain = runs.run_target(loaded.path)
-    meta = core.metadata(network, target, domain, loaded.path.name, member)
+    target = loaded.target()
+    # The target as typed (a preset or a formula), or "data FILE" for a data run.
+    meta = core.metadata(network, loaded.config.target or target.name, target.domain, loaded.path.name, member)
     data = core.export_bytes(network, file_format.value, meta)
     try:
         runs.atomic_write(path, data)
@@ -810,11 +906,10 @@ def predict(
     Example: rungefit predict xs.csv --grad
     """
     from rungefit import predict as core
-    from rungefit import runs
 
     loaded, member, _ = _load_member(runs_dir, run, member)
     x = core.read_x(*_x_lines(file))
-    _, (lo, hi) = runs.run_target(loaded.path)
+    lo, hi = loaded.target().domain
     outside = int(((x < lo) | (x > hi)).sum())
     if outside:
         report.warning(f"{outside} of the {len(x)} x values lie outside [{lo:g}, {hi:g}], where the network was trained: extrapolation")

@@ -25,6 +25,7 @@ MAX_WIDTH = 4096
 MAX_POINTS = 10_000_000  # per member
 MAX_MEMBERS = 100_000
 MAX_STEPS = 100_000_000  # optimizer steps of one run: the schedule holds one float64 per step
+MAX_EPOCHS = MAX_STEPS  # every epoch takes at least one optimizer step
 MAX_TEST_POINTS = 1_000_000
 MAX_GRID = 1_000_000  # points of grad --grid and eval --points
 # rng.py keys on the low 32 bits of a seed, so a larger seed would silently repeat a smaller one.
@@ -103,6 +104,9 @@ def _parse_layer(item: str) -> Layer:
     if name not in ACTIVATION_NAMES:
         raise UsageError(f"unknown activation {name!r} in layer {item!r}; choose one of {', '.join(ACTIVATION_NAMES)}")
     try:
+        digits = width_text.strip().lstrip("+-")
+        if not (digits.isascii() and digits.isdigit()):  # int() takes '２０' and '2_0'
+            raise ValueError
         width = int(width_text)
     except ValueError:
         raise UsageError(f"layer {item!r}: width {width_text.strip()!r} is not a whole number") from None
@@ -171,7 +175,7 @@ class TrainConfig:
         require([
             (2 <= self.points <= MAX_POINTS, f"--points must be between 2 and {MAX_POINTS}, got {self.points}"),
             (0 < self.val_fraction < 1, f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (1 <= self.batch_size <= MAX_POINTS, f"--batch-size must be between 1 and {MAX_POINTS}, got {self.batch_size}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive finite number, got {self.lr}"),
             (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),

@@ -1,12 +1,13 @@
 """Rich rendering: the consoles, the training progress bar, and one render function per result.
 
 Functions here take plain results (dicts, floats, lists) and print; they never train anything.
-Results go to stdout, progress and diagnostics to stderr.
+Results go to stdout, progress and diagnostics to stderr. Rich reads `[...]` in text as markup,
+so every text that comes from the user or from a file (names, paths, messages quoting a value)
+is escaped before Rich sees it: `--name '[red]x'` prints as typed, and `[/]` cannot break a line.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -18,6 +19,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET
+from rungefit.runs import json_text
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -31,8 +33,8 @@ def fmt(value: float) -> str:
 
 
 def print_json(document: dict) -> None:
-    """Exactly one JSON document on stdout, nothing else."""
-    print(json.dumps(document, indent=2, allow_nan=True))
+    """Exactly one JSON document on stdout, nothing else; a non-finite figure is null."""
+    print(json_text(document))
 
 
 def error(message: str) -> None:
@@ -45,7 +47,7 @@ def warning(message: str) -> None:
 
 
 def note(message: str) -> None:
-    stderr.print(escape(message), highlight=False, soft_wrap=True)
+    stderr.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
 def training_progress(epochs: int, quiet: bool):
@@ -112,11 +114,11 @@ def _or_dash(value: float | None, show) -> str:
 
 def print_pairs(title: str, heading: str, rows: list[tuple[str, str]]) -> None:
     """A two-column table (name, right-aligned value) on stdout."""
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     table.add_column(heading)
     table.add_column("value", justify="right")
     for name, value in rows:
-        table.add_row(name, value)
+        table.add_row(escape(name), escape(value))
     stdout.print(table)
 
 
@@ -128,7 +130,7 @@ def render_train(summary: dict, run_dir: str) -> None:
         member = members[0]
         rows = [("train MSE", fmt(member["train_mse"])), ("validation MSE", fmt(member["val_mse"])), ("test MSE", fmt(member["test_mse"])), ("max |error| (test grid)", fmt(member["test_max_abs_error"]))]
     else:
-        rows = [(f"{STAT_LABELS[name]}: median \\[min … max]", f"{fmt(s['median'])} [{fmt(s['min'])} … {fmt(s['max'])}]") for name, s in stats.items()]
+        rows = [(f"{STAT_LABELS[name]}: median [min … max]", f"{fmt(s['median'])} [{fmt(s['min'])} … {fmt(s['max'])}]") for name, s in stats.items()]
     lrs = sorted({m["lr"] for m in members})
     note = target_note(summary["target"])
     rows += [
@@ -263,7 +265,7 @@ def render_lr_find(doc: dict, out_dir: str) -> None:
     """The rules' suggestions, the warning, a sketch of the curve, and the verification table."""
     test = doc["range_test"]
     members = test["members"]
-    table = Table(title=f"rungefit lr-find → {out_dir}", title_justify="left")
+    table = Table(title=f"rungefit lr-find → {escape(out_dir)}", title_justify="left")
     verified = doc["verification"] is not None
     columns = (("rule", "left"), ("suggested lr (median)", "right"), ("spread", "right"), ("per seed", "left"), *((("verification", "left"),) if verified else ()))
     for column, justify in columns:
@@ -341,7 +343,7 @@ def _preview(values: list[float], count: int = 3) -> str:
 
 def render_grad(doc: dict) -> None:
     """One table per --x point, the --grid maxima, and with --explain the chain factor by factor."""
-    stdout.print(f"rungefit grad: {doc['source']} ({doc['layers']}){target_note(doc)}, in float64", highlight=False)
+    stdout.print(f"rungefit grad: {doc['source']} ({doc['layers']}){target_note(doc)}, in float64", markup=False, highlight=False)
     for point in doc["points"]:
         _grad_point_table(point, doc)
     if doc["grid"] is not None:
@@ -417,7 +419,7 @@ def _factor_value(factor: dict) -> str:
 def render_eval(doc: dict) -> None:
     """The network's scores on the test grid, the baselines beside it (if any), then the --x points."""
     network, regions = doc["scores"][0], doc["regions"]
-    stdout.print(f"rungefit eval: {doc['source']}{target_note(doc)}", highlight=False)
+    stdout.print(f"rungefit eval: {doc['source']}{target_note(doc)}", markup=False, highlight=False)
     rows = [
         ("MSE", fmt(network["mse"])),
         ("RMSE", fmt(network["rmse"])),

@@ -7,15 +7,18 @@ it between threads costs about as much as the kernel (docs/speed.md).
 
 Children are forked: one starts in milliseconds with the parent's memory (torch imported, the
 factory's closure in place), where a spawned interpreter would spend seconds importing torch.
-They ignore Ctrl-C (the parent decides when to stop and says so through a shared flag), never
-write to the terminal (their standard streams are os.devnull: the inherited ones may be locked
-forever by a parent thread that was writing at the fork, such as a progress bar's), and end when
-the parent closes them or dies. This module imports nothing
-heavy; what runs in a child is up to the factory.
+They ignore Ctrl-C and SIGTERM (the parent decides when to stop and says so through a shared
+flag), never write to the terminal (their standard streams are os.devnull: the inherited ones may
+be locked forever by a parent thread that was writing at the fork, such as a progress bar's, and
+holding the caller's pipes open would keep a caller waiting for their end), and end when the parent
+closes them or dies, by any signal: a child holds only its own end of its own pipe, so the
+parent's death is the end of the pipe, and Linux kills it then as well (PR_SET_PDEATHSIG), should
+it be busy computing. This module imports nothing heavy; what runs in a child is up to the factory.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import pickle
@@ -29,6 +32,7 @@ from rungefit.errors import RungefitError
 
 # How often the parent runs its poll callback while it waits for the workers (seconds).
 POLL_INTERVAL = 0.02
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class WorkerError(RungefitError):
@@ -63,7 +67,10 @@ class Workers:
         try:
             for factory in factories:
                 parent_end, child_end = context.Pipe()
-                process = context.Process(target=_serve, args=(factory, child_end, self._stop), daemon=True)
+                # The child closes the parent's ends, its own and its elder siblings': were it to
+                # hold them, no child would see its pipe end when the parent dies.
+                foreign = [*self._pipes, parent_end]
+                process = context.Process(target=_serve, args=(factory, child_end, self._stop, os.getpid(), foreign), daemon=True)
                 process.start()
                 child_end.close()
                 self._pipes.append(parent_end)
@@ -158,12 +165,15 @@ class Workers:
         self._pipes, self._processes = [], []
 
 
-def _serve(factory: Callable[[Callable[[], bool]], Any], pipe, stop) -> None:
-    """A child's life: build the target, then answer calls until told to end."""
+def _serve(factory: Callable[[Callable[[], bool]], Any], pipe, stop, parent: int, foreign: list) -> None:
+    """A child's life: cut loose from what the parent holds, build the target, then answer calls
+    until told to end."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Fresh streams, never the inherited ones: flushing those at exit could wait forever on a lock
-    # that a parent thread held at the fork, or print what the parent had buffered a second time.
-    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 — lives as long as the child
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent(parent)
+    for end in foreign:
+        end.close()
+    _standard_streams_to_devnull()
     try:
         target = factory(lambda: stop.value != 0)
         while (request := pipe.recv()) is not None:
@@ -174,6 +184,32 @@ def _serve(factory: Callable[[Callable[[], bool]], Any], pipe, stop) -> None:
         pass  # the parent is gone
     except BaseException as error:  # noqa: BLE001 — every failure must reach the parent
         _send_error(pipe, error)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask Linux to SIGKILL this child when the parent dies, and exit if it already has (it may
+    have died before the request was made). Linux sends the signal when the forking thread ends,
+    which a Workers user outlives: it closes the workers first. Where prctl is missing, the end
+    of the pipe still ends the child, after its current call."""
+    prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+    if prctl is not None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+def _standard_streams_to_devnull() -> None:
+    """Point file descriptors 0, 1 and 2 and Python's streams at os.devnull.
+
+    Never the inherited streams: flushing those at exit could wait forever on a lock that a parent
+    thread held at the fork, or print what the parent had buffered a second time; and while a
+    child holds the caller's pipes, a caller reading them to their end waits for the child too.
+    """
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+    sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115 — lives as long as the child
 
 
 def _send_error(pipe, error: BaseException) -> None:

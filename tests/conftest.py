@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 import torch
@@ -13,6 +17,11 @@ from typer.testing import CliRunner
 from rungefit.cli import app
 from rungefit.config import parse_layers
 from rungefit.model import StackedMLP
+
+# cli imports report lazily, and report imports rich, which draws from `random` as it loads:
+# loaded inside a hypothesis draw (hypothesis looks at the modules loaded), that would count as a
+# strategy using `random`. So load it now.
+from rungefit.report import error  # noqa: E402, F401
 
 runner = CliRunner()
 # What every saved training run holds.
@@ -93,3 +102,116 @@ def spec_runs(tmp_path_factory):
             runs.save_new_run(runs_dir, name, runs.run_files(result, {}, {"schedule": result.config.schedule}, {}))
             made[layers, dtype] = (runs_dir, name, result.summary())
     return made
+
+
+# Long enough never to end by itself in a test: the process is stopped by a signal once it has
+# shown an epoch done. --seeds 2 --workers 2: two worker processes, one member each.
+ENDLESS_TRAIN = ["train", "--points", "120", "--epochs", "100000", "--seeds", "2", "--workers", "2"]
+# Workers get a kernel signal when their parent dies, so they end at once; the deadline only
+# guards against a machine too busy to schedule them.
+WORKERS_GONE_WITHIN_S = 5.0
+
+
+class Rungefit:
+    """`python -m rungefit ARGS` in a session of its own, its output read as it comes.
+
+    The progress bar is drawn as on a terminal (TTY_COMPATIBLE), so that a test can wait for the
+    event it needs, "epoch N done", in the process's stderr rather than for some time to pass.
+    """
+
+    def __init__(self, *args: str, cwd=None):
+        env = {**os.environ, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "rungefit", *args], cwd=cwd, env=env, start_new_session=True,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        self.pid = self.process.pid
+        self._out = {"stdout": bytearray(), "stderr": bytearray()}
+        self._readers = [threading.Thread(target=self._read, args=(name,), daemon=True) for name in self._out]
+        for reader in self._readers:
+            reader.start()
+
+    def _read(self, name: str) -> None:
+        stream = getattr(self.process, name)
+        while chunk := os.read(stream.fileno(), 65536):
+            self._out[name] += chunk
+
+    @property
+    def stderr(self) -> str:
+        return self._out["stderr"].decode(errors="replace")
+
+    @property
+    def stdout(self) -> str:
+        return self._out["stdout"].decode(errors="replace")
+
+    def epochs_done(self) -> int:
+        """The last epoch count the progress bar showed."""
+        counts = re.findall(r"train\s[^\r\n]*?(\d+)/\d+", self.stderr)
+        return int(counts[-1]) if counts else 0
+
+    def wait_until(self, condition, what: str, timeout: float = 60.0) -> None:
+        """Poll condition() until it holds; fail the test if the process ends or time runs out first."""
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert self.process.poll() is None, f"rungefit ended (exit {self.process.returncode}) before {what}: {self.stderr[-2000:]}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
+
+    def wait_for_epoch(self, epoch: int = 1, timeout: float = 60.0) -> None:
+        self.wait_until(lambda: self.epochs_done() >= epoch, f"epoch {epoch}", timeout)
+
+    def finish(self, timeout: float = 120.0) -> int:
+        """Wait for the process and for the end of its output; its exit code. The output ends only
+        when every process holding the pipes has ended, worker processes included."""
+        code = self.process.wait(timeout=timeout)
+        for reader in self._readers:
+            reader.join(timeout=timeout)
+            assert not reader.is_alive(), "the output never ended: another process still holds rungefit's pipes"
+        return code
+
+    def training_workers(self, count: int = 2) -> list[int]:
+        """Once an epoch is done: the pids of the worker processes (there must be `count`)."""
+        self.wait_for_epoch(1)
+        workers = children_of(self.pid)
+        assert len(workers) == count, workers
+        return workers
+
+    def __enter__(self) -> Rungefit:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        """Whatever the test did, the process does not outlive it."""
+        if self.process.poll() is None:
+            self.process.kill()
+
+
+def children_of(pid: int) -> list[int]:
+    """The live (not zombie) processes whose parent is pid, from /proc (Linux)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    fields = handle.read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process pid exists and is not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def wait_until_gone(pids: list[int], timeout: float) -> list[int]:
+    """Poll until none of pids is alive, or timeout seconds; those still alive."""
+    deadline = time.monotonic() + timeout
+    while (living := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return living

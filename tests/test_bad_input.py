@@ -5,7 +5,11 @@ a usage error and 1 for a runtime failure, never a traceback. Inputs that are od
 
 from __future__ import annotations
 
+import typing
+from typing import Optional
+
 import pytest
+import typer
 
 from rungefit.cli import app
 
@@ -46,6 +50,8 @@ def cheap(command: str, root) -> list[str]:
         "lr-find": ["--points", "120", "--iters", "5", "--verify-epochs", "1", "--runs-dir", runs_dir],
         "grad": ["--runs-dir", runs_dir],
         "eval": ["--runs-dir", runs_dir],
+        "export": ["--format", "safetensors", "--out", str(root / "out.safetensors"), "--runs-dir", runs_dir],
+        "predict": ["--runs-dir", runs_dir, str(root / "file")],
     }[command]
 
 
@@ -104,8 +110,24 @@ TRAIN = [
     (["--workers", "two"], 2, "--workers"),
     (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
     (["--runs-dir", "{root}/file"], 1, "--runs-dir"),
-    (["--name", "../escape"], 1, "--name"),
-    (["--name", ""], 1, "--name"),
+    (["--name", "../escape"], 2, "--name"),
+    (["--name", ""], 2, "--name"),
+    (["--name", "x" * 300], 2, "--name"),
+    (["--name", "[/]"], 2, "--name '[/]'"),
+    (["--name", "[red]x"], 2, "--name '[red]x'"),
+    (["--lr", "[/]"], 2, "--lr '[/]'"),
+    (["--seeds", "[/x]"], 2, "--seeds '[/x]'"),
+    (["--layers", "[/]"], 2, "'[/]'"),
+    (["--runs-dir", "{root}/file/[/]"], 1, "[/]"),
+    (["--seeds", "１"], 2, "--seeds"),
+    (["--seeds", "٣"], 2, "--seeds"),
+    (["--seeds", "1_0"], 2, "--seeds"),
+    (["--seeds", "1,２"], 2, "--seeds"),
+    (["--lr", "1_0"], 2, "--lr"),
+    (["--lr", "３e-2"], 2, "--lr"),
+    (["--layers", "２０:tanh"], 2, "width"),
+    (["--layers", "2_0:tanh"], 2, "width"),
+    (["--batch-size", "99999999999999999999"], 2, "--batch-size"),
     (["--resume", "nope"], 2, "--resume"),  # the cheap options may not go with it
     (["--target", "nope"], 2, "unknown preset; choose one of runge, abs, step"),
     (["--target", "exp(-x**2"], 2, "syntax error at character"),
@@ -175,6 +197,8 @@ LR_FIND = [
     (["--domain", "3,-3"], 2, "--domain"),
     (["--data", "{root}/text.csv"], 2, "'one' is not a number"),
     (["--data", "{root}/good.csv", "--points", "50"], 2, "--points"),
+    (["--batch-size", "99999999999999999999"], 2, "--batch-size"),
+    (["--seeds", "１"], 2, "--seeds"),
 ]
 
 GRAD = [
@@ -199,6 +223,7 @@ GRAD = [
     (["--run", "nope"], 1, "'nope' not found"),
     (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
     (["--runs-dir", MISSING], 1, "--runs-dir"),
+    *[(["--run", name], 2, "--run") for name in ("../runs/base", "{root}/runs/base", "base/", "x" * 300, "[/]")],
 ]
 
 EVAL = [
@@ -215,6 +240,8 @@ EVAL = [
     (["--run", "nope"], 1, "'nope' not found"),
     (["--runs-dir", UNDER_A_FILE], 1, "--runs-dir"),
     (["--runs-dir", MISSING], 1, "--runs-dir"),
+    (["--runs-dir", "{root}/[/]"], 1, "[/]"),
+    *[(["--run", name], 2, "--run") for name in ("../runs/base", "{root}/runs/base", "base/", "x" * 300, "[/]")],
 ]
 
 CASES = [(command, *case) for command, cases in (("train", TRAIN), ("lr-find", LR_FIND), ("grad", GRAD), ("eval", EVAL)) for case in cases]
@@ -290,3 +317,39 @@ def test_an_unexpected_exception_is_an_internal_error_not_bad_input(place, monke
     monkeypatch.setenv("RUNGEFIT_TRACEBACK", "1")
     shown = runner.invoke(app, ["eval", *cheap("eval", place)])
     assert shown.exit_code == 3 and "Traceback" in shown.stderr and "a bug deep in the core" in shown.stderr
+
+
+@pytest.mark.parametrize("name", ["../runs/base", "{root}/runs/base", "..", "x" * 300, "[/]"])
+def test_resume_takes_a_run_name_not_a_path(place, name):
+    before = runs_tree(place)
+    result = runner.invoke(app, ["train", "--resume", name.format(root=place), "--runs-dir", str(place / "runs")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--resume" in lines[0] and "not a valid run name" in lines[0]
+    assert runs_tree(place) == before
+
+
+def test_an_unknown_command_with_markup_is_one_line_naming_it():
+    result = runner.invoke(app, ["[/]"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "[/]" in lines[0]
+
+
+def integer_options() -> list[tuple[str, str]]:
+    """(command, option) of every option that takes a whole number."""
+    found = []
+    for name, command in typer.main.get_command(app).commands.items():
+        hints = typing.get_type_hints(command.callback)
+        found += [(name, param.opts[0]) for param in command.params if hints.get(param.name) in (int, Optional[int])]
+    return found
+
+
+@pytest.mark.parametrize("command, option", integer_options())
+def test_every_integer_option_refuses_a_huge_value_naming_the_option(place, command, option):
+    before = runs_tree(place)
+    result = invoke(command, place, [option, "99999999999999999999"])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0], result.stderr
+    assert runs_tree(place) == before

@@ -200,3 +200,59 @@ def test_a_polished_runs_loss_png_has_its_polish_panel(polished, quick_run):
 
     # The panel of the LM iterations widens the figure; the unpolished run's is the plain one.
     assert width((polished[0] / "loss.png").read_bytes()) > 1.2 * width((quick_run[1] / "loss.png").read_bytes())
+
+
+def test_paths_and_names_with_rich_markup_are_printed_as_they_are(tmp_path):
+    runs_dir = tmp_path / "mk[/]" / "[red]runs"
+    result = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--name", "x"])
+    assert result.exit_code == 0, result.output
+    assert "".join(f"rungefit train → {runs_dir / 'x'}".split()) in "".join(result.stdout.split())  # the title wraps
+    (runs_dir / "latest").write_text("[/]\n")
+    damaged = runner.invoke(app, ["eval", "--runs-dir", str(runs_dir)])
+    assert damaged.exit_code == 1
+    lines = damaged.stderr.strip().splitlines()
+    assert len(lines) == 1 and "'[/]'" in lines[0] and "[red]runs" in lines[0], damaged.stderr
+
+
+def test_a_resume_that_cannot_write_fails_before_it_trains_and_leaves_the_run(tmp_path, monkeypatch):
+    import errno
+    import itertools
+    import tempfile
+
+    from rungefit import runs
+    from rungefit.config import TrainConfig
+    from rungefit.train import fit
+
+    steps = itertools.count(1)
+    stopped = fit(TrainConfig(points=120, epochs=5), should_stop=lambda: next(steps) >= 7)
+    runs.save_new_run(tmp_path, "r", runs.run_files(stopped, {}, {}, {}))
+    before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    monkeypatch.setattr("rungefit.train.fit", lambda *args, **kwargs: pytest.fail("a resume that cannot save trained"))
+    result = runner.invoke(app, ["train", "--resume", "r", "--runs-dir", str(tmp_path)])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--runs-dir" in lines[0] and "read-only" in lines[0]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()} == before
+
+
+def test_sigterm_outside_training_ends_the_command_with_143_in_one_line(quick_run, monkeypatch):
+    import os
+    import signal
+
+    from rungefit import evaluate
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this (the main) thread
+        pytest.fail("SIGTERM did not stop the command")
+
+    monkeypatch.setattr(evaluate, "evaluate", terminated)
+    runs_dir, _, _ = quick_run
+    result = runner.invoke(app, ["eval", "--runs-dir", str(runs_dir)])
+    assert result.exit_code == 143
+    assert result.stderr.strip().splitlines() == ["error: terminated (SIGTERM)"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again

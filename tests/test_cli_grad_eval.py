@@ -1,6 +1,10 @@
 """`rungefit grad` and `rungefit eval` end to end, on short runs trained under tmp_path."""
 
+import errno
+import itertools
 import json
+import os
+import shutil
 
 import pytest
 
@@ -113,3 +117,57 @@ def test_missing_runs_and_models_say_how_to_make_one(runs_dir, tmp_path, command
         result = invoke(command, *args)
         assert result.exit_code == 1
         assert len(result.stderr.strip().splitlines()) == 1 and "rungefit train" in result.stderr
+
+
+def test_eval_after_the_newest_run_was_deleted_takes_the_newest_left_and_says_which(runs_dir, tmp_path):
+    copy = tmp_path / "runs"
+    shutil.copytree(runs_dir, copy)
+    shutil.rmtree(copy / "stack")  # the latest run
+    result = invoke("eval", "--json", "--runs-dir", str(copy))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["run"] == str(copy / "single")
+    assert "'stack'" in result.stderr and "no longer exists" in result.stderr and "'single'" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["grad", "eval"])
+@pytest.mark.parametrize("errno_, words", [(errno.EROFS, "read-only"), (errno.ENOSPC, "no space left"), (errno.EACCES, "permission denied")])
+def test_a_figure_that_cannot_be_written_is_a_warning_after_the_results(runs_dir, monkeypatch, command, errno_, words):
+    from rungefit import runs
+
+    def refuse(path, data):
+        raise OSError(errno_, os.strerror(errno_))
+
+    monkeypatch.setattr(runs, "atomic_write", refuse)
+    result = invoke(command, "--json", "--run", "single", "--runs-dir", str(runs_dir))
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["run"] == str(runs_dir / "single")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and f"{command}.png" in warnings[0] and words in warnings[0]
+
+
+@pytest.fixture(scope="module")
+def unfinished(tmp_path_factory):
+    """A runs directory with an interrupted run and a diverged one."""
+    from rungefit import runs
+    from rungefit.config import TrainConfig
+    from rungefit.train import fit
+
+    path = tmp_path_factory.mktemp("unfinished")
+    steps = itertools.count(1)
+    stopped = fit(TrainConfig(points=120, epochs=5), should_stop=lambda: next(steps) >= 7)
+    runs.save_new_run(path, "stopped", runs.run_files(stopped, {}, {}, {}))
+    diverging = invoke("train", "--points", "120", "--epochs", "5", "--lr", "1e30", "--schedule", "constant", "--quiet", "--runs-dir", str(path), "--name", "blown")
+    assert diverging.exit_code == 1, diverging.output
+    return path
+
+
+@pytest.mark.parametrize("command", ["grad", "eval"])
+@pytest.mark.parametrize(
+    "run, words",
+    [("stopped", ["interrupted after epoch 2 of 5", "train --resume stopped"]), ("blown", ["diverged in epoch 1", "last finite state"])],
+)
+def test_studying_an_unfinished_run_says_so(unfinished, command, run, words):
+    result = invoke(command, "--json", "--run", run, "--runs-dir", str(unfinished))
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and all(word in warnings[0] for word in words), result.stderr

@@ -269,3 +269,17 @@ def test_the_completion_command_prints_the_committed_script(shell):
     result = runner.invoke(app, ["completion", shell])
     assert result.exit_code == 0, result.output
     assert result.stdout == (Path(__file__).resolve().parent.parent / "completions" / FILES[shell]).read_text()
+
+
+def test_latest_is_offered_only_while_it_names_a_run(tmp_path):
+    for name in ("alpha", "beta"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.pt").write_bytes(b"")
+    (tmp_path / "reserved").mkdir()  # a train --name in progress: not a run yet
+    (tmp_path / "lr-find").mkdir()
+    (tmp_path / "lr-find" / "model.pt").write_bytes(b"")
+    (tmp_path / "latest").write_text("beta\n")
+    assert sorted(complete(f"rungefit eval --runs-dir {tmp_path} --run ")) == ["alpha", "beta", "latest"]
+    (tmp_path / "beta" / "model.pt").unlink()
+    (tmp_path / "beta").rmdir()
+    assert complete(f"rungefit eval --runs-dir {tmp_path} --run ") == ["alpha"]

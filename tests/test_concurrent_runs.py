@@ -3,19 +3,26 @@ complete run, and nothing temporary is left behind."""
 
 from __future__ import annotations
 
+import errno
+import itertools
 import json
 import os
+import shlex
+import shutil
+import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from rungefit import runs
+from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
 
-from .conftest import QUICK_TRAIN, RUN_FILES
+from .conftest import ENDLESS_TRAIN, QUICK_TRAIN, RUN_FILES, WORKERS_GONE_WITHIN_S, Rungefit, runner, wait_until_gone
 
 
 def leftovers(runs_dir):
@@ -77,7 +84,7 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch, files, failu
         monkeypatch.setattr(runs, "atomic_write", failing_write)
     else:
         monkeypatch.setattr(runs.os, "replace", failing_replace)
-    with pytest.raises(failure):
+    with pytest.raises(runs.RunError if failure is OSError else failure):
         runs.save_new_run(tmp_path, "r", files)
     assert list(tmp_path.iterdir()) == []
 
@@ -87,3 +94,202 @@ def test_saves_and_updates_leave_no_temporary_files(tmp_path, files):
     runs.update_run(path, files)
     assert {p.name for p in tmp_path.iterdir()} == {path.name, "latest"}
     assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------- all or nothing: failures and kills
+
+
+def snapshot(directory: Path) -> dict[str, bytes | str]:
+    """Every entry under directory: a file's bytes, a directory as '<dir>'."""
+    return {str(p.relative_to(directory)): "<dir>" if p.is_dir() else p.read_bytes() for p in sorted(directory.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def two_versions():
+    """The files of an interrupted run (2 of 4 epochs) and of the same run resumed to the end."""
+    config = TrainConfig(points=60, epochs=4, seeds=(0, 1))  # 2 steps per epoch
+    steps = itertools.count(1)
+    stopped = fit(config, should_stop=lambda: next(steps) >= 5)
+    assert stopped.epochs_run == 2
+    return runs.run_files(stopped, {}, {}, {}), runs.run_files(fit(config, resume=stopped.state()), {}, {}, {})
+
+
+def old_run(runs_dir: Path, two_versions) -> tuple[dict, dict]:
+    """runs_dir/x holding the old version, with a figure and a folder of the user's own; the
+    snapshots the run directory may have afterwards: (old, new)."""
+    old_files, new_files = two_versions
+    runs_dir.mkdir()
+    run_dir = runs.save_new_run(runs_dir, "x", old_files)
+    (run_dir / "eval.png").write_bytes(b"a figure eval drew of the old model")
+    (run_dir / "notes").mkdir()
+    (run_dir / "notes" / "todo.txt").write_text("resume it")
+    old = snapshot(run_dir)
+    new = {**old, **new_files}
+    return old, new
+
+
+def hidden(runs_dir: Path) -> list[str]:
+    return sorted(p.name for p in runs_dir.iterdir() if p.name.startswith("."))
+
+
+def test_an_update_that_fails_at_any_step_leaves_the_old_run_and_says_so(tmp_path, monkeypatch, two_versions):
+    """Every file operation of an update fails in turn (a full disk): the run stays the old one,
+    the error is a RunError, and nothing temporary is left."""
+    operations = ("rename", "replace", "link", "mkdir", "fsync", "unlink")
+    calls: list[str] = []
+    real = {name: getattr(os, name) for name in operations}
+
+    def counting(name):
+        def call(*args, **kwargs):
+            calls.append(name)
+            if len(calls) == failing_call:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real[name](*args, **kwargs)
+
+        return call
+
+    failing_call = 0
+    old, new = old_run(tmp_path / "measure", two_versions)
+    for name in operations:
+        monkeypatch.setattr(os, name, counting(name))
+    runs.update_run(tmp_path / "measure" / "x", two_versions[1])
+    total = len(calls)
+    assert snapshot(tmp_path / "measure" / "x") == new
+    for failing_call in range(1, total + 1):
+        calls.clear()
+        monkeypatch.undo()
+        runs_dir = tmp_path / f"fail-{failing_call}"
+        old, new = old_run(runs_dir, two_versions)
+        for name in operations:
+            monkeypatch.setattr(os, name, counting(name))
+        try:
+            runs.update_run(runs_dir / "x", two_versions[1])
+        except runs.RunError as error:
+            assert "no space left" in str(error) and "unchanged" in str(error), str(error)
+        monkeypatch.undo()
+        assert snapshot(runs_dir / "x") in (old, new), f"a mix after failing call {failing_call} ({calls[-1]})"
+        runs.load_run(runs_dir, "x")
+        assert hidden(runs_dir) == [], failing_call
+
+
+KILLED = 77  # a forked child's exit code when it stopped itself at the chosen step
+
+
+def killed_at(step: int, action) -> bool:
+    """Run action in a forked child that exits on the spot (as on SIGKILL: no cleanup runs) at its
+    `step`-th file-system operation; whether it was killed (False: it got to the end)."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            counter = itertools.count(1)
+            for module, names in ((os, ("rename", "replace", "link", "mkdir", "rmdir", "unlink", "fsync", "symlink")), (shutil, ("rmtree", "copy2", "copytree"))):
+                for name in names:
+                    real = getattr(module, name)
+                    setattr(module, name, lambda *a, _real=real, **k: os._exit(KILLED) if next(counter) == step else _real(*a, **k))
+            action()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    assert code in (0, KILLED), f"the child failed at step {step} (exit {code})"
+    return code == KILLED
+
+
+def test_an_update_killed_at_any_step_is_the_old_or_the_new_run_at_the_next_load(tmp_path, two_versions):
+    step = 0
+    while True:
+        step += 1
+        runs_dir = tmp_path / f"kill-{step}"
+        old, new = old_run(runs_dir, two_versions)
+        if not killed_at(step, lambda runs_dir=runs_dir: runs.update_run(runs_dir / "x", two_versions[1])):
+            break
+        loaded = runs.load_run(runs_dir, "x")  # finishes a swap the kill cut in two
+        assert snapshot(runs_dir / "x") in (old, new), f"a mix after a kill at step {step}"
+        assert loaded.checkpoint["status"] == loaded.summary["status"]
+        # What a kill may leave: a staging directory, which the next save removes, and a
+        # temporary file of `latest`, cut short while being written.
+        assert all(name.startswith((runs.STAGING_PREFIX, ".latest.")) for name in hidden(runs_dir)), step
+        runs.save_new_run(runs_dir, "later", two_versions[0])
+        assert all(name.startswith(".latest.") for name in hidden(runs_dir)), step
+    assert step > 10  # the updates did get killed all along the way
+    assert snapshot(runs_dir / "x") == new
+
+
+def test_a_new_run_killed_at_any_step_is_absent_or_complete_and_its_name_stays_usable(tmp_path, two_versions):
+    files = two_versions[1]
+    step = 0
+    while True:
+        step += 1
+        runs_dir = tmp_path / f"kill-{step}"
+        runs_dir.mkdir()
+        runs.save_new_run(runs_dir, "before", two_versions[0])
+        if not killed_at(step, lambda runs_dir=runs_dir: runs.save_new_run(runs_dir, None, files, runs.reserve(runs_dir, "x"))):
+            break
+        run_dir = runs_dir / "x"
+        if run_dir.exists() and os.listdir(run_dir):
+            assert snapshot(run_dir) == files, step
+        else:  # nothing, or the empty reservation of a dead process: the name is free again
+            runs.reserve(runs_dir, "x").release()
+        assert runs.load_run(runs_dir, None).path.name in ("before", "x")
+    assert step > 5
+    assert snapshot(runs_dir / "x") == files and (runs_dir / "latest").read_text() == "x\n"
+
+
+# ---------------------------------------------------------------- a reserved name, a killed owner
+
+def test_sigkill_of_a_named_train_leaves_no_worker_and_a_name_the_next_train_reclaims(tmp_path, monkeypatch):
+    runs_dir = tmp_path / "runs"
+    with Rungefit(*ENDLESS_TRAIN, "--runs-dir", str(runs_dir), "--name", "x") as owner:
+        workers = owner.training_workers()
+
+        # While it trains, its name is taken: a second train fails before training.
+        monkeypatch.setattr("rungefit.train.fit", lambda *args, **kwargs: pytest.fail("the clashing train trained"))
+        clash = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--name", "x"])
+        assert clash.exit_code == 1, clash.output
+        assert "in use by another rungefit process" in clash.stderr
+        monkeypatch.undo()
+
+        os.kill(owner.pid, signal.SIGKILL)
+        assert owner.finish() == -signal.SIGKILL  # its output ended: no worker holds the pipes
+    assert wait_until_gone(workers, WORKERS_GONE_WITHIN_S) == []
+    assert os.listdir(runs_dir / "x") == []  # the killed owner's reservation
+
+    again = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--name", "x", "--json"])
+    assert again.exit_code == 0, again.output
+    assert RUN_FILES <= set(os.listdir(runs_dir / "x"))
+
+
+def can_mount_tmpfs() -> bool:
+    """Whether this machine lets an unprivileged user namespace mount a tmpfs (Linux)."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs unshare and a mountable tmpfs")
+def test_on_a_real_full_disk_a_resume_fails_in_one_line_and_the_run_survives(tmp_path, two_versions):
+    source, mount, out = tmp_path / "source", tmp_path / "mount", tmp_path / "out"
+    old, _ = old_run(source, two_versions)
+    mount.mkdir()
+    out.mkdir()
+    rungefit = f"{shlex.quote(sys.executable)} -m rungefit"
+    script = f"""
+        set -e
+        mount -t tmpfs -o size=1m tmpfs {mount}
+        cp -a {source}/. {mount}/
+        free=$(df --output=avail -k {mount} | tail -1)
+        head -c $(( (free - 12) * 1024 )) /dev/zero > {mount}/filler || true
+        set +e
+        {rungefit} train --resume x --quiet --runs-dir {mount} 2> {out}/full.err; echo $? > {out}/full.code
+        cp -a {mount}/x {out}/x
+        ls -a {mount} > {out}/listing
+    """
+    subprocess.run(["unshare", "-rm", "sh", "-c", script], check=True, timeout=300)
+
+    code, lines = int((out / "full.code").read_text()), (out / "full.err").read_text().strip().splitlines()
+    assert code == 1 and len(lines) == 1 and "no space left" in lines[0] and "'x' is unchanged" in lines[0], lines
+    assert snapshot(out / "x") == old
+    assert (out / "listing").read_text().split() == [".", "..", "filler", "latest", "x"]

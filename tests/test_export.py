@@ -197,7 +197,7 @@ def test_a_damaged_domain_is_a_one_line_run_error(quick_run, tmp_path, domain):
     shutil.copytree(run_dir, tmp_path / "r")
     (tmp_path / "r" / "config.json").write_text(json.dumps({**json.loads((run_dir / "config.json").read_text()), "domain": domain}))
     with pytest.raises(runs.RunError, match="config.json"):
-        runs.run_target(tmp_path / "r")
+        runs.load_run(tmp_path, "r")
 
 
 def test_onnx_without_its_packages_names_the_extra(quick_run, tmp_path, monkeypatch):

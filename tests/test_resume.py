@@ -23,7 +23,7 @@ from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
 
-from .conftest import LEARNS, runner
+from .conftest import ENDLESS_TRAIN, LEARNS, WORKERS_GONE_WITHIN_S, Rungefit, runner, wait_until_gone
 
 CONFIG = TrainConfig(points=120, epochs=6, seeds=(0, 1))  # 3 optimizer steps per epoch
 
@@ -190,15 +190,31 @@ def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbe
     assert sorted(p.name for p in runs_dir.iterdir()) == ["latest", "x"]  # nothing temporary left
 
 
+def test_sigterm_saves_the_run_exits_143_says_so_and_leaves_no_worker(tmp_path):
+    # To the whole process group, as a service manager stops a service: the workers get it too
+    # and leave the stopping to the main process (tests/test_workers.py: they ignore it).
+    runs_dir = tmp_path / "runs"
+    with Rungefit(*ENDLESS_TRAIN, "--runs-dir", str(runs_dir), "--name", "x") as child:
+        workers = child.training_workers()
+        os.killpg(child.pid, signal.SIGTERM)
+        assert child.finish() == 143, child.stderr
+    assert wait_until_gone(workers, WORKERS_GONE_WITHIN_S) == []
+    assert "Traceback" not in child.stderr
+    saved = checkpoint(runs_dir / "x")
+    assert saved["status"] == "interrupted" and saved["epochs_run"] >= 1
+    assert f"terminated (SIGTERM): epoch {saved['epochs_run']} of 100000 is saved" in child.stderr
+    assert f"rungefit train --resume x --runs-dir {runs_dir}" in child.stderr
+
+
 def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path, monkeypatch):
     polish = ["--polish", "lm", "--polish-iterations", "4"]
     train = ["train", *LEARNS, *polish, "--quiet"]
     assert runner.invoke(app, [*train, "--runs-dir", str(tmp_path / "ref"), "--name", "x"]).exit_code == 0
-    pressed = []
+    pressed = cli.StopRequest()
 
     @contextmanager
     def ctrl_c_once_the_epochs_are_done():
-        yield lambda: bool(pressed)
+        yield pressed
 
     def pressing_after_the_last_epoch(epochs, quiet):
         progress, on_epoch, on_polish = real_progress(epochs, quiet)
@@ -206,7 +222,7 @@ def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path,
         def on_epoch_then_press(epoch) -> None:
             on_epoch(epoch)
             if epoch.epoch == epochs:
-                pressed.append(epoch)
+                pressed.set(signal.SIGINT)
 
         return progress, on_epoch_then_press, on_polish
 

@@ -1,10 +1,14 @@
 import json
+import math
+import os
+import shutil
 
 import pytest
 import torch
 
 from rungefit import runs
 from rungefit.config import TrainConfig
+from rungefit.errors import UsageError
 from rungefit.evaluate import grid_errors
 from rungefit.target import target_of
 from rungefit.train import fit
@@ -73,7 +77,93 @@ def test_missing_runs_say_how_to_make_one(tmp_path):
         runs.load_run(tmp_path, "empty")
 
 
-@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "latest", "lr-find", "x y"])
-def test_bad_run_names(tmp_path, name):
-    with pytest.raises(runs.RunError, match="name"):
-        runs.prepare_runs_dir(tmp_path, name)
+@pytest.mark.parametrize("name", ["", ".hidden", "a/b", "latest", "lr-find", "x y", "..", "/abs", "../up", "x" * 101, "run\n"])
+def test_bad_run_names_are_usage_errors_that_create_nothing(tmp_path, name):
+    with pytest.raises(UsageError, match="--name .* is not a valid run name"):
+        runs.prepare_runs_dir(tmp_path / "runs", name)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_latest_falls_back_to_the_newest_run_that_still_exists_and_says_which(tmp_path, result):
+    save(tmp_path, result, "a")
+    save(tmp_path, result, "b")
+    shutil.rmtree(tmp_path / "b")  # the run latest names
+    for name in (None, "latest"):
+        loaded = runs.load_run(tmp_path, name)
+        assert loaded.path.name == "a"
+        assert "'b'" in loaded.note and "no longer exists" in loaded.note and "'a'" in loaded.note
+    (tmp_path / "latest").unlink()
+    assert runs.load_run(tmp_path, None).path.name == "a"
+    assert "has no `latest`" in runs.load_run(tmp_path, None).note
+    assert runs.load_run(tmp_path, "a").note is None
+
+
+def test_latest_and_the_run_listing_skip_reservations_staging_and_lr_find(tmp_path, result):
+    save(tmp_path, result, "a")
+    reservation = runs.reserve(tmp_path, "reserved")
+    for name in (".staging-x", "lr-find"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.pt").write_bytes((tmp_path / "a" / "model.pt").read_bytes())
+    assert runs.list_run_names(tmp_path) == ["a"]
+    shutil.rmtree(tmp_path / "a")
+    with pytest.raises(runs.RunError, match="no runs in --runs-dir"):
+        runs.load_run(tmp_path, None)
+    reservation.release()
+    assert not (tmp_path / "reserved").exists()
+
+
+def test_a_name_in_use_is_refused_until_its_owner_lets_go_or_dies(tmp_path):
+    held = runs.reserve(tmp_path, "x")
+    with pytest.raises(runs.RunError, match="in use by another rungefit process"):
+        runs.reserve(tmp_path, "x")
+    # A process that reserves and dies without a word (as on SIGKILL): the kernel frees its lock.
+    child = os.fork()
+    if child == 0:
+        try:
+            runs.reserve(tmp_path, "killed")
+        finally:
+            os._exit(0)
+    os.waitpid(child, 0)
+    assert os.listdir(tmp_path / "killed") == []
+    runs.reserve(tmp_path, "killed").release()  # reclaimed
+    held.release()
+    runs.reserve(tmp_path, "x").release()
+
+
+def test_json_files_and_json_output_write_null_for_a_non_finite_figure(capsys):
+    from rungefit import report
+
+    document = {"mse": math.nan, "members": [{"max": math.inf}, {"min": -math.inf, "ok": 1.5}], "pair": (math.nan, 2.0)}
+    expected = {"mse": None, "members": [{"max": None}, {"min": None, "ok": 1.5}], "pair": [None, 2.0]}
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
+
+    assert strict(runs.json_bytes(document)) == expected
+    report.print_json(document)
+    assert strict(capsys.readouterr().out) == expected
+
+
+def test_a_run_being_resumed_cannot_be_resumed_a_second_time(tmp_path):
+    steps = iter(range(1, 100))
+    stopped = fit(TrainConfig(points=80, epochs=3, seeds=(0, 1)), should_stop=lambda: next(steps) >= 4)
+    runs.save_new_run(tmp_path, "r", runs.run_files(stopped, {}, {}, {}))
+    with runs.run_for_update(tmp_path, "r"):
+        with pytest.raises(runs.RunError, match="in use by another rungefit process"):
+            with runs.run_for_update(tmp_path, "r"):
+                pass
+        runs.load_run(tmp_path, "r")  # reading it is fine
+    with runs.run_for_update(tmp_path, "r"):
+        pass
+
+
+def test_a_runs_directory_held_too_long_is_an_error_not_a_hang(tmp_path, result, monkeypatch):
+    save(tmp_path, result, "a")
+    monkeypatch.setattr(runs, "LOCK_WAIT_S", 0.05)
+    holder = runs.DirLock.take(tmp_path)  # as another process in a step would hold it
+    try:
+        with pytest.raises(runs.RunError, match="stays locked by another rungefit process"):
+            runs.load_run(tmp_path, "a")
+    finally:
+        holder.release()
+    runs.load_run(tmp_path, "a")

@@ -7,6 +7,7 @@ import io
 import itertools
 import multiprocessing
 import os
+import signal
 import sys
 import time
 import warnings
@@ -48,6 +49,28 @@ class Echo:
 
     def die(self):
         os._exit(3)
+
+    def open_inodes(self):
+        """(device, inode) of every file descriptor this process holds."""
+        found = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                info = os.fstat(int(fd))
+            except OSError:
+                continue
+            found.add((info.st_dev, info.st_ino))
+        return found
+
+    def parent_and_death_signal(self):
+        """The parent's pid, and the signal Linux sends this process when its parent dies."""
+        import ctypes
+
+        signum = ctypes.c_int()
+        ctypes.CDLL(None).prctl(2, ctypes.byref(signum), 0, 0, 0)  # PR_GET_PDEATHSIG
+        return os.getppid(), signum.value
+
+    def ignored_signals(self):
+        return [signum for signum in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(signum) is signal.SIG_IGN]
 
     def wait_for_stop(self):
         while not self.stop_requested():
@@ -232,3 +255,24 @@ def test_a_failed_fork_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(multiprocessing.get_context("fork").Process, "start", refuse)
     with pytest.raises(workers.WorkerError, match="cannot start worker processes .*--workers 1"):
         echoes(2)
+
+
+def test_a_child_holds_no_end_of_the_parents_pipes():
+    # A child holding a parent end (its own, or an elder sibling's) would never see its pipe end
+    # when the parent dies, and would wait on it forever.
+    with echoes(3) as pool:
+        parent_ends = {(os.fstat(pipe.fileno()).st_dev, os.fstat(pipe.fileno()).st_ino) for pipe in pool._pipes}
+        held = pool.call("open_inodes")
+    assert [parent_ends & inodes for inodes in held] == [set(), set(), set()]
+
+
+def test_linux_kills_a_child_when_its_parent_dies():
+    with echoes(2) as pool:
+        answers = pool.call("parent_and_death_signal")
+    assert answers == [(os.getpid(), signal.SIGKILL)] * 2
+
+
+def test_a_child_leaves_ctrl_c_and_sigterm_to_its_parent():
+    # Sent to the whole process group, they must not kill a worker before the parent has saved.
+    with echoes(2) as pool:
+        assert pool.call("ignored_signals") == [[signal.SIGINT, signal.SIGTERM]] * 2
