@@ -76,7 +76,7 @@ def test_completing_never_imports_torch_or_matplotlib():
 
 
 def test_activation_names_offered_are_the_model_table():
-    from rungefit.cli import ACTIVATION_NAMES
+    from rungefit.config import ACTIVATION_NAMES
     from rungefit.model import ACTIVATIONS
 
     assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)
@@ -114,7 +114,7 @@ def test_resume_offers_only_the_interrupted_runs(tmp_path):
 
 
 def test_a_width_alone_in_layers_is_offered_every_activation():
-    from rungefit.cli import ACTIVATION_NAMES
+    from rungefit.config import ACTIVATION_NAMES
 
     assert complete("rungefit train --layers 20:tanh,16") == [f"20:tanh,16:{name}" for name in ACTIVATION_NAMES]
     assert complete("rungefit train --layers x") == []

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from rungefit import lr_find, lr_rules, report
-from rungefit.cli import app, lr_find_command
+from rungefit.cli import app
+from rungefit.cli_train import lr_find_command
 from rungefit.config import TrainConfig
 from rungefit.stack import EpochBatches, new_stack
 from rungefit.target import DataSplit

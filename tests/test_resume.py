@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rungefit import cli, runs
+from rungefit import cli, cli_train, runs
 from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
@@ -210,7 +210,7 @@ def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path,
     polish = ["--polish", "lm", "--polish-iterations", "4"]
     train = ["train", *LEARNS, *polish, "--quiet"]
     assert runner.invoke(app, [*train, "--runs-dir", str(tmp_path / "ref"), "--name", "x"]).exit_code == 0
-    pressed = cli.StopRequest()
+    pressed = cli_train.StopRequest()
 
     @contextmanager
     def ctrl_c_once_the_epochs_are_done():
@@ -227,7 +227,7 @@ def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path,
         return progress, on_epoch_then_press, on_polish
 
     real_progress = cli.report.training_progress
-    monkeypatch.setattr(cli, "_ctrl_c_stops_training", ctrl_c_once_the_epochs_are_done)
+    monkeypatch.setattr(cli_train, "_ctrl_c_stops_training", ctrl_c_once_the_epochs_are_done)
     monkeypatch.setattr(cli.report, "training_progress", pressing_after_the_last_epoch)
     runs_dir = tmp_path / "runs"
     stopped = runner.invoke(app, [*train, "--runs-dir", str(runs_dir), "--name", "x"])

@@ -1,0 +1,265 @@
+"""What the commands share: option types and defaults, parsers, TAB-completion callbacks, and
+loading a run's member. Imports nothing heavy: `rungefit --help` and TAB completion import it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import shlex
+import signal
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rungefit.config import (
+    ACTIVATION_NAMES,
+    FORMULA_FUNCTIONS,
+    MAX_MEMBERS,
+    MAX_SEED,
+    PRESETS,
+    RangeTestConfig,
+    TrainConfig,
+    VerifyConfig,
+)
+from rungefit.errors import UsageError
+
+# The exit codes of a run stopped by a signal, as a shell reports them.
+SIGINT_EXIT, SIGTERM_EXIT = 128 + signal.SIGINT, 128 + signal.SIGTERM
+
+
+def _lazy_import(name: str):
+    """The module, loaded on first attribute access (importlib's LazyLoader recipe).
+
+    report imports Rich's console, progress and table machinery, which TAB completion
+    never needs.
+    """
+    spec = importlib.util.find_spec(name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _lazy_import("rungefit.report")
+
+
+class Schedule(str, Enum):
+    constant = "constant"
+    cosine = "cosine"
+    onecycle = "onecycle"
+
+
+class Polish(str, Enum):
+    none = "none"
+    lm = "lm"
+
+
+class Dtype(str, Enum):
+    float32 = "float32"
+    float64 = "float64"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class SweepMode(str, Enum):
+    exp = "exp"
+    linear = "linear"
+
+
+class ExportFormat(str, Enum):
+    pt2 = "pt2"
+    onnx = "onnx"
+    safetensors = "safetensors"
+
+
+DEFAULTS, SWEEP, VERIFY = TrainConfig(), RangeTestConfig(), VerifyConfig()
+
+
+def complete_layers(incomplete: str) -> list[str]:
+    """Complete the activation name after the last WIDTH: of a --layers spec (after a bare WIDTH,
+    every name)."""
+    head, _, last = incomplete.rpartition(",")
+    width, sep, partial = last.partition(":")
+    if not (sep or width.isdigit()):
+        return []
+    prefix = f"{head}," if head else ""
+    return [f"{prefix}{width}:{name}" for name in ACTIVATION_NAMES if name.startswith(partial)]
+
+
+def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The runs in --runs-dir, and `latest` while it names one of them."""
+    from rungefit.runs import LATEST, latest_run, list_run_names
+
+    runs_dir = Path(ctx.params.get("runs_dir") or "runs")
+    names = list_run_names(runs_dir) + ([LATEST] if latest_run(runs_dir) else [])
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def complete_interrupted_run(ctx: typer.Context, incomplete: str) -> list[str]:
+    """--resume offers the runs that can be resumed: the interrupted ones."""
+    from rungefit.runs import list_interrupted_runs
+
+    runs_dir = Path(ctx.params.get("runs_dir") or "runs")
+    return [name for name in list_interrupted_runs(runs_dir) if name.startswith(incomplete)]
+
+
+def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
+    """--seeds N means seeds 0…N-1; --seeds 3,7,11 lists them; otherwise the single --seed."""
+    if seeds is None:
+        return (seed,)
+    text = seeds.strip()
+    try:
+        if "," not in text:
+            count = ascii_int(text)
+            if not 1 <= count <= MAX_MEMBERS:
+                raise UsageError
+            return tuple(range(count))
+        values = tuple(ascii_int(part) for part in text.split(","))
+    except ValueError:
+        raise UsageError(f"--seeds {seeds!r}: expected a count N in 1…{MAX_MEMBERS} (seeds 0…N-1) or a list like 3,7,11") from None
+    if len(set(values)) != len(values) or min(values) < 0 or max(values) > MAX_SEED:
+        raise UsageError(f"--seeds {seeds!r}: seeds must be distinct whole numbers in 0…{MAX_SEED}")
+    return values
+
+
+def ascii_int(text: str) -> int:
+    """A whole number in ASCII digits; ValueError for anything else, such as '１', '٣' or '1_0',
+    which int() would take."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.lstrip("+-").isdigit()):
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(digits)
+
+
+def parse_lr(text: str) -> Optional[float]:
+    """A positive finite float, or None for 'auto'."""
+    if text.strip().lower() == "auto":
+        return None
+    try:
+        if not text.isascii() or "_" in text:  # float() takes '１' and '1_0'
+            raise ValueError
+        value = float(text)
+    except ValueError:
+        raise UsageError(f"--lr {text!r}: expected a positive number such as 3e-2, or 'auto'") from None
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"--lr {text!r}: the learning rate must be a positive finite number")
+    return value
+
+
+def complete_target(incomplete: str) -> list[str]:
+    return [name for name in PRESETS if name.startswith(incomplete)]
+
+
+TARGET_HELP = (
+    "What to fit: a preset, "
+    + "; ".join(f"`{name}` ({preset.about})" for name, preset in PRESETS.items())
+    + " (default: runge). Or a formula in x such as `'exp(-x**2) * cos(5*x)'`: numbers, x, pi, e, `+ - * / **`, "
+    + f"parentheses and {', '.join(FORMULA_FUNCTIONS)}."
+)
+
+
+TargetOption = Annotated[Optional[str], typer.Option("--target", help=TARGET_HELP, autocompletion=complete_target)]
+
+
+DomainOption = Annotated[Optional[str], typer.Option("--domain", help="The interval A,B of the training points, the test grid, the baselines and the plots (default: -1,1; with --data, the data's range).")]
+
+
+DataOption = Annotated[Optional[str], typer.Option("--data", help="Fit measured points instead of a function: a CSV file of two columns x,y (a header line is allowed). --test-fraction of them are the test set; the rest are split into training and validation as usual. The run keeps a copy.")]
+
+
+TestFractionOption = Annotated[float, typer.Option(help="With --data: the share of the points held out as the test set, drawn once (seeded) and the same for every member.")]
+
+
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Directory holding the run directories.", show_default=True)]
+
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of tables.")]
+
+
+XValues = Annotated[Optional[list[float]], typer.Option("--x", help="A point to evaluate at; repeat for several. Outside the run's domain is extrapolation (allowed, with a warning).")]
+
+
+RunName = Annotated[Optional[str], typer.Option("--run", help="Name of the run in --runs-dir (default: the latest run).", autocompletion=complete_run_name)]
+
+
+MemberOption = Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to use (default: the best by validation MSE).", min=0)]
+
+
+def checked_points(values: Optional[list[float]]) -> list[float]:
+    """--x values: NaN or ±inf is a usage error."""
+    points = list(values or [])
+    for value in points:
+        if not math.isfinite(value):
+            raise UsageError(f"--x {value}: expected a finite number")
+    return points
+
+
+def warn_outside(points: list[float], domain: tuple[float, float]) -> None:
+    """--x outside the domain is extrapolation, allowed with a warning."""
+    low, high = domain
+    outside = [value for value in points if not low <= value <= high]
+    if outside:
+        report.warning(f"--x {', '.join(f'{v:g}' for v in outside)}: outside {report.interval(domain)}, where the network was trained, so this is extrapolation")
+
+
+def _was_given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set an option (command line or environment) rather than leaving its default.
+
+    The source is compared by name: Typer carries its own copy of click, whose ParameterSource is not
+    the one `import click` gives.
+    """
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
+def _load_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
+    """The run and the member to study: --member, else the best by validation MSE."""
+    from rungefit import runs
+
+    loaded = runs.load_run(runs_dir, run)
+    _note_latest(loaded)
+    _warn_if_unfinished(loaded)
+    members = loaded.model.members
+    member = loaded.member(member, "--member")
+    source = f"run {loaded.path}, member {member}" + (f" of {members}, best by validation MSE" if members > 1 else "")
+    return loaded, member, source
+
+
+def _note_latest(loaded) -> None:
+    """Say which run `latest` stood for, when it is not the one it names."""
+    if loaded.note:
+        report.note(loaded.note)
+
+
+def _warn_if_unfinished(loaded) -> None:
+    """An interrupted or diverged run is studied as it stands, with a word on what that is."""
+    status, epochs = loaded.checkpoint["status"], loaded.checkpoint["epochs_run"]
+    name = shlex.quote(loaded.path.name)
+    if status == "interrupted":
+        report.warning(
+            f"run {loaded.path.name!r} was interrupted after epoch {epochs} of {loaded.config.epochs}: these are the figures "
+            f"of an unfinished training; `rungefit train --resume {name} --runs-dir {shlex.quote(str(loaded.path.parent))}` continues it"
+        )
+    elif status == "diverged":
+        report.warning(f"run {loaded.path.name!r} diverged in epoch {epochs + 1}: this is its last finite state, from before the divergence")
+
+
+def _write_figure(path: Path, png: bytes) -> None:
+    """Write a figure into the run directory; a failure is a warning, the results stand."""
+    from rungefit import runs
+
+    try:
+        runs.atomic_write(path, png)
+    except OSError as error:
+        report.warning(f"cannot write {path} ({runs.describe(error)}); the results above are complete without it")
+    else:
+        report.note(f"wrote {path}")

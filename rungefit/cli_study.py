@@ -1,0 +1,219 @@
+"""The commands that study a saved run: `grad`, `eval`, `export` and `predict`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rungefit.cli_common import (
+    ExportFormat,
+    JsonFlag,
+    MemberOption,
+    RunName,
+    RunsDir,
+    XValues,
+    _load_member,
+    _write_figure,
+    checked_points,
+    complete_layers,
+    complete_target,
+    report,
+    warn_outside,
+)
+from rungefit.config import (
+    MAX_GRID,
+    MAX_SEED,
+    TrainConfig,
+)
+from rungefit.errors import RungefitError, UsageError
+
+
+def grad(
+    x: XValues = None,
+    grid: Annotated[Optional[int], typer.Option(help="Also check N equally spaced points of the domain and report the largest discrepancies; grad.png then shows them. With neither --x nor --grid: --grid 201.", min=2, max=MAX_GRID)] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Print the chain-rule product for each --x factor by factor: its shape and its value at that x.")] = False,
+    run: RunName = None,
+    runs_dir: RunsDir = Path("runs"),
+    untrained: Annotated[bool, typer.Option("--untrained", help="Study a freshly initialised network (--seed, --layers) instead of a saved run; writes no files.")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="With --untrained: the initialisation seed, as in train (default: 0).", min=0, max=MAX_SEED)] = None,
+    layers: Annotated[Optional[str], typer.Option(help="With --untrained: hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="With --untrained: the target to compare with, as train's --target (default: runge).", autocompletion=complete_target)] = None,
+    domain: Annotated[Optional[str], typer.Option("--domain", help="With --untrained: the interval A,B, as train's --domain.")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="With --untrained: a data file, as train's --data (there is no true derivative then).")] = None,
+    member: MemberOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """The network's derivative `∇a^[L](x)`: the explicit chain-rule product, checked against autograd
+    and a central finite difference, beside the true f'(x) (by autograd of the target's formula; for
+    the default, f'(x) = −50x/(1+25x²)²). Where f is not differentiable, and for data, there is none.
+
+    The product is σ_L'(Z^[L]) · W^[L] diag(σ_{L-1}'(Z^[L-1])) · … · W^[2] diag(σ_1'(Z^[1])), where
+    the input layer's factor diag(σ_1'(Z^[1])) is the identity (a^[1] = x has no activation) and
+    σ_L' = 1 (the output is linear). It runs in float64 whatever the run's dtype. Writes grad.png, the
+    network's derivative beside f' over the domain, into the run directory.
+
+    Example: rungefit grad --x 0.3 --explain
+    """
+    from rungefit import grad as core
+    from rungefit import plots
+    from rungefit.config import DEFAULT_LAYERS, format_layers
+    from rungefit.target import settings, target_of
+
+    points = checked_points(x)
+    if explain and not points:
+        raise UsageError("--explain needs at least one --x to explain the product at")
+    if not points and grid is None:
+        grid = 201
+    if untrained:
+        if run is not None or member is not None:
+            raise UsageError("--untrained studies a new network; drop --run and --member")
+        model = core.untrained_model(DEFAULT_LAYERS if layers is None else layers, seed or 0)
+        goal = target_of(TrainConfig(**settings(target, domain, data)))
+        doc = {"source": f"untrained, seed {seed or 0}", "run": None, "member": 0}
+    else:
+        if seed is not None or layers is not None or target is not None or domain is not None or data is not None:
+            raise UsageError("--seed, --layers, --target, --domain and --data apply only with --untrained; a saved run has its own")
+        loaded, member, source = _load_member(runs_dir, run, member)
+        model = core.as_float64(loaded.model, member)
+        goal = target_of(loaded.config)
+        doc = {"source": source, "run": str(loaded.path), "member": member}
+    warn_outside(points, goal.domain)
+    study = core.study_gradient(model, goal, points, grid, explain)
+    doc = {**doc, "layers": format_layers(model.layers), "dtype": "float64", "target": goal.name, "domain": list(goal.domain), **study.as_dict()}
+    if json_output:
+        report.print_json(doc)
+    else:
+        report.render_grad(doc)
+    if not untrained:
+        curve = study.curve
+        png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"], label=goal.derivative_label)
+        _write_figure(loaded.path / "grad.png", png)
+
+
+def eval_run(
+    run: RunName = None,
+    runs_dir: RunsDir = Path("runs"),
+    points: Annotated[Optional[int], typer.Option(help="Size of the equally spaced test grid on the run's domain (default: the run's, as train scored it). A data run is scored on its held-out test points.", min=2, max=MAX_GRID)] = None,
+    x: XValues = None,
+    baselines: Annotated[bool, typer.Option("--baselines", help="Also score, for d = 10, 20, 40, the polynomial interpolant at d+1 equally spaced nodes, the Chebyshev interpolant of degree d and the cubic spline through the same d+1 nodes. For a data run: the Chebyshev least-squares fit of degree d of the member's training points, and a smoothing spline.")] = False,
+    member: MemberOption = None,
+    json_output: JsonFlag = False,
+) -> None:
+    """Score a saved network on the test grid: MSE, RMSE, max |error| and where it occurs, near the
+    ends (the outer tenth of the domain at each end: |x| > 0.8 on [-1, 1]) and in the middle; on
+    the default grid the MSE is exactly the test MSE that train reported. A data run is scored on
+    its held-out test points. Writes eval.png (f, the network and the errors) into the run directory.
+
+    Example: rungefit eval --baselines --x 0.95
+    """
+    from rungefit import evaluate as core
+    from rungefit import plots
+    from rungefit.target import target_of
+
+    values = checked_points(x)
+    loaded, member, source = _load_member(runs_dir, run, member)
+    goal = target_of(loaded.config)
+    if points is not None and not goal.has_function:
+        raise UsageError("--points: a data run is scored on its held-out test points; drop --points")
+    warn_outside(values, goal.domain)
+    train = core.training_points(loaded.config, member) if baselines and not goal.has_function else None
+    degrees = core.BASELINE_DEGREES if baselines else ()
+    result = core.evaluate(loaded.model, goal, member, points or loaded.config.test_points, values, degrees, train)
+    doc = {"source": source, "run": str(loaded.path), **result.as_dict()}
+    if json_output:
+        report.print_json(doc)
+    else:
+        report.render_eval(doc)
+    curves = result.curves
+    png = plots.eval_png(curves.x, curves.target, curves.prediction, curves.errors, title=source, label=curves.label, error_x=curves.error_x, points=curves.points)
+    _write_figure(loaded.path / "eval.png", png)
+
+
+def export(
+    file_format: Annotated[ExportFormat, typer.Option("--format", help="pt2: torch.export's archive (torch.export.load); onnx: an ONNX model (needs `pip install \"rungefit[onnx]\"`); safetensors: the nn.Sequential's state_dict, with the layer spec, target and domain as metadata.")],
+    run: RunName = None,
+    runs_dir: RunsDir = Path("runs"),
+    member: MemberOption = None,
+    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT in the run directory).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite the file if it exists.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Write one network of a run as a file that other tools load without rungefit.
+
+    The network is the member's plain torch.nn.Sequential (Linear, activation, …, Linear) in the
+    run's dtype. pt2 and onnx take a batch of any size: input x of shape [batch, 1], output y of
+    shape [batch, 1]. Every format records the layer spec, the target and its domain (safetensors
+    and ONNX as metadata, pt2 as its extra file rungefit.json). The file is written atomically and
+    an existing one is kept unless --force is given.
+
+    Example: rungefit export --format onnx --out runge.onnx
+    """
+    from rungefit import export as core
+    from rungefit import runs
+
+    loaded, member, source = _load_member(runs_dir, run, member)
+    path = out or loaded.path / f"member-{member}.{file_format.value}"
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name")
+    if path.exists() and not force:
+        raise RungefitError(f"{path} exists; add --force to overwrite it, or choose another --out")
+    network = loaded.network(member)
+    target = loaded.target()
+    # The target as typed (a preset or a formula), or "data FILE" for a data run.
+    meta = core.metadata(network, loaded.config.target or target.name, target.domain, loaded.path.name, member)
+    data = core.export_bytes(network, file_format.value, meta)
+    try:
+        runs.atomic_write(path, data)
+    except OSError as error:
+        raise RungefitError(f"cannot write {path} ({error.strerror}); choose another --out") from None
+    doc = {"source": source, "run": str(loaded.path), "member": member, "format": file_format.value, "out": str(path), "bytes": len(data), "metadata": meta}
+    if json_output:
+        report.print_json(doc)
+    else:
+        report.render_export(doc)
+
+
+def predict(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="File of x values: one number per line, or a CSV whose first column holds them (a header line is skipped). - or nothing: standard input.")] = "-",
+    run: RunName = None,
+    runs_dir: RunsDir = Path("runs"),
+    member: MemberOption = None,
+    with_grad: Annotated[bool, typer.Option("--grad", help="Add a column dydx: the network's derivative by autograd, in float64 as `rungefit grad` computes it.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Predict y at x values read from a file or a pipe, and print CSV x,y to stdout.
+
+    y is exactly what `eval --x` reports for the same x. The whole input is checked before anything
+    is printed: a line that is not a finite number is an error naming its line number, and then
+    nothing is written. Pipe it: `seq -1 0.01 1 | rungefit predict > fit.csv`.
+
+    Example: rungefit predict xs.csv --grad
+    """
+    from rungefit import predict as core
+
+    loaded, member, _ = _load_member(runs_dir, run, member)
+    x = core.read_x(*_x_lines(file))
+    lo, hi = loaded.target().domain
+    outside = int(((x < lo) | (x > hi)).sum())
+    if outside:
+        report.warning(f"{outside} of the {len(x)} x values lie outside [{lo:g}, {hi:g}], where the network was trained: extrapolation")
+    result = core.predict(loaded.model, member, x, with_grad)
+    if json_output:
+        report.print_json({"run": str(loaded.path), "member": member, "points": len(x), **result.as_dict()})
+    else:
+        report.print_plain(result.csv())
+
+
+def _x_lines(file: str):
+    """(the lines of FILE or of standard input, as bytes; the name to show in errors)."""
+    if file == "-":
+        if sys.stdin.isatty():
+            report.note("reading x values from standard input, one per line (end with Ctrl-D)")
+        return sys.stdin.buffer, "standard input"
+    try:
+        return Path(file).read_bytes().splitlines(), file
+    except OSError as error:
+        raise UsageError(f"FILE {file}: cannot read it ({error.strerror})") from None

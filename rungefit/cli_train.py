@@ -1,0 +1,401 @@
+"""The commands that train: `train` (with --resume and --lr auto) and `lr-find`."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rungefit.cli_common import (
+    DEFAULTS,
+    SIGINT_EXIT,
+    SIGTERM_EXIT,
+    SWEEP,
+    VERIFY,
+    DataOption,
+    Device,
+    DomainOption,
+    Dtype,
+    JsonFlag,
+    Polish,
+    RunsDir,
+    Schedule,
+    SweepMode,
+    TargetOption,
+    TestFractionOption,
+    _note_latest,
+    _was_given,
+    complete_interrupted_run,
+    complete_layers,
+    parse_lr,
+    parse_seeds,
+    report,
+)
+from rungefit.config import (
+    MAX_EPOCHS,
+    MAX_SEED,
+    MAX_WORKERS,
+    MIN_MEMBERS_PER_WORKER,
+)
+from rungefit.errors import RungefitError, UsageError
+from rungefit.phases import Phases
+
+BATCH_HELP = "Mini-batch size; the last batch of an epoch may be smaller. Larger than the training set: every step uses the whole set (full-batch), with a warning."
+
+
+# Options that may go with --resume: where the run is and how to show it; the rest is the saved run's.
+RESUME_ALLOWS = ("resume", "runs_dir", "quiet", "json_output")
+
+
+def train(
+    ctx: typer.Context,
+    layers: Annotated[str, typer.Option(help="Hidden layers as WIDTH:ACTIVATION items; the output layer is linear.", autocompletion=complete_layers)] = DEFAULTS.layers,
+    points: Annotated[int, typer.Option(help="Training points drawn uniformly from the domain, validation included (with --data: the data's). More points mean more Adam steps per epoch, and the fit is limited by the steps, not by data (docs/accuracy.md).")] = DEFAULTS.points,
+    val_fraction: Annotated[float, typer.Option(help="Share of the points held out for validation, in (0, 1).")] = DEFAULTS.val_fraction,
+    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = DEFAULTS.batch_size,
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = DEFAULTS.epochs,
+    lr: Annotated[str, typer.Option(help="Peak Adam learning rate, or 'auto': a range test and a short stacked training at a grid of rates choose one (see lr-find).")] = f"{DEFAULTS.lr:g}",
+    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule over the optimizer steps.")] = Schedule(DEFAULTS.schedule),
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the training points and the shuffling.", min=0, max=MAX_SEED)] = 0,
+    seeds: Annotated[Optional[str], typer.Option(help="Train one member per seed in one stacked run: a count N (seeds 0…N-1) or a list 3,7,11. Overrides --seed.")] = None,
+    dtype: Annotated[Dtype, typer.Option(help="Floating-point precision of the model and data.")] = Dtype(DEFAULTS.dtype),
+    device: Annotated[Device, typer.Option(help="Where to train: auto picks cuda when a GPU is present.")] = Device.auto,
+    polish: Annotated[Polish, typer.Option(help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (what it gains and what it costs: docs/accuracy.md).")] = Polish(DEFAULTS.polish),
+    polish_iterations: Annotated[int, typer.Option(help="Levenberg-Marquardt iterations per member with --polish lm.")] = DEFAULTS.polish_iterations,
+    workers: Annotated[int, typer.Option(help=f"CPU processes that share the members of a stacked run. 0: one per core, each with at least {MIN_MEMBERS_PER_WORKER} members; 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = DEFAULTS.workers,
+    target: TargetOption = None,
+    domain: DomainOption = None,
+    data: DataOption = None,
+    test_fraction: TestFractionOption = DEFAULTS.test_fraction,
+    runs_dir: RunsDir = Path("runs"),
+    name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
+    resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_interrupted_run)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the final table.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Train the network on the target (the Runge function unless --target or --data says
+    otherwise) and save the run (model, history, plots).
+
+    The defaults reproduce the reference experiment's setup (1 → 20 tanh → 10 sigmoid → 20 tanh →
+    10 sigmoid → 1, Adam, MSE, mini-batches of 39, 300 epochs, 30 % validation, 100 test points).
+    Ctrl-C stops after the current optimizer step (or LM iteration of --polish lm), saves the last
+    completed epoch as an "interrupted" run and exits 130; `rungefit train --resume NAME`
+    continues it (an interrupted polish runs again from the start).
+
+    Example: rungefit train --seed 1 --name first
+    """
+    from rungefit import runs
+    from rungefit import train as core
+
+    phases = Phases(ctx.obj["started"])
+    if resume is not None:
+        _refuse_options_beside_resume(ctx, resume)
+        _resume_run(runs_dir, resume, quiet, json_output, phases)
+        return
+    lr_value = parse_lr(lr)
+    settings = dict(
+        layers=layers, points=points, val_fraction=val_fraction, batch_size=batch_size, epochs=epochs,
+        lr=lr_value or core.TrainConfig.lr, schedule=schedule.value, seeds=parse_seeds(seed, seeds), dtype=dtype.value,
+        device=core.resolve_device(device.value), polish=polish.value, polish_iterations=polish_iterations, workers=workers,
+    )
+    config = core.TrainConfig(**{**settings, **target_settings(ctx, target, domain, data, test_fraction)})
+    config.validate()
+    # A --name is reserved now, so that a clash fails before training; leaving unsaved gives it up.
+    with runs.prepare_runs_dir(runs_dir, name) or nullcontext() as reservation:
+        warn_if_full_batch(config)
+        lr_extra = {}
+        if lr_value is None:
+            phases.end("start_up")
+            config, lr_extra = _auto_lr(config, quiet or json_output)
+            phases.end("rate_search")
+
+        def save(result) -> Path:
+            return runs.save_new_run(runs_dir, name, _run_files(result, lr_extra, phases), reservation)
+
+        _train_and_report(config, save, lr_extra, quiet, json_output, phases)
+
+
+def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[str], data: Optional[str], test_fraction: float) -> dict:
+    """The TrainConfig fields of --target, --domain, --data and --test-fraction (with data, the
+    points too), checked: the target is parsed and checked for NaN/inf here, before any work."""
+    from rungefit.target import settings
+
+    if data is None and _was_given(ctx, "test_fraction"):
+        raise UsageError("--test-fraction applies only with --data")
+    fields = settings(target, domain, data, test_fraction)
+    if data is not None and _was_given(ctx, "points"):
+        raise UsageError("--points: with --data the points are the data's; drop --points")
+    return fields
+
+
+def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
+    """A resumed run keeps its saved settings: any other option given with --resume is a usage error."""
+    given = [param.opts[0] for param in ctx.command.params if param.name not in RESUME_ALLOWS and _was_given(ctx, param.name)]
+    if given:
+        raise UsageError(
+            f"--resume {name} continues the run with its saved settings; drop {', '.join(given)} "
+            "(only --runs-dir, --quiet and --json go with --resume)"
+        )
+
+
+def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phases: Phases) -> None:
+    """Continue an interrupted run in place from its last completed epoch."""
+    from dataclasses import replace
+
+    from rungefit import runs
+    from rungefit import train as core
+
+    # The run stays locked until it is saved: no other process updates it meanwhile.
+    with runs.run_for_update(runs_dir, name) as loaded:
+        _note_latest(loaded)
+        state = runs.resume_state(loaded)
+        config = replace(loaded.config, device=core.resolve_device(loaded.config.device))
+        # How --lr auto chose the rate: the resumed part does not choose again, so carry it over.
+        carried = {key: loaded.summary[key] for key in ("lr_choice", "lr_auto") if key in loaded.summary}
+        if not (quiet or json_output):
+            report.note(f"resuming run {loaded.path} at epoch {state.epochs_run + 1} of {config.epochs}")
+
+        def save(result) -> Path:
+            runs.update_run(loaded.path, _run_files(result, carried, phases), loaded.owner)
+            return loaded.path
+
+        _train_and_report(config, save, carried, quiet, json_output, phases, resume=state)
+
+
+def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_output: bool, phases: Phases, resume=None) -> None:
+    """fit with Ctrl-C and SIGTERM handling, save(result) → the run directory, render; an
+    interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM), a complete one whose members all learned
+    nothing 1."""
+    from rungefit import train as core
+
+    progress, on_epoch, on_polish = report.training_progress(config.epochs, quiet or json_output)
+    phases.end("start_up")
+    with _ctrl_c_stops_training() as stop_requested:
+        try:
+            with progress:
+                result = core.fit(config, on_epoch=on_epoch, should_stop=stop_requested, resume=resume, on_polish=on_polish)
+        except core.DivergedError as diverged:
+            path = save(diverged.result)
+            raise RungefitError(f"{diverged} (last finite state saved in {path})") from None
+        phases.end("training", **({"polish": result.polish_time_s} if config.polish != "none" else {}))
+        if result.status == "interrupted" and result.epochs_run == (resume.epochs_run if resume else 0):
+            _nothing_new_to_save(resume, config.epochs, stop_requested)
+        path = save(result)
+        phases.end("saving_and_plots")
+    summary = {**result.summary(), "run": str(path), "schedule": config.schedule, **summary_extra, "times_s": phases.as_dict()}
+    interrupted = result.status == "interrupted"
+    if interrupted:
+        summary["resume"] = f"rungefit train --resume {shlex.quote(path.name)} --runs-dir {shlex.quote(str(path.parent))}"
+    if json_output:
+        report.print_json({**summary, "config": asdict(result.config)})
+    else:
+        report.render_train(summary, str(path))
+    if interrupted:
+        if result.epochs_run == config.epochs:
+            report.warning(f"{stop_requested.cause} during the polish: all {config.epochs} epochs are saved in {path}, unpolished; `{summary['resume']}` runs the polish")
+        else:
+            report.warning(f"{stop_requested.cause}: epoch {result.epochs_run} of {config.epochs} is saved in {path}; continue with `{summary['resume']}`")
+        raise typer.Exit(stop_requested.exit_code)
+    _judge_fit(summary)
+
+
+def _judge_fit(summary: dict) -> None:
+    """Members that learned nothing: a warning naming them; when none learned, the same as the
+    error line of a failed run, exit 1 (the run is saved and shown all the same)."""
+    from rungefit.evaluate import FIT_NONE, FIT_OK, TRAINED_BELOW
+
+    if summary["fit"] == FIT_OK:
+        return
+    message = report.nothing_learned(summary, TRAINED_BELOW)
+    if summary["fit"] != FIT_NONE:
+        report.warning(message)
+        return
+    report.error(message)
+    raise typer.Exit(1)
+
+
+def _nothing_new_to_save(resume, epochs: int, stop: StopRequest) -> None:
+    """The stop came before an epoch (or a resumed polish) completed: say so and exit 130 or 143
+    without touching the runs directory."""
+    if resume is None:
+        report.warning(f"{stop.cause} before the first epoch completed; nothing was saved")
+    elif resume.epochs_run == epochs:
+        report.warning(f"{stop.cause} during the polish again; the run still resumes at the polish")
+    else:
+        report.warning(f"{stop.cause} before epoch {resume.epochs_run + 1} completed; the run still resumes from epoch {resume.epochs_run}")
+    raise typer.Exit(stop.exit_code)
+
+
+class StopRequest:
+    """Set by Ctrl-C (SIGINT) or SIGTERM while training; fit asks it after every step. The first
+    signal decides the exit code (130 or 143) and the word for it."""
+
+    def __init__(self):
+        self.signal: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signal is not None
+
+    def set(self, signum: int, frame=None) -> None:
+        if self.signal is None:
+            self.signal = signum
+
+    @property
+    def exit_code(self) -> int:
+        return SIGTERM_EXIT if self.signal == signal.SIGTERM else SIGINT_EXIT
+
+    @property
+    def cause(self) -> str:
+        return "terminated (SIGTERM)" if self.signal == signal.SIGTERM else "interrupted"
+
+
+@contextmanager
+def _ctrl_c_stops_training():
+    """While training and saving, Ctrl-C (SIGINT) and SIGTERM set a StopRequest instead of raising
+    wherever Python happens to be; fit reads it after each optimizer step and stops cleanly.
+
+    Yields the request. Further signals are absorbed until the run is saved, because the save
+    takes a moment and aborting it would lose the epochs the first signal meant to keep. The
+    previous handlers come back afterwards.
+    """
+    request = StopRequest()
+    previous = {signum: signal.signal(signum, request.set) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield request
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def warn_if_full_batch(config) -> None:
+    """--batch-size above the training set is allowed: every step then uses the whole set."""
+    if config.batch_size > config.n_train:
+        report.warning(
+            f"--batch-size {config.batch_size} is larger than the {config.n_train} training points; "
+            "every step uses the whole training set (full-batch)"
+        )
+
+
+def _run_files(result, summary_extra: dict, phases: Phases) -> dict[str, bytes]:
+    from rungefit import plots, runs
+    from rungefit.evaluate import fit_curves
+    from rungefit.target import target_of
+
+    curves = fit_curves(result.model, target_of(result.config))
+    pictures = {
+        "fit.png": plots.fit_png(curves.x, curves.target, curves.predictions, title=f"{result.config.layers}", label=curves.label, points=curves.points),
+        "loss.png": plots.loss_png(result.history.train_mse, result.history.val_mse, None if result.polish is None else result.polish.curves.numpy()),
+    }
+    # summary.json cannot hold the time of its own writing: its times end as it is made.
+    times = phases.as_dict(ongoing="saving_and_plots")
+    return runs.run_files(result, {}, {"schedule": result.config.schedule, **summary_extra, "times_s": times}, pictures)
+
+
+def lr_find_command(
+    ctx: typer.Context,
+    layers: Annotated[Optional[str], typer.Option(help="Hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
+    points: Annotated[Optional[int], typer.Option(help="Training points, validation included (default: train's).")] = None,
+    val_fraction: Annotated[Optional[float], typer.Option(help="Share of the points held out for validation (default: train's).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size: one range-test step per mini-batch (default: train's). Larger than the training set: full-batch, with a warning.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the points and the shuffling, as in train.", min=0, max=MAX_SEED)] = 0,
+    seeds: Annotated[Optional[str], typer.Option(help="Repeat the range test over several seeds (a count N or a list 3,7,11) and report each rule's median and its spread in decades. Overrides --seed.")] = None,
+    dtype: Annotated[Optional[Dtype], typer.Option(help="Floating-point precision (default: train's).")] = None,
+    device: Annotated[Device, typer.Option(help="Where to run: auto picks cuda when a GPU is present.")] = Device.auto,
+    start_lr: Annotated[float, typer.Option(help="Rate of the first step of the sweep.")] = SWEEP.start_lr,
+    end_lr: Annotated[float, typer.Option(help="Rate of the last step of the sweep.")] = SWEEP.end_lr,
+    iters: Annotated[int, typer.Option(help="Steps of the sweep, one mini-batch each.")] = SWEEP.iters,
+    mode: Annotated[SweepMode, typer.Option(help="Spacing of the rates: exp (even in log lr) or linear.")] = SweepMode(SWEEP.mode),
+    smooth: Annotated[float, typer.Option(help="Decay of the bias-corrected moving average of the loss, in [0, 1).")] = SWEEP.smooth,
+    diverge: Annotated[float, typer.Option(help="Stop a seed once its smoothed loss exceeds this multiple of its best (or any loss is NaN/inf).")] = SWEEP.diverge,
+    val: Annotated[bool, typer.Option("--val", help="Also record the full validation loss after every step.")] = False,
+    verify: Annotated[bool, typer.Option("--verify", help="Train real models at a grid of rates plus each rule's suggestion, all as one stacked fit, and report which rate is best and how far each suggestion lands from it.")] = False,
+    verify_rates: Annotated[int, typer.Option(help="Grid rates for --verify, half a decade apart, below the divergence point.", min=1)] = VERIFY.rates,
+    verify_seeds: Annotated[int, typer.Option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = VERIFY.seeds,
+    verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1, max=MAX_EPOCHS)] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule of the --verify trainings (default: train's).")] = None,
+    target: TargetOption = None,
+    domain: DomainOption = None,
+    data: DataOption = None,
+    test_fraction: TestFractionOption = DEFAULTS.test_fraction,
+    runs_dir: RunsDir = Path("runs"),
+    out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png (default: `RUNS_DIR/lr-find/<timestamp>`).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar for --verify.")] = False,
+    json_output: JsonFlag = False,
+) -> None:
+    """Find a learning rate: the range test (Smith 2017) with the steepest, valley and minimum
+    rules, and with --verify the evidence, real trainings at a grid of rates.
+
+    The rate rises every mini-batch from --start-lr to --end-lr on train's model and data; the
+    model, the optimizer and the RNG state are restored afterwards. On this problem the curve sits
+    near Var(y) for most of the sweep (the network first learns the mean), and lr-find warns when
+    it never falls clearly below it: the rules are guesses then, and --verify says which rate trains.
+
+    Example: rungefit lr-find --seeds 3 --verify
+    """
+    from rungefit import lr_find as core
+    from rungefit import runs
+    from rungefit import train as training
+
+    shape = {"layers": layers, "points": points, "val_fraction": val_fraction, "batch_size": batch_size, "epochs": verify_epochs, "schedule": schedule and schedule.value, "dtype": dtype and dtype.value}
+    shape = {**{k: v for k, v in shape.items() if v is not None}, **target_settings(ctx, target, domain, data, test_fraction)}
+    config = training.TrainConfig(seeds=parse_seeds(seed, seeds), device=training.resolve_device(device.value), **shape)
+    config.validate()
+    test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
+    test.validate()
+    verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds)
+    verify_config.validate()  # with or without --verify: a value given is checked
+    # Fail on an unusable directory now, not after the range test.
+    if out is None:
+        runs.prepare_runs_dir(runs_dir / runs.LR_FIND_DIR, None)
+    else:
+        runs.ensure_writable_dir(out, "--out")
+    warn_if_full_batch(config)
+    progress, on_epoch, _ = report.training_progress(config.epochs, quiet or json_output or not verify)
+    with progress:
+        findings = core.lr_find(config, test, verify_config if verify else None, on_epoch)
+    doc = {**findings.to_json(), "config": asdict(config)}
+    path = _save_lr_find(doc, findings.test.csv(), runs_dir, out)
+    if json_output:
+        report.print_json({**doc, "out": str(path)})
+    else:
+        report.render_lr_find(doc, str(path))
+
+
+def _save_lr_find(doc: dict, csv_text: str, runs_dir: Path, out: Optional[Path]) -> Path:
+    """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>."""
+    from rungefit import plots, runs
+
+    files = {
+        "lr_find.csv": csv_text.encode(),
+        "lr_find.json": runs.json_bytes(doc),
+        "lr_find.png": plots.lr_find_png(doc["range_test"]["members"], {rule: s["median"] for rule, s in doc["suggestions"].items()}),
+    }
+    if doc["verification"]:
+        files["lr_verify.png"] = plots.lr_verify_png(doc["verification"])
+    if out is None:
+        return runs.save_new_run(runs_dir / runs.LR_FIND_DIR, None, files)
+    runs.ensure_writable_dir(out, "--out")
+    try:
+        runs.write_files(out, files)
+    except OSError as error:
+        raise RungefitError(f"--out {out}: cannot write there ({error.strerror}); choose another directory") from None
+    return out
+
+
+def _auto_lr(config, quiet: bool):
+    """--lr auto: the config with the chosen rate, and the summary entries that say how it was chosen."""
+    from dataclasses import replace
+
+    from rungefit.lr_find import choose_lr
+
+    if not quiet:
+        report.note("--lr auto: choosing the rate with a range test and a short stacked training…")
+    choice = choose_lr(config)
+    if not quiet:
+        report.note(f"--lr auto chose {choice.lr:.3g}: {choice.how}")
+    return replace(config, lr=choice.lr), {"lr_choice": choice.how, "lr_auto": choice.to_json()}
