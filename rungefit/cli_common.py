@@ -17,10 +17,16 @@ import typer
 
 from rungefit.config import (
     ACTIVATION_NAMES,
+    DEVICES,
+    DTYPE_NAMES,
+    EXPORT_FORMATS,
     FORMULA_FUNCTIONS,
     MAX_MEMBERS,
     MAX_SEED,
+    MODES,
+    POLISHES,
     PRESETS,
+    SCHEDULES,
     RangeTestConfig,
     TrainConfig,
     VerifyConfig,
@@ -48,37 +54,17 @@ def _lazy_import(name: str):
 report = _lazy_import("rungefit.report")
 
 
-class Schedule(str, Enum):
-    constant = "constant"
-    cosine = "cosine"
-    onecycle = "onecycle"
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """An Enum of config's names for an option with a fixed set of values (Typer lists them in --help)."""
+    return Enum(name, [(value, value) for value in values], type=str)
 
 
-class Polish(str, Enum):
-    none = "none"
-    lm = "lm"
-
-
-class Dtype(str, Enum):
-    float32 = "float32"
-    float64 = "float64"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class SweepMode(str, Enum):
-    exp = "exp"
-    linear = "linear"
-
-
-class ExportFormat(str, Enum):
-    pt2 = "pt2"
-    onnx = "onnx"
-    safetensors = "safetensors"
+Schedule = choices("Schedule", SCHEDULES)
+Polish = choices("Polish", POLISHES)
+Dtype = choices("Dtype", DTYPE_NAMES)
+Device = choices("Device", DEVICES)
+SweepMode = choices("SweepMode", MODES)
+ExportFormat = choices("ExportFormat", EXPORT_FORMATS)
 
 
 DEFAULTS, SWEEP, VERIFY = TrainConfig(), RangeTestConfig(), VerifyConfig()

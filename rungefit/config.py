@@ -19,6 +19,7 @@ DTYPE_NAMES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 POLISHES = ("none", "lm")
 MODES = ("exp", "linear")  # spacing of lr-find's sweep
+EXPORT_FORMATS = ("pt2", "onnx", "safetensors")  # rungefit export --format
 
 # Upper bounds that turn absurd sizes into a clear error instead of an allocation failure.
 MAX_WIDTH = 4096

@@ -78,7 +78,7 @@ def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
         except ValueError:
             if index == 0:  # a header
                 continue
-            bad = next(cell for cell in cells if not _is_number(cell))
+            bad = next(cell for cell in cells if not is_number(cell))
             raise UsageError(f"{label}, line {number}: {bad[:20]!r} is not a number") from None
         if not all(math.isfinite(v) for v in pair):
             raise UsageError(f"{label}, line {number}: {line.strip()[:40]!r} has a NaN or infinite value")
@@ -89,7 +89,8 @@ def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
     return points[:, 0].copy(), points[:, 1].copy()
 
 
-def _is_number(cell: str) -> bool:
+def is_number(cell: str) -> bool:
+    """Whether float() reads the text."""
     try:
         float(cell)
     except ValueError:

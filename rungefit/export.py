@@ -22,7 +22,6 @@ from rungefit.config import format_layers
 from rungefit.errors import RungefitError
 from rungefit.model import sequential_layers
 
-FORMATS = ("pt2", "onnx", "safetensors")
 # What `pip install` needs for --format onnx: torch.onnx's exporter imports onnx and onnxscript.
 ONNX_EXTRA = "rungefit[onnx]"
 # The example batch traced by torch.export: larger than 1, which torch.export would specialise.
@@ -49,7 +48,7 @@ def metadata(network: torch.nn.Sequential, target: str, domain: tuple[float, flo
 
 
 def export_bytes(network: torch.nn.Sequential, file_format: str, meta: dict[str, str]) -> bytes:
-    """The file's contents for `file_format`, one of FORMATS."""
+    """The file's contents for `file_format`, one of config.EXPORT_FORMATS."""
     exporters = {"pt2": pt2_bytes, "onnx": onnx_bytes, "safetensors": safetensors_bytes}
     return exporters[file_format](network, meta)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rungefit.datafile import is_number
 from rungefit.errors import UsageError
 from rungefit.evaluate import member_prediction
 from rungefit.grad import as_float64, autograd_gradient
@@ -37,7 +38,7 @@ def read_x(lines: Iterable[bytes], source: str) -> np.ndarray:
         if len(values) >= MAX_VALUES:
             raise UsageError(f"{source}: more than {MAX_VALUES} x values; split the input")
         field = _first_field(raw, number, source)
-        if not field or (number == 1 and HEADER.fullmatch(field) and not _is_number(field)):
+        if not field or (number == 1 and HEADER.fullmatch(field) and not is_number(field)):
             continue
         try:
             value = float(field)
@@ -60,13 +61,6 @@ def _first_field(raw: bytes, number: int, source: str) -> str:
         raise UsageError(f"{source}, line {number}: not UTF-8 text") from None
     return re.split(r"[,\t]", line, maxsplit=1)[0].strip().strip('"').strip()
 
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
