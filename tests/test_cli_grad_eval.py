@@ -5,6 +5,8 @@ import itertools
 import json
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -171,3 +173,15 @@ def test_studying_an_unfinished_run_says_so(unfinished, command, run, words):
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and all(word in warnings[0] for word in words), result.stderr
+
+
+@pytest.mark.parametrize("first", ["rungefit.report", "rungefit.report_study"])
+def test_report_hands_out_the_grad_and_eval_renderers_whichever_module_loads_first(first):
+    code = (
+        f"import importlib, sys\nimportlib.import_module({first!r})\n"
+        "from rungefit import report, report_study\n"
+        "assert report.render_grad is report_study.render_grad and report.render_eval is report_study.render_eval\n"
+        "assert not hasattr(report, 'render_nothing')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
