@@ -86,7 +86,9 @@ def grad(
     if json_output:
         report.print_json(doc)
     else:
-        report.render_grad(doc)
+        from rungefit.report_study import render_grad
+
+        render_grad(doc)
     if not untrained:
         curve = study.curve
         png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"], label=goal.derivative_label)
@@ -126,7 +128,9 @@ def eval_run(
     if json_output:
         report.print_json(doc)
     else:
-        report.render_eval(doc)
+        from rungefit.report_study import render_eval
+
+        render_eval(doc)
     curves = result.curves
     png = plots.eval_png(curves.x, curves.target, curves.prediction, curves.errors, title=source, label=curves.label, error_x=curves.error_x, points=curves.points)
     _write_figure(loaded.path / "eval.png", png)
