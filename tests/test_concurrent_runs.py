@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rungefit import runs
+from rungefit import runs, runsave
 from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
@@ -68,7 +68,7 @@ def files():
 @pytest.mark.parametrize("failure", [OSError, KeyboardInterrupt])
 @pytest.mark.parametrize("stage", ["writing", "moving"])
 def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch, files, failure, stage):
-    real_write, real_replace = runs.atomic_write, os.replace
+    real_write, real_replace = runsave.atomic_write, os.replace
 
     def failing_write(path, data):
         if path.name == "summary.json":
@@ -81,9 +81,9 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch, files, failu
         real_replace(source, target)
 
     if stage == "writing":
-        monkeypatch.setattr(runs, "atomic_write", failing_write)
+        monkeypatch.setattr(runsave, "atomic_write", failing_write)
     else:
-        monkeypatch.setattr(runs.os, "replace", failing_replace)
+        monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(runs.RunError if failure is OSError else failure):
         runs.save_new_run(tmp_path, "r", files)
     assert list(tmp_path.iterdir()) == []
@@ -210,7 +210,7 @@ def test_an_update_killed_at_any_step_is_the_old_or_the_new_run_at_the_next_load
         assert loaded.checkpoint["status"] == loaded.summary["status"]
         # What a kill may leave: a staging directory, which the next save removes, and a
         # temporary file of `latest`, cut short while being written.
-        assert all(name.startswith((runs.STAGING_PREFIX, ".latest.")) for name in hidden(runs_dir)), step
+        assert all(name.startswith((runsave.STAGING_PREFIX, ".latest.")) for name in hidden(runs_dir)), step
         runs.save_new_run(runs_dir, "later", two_versions[0])
         assert all(name.startswith(".latest.") for name in hidden(runs_dir)), step
     assert step > 10  # the updates did get killed all along the way
@@ -225,13 +225,13 @@ def test_a_new_run_killed_at_any_step_is_absent_or_complete_and_its_name_stays_u
         runs_dir = tmp_path / f"kill-{step}"
         runs_dir.mkdir()
         runs.save_new_run(runs_dir, "before", two_versions[0])
-        if not killed_at(step, lambda runs_dir=runs_dir: runs.save_new_run(runs_dir, None, files, runs.reserve(runs_dir, "x"))):
+        if not killed_at(step, lambda runs_dir=runs_dir: runs.save_new_run(runs_dir, None, files, runsave.reserve(runs_dir, "x"))):
             break
         run_dir = runs_dir / "x"
         if run_dir.exists() and os.listdir(run_dir):
             assert snapshot(run_dir) == files, step
         else:  # nothing, or the empty reservation of a dead process: the name is free again
-            runs.reserve(runs_dir, "x").release()
+            runsave.reserve(runs_dir, "x").release()
         assert runs.load_run(runs_dir, None).path.name in ("before", "x")
     assert step > 5
     assert snapshot(runs_dir / "x") == files and (runs_dir / "latest").read_text() == "x\n"

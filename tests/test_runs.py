@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from rungefit import runs
+from rungefit import runlock, runs, runsave
 from rungefit.config import TrainConfig
 from rungefit.errors import UsageError
 from rungefit.evaluate import grid_errors
@@ -41,7 +41,7 @@ def test_latest_names_the_newest_run(tmp_path, result):
 
 
 def test_default_names_never_collide(tmp_path, result, monkeypatch):
-    monkeypatch.setattr(runs, "default_run_name", lambda: "same")
+    monkeypatch.setattr(runsave, "default_run_name", lambda: "same")
     names = [save(tmp_path, result).name for _ in range(3)]
     assert names == ["same", "same-2", "same-3"]
 
@@ -100,7 +100,7 @@ def test_latest_falls_back_to_the_newest_run_that_still_exists_and_says_which(tm
 
 def test_latest_and_the_run_listing_skip_reservations_staging_and_lr_find(tmp_path, result):
     save(tmp_path, result, "a")
-    reservation = runs.reserve(tmp_path, "reserved")
+    reservation = runsave.reserve(tmp_path, "reserved")
     for name in (".staging-x", "lr-find"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "model.pt").write_bytes((tmp_path / "a" / "model.pt").read_bytes())
@@ -113,21 +113,21 @@ def test_latest_and_the_run_listing_skip_reservations_staging_and_lr_find(tmp_pa
 
 
 def test_a_name_in_use_is_refused_until_its_owner_lets_go_or_dies(tmp_path):
-    held = runs.reserve(tmp_path, "x")
+    held = runsave.reserve(tmp_path, "x")
     with pytest.raises(runs.RunError, match="in use by another rungefit process"):
-        runs.reserve(tmp_path, "x")
+        runsave.reserve(tmp_path, "x")
     # A process that reserves and dies without a word (as on SIGKILL): the kernel frees its lock.
     child = os.fork()
     if child == 0:
         try:
-            runs.reserve(tmp_path, "killed")
+            runsave.reserve(tmp_path, "killed")
         finally:
             os._exit(0)
     os.waitpid(child, 0)
     assert os.listdir(tmp_path / "killed") == []
-    runs.reserve(tmp_path, "killed").release()  # reclaimed
+    runsave.reserve(tmp_path, "killed").release()  # reclaimed
     held.release()
-    runs.reserve(tmp_path, "x").release()
+    runsave.reserve(tmp_path, "x").release()
 
 
 def test_json_files_and_json_output_write_null_for_a_non_finite_figure(capsys):
@@ -159,8 +159,8 @@ def test_a_run_being_resumed_cannot_be_resumed_a_second_time(tmp_path):
 
 def test_a_runs_directory_held_too_long_is_an_error_not_a_hang(tmp_path, result, monkeypatch):
     save(tmp_path, result, "a")
-    monkeypatch.setattr(runs, "LOCK_WAIT_S", 0.05)
-    holder = runs.DirLock.take(tmp_path)  # as another process in a step would hold it
+    monkeypatch.setattr(runlock, "LOCK_WAIT_S", 0.05)
+    holder = runlock.DirLock.take(tmp_path)  # as another process in a step would hold it
     try:
         with pytest.raises(runs.RunError, match="stays locked by another rungefit process"):
             runs.load_run(tmp_path, "a")

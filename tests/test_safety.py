@@ -22,6 +22,8 @@ from rungefit import runs
 from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.evaluate import best_member
+from rungefit.runformat import CHECKPOINT_FORMAT
+from rungefit.runread import FILE_LIMITS
 from rungefit.train import fit
 
 runner = CliRunner()
@@ -89,7 +91,7 @@ def test_wrong_architecture(run_copy):
 
 def test_newer_format_is_refused_with_advice(run_copy):
     runs_dir, run_dir = run_copy
-    rewrite_checkpoint(run_dir, lambda c: c.update(format=runs.CHECKPOINT_FORMAT + 1))
+    rewrite_checkpoint(run_dir, lambda c: c.update(format=CHECKPOINT_FORMAT + 1))
     with pytest.raises(runs.RunError, match="upgrade rungefit"):
         runs.load_run(runs_dir, "r")
 
@@ -270,7 +272,7 @@ def test_a_run_file_that_is_not_a_regular_file_is_refused_without_blocking(inter
 
 def test_a_run_file_larger_than_any_run_writes_is_refused_unread(interrupted, monkeypatch):
     runs_dir, run_dir = interrupted
-    monkeypatch.setitem(runs.FILE_LIMITS, "summary.json", 100)
+    monkeypatch.setitem(FILE_LIMITS, "summary.json", 100)
     with pytest.raises(runs.RunError, match=r"summary.json holds \d+ bytes, more than its 100 at most"):
         runs.load_run(runs_dir, "r")
 

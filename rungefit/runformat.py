@@ -1,0 +1,231 @@
+"""What each file of a run holds: the bytes a save writes (run_files), and the schema checks that
+what a load reads back must pass (config.json, model.pt, summary.json), side by side so that a
+change of format is made, written and checked in one place.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import asdict, fields
+from pathlib import Path
+from typing import Any
+
+from rungefit import schema
+from rungefit.errors import UsageError
+from rungefit.runlayout import CONFIG_FILE, MODEL_FILE, RETRAIN, SUMMARY_FILE, RunError, damaged
+
+CHECKPOINT_FORMAT = 1
+STATUSES = ("complete", "interrupted", "diverged")
+
+
+# ---------------------------------------------------------------- writing
+
+
+def checkpoint_bytes(result, extra: dict | None = None) -> bytes:
+    """model.pt: format, layer spec, members, dtype, the tensors, and what --resume needs: the
+    optimizer state, the epochs run and the history (as float64 [epochs, K] tensors: exact for
+    float32 and float64 runs alike, and stored as raw bytes rather than one pickled float each)."""
+    import torch
+
+    curves = {name: torch.tensor(values, dtype=torch.float64).reshape(len(values), result.model.members) for name, values in asdict(result.history).items()}
+    state = {
+        "format": CHECKPOINT_FORMAT,
+        "layers": result.config.layers,
+        "members": result.model.members,
+        "dtype": result.config.dtype,
+        "state_dict": {k: v.cpu() for k, v in result.model.state_dict().items()},
+        "optimizer": {k: (v.cpu() if hasattr(v, "cpu") else v) for k, v in result.optimizer.state_dict().items()},
+        "epochs_run": result.epochs_run,
+        "history": curves,
+        "status": result.status,
+        **(extra or {}),
+    }
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    return buffer.getvalue()
+
+
+def history_csv(history, seeds) -> bytes:
+    """One row per epoch per member."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["epoch", "member", "seed", "train_mse", "val_mse", "lr"])
+    for epoch, (train, val, lr) in enumerate(zip(history.train_mse, history.val_mse, history.lr), start=1):
+        for member, seed in enumerate(seeds):
+            writer.writerow([epoch, member, seed, repr(train[member]), repr(val[member]), repr(lr[member])])
+    return out.getvalue().encode()
+
+
+def _finite_or_null(value: Any) -> Any:
+    """value with every NaN and ±inf float, however deeply nested, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
+def json_text(document: dict) -> str:
+    """Strict JSON: a non-finite figure is written null (NaN and Infinity are not JSON, and strict
+    parsers refuse them)."""
+    return json.dumps(_finite_or_null(document), indent=2, allow_nan=False)
+
+
+def json_bytes(document: dict) -> bytes:
+    return (json_text(document) + "\n").encode()
+
+
+def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[str, bytes]) -> dict[str, bytes]:
+    """Everything a run directory holds, as bytes keyed by file name."""
+    import torch
+
+    from rungefit import __version__
+    from rungefit.datafile import DATA_FILE
+    from rungefit.target import target_of
+
+    config = {**asdict(result.config), **config_extra, "rungefit_version": __version__, "torch_version": torch.__version__}
+    return {
+        CONFIG_FILE: json_bytes(config),
+        MODEL_FILE: checkpoint_bytes(result),
+        "history.csv": history_csv(result.history, result.config.seeds),
+        SUMMARY_FILE: json_bytes({**result.summary(), **summary_extra}),
+        # A data run keeps its points, so that it survives the file moving.
+        **({DATA_FILE: target_of(result.config).points.raw} if result.config.data else {}),
+        **pictures,
+    }
+
+
+# ---------------------------------------------------------------- checking
+
+
+def _validated(value: Any, check: schema.Check, file: Path, where: str = "") -> Any:
+    try:
+        return check(value, where)
+    except schema.SchemaError as error:
+        raise damaged(file, str(error)) from None
+
+
+def check_config(document: Any, file: Path):
+    """The TrainConfig that config.json holds. Field types here; ranges by TrainConfig.validate,
+    the one place that knows them. Missing fields take their defaults (older runs lack newer ones)."""
+    from rungefit.config import DTYPE_NAMES, MAX_FORMULA_CHARS, MAX_MEMBERS, MAX_SEED, POLISHES, SCHEDULES, TrainConfig
+    from rungefit.datafile import DATA_FILE, read_points
+    from rungefit.schema import array, integer, number, optional, record, text
+
+    fields = {
+        "layers": optional(text(max_length=10_000)),
+        "points": optional(integer()),
+        "val_fraction": optional(number()),
+        "batch_size": optional(integer()),
+        "epochs": optional(integer()),
+        "lr": optional(number(positive=True)),
+        "schedule": optional(text(choices=SCHEDULES)),
+        "seeds": optional(array(integer(0, MAX_SEED), min_length=1, max_length=MAX_MEMBERS)),
+        "dtype": optional(text(choices=DTYPE_NAMES)),
+        "device": optional(text(choices=("cpu", "cuda"))),
+        "test_points": optional(integer()),
+        "betas": optional(array(number(0, 1), length=2)),
+        "eps": optional(number(positive=True)),
+        "polish": optional(text(choices=POLISHES)),
+        "polish_iterations": optional(integer()),
+        "workers": optional(integer()),
+        # The target: parsed below as if typed, by target.py's own whitelist, never executed.
+        "target": optional(text(max_length=MAX_FORMULA_CHARS)),
+        "domain": optional(array(number(), length=2)),
+        "data": optional(text(max_length=4096)),
+        "data_sha256": optional(text(max_length=64)),
+        "test_fraction": optional(number()),
+    }
+    checked = _validated(document, record(fields), file)
+    config = TrainConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in checked.items() if key in fields})
+    try:
+        if config.data:  # a data run's points are its own copy of them, whatever became of the file
+            read_points(file.parent / DATA_FILE, expected_sha256=config.data_sha256)
+        config.validate()
+    except UsageError as error:
+        raise damaged(file, str(error)) from None
+    return config
+
+
+def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
+    """model.pt's contents against config.json: format, architecture, finite weights, shapes."""
+    import torch
+
+    from rungefit.config import MAX_STEPS, layer_shapes, parameter_count, parse_layers
+    from rungefit.schema import equal_to, integer, record, tensor, text
+    from rungefit.stack import DTYPES
+    from rungefit.train import History
+
+    if not isinstance(checkpoint, dict) or "format" not in checkpoint:
+        raise RunError(f"{file} is not a rungefit checkpoint; {RETRAIN}")
+    found = checkpoint["format"]
+    if schema.exact_int(found) and found > CHECKPOINT_FORMAT:
+        raise RunError(f"{file} has checkpoint format {found}, this rungefit reads format {CHECKPOINT_FORMAT}; upgrade rungefit")
+    layers, members, dtype = parse_layers(config.layers), len(config.seeds), DTYPES[config.dtype]
+
+    def same_layers(value: Any, where: str) -> str:
+        try:
+            same = parse_layers(text(max_length=10_000)(value, where)) == layers
+        except UsageError as error:
+            raise schema.SchemaError(where, str(error)) from None
+        if not same:
+            raise schema.SchemaError(where, f"must be config.json's layers {config.layers!r}, got {schema.shown(value)}")
+        return value
+
+    weights = {}
+    for index, (fan_in, fan_out) in enumerate(layer_shapes(layers)):
+        weights[f"layers.{index}.weight"] = tensor(dtype, (members, fan_out, fan_in), finite=True)
+        weights[f"layers.{index}.bias"] = tensor(dtype, (members, fan_out), finite=True)
+    moments = tensor(dtype, (members, parameter_count(layers)), finite=True)
+    checked = _validated(checkpoint, record({
+        "format": equal_to(CHECKPOINT_FORMAT, "the format this rungefit reads"),
+        "layers": same_layers,
+        "members": equal_to(members, "config.json's number of seeds"),
+        "dtype": equal_to(config.dtype, "config.json's dtype"),
+        "state_dict": record(weights, exact=True),
+        "optimizer": record({"step": integer(0, MAX_STEPS), "exp_avg": moments, "exp_avg_sq": moments}),
+        "epochs_run": integer(0, config.epochs),
+        "history": record({}),
+        "status": text(choices=STATUSES),
+    }), file)
+    curve = tensor(torch.float64, (checked["epochs_run"], members), finite=False)
+    checked["history"] = _validated(checked["history"], record({field.name: curve for field in fields(History)}), file, "history")
+    return checked
+
+
+def check_summary(document: Any, config, checkpoint: dict, run_dir: Path) -> dict:
+    """summary.json, which must describe the state model.pt holds."""
+    from rungefit.config import MAX_SEED
+    from rungefit.schema import array, figure, integer, json_value, number, optional, record, text
+
+    file = run_dir / SUMMARY_FILE
+    member = record({
+        "seed": integer(0, MAX_SEED),
+        "lr": number(positive=True),
+        **dict.fromkeys(("train_mse", "val_mse", "test_mse", "test_max_abs_error"), figure()),
+    })
+    summary = _validated(document, record({
+        "status": text(choices=STATUSES),
+        "members": array(member, length=len(config.seeds)),
+        "epochs": optional(integer(0)),
+        "wall_time_s": optional(number(0)),
+        "lr_choice": optional(text(max_length=1000)),
+        "lr_auto": optional(json_value(max_depth=8)),
+    }), file)
+    disagreements = [
+        f"{what} {schema.shown(ours)} against {schema.shown(theirs)}"
+        for what, ours, theirs in (
+            ("status", summary["status"], checkpoint["status"]),
+            ("epochs", summary.get("epochs", checkpoint["epochs_run"]), checkpoint["epochs_run"]),
+            ("seeds", [m["seed"] for m in summary["members"]], list(config.seeds)),
+        )
+        if ours != theirs
+    ]
+    if disagreements:
+        raise RunError(f"{run_dir}: summary.json disagrees with model.pt and config.json ({'; '.join(disagreements)}); the run is damaged: {RETRAIN}")
+    return summary

@@ -1,0 +1,74 @@
+"""What a runs directory holds and what its entries may be called; RunError, and the words its messages share.
+
+A runs directory holds a directory per run, `latest` (a text file naming the newest run) and
+`lr-find/`. A run directory holds config.json, model.pt and summary.json (runformat.py says what
+each holds), history.csv, figures, and any files of your own. Every other runs module builds on
+this one, which imports no other.
+"""
+
+from __future__ import annotations
+
+import errno
+import string
+from pathlib import Path
+
+from rungefit.errors import RungefitError, UsageError
+
+LATEST = "latest"
+LR_FIND_DIR = "lr-find"  # lr-find's outputs live in this subdirectory of the runs directory
+RESERVED_NAMES = (LATEST, LR_FIND_DIR)
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+MAX_NAME_LENGTH = 100
+NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-")
+RETRAIN = "retrain with `rungefit train`"
+
+
+class RunError(RungefitError):
+    """A run directory problem the user can fix; the message says how."""
+
+
+def describe(error: OSError) -> str:
+    """What went wrong with a file operation, in words a user can act on."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on the device"
+    if error.errno == errno.EROFS:
+        return "the file system is read-only"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return error.strerror or str(error) or type(error).__name__
+
+
+def damaged(file: Path, detail: str) -> RunError:
+    return RunError(f"{file} is damaged or incomplete: {detail}; {RETRAIN}")
+
+
+# ---------------------------------------------------------------- names
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot name a run (one path component of safe characters), or None."""
+    if not name:
+        return "is empty"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is longer than {MAX_NAME_LENGTH} characters"
+    if name.startswith("."):
+        return "starts with '.'"
+    if not set(name) <= NAME_CHARACTERS:
+        return "has characters other than letters, digits, '.', '_' and '-' (a run name, not a path)"
+    if name in RESERVED_NAMES:
+        return f"is reserved ({' and '.join(repr(n) for n in RESERVED_NAMES)} are not run names)"
+    return None
+
+
+def check_name(name: str, option: str = "--name") -> None:
+    """UsageError naming the option unless `name` is a valid run name."""
+    problem = name_problem(name)
+    if problem:
+        raise UsageError(f"{option} {quoted(name)} is not a valid run name: it {problem}")
+
+
+def quoted(name: str) -> str:
+    """A name in quotes for a message, cut if long."""
+    return repr(name) if len(name) <= 60 else repr(name[:57]) + "…"
