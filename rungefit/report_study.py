@@ -10,7 +10,8 @@ import math
 
 from rich.table import Table
 
-from rungefit.report import fmt, interval, print_pairs, stdout, target_note
+from rungefit import report  # report.stdout at call time: a caller may swap the console
+from rungefit.report import fmt, interval, print_pairs, target_note
 
 
 def _or_dash(value: float | None, show) -> str:
@@ -33,7 +34,7 @@ def _preview(values: list[float], count: int = 3) -> str:
 
 def render_grad(doc: dict) -> None:
     """One table per --x point, the --grid maxima, and with --explain the chain factor by factor."""
-    stdout.print(f"rungefit grad: {doc['source']} ({doc['layers']}){target_note(doc)}, in float64", markup=False, highlight=False)
+    report.stdout.print(f"rungefit grad: {doc['source']} ({doc['layers']}){target_note(doc)}, in float64", markup=False, highlight=False)
     for point in doc["points"]:
         _grad_point_table(point, doc)
     if doc["grid"] is not None:
@@ -92,7 +93,7 @@ def _chain_table(chain: dict) -> None:
         table.add_column(column, justify=justify)
     for factor in factors:
         table.add_row(factor["name"], f"{factor['shape'][0]}×{factor['shape'][1]}", _factor_value(factor), _preview(factor["running"]))
-    stdout.print(table)
+    report.stdout.print(table)
 
 
 def _factor_value(factor: dict) -> str:
@@ -109,7 +110,7 @@ def _factor_value(factor: dict) -> str:
 def render_eval(doc: dict) -> None:
     """The network's scores on the test grid, the baselines beside it (if any), then the --x points."""
     network, regions = doc["scores"][0], doc["regions"]
-    stdout.print(f"rungefit eval: {doc['source']}{target_note(doc)}", markup=False, highlight=False)
+    report.stdout.print(f"rungefit eval: {doc['source']}{target_note(doc)}", markup=False, highlight=False)
     rows = [
         ("MSE", fmt(network["mse"])),
         ("RMSE", fmt(network["rmse"])),
@@ -156,7 +157,7 @@ def _baselines_table(scores: list[dict], regions: dict, data: bool) -> None:
             s["name"], str(s["parameters"]), fmt(s["mse"]), fmt(s["max_abs_error"]), f"{s['max_abs_error_at']:+.3f}",
             fmt(s["ends_max_abs_error"]), fmt(s["middle_max_abs_error"]),
         )
-    stdout.print(table)
+    report.stdout.print(table)
 
 
 def _eval_points_table(points: list[dict]) -> None:
@@ -169,4 +170,4 @@ def _eval_points_table(points: list[dict]) -> None:
     for p in points:
         row = [f"{p['x']:g}", f"{p['prediction']:.7g}", _or_dash(p["target"], lambda v: f"{v:.7g}"), _or_dash(p["error"], fmt)]
         table.add_row(*row, *(["extrapolation" if p["extrapolation"] else ""] if flag else []))
-    stdout.print(table)
+    report.stdout.print(table)
