@@ -50,36 +50,27 @@ def fused_adam_works(dtype: torch.dtype = torch.float32, device: str = "cpu") ->
     generator = torch.Generator().manual_seed(0)
     start, grad = (torch.randn(2, 5, generator=generator, dtype=torch.float64).to(dtype=dtype, device=device) for _ in range(2))
     try:
-        mine = _FusedStep([start.clone()], [grad], betas=(0.9, 0.999), eps=1e-8)
+        mine = ([start.clone()], [grad], [torch.zeros_like(start)], [torch.zeros_like(start)])
+        step = torch.zeros((), dtype=torch.float32, device=device)
         reference = torch.nn.Parameter(start.clone())
         public = torch.optim.Adam([reference], lr=0.1, foreach=False, fused=False)
-        for _ in range(2):
-            mine(0.1)
+        for count in (1, 2):
+            step.fill_(count)
+            _fused_update(mine, step, 0.1, (0.9, 0.999), 1e-8)
             reference.grad = grad.clone()
             public.step()
         # Equal to rounding: the two implementations order a few operations differently.
-        return torch.allclose(mine.params[0], reference.detach(), rtol=0, atol=100 * torch.finfo(dtype).eps)
+        return torch.allclose(mine[0][0], reference.detach(), rtol=0, atol=100 * torch.finfo(dtype).eps)
     except (RuntimeError, TypeError, AttributeError, NotImplementedError):
         return False
 
 
-class _FusedStep:
-    """The fast path: torch._fused_adam_ on given tensors, as torch.optim.Adam(fused=True) calls it."""
-
-    def __init__(self, params: list[torch.Tensor], grads: list[torch.Tensor], betas, eps: float, moments=None, step: int = 0):
-        self.params, self.grads = params, grads
-        self.exp_avg, self.exp_avg_sq = moments or ([torch.zeros_like(p) for p in params], [torch.zeros_like(p) for p in params])
-        self.beta1, self.beta2 = betas
-        self.eps = eps
-        # The kernel reads the step count from a float32 tensor, as torch.optim keeps it.
-        self.step = torch.full((), step, dtype=torch.float32, device=params[0].device)
-
-    def __call__(self, lr: float) -> None:
-        self.step += 1
-        torch._fused_adam_(
-            self.params, self.grads, self.exp_avg, self.exp_avg_sq, [], [self.step], lr=lr,
-            beta1=self.beta1, beta2=self.beta2, weight_decay=0.0, eps=self.eps, amsgrad=False, maximize=False,
-        )
+def _fused_update(tensors: tuple[list, list, list, list], step: torch.Tensor, lr: float, betas, eps: float) -> None:
+    """The fast path: torch._fused_adam_ on (params, grads, exp_avg, exp_avg_sq) lists, as
+    torch.optim.Adam(fused=True) calls it; the step count is a float32 tensor, as torch.optim keeps it."""
+    torch._fused_adam_(
+        *tensors, [], [step], lr=lr, beta1=betas[0], beta2=betas[1], weight_decay=0.0, eps=eps, amsgrad=False, maximize=False,
+    )
 
 
 class StackedAdam:
@@ -117,7 +108,8 @@ class StackedAdam:
             for start, stop, _ in self._runs
         ]
         if self.fast:
-            self._updates = [_FusedStep([p], [g], self.betas, self.eps, ([m], [v]), self.step_count) for p, g, m, v in views]
+            self._step = torch.zeros((), dtype=torch.float32, device=self.model.device)
+            self._fused = [([p], [g], [m], [v]) for p, g, m, v in views]
             return
         groups = [{"params": [p], "lr": lr} for (p, g, _, _), (_, _, lr) in zip(views, self._runs, strict=True)]
         self._public = torch.optim.Adam(groups, betas=self.betas, eps=self.eps)
@@ -130,8 +122,9 @@ class StackedAdam:
         """One update of every member at factor × its rate; gradients are read from model.grads."""
         self.step_count += 1
         if self.fast:
-            for update, (_, _, lr) in zip(self._updates, self._runs, strict=True):
-                update(lr * factor)
+            self._step.fill_(self.step_count)
+            for tensors, (_, _, lr) in zip(self._fused, self._runs, strict=True):
+                _fused_update(tensors, self._step, lr * factor, self.betas, self.eps)
             return
         for group, (_, _, lr) in zip(self._public.param_groups, self._runs, strict=True):
             group["lr"] = lr * factor
