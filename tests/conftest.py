@@ -215,3 +215,21 @@ def wait_until_gone(pids: list[int], timeout: float) -> list[int]:
     while (living := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
         time.sleep(0.01)
     return living
+
+
+@pytest.fixture(autouse=True)
+def figures_not_rendered(request, monkeypatch):
+    """Figures are drawn but not rendered to PNG, which would cost most of a short command's time.
+
+    Session- and module-scoped runs (quick_run, …) render theirs, and tests marked `real_png`
+    render everything; test_plots checks every figure's artists, and renders each once.
+    """
+    if request.node.get_closest_marker("real_png"):
+        return
+    from rungefit import plots
+
+    def drawn(fig) -> bytes:
+        plots._pyplot().close(fig)
+        return b"\x89PNG (not rendered)"
+
+    monkeypatch.setattr(plots, "_png", drawn)

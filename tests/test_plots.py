@@ -100,3 +100,19 @@ def test_grad_figure_writes_the_gradient_in_mathtext():
     assert "$" in top.get_ylabel() and r"\nabla a^{[L]}" in bottom.get_ylabel()
     figure.canvas.draw()  # mathtext that does not parse fails here
     assert all("^[L]" not in text for text in (network_label, top.get_ylabel(), bottom.get_ylabel()))
+
+
+@pytest.mark.real_png
+def test_every_figure_renders_to_a_png():
+    """What the other tests skip: matplotlib turning each figure into PNG bytes (mathtext included)."""
+    curves = np.array([[1e-5, 5e-6, 1e-7]])
+    members = [{"seed": 0, "lr": [1e-3, 1e-2, 1e-1], "loss": [0.1, 0.05, 0.2], "smoothed": [0.1, 0.08, 0.1],
+                "val_loss": None, "stop": "complete", "mean_predictor_mse": 0.08}]
+    pngs = [
+        plots.fit_png(X, X**2, np.array([X**2 + 1e-3])),
+        plots.loss_png([[1e-2], [1e-3]], [[1e-2], [1e-3]], curves),
+        plots.grad_png(X, 2 * X, 2 * X + 1e-3, np.array([0.3])),
+        plots.eval_png(X, X**2, X**2 + 1e-3, {"network": np.full_like(X, 1e-3), "Chebyshev, d = 10": np.full_like(X, 1e-5)}),
+        plots.lr_find_png(members, {"steepest": 1e-2, "valley": None, "minimum": 1e-2}),
+    ]
+    assert all(png.startswith(b"\x89PNG\r\n") and len(png) > 1000 for png in pngs)

@@ -33,17 +33,6 @@ PINNED = ["--points", "300", "--epochs", "40", "--batch-size", "10", "--dtype", 
 PINNED_TEST_MSE = 0.00016147695890587758
 
 
-@pytest.fixture()
-def fast_figures(monkeypatch):
-    """Figures are drawn but not rendered to PNG, which would cost most of these tests' time."""
-    from rungefit import plots
-
-    def drawn(fig) -> bytes:
-        plots._pyplot().close(fig)
-        return b"\x89PNG (not rendered)"
-
-    monkeypatch.setattr(plots, "_png", drawn)
-
 
 def train(tmp_path, *args: str) -> dict:
     """`rungefit train … --json`'s summary. Most of these runs are too short to learn f, which
@@ -55,7 +44,7 @@ def train(tmp_path, *args: str) -> dict:
     return summary
 
 
-def test_a_float64_run_of_the_default_target_keeps_its_test_mse(tmp_path, fast_figures):
+def test_a_float64_run_of_the_default_target_keeps_its_test_mse(tmp_path):
     test_mse = train(tmp_path, *PINNED)["members"][0]["test_mse"]
     assert abs(test_mse - PINNED_TEST_MSE) <= 1e-12 * PINNED_TEST_MSE
 
@@ -64,7 +53,7 @@ def model_tensors(run_dir) -> dict:
     return torch.load(run_dir / "model.pt", weights_only=True)["state_dict"]
 
 
-def test_the_default_and_target_runge_give_identical_tensors_and_numbers(tmp_path, fast_figures):
+def test_the_default_and_target_runge_give_identical_tensors_and_numbers(tmp_path):
     quick = ["--points", "120", "--epochs", "3", "--quiet", "--json"]
     default = train(tmp_path, *quick, "--name", "default")
     named = train(tmp_path, *quick, "--name", "named", "--target", "runge", "--domain", "-1,1")
@@ -91,7 +80,7 @@ def test_the_target_is_evaluated_once_per_data_set_never_per_step(monkeypatch):
     assert all(10 not in shape for shape in calls[1])  # never a mini-batch
 
 
-def test_an_old_run_without_target_fields_is_the_runge_function(tmp_path, fast_figures):
+def test_an_old_run_without_target_fields_is_the_runge_function(tmp_path):
     train(tmp_path, "--points", "120", "--epochs", "2", "--quiet", "--json", "--name", "old")
     config_file = tmp_path / "old" / "config.json"
     config = json.loads(config_file.read_text())
@@ -110,7 +99,7 @@ def invoke_json(*args: str) -> dict:
     return json.loads(result.stdout)
 
 
-def test_a_formula_round_trips_through_config_json(tmp_path, fast_figures):
+def test_a_formula_round_trips_through_config_json(tmp_path):
     formula = "exp(-x**2) * cos(5*x)  +  0.1*abs(x - 0.25)"
     train(tmp_path, "--target", formula, "--points", "120", "--epochs", "2", "--quiet", "--json", "--name", "f")
     assert json.loads((tmp_path / "f" / "config.json").read_text())["target"] == formula  # exactly as typed
@@ -149,7 +138,7 @@ def test_data_end_to_end_train_eval_grad_and_the_run_survives_the_file_moving(tm
     assert "no true derivative" in text
 
 
-def test_a_shifted_domain_end_to_end(tmp_path, fast_figures):
+def test_a_shifted_domain_end_to_end(tmp_path):
     train(tmp_path, "--domain", "0,3", "--points", "200", "--epochs", "3", "--quiet", "--json", "--name", "s")
     doc = invoke_json("eval", "--baselines", "--runs-dir", str(tmp_path))
     assert doc["domain"] == [0.0, 3.0] and doc["regions"] == {"ends": "|x − 1.5| > 1.2", "middle": "|x − 1.5| ≤ 1.2"}
@@ -165,7 +154,7 @@ def test_a_shifted_domain_end_to_end(tmp_path, fast_figures):
     assert "outside [0, 3]" in warned.stderr
 
 
-def test_grad_says_where_f_is_not_differentiable(tmp_path, fast_figures):
+def test_grad_says_where_f_is_not_differentiable(tmp_path):
     train(tmp_path, "--target", "abs", "--points", "120", "--epochs", "2", "--quiet", "--json", "--name", "a")
     doc = invoke_json("grad", "--x", "0", "--x", "0.5", "--grid", "201", "--runs-dir", str(tmp_path))
     kink, smooth = doc["points"]
@@ -176,7 +165,7 @@ def test_grad_says_where_f_is_not_differentiable(tmp_path, fast_figures):
     assert "not differentiable" in text
 
 
-def test_grad_untrained_and_eval_x_work_with_any_target(tmp_path, fast_figures):
+def test_grad_untrained_and_eval_x_work_with_any_target(tmp_path):
     doc = invoke_json("grad", "--untrained", "--target", "step", "--domain", "-2,2", "--x", "0", "--x", "1")
     assert doc["domain"] == [-2.0, 2.0] and [p["differentiable"] for p in doc["points"]] == [False, True]
     doc = invoke_json("grad", "--untrained", "--data", str(DATA), "--grid", "5")
@@ -230,7 +219,7 @@ COVERED = [*(["--target", name] for name in PRESETS), ["--target", "exp(-x**2) *
 
 
 @pytest.mark.parametrize("target", COVERED, ids=[" ".join(t[:2]) for t in COVERED])
-def test_every_command_runs_on_every_preset_a_formula_and_a_data_file(target, tmp_path, fast_figures):
+def test_every_command_runs_on_every_preset_a_formula_and_a_data_file(target, tmp_path):
     quick = [] if "--data" in target else ["--points", "120"]
     train(tmp_path, *target, *quick, "--epochs", "2", "--quiet", "--json")
     found = invoke_json("lr-find", *target, *quick, "--iters", "5", "--verify", "--verify-rates", "1", "--verify-seeds", "1", "--verify-epochs", "1", "--runs-dir", str(tmp_path))
@@ -239,7 +228,7 @@ def test_every_command_runs_on_every_preset_a_formula_and_a_data_file(target, tm
     assert invoke_json("grad", "--grid", "201", "--runs-dir", str(tmp_path))["grid"]["points"] == 201
 
 
-def test_an_interrupted_data_run_resumes_from_its_own_copy_to_the_uninterrupted_numbers(tmp_path, fast_figures):
+def test_an_interrupted_data_run_resumes_from_its_own_copy_to_the_uninterrupted_numbers(tmp_path):
     from rungefit.target import settings
 
     source = tmp_path / "points.csv"
