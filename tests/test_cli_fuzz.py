@@ -63,7 +63,7 @@ def check(command: str, root, args: list[str]) -> None:
 
 @pytest.mark.parametrize("command", ["train", "lr-find", "grad", "eval"])
 def test_random_arguments_never_crash(root, command):
-    @settings(max_examples=30, deadline=None, database=None)
+    @settings(max_examples=12, deadline=None, database=None)
     @given(args=argument_lists(command))
     def property_holds(args):
         check(command, root, args)

@@ -397,7 +397,7 @@ def test_any_mutation_of_a_run_file_is_a_one_line_error_or_a_valid_run(tmp_path,
     good = {name: (tmp_path / "r" / name).read_bytes() for name in ("config.json", "summary.json", "model.pt")}
     good["latest"] = (tmp_path / "latest").read_bytes()
 
-    @settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+    @settings(max_examples=20, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
     @given(data=st.data(), value=JSON_VALUES, tensor=TENSORS)
     def property_holds(data, value, tensor):
         for name, content in good.items():
