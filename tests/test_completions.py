@@ -30,11 +30,22 @@ def test_committed_scripts_are_current(shell):
 
 
 def complete(words: str, cwd: Path | None = None) -> list[str]:
-    """Candidates bash would get for the command line `words` (completing its last word)."""
+    """Candidates bash would get for the command line `words` (completing its last word): the app
+    answering _RUNGEFIT_COMPLETE as the scripts call it, in this process (the interactive-bash
+    test below runs the real thing)."""
+    from rungefit.cli import app
+
+    from .conftest import runner
+
     parts = words.split(" ")
-    env = {**os.environ, "_RUNGEFIT_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(parts) - 1)}
-    result = subprocess.run([sys.executable, "-m", "rungefit"], env=env, capture_output=True, text=True, cwd=cwd)
-    assert result.returncode == 0, result.stderr
+    env = {"_RUNGEFIT_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(parts) - 1)}
+    previous = os.getcwd()
+    try:
+        os.chdir(cwd or previous)
+        result = runner.invoke(app, [], env=env, prog_name="rungefit")
+    finally:
+        os.chdir(previous)
+    assert result.exit_code == 0, result.output
     return result.stdout.split()
 
 
