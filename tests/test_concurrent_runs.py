@@ -7,7 +7,6 @@ import errno
 import itertools
 import json
 import os
-import shlex
 import shutil
 import signal
 import subprocess
@@ -259,37 +258,3 @@ def test_sigkill_of_a_named_train_leaves_no_worker_and_a_name_the_next_train_rec
     again = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--name", "x", "--json"])
     assert again.exit_code == 0, again.output
     assert RUN_FILES <= set(os.listdir(runs_dir / "x"))
-
-
-def can_mount_tmpfs() -> bool:
-    """Whether this machine lets an unprivileged user namespace mount a tmpfs (Linux)."""
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs unshare and a mountable tmpfs")
-def test_on_a_real_full_disk_a_resume_fails_in_one_line_and_the_run_survives(tmp_path, two_versions):
-    source, mount, out = tmp_path / "source", tmp_path / "mount", tmp_path / "out"
-    old, _ = old_run(source, two_versions)
-    mount.mkdir()
-    out.mkdir()
-    rungefit = f"{shlex.quote(sys.executable)} -m rungefit"
-    script = f"""
-        set -e
-        mount -t tmpfs -o size=1m tmpfs {mount}
-        cp -a {source}/. {mount}/
-        free=$(df --output=avail -k {mount} | tail -1)
-        head -c $(( (free - 12) * 1024 )) /dev/zero > {mount}/filler || true
-        set +e
-        {rungefit} train --resume x --quiet --runs-dir {mount} 2> {out}/full.err; echo $? > {out}/full.code
-        cp -a {mount}/x {out}/x
-        ls -a {mount} > {out}/listing
-    """
-    subprocess.run(["unshare", "-rm", "sh", "-c", script], check=True, timeout=300)
-
-    code, lines = int((out / "full.code").read_text()), (out / "full.err").read_text().strip().splitlines()
-    assert code == 1 and len(lines) == 1 and "no space left" in lines[0] and "'x' is unchanged" in lines[0], lines
-    assert snapshot(out / "x") == old
-    assert (out / "listing").read_text().split() == [".", "..", "filler", "latest", "x"]
