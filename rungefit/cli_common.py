@@ -241,11 +241,11 @@ def _warn_if_unfinished(loaded) -> None:
 
 def _write_figure(path: Path, png: bytes) -> None:
     """Write a figure into the run directory; a failure is a warning, the results stand."""
-    from rungefit import runs
+    from rungefit import runlayout, runsave
 
     try:
-        runs.atomic_write(path, png)
+        runsave.atomic_write(path, png)
     except OSError as error:
-        report.warning(f"cannot write {path} ({runs.describe(error)}); the results above are complete without it")
+        report.warning(f"cannot write {path} ({runlayout.describe(error)}); the results above are complete without it")
     else:
         report.note(f"wrote {path}")

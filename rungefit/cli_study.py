@@ -156,7 +156,7 @@ def export(
     Example: rungefit export --format onnx --out runge.onnx
     """
     from rungefit import export as core
-    from rungefit import runs
+    from rungefit import runsave
 
     loaded, member, source = _load_member(runs_dir, run, member)
     path = out or loaded.path / f"member-{member}.{file_format.value}"
@@ -170,7 +170,7 @@ def export(
     meta = core.metadata(network, loaded.config.target or target.name, target.domain, loaded.path.name, member)
     data = core.export_bytes(network, file_format.value, meta)
     try:
-        runs.atomic_write(path, data)
+        runsave.atomic_write(path, data)
     except OSError as error:
         raise RungefitError(f"cannot write {path} ({error.strerror}); choose another --out") from None
     doc = {"source": source, "run": str(loaded.path), "member": member, "format": file_format.value, "out": str(path), "bytes": len(data), "metadata": meta}

@@ -89,7 +89,7 @@ def train(
 
     Example: rungefit train --seed 1 --name first
     """
-    from rungefit import runs
+    from rungefit import runsave
     from rungefit import train as core
 
     phases = Phases(ctx.obj["started"])
@@ -106,7 +106,7 @@ def train(
     config = core.TrainConfig(**{**settings, **target_settings(ctx, target, domain, data, test_fraction)})
     config.validate()
     # A --name is reserved now, so that a clash fails before training; leaving unsaved gives it up.
-    with runs.prepare_runs_dir(runs_dir, name) or nullcontext() as reservation:
+    with runsave.prepare_runs_dir(runs_dir, name) or nullcontext() as reservation:
         warn_if_full_batch(config)
         lr_extra = {}
         if lr_value is None:
@@ -115,7 +115,7 @@ def train(
             phases.end("rate_search")
 
         def save(result) -> Path:
-            return runs.save_new_run(runs_dir, name, _run_files(result, lr_extra, phases), reservation)
+            return runsave.save_new_run(runs_dir, name, _run_files(result, lr_extra, phases), reservation)
 
         _train_and_report(config, save, lr_extra, quiet, json_output, phases)
 
@@ -147,7 +147,7 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phase
     """Continue an interrupted run in place from its last completed epoch."""
     from dataclasses import replace
 
-    from rungefit import runs
+    from rungefit import runs, runsave
     from rungefit import train as core
 
     # The run stays locked until it is saved: no other process updates it meanwhile.
@@ -161,7 +161,7 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phase
             report.note(f"resuming run {loaded.path} at epoch {state.epochs_run + 1} of {config.epochs}")
 
         def save(result) -> Path:
-            runs.update_run(loaded.path, _run_files(result, carried, phases), loaded.owner)
+            runsave.update_run(loaded.path, _run_files(result, carried, phases), loaded.owner)
             return loaded.path
 
         _train_and_report(config, save, carried, quiet, json_output, phases, resume=state)
@@ -282,7 +282,7 @@ def warn_if_full_batch(config) -> None:
 
 
 def _run_files(result, summary_extra: dict, phases: Phases) -> dict[str, bytes]:
-    from rungefit import plots, runs
+    from rungefit import plots, runformat
     from rungefit.evaluate import fit_curves
     from rungefit.target import target_of
 
@@ -293,7 +293,7 @@ def _run_files(result, summary_extra: dict, phases: Phases) -> dict[str, bytes]:
     }
     # summary.json cannot hold the time of its own writing: its times end as it is made.
     times = phases.as_dict(ongoing="saving_and_plots")
-    return runs.run_files(result, {}, {"schedule": result.config.schedule, **summary_extra, "times_s": times}, pictures)
+    return runformat.run_files(result, {}, {"schedule": result.config.schedule, **summary_extra, "times_s": times}, pictures)
 
 
 def lr_find_command(
@@ -338,7 +338,7 @@ def lr_find_command(
     Example: rungefit lr-find --seeds 3 --verify
     """
     from rungefit import lr_find as core
-    from rungefit import runs
+    from rungefit import runlayout, runs, runsave
     from rungefit import train as training
 
     shape = {"layers": layers, "points": points, "val_fraction": val_fraction, "batch_size": batch_size, "epochs": verify_epochs, "schedule": schedule and schedule.value, "dtype": dtype and dtype.value}
@@ -351,7 +351,7 @@ def lr_find_command(
     verify_config.validate()  # with or without --verify: a value given is checked
     # Fail on an unusable directory now, not after the range test.
     if out is None:
-        runs.prepare_runs_dir(runs_dir / runs.LR_FIND_DIR, None)
+        runsave.prepare_runs_dir(runs_dir / runlayout.LR_FIND_DIR, None)
     else:
         runs.ensure_writable_dir(out, "--out")
     warn_if_full_batch(config)
@@ -368,20 +368,20 @@ def lr_find_command(
 
 def _save_lr_find(doc: dict, csv_text: str, runs_dir: Path, out: Optional[Path]) -> Path:
     """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>."""
-    from rungefit import plots, runs
+    from rungefit import plots, runformat, runlayout, runs, runsave
 
     files = {
         "lr_find.csv": csv_text.encode(),
-        "lr_find.json": runs.json_bytes(doc),
+        "lr_find.json": runformat.json_bytes(doc),
         "lr_find.png": plots.lr_find_png(doc["range_test"]["members"], {rule: s["median"] for rule, s in doc["suggestions"].items()}),
     }
     if doc["verification"]:
         files["lr_verify.png"] = plots.lr_verify_png(doc["verification"])
     if out is None:
-        return runs.save_new_run(runs_dir / runs.LR_FIND_DIR, None, files)
+        return runsave.save_new_run(runs_dir / runlayout.LR_FIND_DIR, None, files)
     runs.ensure_writable_dir(out, "--out")
     try:
-        runs.write_files(out, files)
+        runsave.write_files(out, files)
     except OSError as error:
         raise RungefitError(f"--out {out}: cannot write there ({error.strerror}); choose another directory") from None
     return out

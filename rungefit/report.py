@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET
-from rungefit.runs import json_text
+from rungefit.runformat import json_text
 
 stdout = Console()
 stderr = Console(stderr=True)

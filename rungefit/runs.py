@@ -36,12 +36,6 @@ from rungefit.runlock import DirLock, locked, own_run
 from rungefit.runread import latest_named, opened, read_checkpoint, read_json
 from rungefit.runsave import ensure_writable_dir, finish_update
 
-# isort: split
-# What the CLI saves runs with, reachable as runs.X beside what it loads runs with.
-from rungefit.runformat import json_bytes, json_text, run_files  # noqa: F401
-from rungefit.runlayout import LR_FIND_DIR, describe  # noqa: F401
-from rungefit.runsave import atomic_write, prepare_runs_dir, save_new_run, update_run, write_files  # noqa: F401
-
 
 @dataclass
 class LoadedRun:

@@ -89,7 +89,7 @@ SPECS = ["20:tanh,10:sigmoid,20:tanh,10:sigmoid", "16:gelu,8:relu", "8:silu,6:so
 def spec_runs(tmp_path_factory):
     """{(layers, dtype): (runs_dir, name, summary)}: a short two-member run of each of SPECS in float32
     and float64, saved as `train` saves it but without its figures (drawing them is most of the time)."""
-    from rungefit import runs
+    from rungefit import runformat, runsave
     from rungefit.config import TrainConfig
     from rungefit.train import fit
 
@@ -99,7 +99,7 @@ def spec_runs(tmp_path_factory):
         for dtype in ("float32", "float64"):
             name = f"s{index}-{dtype}"
             result = fit(TrainConfig(layers=layers, points=120, epochs=4, seeds=(0, 1), dtype=dtype, workers=1))
-            runs.save_new_run(runs_dir, name, runs.run_files(result, {}, {"schedule": result.config.schedule}, {}))
+            runsave.save_new_run(runs_dir, name, runformat.run_files(result, {}, {"schedule": result.config.schedule}, {}))
             made[layers, dtype] = (runs_dir, name, result.summary())
     return made
 

@@ -219,13 +219,13 @@ def test_a_resume_that_cannot_write_fails_before_it_trains_and_leaves_the_run(tm
     import itertools
     import tempfile
 
-    from rungefit import runs
+    from rungefit import runformat, runsave
     from rungefit.config import TrainConfig
     from rungefit.train import fit
 
     steps = itertools.count(1)
     stopped = fit(TrainConfig(points=120, epochs=5), should_stop=lambda: next(steps) >= 7)
-    runs.save_new_run(tmp_path, "r", runs.run_files(stopped, {}, {}, {}))
+    runsave.save_new_run(tmp_path, "r", runformat.run_files(stopped, {}, {}, {}))
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
 
     def read_only(*args, **kwargs):

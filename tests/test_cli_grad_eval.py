@@ -132,12 +132,12 @@ def test_eval_after_the_newest_run_was_deleted_takes_the_newest_left_and_says_wh
 @pytest.mark.parametrize("command", ["grad", "eval"])
 @pytest.mark.parametrize("errno_, words", [(errno.EROFS, "read-only"), (errno.ENOSPC, "no space left"), (errno.EACCES, "permission denied")])
 def test_a_figure_that_cannot_be_written_is_a_warning_after_the_results(runs_dir, monkeypatch, command, errno_, words):
-    from rungefit import runs
+    from rungefit import runsave
 
     def refuse(path, data):
         raise OSError(errno_, os.strerror(errno_))
 
-    monkeypatch.setattr(runs, "atomic_write", refuse)
+    monkeypatch.setattr(runsave, "atomic_write", refuse)
     result = invoke(command, "--json", "--run", "single", "--runs-dir", str(runs_dir))
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["run"] == str(runs_dir / "single")
@@ -148,14 +148,14 @@ def test_a_figure_that_cannot_be_written_is_a_warning_after_the_results(runs_dir
 @pytest.fixture(scope="module")
 def unfinished(tmp_path_factory):
     """A runs directory with an interrupted run and a diverged one."""
-    from rungefit import runs
+    from rungefit import runformat, runsave
     from rungefit.config import TrainConfig
     from rungefit.train import fit
 
     path = tmp_path_factory.mktemp("unfinished")
     steps = itertools.count(1)
     stopped = fit(TrainConfig(points=120, epochs=5), should_stop=lambda: next(steps) >= 7)
-    runs.save_new_run(path, "stopped", runs.run_files(stopped, {}, {}, {}))
+    runsave.save_new_run(path, "stopped", runformat.run_files(stopped, {}, {}, {}))
     diverging = invoke("train", "--points", "120", "--epochs", "5", "--lr", "1e30", "--schedule", "constant", "--quiet", "--runs-dir", str(path), "--name", "blown")
     assert diverging.exit_code == 1, diverging.output
     return path

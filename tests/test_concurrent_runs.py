@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rungefit import runs, runsave
+from rungefit import runformat, runs, runsave
 from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
@@ -61,7 +61,7 @@ def test_two_trains_started_together_get_two_complete_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def files():
-    return runs.run_files(fit(TrainConfig(points=60, epochs=1)), {}, {}, {})
+    return runformat.run_files(fit(TrainConfig(points=60, epochs=1)), {}, {}, {})
 
 
 @pytest.mark.parametrize("failure", [OSError, KeyboardInterrupt])
@@ -84,13 +84,13 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch, files, failu
     else:
         monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(runs.RunError if failure is OSError else failure):
-        runs.save_new_run(tmp_path, "r", files)
+        runsave.save_new_run(tmp_path, "r", files)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_saves_and_updates_leave_no_temporary_files(tmp_path, files):
-    path = runs.save_new_run(tmp_path, None, files)
-    runs.update_run(path, files)
+    path = runsave.save_new_run(tmp_path, None, files)
+    runsave.update_run(path, files)
     assert {p.name for p in tmp_path.iterdir()} == {path.name, "latest"}
     assert leftovers(tmp_path) == []
 
@@ -110,7 +110,7 @@ def two_versions():
     steps = itertools.count(1)
     stopped = fit(config, should_stop=lambda: next(steps) >= 5)
     assert stopped.epochs_run == 2
-    return runs.run_files(stopped, {}, {}, {}), runs.run_files(fit(config, resume=stopped.state()), {}, {}, {})
+    return runformat.run_files(stopped, {}, {}, {}), runformat.run_files(fit(config, resume=stopped.state()), {}, {}, {})
 
 
 def old_run(runs_dir: Path, two_versions) -> tuple[dict, dict]:
@@ -118,7 +118,7 @@ def old_run(runs_dir: Path, two_versions) -> tuple[dict, dict]:
     snapshots the run directory may have afterwards: (old, new)."""
     old_files, new_files = two_versions
     runs_dir.mkdir()
-    run_dir = runs.save_new_run(runs_dir, "x", old_files)
+    run_dir = runsave.save_new_run(runs_dir, "x", old_files)
     (run_dir / "eval.png").write_bytes(b"a figure eval drew of the old model")
     (run_dir / "notes").mkdir()
     (run_dir / "notes" / "todo.txt").write_text("resume it")
@@ -151,7 +151,7 @@ def test_an_update_that_fails_at_any_step_leaves_the_old_run_and_says_so(tmp_pat
     old, new = old_run(tmp_path / "measure", two_versions)
     for name in operations:
         monkeypatch.setattr(os, name, counting(name))
-    runs.update_run(tmp_path / "measure" / "x", two_versions[1])
+    runsave.update_run(tmp_path / "measure" / "x", two_versions[1])
     total = len(calls)
     assert snapshot(tmp_path / "measure" / "x") == new
     for failing_call in range(1, total + 1):
@@ -162,7 +162,7 @@ def test_an_update_that_fails_at_any_step_leaves_the_old_run_and_says_so(tmp_pat
         for name in operations:
             monkeypatch.setattr(os, name, counting(name))
         try:
-            runs.update_run(runs_dir / "x", two_versions[1])
+            runsave.update_run(runs_dir / "x", two_versions[1])
         except runs.RunError as error:
             assert "no space left" in str(error) and "unchanged" in str(error), str(error)
         monkeypatch.undo()
@@ -202,7 +202,7 @@ def test_an_update_killed_at_any_step_is_the_old_or_the_new_run_at_the_next_load
         step += 1
         runs_dir = tmp_path / f"kill-{step}"
         old, new = old_run(runs_dir, two_versions)
-        if not killed_at(step, lambda runs_dir=runs_dir: runs.update_run(runs_dir / "x", two_versions[1])):
+        if not killed_at(step, lambda runs_dir=runs_dir: runsave.update_run(runs_dir / "x", two_versions[1])):
             break
         loaded = runs.load_run(runs_dir, "x")  # finishes a swap the kill cut in two
         assert snapshot(runs_dir / "x") in (old, new), f"a mix after a kill at step {step}"
@@ -210,7 +210,7 @@ def test_an_update_killed_at_any_step_is_the_old_or_the_new_run_at_the_next_load
         # What a kill may leave: a staging directory, which the next save removes, and a
         # temporary file of `latest`, cut short while being written.
         assert all(name.startswith((runsave.STAGING_PREFIX, ".latest.")) for name in hidden(runs_dir)), step
-        runs.save_new_run(runs_dir, "later", two_versions[0])
+        runsave.save_new_run(runs_dir, "later", two_versions[0])
         assert all(name.startswith(".latest.") for name in hidden(runs_dir)), step
     assert step > 10  # the updates did get killed all along the way
     assert snapshot(runs_dir / "x") == new
@@ -223,8 +223,8 @@ def test_a_new_run_killed_at_any_step_is_absent_or_complete_and_its_name_stays_u
         step += 1
         runs_dir = tmp_path / f"kill-{step}"
         runs_dir.mkdir()
-        runs.save_new_run(runs_dir, "before", two_versions[0])
-        if not killed_at(step, lambda runs_dir=runs_dir: runs.save_new_run(runs_dir, None, files, runsave.reserve(runs_dir, "x"))):
+        runsave.save_new_run(runs_dir, "before", two_versions[0])
+        if not killed_at(step, lambda runs_dir=runs_dir: runsave.save_new_run(runs_dir, None, files, runsave.reserve(runs_dir, "x"))):
             break
         run_dir = runs_dir / "x"
         if run_dir.exists() and os.listdir(run_dir):

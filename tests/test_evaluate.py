@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit import evaluate, runs
+from rungefit import evaluate, runformat, runs, runsave
 from rungefit.config import TrainConfig, parameter_count
 from rungefit.model import StackedMLP
 from rungefit.target import target_of
@@ -91,7 +91,7 @@ def test_evaluate_rejects_a_missing_member_and_plots_the_largest_degree():
 def test_eval_reproduces_the_test_figures_train_saved(tmp_path, dtype):
     config = TrainConfig(epochs=2, points=120, seeds=(4, 5, 6), dtype=dtype)
     result = fit(config)
-    runs.save_new_run(tmp_path, "r", runs.run_files(result, {}, {}, {}))
+    runsave.save_new_run(tmp_path, "r", runformat.run_files(result, {}, {}, {}))
     loaded = runs.load_run(tmp_path, "r")
     for member, saved in enumerate(loaded.summary["members"]):
         network = evaluate.evaluate(loaded.model, target_of(loaded.config), member, loaded.config.test_points).scores[0]

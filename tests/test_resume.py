@@ -18,7 +18,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rungefit import cli, cli_train, runs
+from rungefit import cli, cli_train, runformat, runsave
 from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
@@ -292,7 +292,7 @@ def test_resuming_an_unknown_run_names_it(tmp_path):
 
 def test_a_damaged_interrupted_checkpoint_is_refused(tmp_path):
     result = fit(CONFIG, should_stop=stop_after(4))
-    runs.save_new_run(tmp_path, "r", runs.run_files(result, {}, {}, {}))
+    runsave.save_new_run(tmp_path, "r", runformat.run_files(result, {}, {}, {}))
     saved = checkpoint(tmp_path / "r")
     saved["optimizer"]["step"] = 99
     torch.save(saved, tmp_path / "r" / "model.pt")

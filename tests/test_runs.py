@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from rungefit import runlock, runs, runsave
+from rungefit import runformat, runlock, runs, runsave
 from rungefit.config import TrainConfig
 from rungefit.errors import UsageError
 from rungefit.evaluate import grid_errors
@@ -20,7 +20,7 @@ def result():
 
 
 def save(tmp_path, result, name=None):
-    return runs.save_new_run(tmp_path, name, runs.run_files(result, {}, {}, {}))
+    return runsave.save_new_run(tmp_path, name, runformat.run_files(result, {}, {}, {}))
 
 
 def test_saved_run_reloads_to_the_same_model_and_test_mse(tmp_path, result):
@@ -80,7 +80,7 @@ def test_missing_runs_say_how_to_make_one(tmp_path):
 @pytest.mark.parametrize("name", ["", ".hidden", "a/b", "latest", "lr-find", "x y", "..", "/abs", "../up", "x" * 101, "run\n"])
 def test_bad_run_names_are_usage_errors_that_create_nothing(tmp_path, name):
     with pytest.raises(UsageError, match="--name .* is not a valid run name"):
-        runs.prepare_runs_dir(tmp_path / "runs", name)
+        runsave.prepare_runs_dir(tmp_path / "runs", name)
     assert not (tmp_path / "runs").exists()
 
 
@@ -139,7 +139,7 @@ def test_json_files_and_json_output_write_null_for_a_non_finite_figure(capsys):
     def strict(text):
         return json.loads(text, parse_constant=lambda token: pytest.fail(f"{token} is not JSON"))
 
-    assert strict(runs.json_bytes(document)) == expected
+    assert strict(runformat.json_bytes(document)) == expected
     report.print_json(document)
     assert strict(capsys.readouterr().out) == expected
 
@@ -147,7 +147,7 @@ def test_json_files_and_json_output_write_null_for_a_non_finite_figure(capsys):
 def test_a_run_being_resumed_cannot_be_resumed_a_second_time(tmp_path):
     steps = iter(range(1, 100))
     stopped = fit(TrainConfig(points=80, epochs=3, seeds=(0, 1)), should_stop=lambda: next(steps) >= 4)
-    runs.save_new_run(tmp_path, "r", runs.run_files(stopped, {}, {}, {}))
+    runsave.save_new_run(tmp_path, "r", runformat.run_files(stopped, {}, {}, {}))
     with runs.run_for_update(tmp_path, "r"):
         with pytest.raises(runs.RunError, match="in use by another rungefit process"):
             with runs.run_for_update(tmp_path, "r"):

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from rungefit import runs
+from rungefit import runformat, runs, runsave
 from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.evaluate import best_member
@@ -119,13 +119,13 @@ def interrupted_files():
     steps = itertools.count(1)
     result = fit(TrainConfig(points=60, epochs=4, seeds=(0, 1)), should_stop=lambda: next(steps) >= 5)
     assert result.status == "interrupted"
-    return runs.run_files(result, {}, {}, {})
+    return runformat.run_files(result, {}, {}, {})
 
 
 @pytest.fixture()
 def interrupted(tmp_path, interrupted_files):
     """(runs_dir, run_dir) of a fresh copy of the interrupted run, named "r"."""
-    return tmp_path, runs.save_new_run(tmp_path, "r", interrupted_files)
+    return tmp_path, runsave.save_new_run(tmp_path, "r", interrupted_files)
 
 
 def load_and_resume(runs_dir, name="r"):
@@ -393,7 +393,7 @@ def mutated_file(data, file: str, good: bytes, value, tensor) -> bytes:
 
 @pytest.mark.parametrize("file", ["config.json", "summary.json", "model.pt", "latest"])
 def test_any_mutation_of_a_run_file_is_a_one_line_error_or_a_valid_run(tmp_path, interrupted_files, file):
-    runs.save_new_run(tmp_path, "r", interrupted_files)
+    runsave.save_new_run(tmp_path, "r", interrupted_files)
     good = {name: (tmp_path / "r" / name).read_bytes() for name in ("config.json", "summary.json", "model.pt")}
     good["latest"] = (tmp_path / "latest").read_bytes()
 

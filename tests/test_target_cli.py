@@ -13,7 +13,7 @@ import torch
 from scipy.interpolate import CubicSpline
 from typer.testing import CliRunner
 
-from rungefit import runs
+from rungefit import runformat, runs, runsave
 from rungefit.cli import app
 from rungefit.config import PRESETS, TrainConfig
 from rungefit.formula import Formula
@@ -238,7 +238,7 @@ def test_an_interrupted_data_run_resumes_from_its_own_copy_to_the_uninterrupted_
     steps = []
     stopped = fit(config, should_stop=lambda: steps.append(1) or len(steps) == 25)
     assert stopped.status == "interrupted" and 0 < stopped.epochs_run < 4
-    runs.save_new_run(tmp_path, "r", runs.run_files(stopped, {}, {}, {}))
+    runsave.save_new_run(tmp_path, "r", runformat.run_files(stopped, {}, {}, {}))
     source.unlink()
     result = runner.invoke(app, ["train", "--resume", "r", "--runs-dir", str(tmp_path), "--json"])
     assert result.exit_code in (0, 1), result.output
