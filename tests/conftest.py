@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+import typer.testing
 from typer.testing import CliRunner
 
 from rungefit.cli import app
@@ -23,6 +24,18 @@ from rungefit.model import StackedMLP
 # strategy using `random`. So load it now.
 from rungefit.report import error  # noqa: E402, F401
 
+
+def build_the_command_once() -> None:
+    """Typer builds the click command anew on every CliRunner.invoke, which costs more than most
+    invocations themselves: build rungefit's once. typer.testing's lookup is private, so only where
+    it is found; elsewhere every invoke builds its own, as before."""
+    build = getattr(typer.testing, "_get_command", None)
+    if callable(build):
+        command = build(app)
+        typer.testing._get_command = lambda typer_app: command if typer_app is app else build(typer_app)
+
+
+build_the_command_once()
 runner = CliRunner()
 # What every saved training run holds.
 RUN_FILES = {"config.json", "model.pt", "history.csv", "summary.json", "fit.png", "loss.png"}

@@ -16,7 +16,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from typer.testing import CliRunner
 
 from rungefit import runformat, runs, runsave
 from rungefit.cli import app
@@ -26,7 +25,7 @@ from rungefit.runformat import CHECKPOINT_FORMAT
 from rungefit.runread import FILE_LIMITS
 from rungefit.train import fit
 
-runner = CliRunner()
+from .conftest import runner
 
 
 @pytest.fixture()

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 from scipy.interpolate import CubicSpline
-from typer.testing import CliRunner
 
 from rungefit import runformat, runs, runsave
 from rungefit.cli import app
@@ -20,11 +19,9 @@ from rungefit.formula import Formula
 from rungefit.target import target_of
 from rungefit.train import fit
 
-from .conftest import heavy_imports_after, runge
+from .conftest import heavy_imports_after, runge, runner
 
 DATA = Path(__file__).parent / "data" / "damped_sine.csv"
-
-runner = CliRunner()
 
 # A float64 run that gets past the mean predictor's plateau in a fraction of a second.
 PINNED = ["--points", "300", "--epochs", "40", "--batch-size", "10", "--dtype", "float64", "--quiet", "--json"]
