@@ -41,8 +41,11 @@ def _lazy_import(name: str):
     """The module, loaded on first attribute access (importlib's LazyLoader recipe).
 
     report imports Rich's console, progress and table machinery, which TAB completion
-    never needs.
+    never needs. A module already loaded is that module: a second copy would have consoles of
+    its own.
     """
+    if name in sys.modules:
+        return sys.modules[name]
     spec = importlib.util.find_spec(name)
     spec.loader = importlib.util.LazyLoader(spec.loader)
     module = importlib.util.module_from_spec(spec)

@@ -5,17 +5,23 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
+import signal
 import subprocess
 import sys
 import threading
 import time
+import traceback
 
 import pytest
 import torch
 import typer.testing
+from rich.console import Console
 from typer.testing import CliRunner
 
+from rungefit import report
 from rungefit.cli import app
+from rungefit.cli import main as cli_main
 from rungefit.config import parse_layers
 from rungefit.model import StackedMLP
 
@@ -126,28 +132,49 @@ WORKERS_GONE_WITHIN_S = 5.0
 
 
 class Rungefit:
-    """`python -m rungefit ARGS` in a session of its own, its output read as it comes.
+    """`rungefit ARGS` in a process of its own, in a session of its own, its output read as it comes.
 
+    The process is a fork of the test process, which runs the CLI's entry point and exits: torch
+    and rungefit are loaded already, where a new interpreter would spend most of a short run
+    importing them (the entry point itself runs in new interpreters in test_cli and test_predict).
     The progress bar is drawn as on a terminal (TTY_COMPATIBLE), so that a test can wait for the
     event it needs, "epoch N done", in the process's stderr rather than for some time to pass.
+    `prepare` runs in the child before the CLI; with `stdin=True` the test writes the child's stdin.
     """
 
-    def __init__(self, *args: str, cwd=None):
-        env = {**os.environ, "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "rungefit", *args], cwd=cwd, env=env, start_new_session=True,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )
-        self.pid = self.process.pid
+    _parent_ends: set[int] = set()  # every open pipe end of this process's children: no child inherits another's
+
+    def __init__(self, *args: str, prepare=None, stdin: bool = False):
+        stdin_r, stdin_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), None)
+        (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:
+            for fd in {*self._parent_ends, out_r, err_r} | ({stdin_w} if stdin else set()):
+                os.close(fd)
+            _run_the_cli(args, prepare, (stdin_r, out_w, err_w))
+        for fd in (stdin_r, out_w, err_w):
+            os.close(fd)
+        self.stdin = stdin_w
+        self._parent_ends.update({out_r, err_r} | ({stdin_w} if stdin else set()))
+        self.process = Child(self.pid)
         self._out = {"stdout": bytearray(), "stderr": bytearray()}
-        self._readers = [threading.Thread(target=self._read, args=(name,), daemon=True) for name in self._out]
+        self._readers = [threading.Thread(target=self._read, args=(fd, name), daemon=True) for fd, name in ((out_r, "stdout"), (err_r, "stderr"))]
         for reader in self._readers:
             reader.start()
 
-    def _read(self, name: str) -> None:
-        stream = getattr(self.process, name)
-        while chunk := os.read(stream.fileno(), 65536):
+    def _read(self, fd: int, name: str) -> None:
+        while chunk := os.read(fd, 65536):
             self._out[name] += chunk
+        self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        self._parent_ends.discard(fd)
+        os.close(fd)
+
+    def close_stdin(self) -> None:
+        if self.stdin is not None:
+            self._close(self.stdin)
+            self.stdin = None
 
     @property
     def stderr(self) -> str:
@@ -194,8 +221,71 @@ class Rungefit:
 
     def __exit__(self, *exc_info) -> None:
         """Whatever the test did, the process does not outlive it."""
+        self.close_stdin()
         if self.process.poll() is None:
             self.process.kill()
+            self.process.wait(timeout=WORKERS_GONE_WITHIN_S)
+
+
+TERMINAL = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
+
+
+def _run_the_cli(args, prepare, fds) -> None:
+    """In a forked child: fds become its stdin, stdout and stderr, as a terminal's would; run the
+    CLI's entry point on args and exit with its code, without the test process's exit handlers."""
+    code = 70  # EX_SOFTWARE: the harness itself failed
+    try:
+        os.setsid()  # a session of its own, so that a signal can reach its process group, as in a terminal
+        for fd, standard in zip(fds, (0, 1, 2)):
+            os.dup2(fd, standard)
+            os.close(fd)
+        sys.stdin, sys.stdout, sys.stderr = open(0, closefd=False), open(1, "w", closefd=False), open(2, "w", closefd=False)
+        os.environ.update(TERMINAL)
+        # The test process's OpenMP threads are not in this copy of it: a parallel region would
+        # wait for them forever. (Training picks one thread for small stacks anyway.)
+        torch.set_num_threads(1)
+        report.stdout, report.stderr = Console(), Console(stderr=True)  # they read the environment when made
+        if prepare is not None:
+            prepare()
+        sys.argv = ["rungefit", *args]
+        try:
+            cli_main()
+            code = 0
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class Child:
+    """The part of subprocess.Popen's interface that tests use, for a forked child."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode = None
+        self._exited = os.pidfd_open(pid)  # readable once the child has ended
+
+    def poll(self):
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+                os.close(self._exited)
+        return self.returncode
+
+    def wait(self, timeout: float):
+        if self.returncode is None and not select.select([self._exited], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(f"forked rungefit {self.pid}", timeout)
+        return self.poll()
+
+    def kill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+
+
 
 
 def children_of(pid: int) -> list[int]:

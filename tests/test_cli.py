@@ -10,7 +10,7 @@ import sys
 import pytest
 import typer
 
-from rungefit import report
+from rungefit import cli_common, report
 from rungefit.cli import app
 
 from .conftest import QUICK_TRAIN, RUN_FILES, heavy_imports_after, runner
@@ -92,6 +92,11 @@ def test_existing_run_name_is_refused_before_training(quick_run):
 def test_python_dash_m_works():
     result = subprocess.run([sys.executable, "-m", "rungefit", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("rungefit ")
+
+
+def test_the_lazily_imported_report_is_the_report_module_already_loaded():
+    # A second copy would have consoles of its own: a swapped console would reach only one.
+    assert cli_common._lazy_import("rungefit.report") is report is sys.modules["rungefit.report"] is cli_common.report
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["export", "--help"], ["predict", "--help"]])

@@ -9,8 +9,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -41,13 +39,14 @@ def latest_is_complete(runs_dir) -> bool:
 def test_two_trains_started_together_get_two_complete_runs(tmp_path):
     runs_dir = tmp_path / "runs"
     # No --name: both take a timestamp, most often the same one, and os.mkdir decides who gets it.
-    command = [sys.executable, "-m", "rungefit", "train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--json"]
-    children = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    while any(child.poll() is None for child in children):
-        assert latest_is_complete(runs_dir)
-        time.sleep(0.05)  # a poll: the two trains need the cores more than this loop
-    outputs = [child.communicate() for child in children]
-    assert [child.returncode for child in children] == [0, 0], outputs
+    with Rungefit("train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--json") as one, Rungefit("train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--json") as two:
+        children = [one, two]
+        while any(child.process.poll() is None for child in children):
+            assert latest_is_complete(runs_dir)
+            time.sleep(0.05)  # a poll: the two trains need the cores more than this loop
+        codes = [child.finish() for child in children]
+    outputs = [(child.stdout, child.stderr) for child in children]
+    assert codes == [0, 0], outputs
 
     paths = {json.loads(stdout)["run"] for stdout, _ in outputs}
     assert len(paths) == 2

@@ -1,7 +1,7 @@
 """Interrupts and resume: a stopped run continues to exactly the numbers of an uninterrupted one.
 
 The core is stopped through fit's should_stop; the CLI through a real SIGINT sent to a `train`
-subprocess, as Ctrl-C in a terminal would.
+process, as Ctrl-C in a terminal would.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import itertools
 import json
 import os
 import signal
-import subprocess
 import sys
 from contextlib import contextmanager
 from dataclasses import replace
@@ -94,31 +93,26 @@ def test_a_stop_during_the_polish_undoes_it_and_resume_runs_it_again(workers):
 LONG_TRAIN = [*LEARNS, "--seeds", "2", "--quiet"]  # a run that learns, so that it exits 0
 STEPS_PER_EPOCH = TrainConfig(points=120, batch_size=8).steps_per_epoch
 PRESS_AFTER = 3  # the epoch after which Ctrl-C is pressed
-# `rungefit train` as run from a terminal, except that after epoch PRESS_AFTER it says so on stderr
-# and waits until its stdin closes: the test presses Ctrl-C at a known point of the run, however
-# busy the machine is. The real signal handler receives the real SIGINT.
-DRIVER = f"""
-import sys
-from rungefit import cli
 
-real = cli.report.training_progress
 
-def announcing(epochs, quiet):
-    progress, on_epoch, on_polish = real(epochs, quiet)
+def announce_then_wait_for_stdin() -> None:
+    """In the train process, before the CLI runs: after epoch PRESS_AFTER, say so on stderr and
+    wait until stdin closes. The test presses Ctrl-C at a known point of the run, however busy the
+    machine is; the real signal handler receives the real SIGINT."""
+    real = cli.report.training_progress
 
-    def on_epoch_then_wait(report):
-        on_epoch(report)
-        if report.epoch == {PRESS_AFTER}:
-            print("EPOCH", report.epoch, file=sys.stderr, flush=True)
-            sys.stdin.read()
+    def announcing(epochs, quiet):
+        progress, on_epoch, on_polish = real(epochs, quiet)
 
-    return progress, on_epoch_then_wait, on_polish
+        def on_epoch_then_wait(report):
+            on_epoch(report)
+            if report.epoch == PRESS_AFTER:
+                print("EPOCH", report.epoch, file=sys.stderr, flush=True)
+                sys.stdin.read()
 
-cli.report.training_progress = announcing
-sys.argv[0] = "rungefit"
-cli.main()
-"""
+        return progress, on_epoch_then_wait, on_polish
 
+    cli.report.training_progress = announcing
 
 def checkpoint(run_dir):
     return torch.load(run_dir / "model.pt", weights_only=True)
@@ -145,31 +139,17 @@ def train_options(runs_dir, workers: int) -> list[str]:
     return ["train", *LONG_TRAIN, "--workers", str(workers), "--runs-dir", str(runs_dir), "--name", "x"]
 
 
-def start_train(runs_dir, workers: int) -> subprocess.Popen:
-    """`rungefit train` under DRIVER, which waits after epoch PRESS_AFTER until its stdin closes."""
-    command = [sys.executable, "-c", DRIVER, *train_options(runs_dir, workers)]
-    # A session of its own, so that Ctrl-C can reach the whole process group, as in a terminal.
-    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
-def wait_for_line(stream, text: str) -> None:
-    """Read stream until a line starts with text; fail if it ends first."""
-    for line in stream:
-        if line.startswith(text):
-            return
-    raise AssertionError(f"the process ended without printing {text!r}")
-
-
 def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbers(tmp_path):
     # Two worker processes, the harder case: the stop must reach them and their epoch ahead be
     # undone. One process is covered by the should_stop tests above, which take the same path.
     workers = 2
     runs_dir, ref_dir = tmp_path / "runs", tmp_path / "ref" / "x"
-    child = start_train(runs_dir, workers)
-    wait_for_line(child.stderr, f"EPOCH {PRESS_AFTER}")
-    os.killpg(child.pid, signal.SIGINT)  # the training process and its workers, as Ctrl-C does
-    _, stderr = child.communicate(timeout=120)  # closes stdin: the run goes on, and sees the flag
-    assert child.returncode == 130, stderr
+    with Rungefit(*train_options(runs_dir, workers), prepare=announce_then_wait_for_stdin, stdin=True) as child:
+        child.wait_until(lambda: f"EPOCH {PRESS_AFTER}" in child.stderr, f"epoch {PRESS_AFTER}")
+        os.killpg(child.pid, signal.SIGINT)  # the training process and its workers, as Ctrl-C does
+        child.close_stdin()  # the run goes on, and sees the flag
+        assert child.finish() == 130, child.stderr
+    stderr = child.stderr
     assert "Traceback" not in stderr
     assert f"rungefit train --resume x --runs-dir {runs_dir}" in stderr
 
