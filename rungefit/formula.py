@@ -20,6 +20,7 @@ import ast
 import functools
 import math
 import operator
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,7 +69,9 @@ def parse_formula(text: str) -> Formula:
     if not text.strip():
         raise UsageError("--target is empty; give a preset name or a formula in x")
     try:
-        tree = ast.parse(text.strip(), mode="eval")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # Python's own (`1if`: SyntaxWarning) are syntax errors here, not a stray line
+            tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as error:
         where = f" at character {error.offset}" if error.offset else ""
         raise UsageError(f"--target {short(text)}: syntax error{where}: {error.msg}") from None

@@ -1,77 +1,25 @@
 """The target: what the network fits. A preset, a formula in x (formula.py), or a data file
 (datafile.py); its domain, the training points and their train/validation split, the test set,
-and f' by autograd.
+and f' by autograd. The domain itself is domain.py's.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rungefit.config import (
-    CHECK_POINTS,
-    DEFAULT_DOMAIN,
-    DEFAULT_TARGET,
-    MAX_DOMAIN,
-    MAX_FORMULA_CHARS,
-    PRESETS,
-    validation_size,
-)
+from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET, MAX_FORMULA_CHARS, PRESETS, validation_size
 from rungefit.datafile import PointsFile, read_points, remembered
+from rungefit.domain import check_domain, check_grid, describe_domain, parse_domain
 from rungefit.errors import UsageError
 from rungefit.formula import CONSTANTS, FUNCTIONS, KINK_TOLERANCE, Formula, parse_formula, short
 
 if TYPE_CHECKING:
     import torch
-
-# ---------------------------------------------------------------- the domain
-
-
-def parse_domain(text: str) -> tuple[float, float]:
-    """--domain "A,B" as a checked (A, B)."""
-    parts = text.split(",")
-    try:
-        if len(parts) != 2:
-            raise ValueError
-        domain = (float(parts[0]), float(parts[1]))
-    except ValueError:
-        raise UsageError(f"--domain {text!r}: expected two numbers A,B with A < B, e.g. -1,1 or 0,3") from None
-    return check_domain(domain)
-
-
-def check_domain(domain) -> tuple[float, float]:
-    """The domain as two floats, or a UsageError: finite, A < B, not absurdly large or narrow."""
-    try:
-        low, high = (float(v) for v in domain)
-        if any(isinstance(v, (bool, str)) for v in domain):
-            raise TypeError
-    except (TypeError, ValueError):
-        raise UsageError(f"--domain must be two numbers A,B, got {str(domain)[:40]}") from None
-    if not (math.isfinite(low) and math.isfinite(high)):
-        raise UsageError(f"--domain {low:g},{high:g}: both ends must be finite")
-    if not low < high:
-        raise UsageError(f"--domain {low:g},{high:g}: A must be below B")
-    if max(abs(low), abs(high)) > MAX_DOMAIN:
-        raise UsageError(f"--domain {low:g},{high:g}: the ends must lie within ±{MAX_DOMAIN:g}")
-    if high - low < 1e-9 * max(1.0, abs(low), abs(high)):
-        raise UsageError(f"--domain {low:g},{high:g} is too narrow for float64 points to resolve")
-    return low, high
-
-
-def describe_domain(domain: tuple[float, float]) -> str:
-    return f"[{domain[0]:g}, {domain[1]:g}]"
-
-
-def check_grid(domain: tuple[float, float]) -> np.ndarray:
-    """CHECK_POINTS equally spaced points of the domain, its ends, and 0 when inside; sorted."""
-    low, high = domain
-    extra = [0.0] if low < 0.0 < high else []
-    return np.unique(np.concatenate([np.linspace(low, high, CHECK_POINTS), extra]))
 
 
 # ---------------------------------------------------------------- splits
@@ -359,11 +307,13 @@ def settings(target: str | None = None, domain: str | None = None, data: str | N
     checked. With data they include the points (all but the test share) and the test points."""
     if data is None:
         fields = {"target": DEFAULT_TARGET if target is None else target, "domain": parse_domain(domain) if domain is not None else DEFAULT_DOMAIN}
-        function_target(fields["target"], fields["domain"])
+        function = function_target(fields["target"], fields["domain"])
+        _varying(function(check_grid(function.domain)), f"--target {short(function.spec)} on --domain {describe_domain(function.domain)}")
         return fields
     if target is not None:
         raise UsageError("--target and --data exclude each other: the data are the target")
     points = read_points(data)
+    _varying(points.y, f"--data {data}: y")
     if domain is not None:
         span = parse_domain(domain)
     else:
@@ -375,6 +325,12 @@ def settings(target: str | None = None, domain: str | None = None, data: str | N
         "target": "", "domain": span, "data": str(data), "data_sha256": points.sha256, "test_fraction": test_fraction,
         "points": len(resolved.pool), "test_points": len(resolved.test_index),
     }
+
+
+def _varying(values: np.ndarray, what: str) -> None:
+    """A UsageError for a constant: every fit is judged against the variance of y, and it has none."""
+    if np.ptp(values) == 0:
+        raise UsageError(f"{what} is constant ({values[0]:g}): there is nothing to learn, and rungefit judges every fit against the variance of y; choose a target that varies")
 
 
 def target_of(config) -> FunctionTarget | DataTarget:

@@ -36,6 +36,7 @@ DATA_FILES = {
     "text.csv": "x,y\n0,1\n1,one\n",
     "nan.csv": "0,1\n1,nan\n",
     "few.csv": "".join(f"{i},{i}\n" for i in range(40)),
+    "flat.csv": "".join(f"{i / 100},2.5\n" for i in range(100)),
     "good.csv": "".join(f"{i / 100},{(i / 100) ** 2}\n" for i in range(100)),
 }
 # Typed formulas that must be refused without running anything.
@@ -136,6 +137,8 @@ TRAIN = [
     (["--target", "log(x)"], 2, "not a real number (NaN) at x = -1"),
     (["--target", "1/x"], 2, "infinite at x = 0"),
     (["--target", "sqrt(x - 1)", "--domain", "0,2"], 2, "at x = 0"),
+    (["--target", "0"], 2, "--target '0' on --domain [-1, 1] is constant (0): there is nothing to learn"),
+    (["--target", "0*x + 3", "--domain", "0,2"], 2, "is constant (3)"),
     *((["--target", formula], 2, "--target") for formula in HOSTILE),
     (["--domain", "1,1"], 2, "--domain"),
     (["--domain", "2,1"], 2, "--domain"),
@@ -148,6 +151,7 @@ TRAIN = [
     (["--data", "{root}/text.csv"], 2, "'one' is not a number"),
     (["--data", "{root}/nan.csv"], 2, "NaN or infinite"),
     (["--data", "{root}/few.csv"], 2, "fewer than one batch"),
+    (["--data", "{root}/flat.csv"], 2, "y is constant (2.5)"),
     (["--data", "{root}/good.csv", "--domain", "0,0.5"], 2, "outside --domain"),
     (["--data", "{root}/good.csv", "--points", "50"], 2, "--points"),
     (["--data", "{root}/good.csv", "--target", "abs"], 2, "exclude each other"),
@@ -194,6 +198,7 @@ LR_FIND = [
     (["--out", UNDER_A_FILE], 1, "--out"),
     (["--target", "nope"], 2, "unknown preset"),
     (["--target", "x.real"], 2, "attribute access"),
+    (["--target", "0"], 2, "is constant (0)"),
     (["--domain", "3,-3"], 2, "--domain"),
     (["--data", "{root}/text.csv"], 2, "'one' is not a number"),
     (["--data", "{root}/good.csv", "--points", "50"], 2, "--points"),

@@ -4,6 +4,7 @@ the domain, data files, and the training, validation and test points."""
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,10 @@ from hypothesis import strategies as st
 from rungefit import target as targets
 from rungefit.config import FORMULA_FUNCTIONS, PRESETS, TrainConfig, validation_size
 from rungefit.datafile import read_points
+from rungefit.domain import check_grid, parse_domain
 from rungefit.errors import UsageError
 from rungefit.formula import parse_formula
-from rungefit.target import check_grid, function_target, parse_domain, target_of
+from rungefit.target import function_target, target_of
 
 from .conftest import runge, runge_prime
 
@@ -274,10 +276,22 @@ def test_any_whitelisted_formula_either_works_everywhere_or_is_a_usage_error(for
 @settings(max_examples=100, deadline=None, database=None)
 @given(text=st.text(alphabet="x()+-*/.,^ 0123456789eipabsqrtlogmn_[]'\"=:", max_size=40))
 def test_any_text_is_a_target_or_a_usage_error(text):
-    try:
-        function_target(text, (-1.0, 1.0))
-    except UsageError:
-        pass
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            function_target(text, (-1.0, 1.0))
+        except UsageError:
+            pass
+    assert caught == []  # a warning would be a stray line on stderr beside the one-line error
+
+
+@pytest.mark.parametrize("text, offset", [("1if x else 2", 1), ("x + 1or 2", 5)])
+def test_python_s_own_syntax_warnings_are_syntax_errors_not_a_stray_line(text, offset):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UsageError, match=f"syntax error at character {offset}: invalid decimal literal"):
+            parse_formula(text)
+    assert caught == []
 
 
 # ---------------------------------------------------------------- domains

@@ -1,0 +1,55 @@
+"""The domain [A, B]: --domain parsed and checked, and the dense grid a target is checked on.
+
+Torch-free: the CLI checks --domain before it loads anything heavy.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from rungefit.config import CHECK_POINTS, MAX_DOMAIN
+from rungefit.errors import UsageError
+
+
+def parse_domain(text: str) -> tuple[float, float]:
+    """--domain "A,B" as a checked (A, B)."""
+    parts = text.split(",")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        domain = (float(parts[0]), float(parts[1]))
+    except ValueError:
+        raise UsageError(f"--domain {text!r}: expected two numbers A,B with A < B, e.g. -1,1 or 0,3") from None
+    return check_domain(domain)
+
+
+def check_domain(domain) -> tuple[float, float]:
+    """The domain as two floats, or a UsageError: finite, A < B, not absurdly large or narrow."""
+    try:
+        low, high = (float(v) for v in domain)
+        if any(isinstance(v, (bool, str)) for v in domain):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise UsageError(f"--domain must be two numbers A,B, got {str(domain)[:40]}") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise UsageError(f"--domain {low:g},{high:g}: both ends must be finite")
+    if not low < high:
+        raise UsageError(f"--domain {low:g},{high:g}: A must be below B")
+    if max(abs(low), abs(high)) > MAX_DOMAIN:
+        raise UsageError(f"--domain {low:g},{high:g}: the ends must lie within ±{MAX_DOMAIN:g}")
+    if high - low < 1e-9 * max(1.0, abs(low), abs(high)):
+        raise UsageError(f"--domain {low:g},{high:g} is too narrow for float64 points to resolve")
+    return low, high
+
+
+def describe_domain(domain: tuple[float, float]) -> str:
+    return f"[{domain[0]:g}, {domain[1]:g}]"
+
+
+def check_grid(domain: tuple[float, float]) -> np.ndarray:
+    """CHECK_POINTS equally spaced points of the domain, its ends, and 0 when inside; sorted."""
+    low, high = domain
+    extra = [0.0] if low < 0.0 < high else []
+    return np.unique(np.concatenate([np.linspace(low, high, CHECK_POINTS), extra]))
