@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from rungefit import runlayout
 from rungefit.cli_common import (
     ExportFormat,
     JsonFlag,
@@ -92,7 +93,7 @@ def grad(
     if not untrained:
         curve = study.curve
         png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"], label=goal.derivative_label)
-        _write_figure(loaded.path / "grad.png", png)
+        _write_figure(loaded.path / runlayout.GRAD_FIGURE, png)
 
 
 def eval_run(
@@ -133,7 +134,7 @@ def eval_run(
         render_eval(doc)
     curves = result.curves
     png = plots.eval_png(curves.x, curves.target, curves.prediction, curves.errors, title=source, label=curves.label, error_x=curves.error_x, points=curves.points)
-    _write_figure(loaded.path / "eval.png", png)
+    _write_figure(loaded.path / runlayout.EVAL_FIGURE, png)
 
 
 def export(
@@ -159,7 +160,7 @@ def export(
     from rungefit import runsave
 
     loaded, member, source = _load_member(runs_dir, run, member)
-    path = out or loaded.path / f"member-{member}.{file_format.value}"
+    path = out or loaded.path / f"{runlayout.EXPORT_PREFIX}{member}.{file_format.value}"
     if path.is_dir():
         raise UsageError(f"--out {path} is a directory; give a file name")
     if path.exists() and not force:

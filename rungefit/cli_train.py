@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from rungefit import runlayout
 from rungefit.cli_common import (
     DEFAULTS,
     SIGINT_EXIT,
@@ -37,6 +38,7 @@ from rungefit.cli_common import (
     report,
 )
 from rungefit.config import (
+    EXPORT_FORMATS,
     MAX_EPOCHS,
     MAX_SEED,
     MAX_WORKERS,
@@ -162,9 +164,20 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phase
 
         def save(result) -> Path:
             runsave.update_run(loaded.path, _run_files(result, carried, phases), loaded.owner)
+            _warn_made_before(loaded.path)
             return loaded.path
 
         _train_and_report(config, save, carried, quiet, json_output, phases, resume=state)
+
+
+def _warn_made_before(run_dir: Path) -> None:
+    """An update keeps what eval, grad and export made from the old network: say that they no longer match."""
+    stale = runlayout.made_from_the_network(run_dir, EXPORT_FORMATS)
+    if stale:
+        report.warning(
+            f"{', '.join(stale)} in {run_dir} were made from the network before this resume and no longer match it; "
+            "make them again with `rungefit eval`, `rungefit grad` or `rungefit export --force`"
+        )
 
 
 def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_output: bool, phases: Phases, resume=None) -> None:
@@ -338,7 +351,7 @@ def lr_find_command(
     Example: rungefit lr-find --seeds 3 --verify
     """
     from rungefit import lr_find as core
-    from rungefit import runlayout, runs, runsave
+    from rungefit import runs, runsave
     from rungefit import train as training
 
     shape = {"layers": layers, "points": points, "val_fraction": val_fraction, "batch_size": batch_size, "epochs": verify_epochs, "schedule": schedule and schedule.value, "dtype": dtype and dtype.value}
@@ -368,7 +381,7 @@ def lr_find_command(
 
 def _save_lr_find(doc: dict, csv_text: str, runs_dir: Path, out: Optional[Path]) -> Path:
     """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>."""
-    from rungefit import plots, runformat, runlayout, runs, runsave
+    from rungefit import plots, runformat, runs, runsave
 
     files = {
         "lr_find.csv": csv_text.encode(),

@@ -23,6 +23,9 @@ SUMMARY_FILE = "summary.json"
 MAX_NAME_LENGTH = 100
 NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-")
 RETRAIN = "retrain with `rungefit train`"
+# What eval, grad and export write into a run directory, from its network, by default.
+EVAL_FIGURE, GRAD_FIGURE = "eval.png", "grad.png"
+EXPORT_PREFIX = "member-"
 
 
 class RunError(RungefitError):
@@ -38,6 +41,16 @@ def describe(error: OSError) -> str:
     if error.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
     return error.strerror or str(error) or type(error).__name__
+
+
+def made_from_the_network(run_dir: Path, formats: tuple[str, ...]) -> list[str]:
+    """The files in run_dir that eval, grad and export wrote from its network under their default
+    names (exports: member-K.FORMAT for each of formats), sorted."""
+    def derived(name: str) -> bool:
+        stem, _, suffix = name.rpartition(".")
+        return name in (EVAL_FIGURE, GRAD_FIGURE) or (stem.startswith(EXPORT_PREFIX) and stem[len(EXPORT_PREFIX):].isdigit() and suffix in formats)
+
+    return sorted(entry.name for entry in run_dir.iterdir() if entry.is_file() and derived(entry.name))
 
 
 def damaged(file: Path, detail: str) -> RunError:

@@ -231,6 +231,20 @@ def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path,
     assert without_wall_time(runs_dir / "x") == without_wall_time(tmp_path / "ref" / "x")
 
 
+def test_a_resume_keeps_what_eval_grad_and_export_made_and_says_it_no_longer_matches(tmp_path):
+    result = fit(CONFIG, should_stop=stop_after(4))
+    runsave.save_new_run(tmp_path, "r", runformat.run_files(result, {}, {}, {}))
+    run_dir = tmp_path / "r"
+    made = ["eval.png", "grad.png", "member-1.onnx", "member-0.safetensors"]
+    for name in [*made, "member-0.txt", "member-x.onnx", "notes.txt"]:  # the last three: not what rungefit makes
+        (run_dir / name).write_text(name)
+    outcome = runner.invoke(app, ["train", "--resume", "r", "--runs-dir", str(tmp_path), "--json"])
+    assert outcome.exit_code == 1, outcome.output  # too short a run to learn
+    assert f"warning: {', '.join(sorted(made))} in {run_dir} were made from the network before this resume" in outcome.stderr
+    for name in [*made, "member-0.txt", "member-x.onnx", "notes.txt"]:
+        assert (run_dir / name).read_text() == name  # kept: an old export may be the only copy of the old network
+
+
 # ---------------------------------------------------------------- runs that cannot be resumed
 
 
