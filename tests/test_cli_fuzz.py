@@ -32,6 +32,7 @@ def cheap(command: str, root) -> list[str]:
         "lr-find": ["--points", "60", "--iters", "5", "--verify-epochs", "1", "--verify-rates", "1", "--verify-seeds", "1", "--runs-dir", runs_dir, "--out", str(root / "lr")],
         "grad": ["--grid", "5", "--runs-dir", runs_dir],
         "eval": ["--runs-dir", runs_dir],
+        "predict": ["--runs-dir", runs_dir],
     }[command]
 
 
@@ -52,7 +53,7 @@ def root(tmp_path_factory):
 
 
 def check(command: str, root, args: list[str]) -> None:
-    result = runner.invoke(app, [command, *cheap(command, root), *args])
+    result = runner.invoke(app, [command, *cheap(command, root), *args], input="-0.5\n0.25\n")  # x values for predict
     assert result.exception is None or isinstance(result.exception, SystemExit), f"{args}: {result.exception!r}"
     assert "Traceback" not in result.output
     assert result.exit_code in KNOWN_EXIT_CODES, (args, result.exit_code)
@@ -61,7 +62,7 @@ def check(command: str, root, args: list[str]) -> None:
         assert len(errors) == 1, (args, result.stderr)
 
 
-@pytest.mark.parametrize("command", ["train", "lr-find", "grad", "eval"])
+@pytest.mark.parametrize("command", ["train", "lr-find", "grad", "eval", "predict"])
 def test_random_arguments_never_crash(root, command):
     @settings(max_examples=12, deadline=None, database=None)
     @given(args=argument_lists(command))
