@@ -15,10 +15,14 @@ command that reads, reserves or updates NAME finishes the swap (`.new-NAME` is c
 wins) and deletes `.old-NAME`. A `.staging-*` left by a killed writer is deleted by the next save
 into the same runs directory; an empty NAME left by a killed `train --name` is reclaimed by the
 next `train --name NAME`. Whose a directory is, and whether its owner lives, runlock.py tells.
+
+Against power loss, every file is synced before it is renamed into place, and every directory
+after an entry in it is made or renamed (sync_dir), before the next step builds on it.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -167,8 +171,21 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write data to path via a temporary file in the same directory and os.replace."""
+def sync_dir(path: Path) -> None:
+    """Make the entries of directory `path` durable (a file's own sync does not cover its name).
+    File systems that cannot sync a directory say EINVAL; there, nothing more can be done."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+    finally:
+        os.close(fd)
+
+
+def _write_synced(path: Path, data: bytes) -> None:
+    """Write data to path via a synced temporary file in the same directory and os.replace."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run is as shareable as any file
@@ -182,10 +199,17 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write path in one step (the old contents or the new, whatever happens), durably."""
+    _write_synced(path, data)
+    sync_dir(path.parent)
+
+
 def write_files(directory: Path, files: dict[str, bytes]) -> None:
-    """Write every file into an existing directory, each atomically."""
+    """Write every file into an existing directory, each atomically, and the directory durably."""
     for file_name, data in files.items():
-        atomic_write(directory / file_name, data)
+        _write_synced(directory / file_name, data)
+    sync_dir(directory)
 
 
 class _Staging:
@@ -229,6 +253,7 @@ def _stage(runs_dir: Path, files: dict[str, bytes], carry_from: Path | None = No
         write_files(staging.path, files)
         if carry_from is not None:
             _carry_over(carry_from, staging.path, files)
+            sync_dir(staging.path)
     except BaseException:
         staging.discard()
         raise
@@ -267,6 +292,7 @@ def save_new_run(runs_dir: Path, name: str | None, files: dict[str, bytes], rese
                 if reservation is None:
                     reservation = made_here = _reserve_locked(runs_dir, name) if name is not None else _claim_free_name(runs_dir)
                 os.replace(staging.path, reservation.path)  # an empty directory is replaced in one step
+                sync_dir(runs_dir)
         except BaseException:
             staging.discard()
             if made_here is not None:
@@ -295,6 +321,7 @@ def update_run(run_dir: Path, files: dict[str, bytes], owner: DirLock | None = N
             staging = _stage(runs_dir, files, carry_from=run_dir)
             try:
                 os.rename(staging.path, new)  # complete: a killed swap is finished from here on
+                sync_dir(runs_dir)
             except BaseException:
                 staging.discard()
                 raise
@@ -318,6 +345,7 @@ def _swap(run_dir: Path, new: Path, old: Path) -> None:
     except BaseException:
         os.rename(old, run_dir)
         raise
+    sync_dir(run_dir.parent)
 
 
 def finish_update(runs_dir: Path, name: str) -> None:
@@ -336,6 +364,7 @@ def finish_update(runs_dir: Path, name: str) -> None:
                     shutil.rmtree(old)  # left by an earlier update: older still
                 os.rename(run, old)
             os.rename(new, run)
+            sync_dir(runs_dir)
         shutil.rmtree(old, ignore_errors=True)
     except OSError as error:
         raise RunError(f"run {name!r} in {runs_dir} was left half updated by a killed process, and finishing the update failed ({describe(error)})") from None

@@ -66,7 +66,7 @@ def files():
 @pytest.mark.parametrize("failure", [OSError, KeyboardInterrupt])
 @pytest.mark.parametrize("stage", ["writing", "moving"])
 def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch, files, failure, stage):
-    real_write, real_replace = runsave.atomic_write, os.replace
+    real_write, real_replace = runsave._write_synced, os.replace
 
     def failing_write(path, data):
         if path.name == "summary.json":
@@ -79,12 +79,43 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch, files, failu
         real_replace(source, target)
 
     if stage == "writing":
-        monkeypatch.setattr(runsave, "atomic_write", failing_write)
+        monkeypatch.setattr(runsave, "_write_synced", failing_write)
     else:
         monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(runs.RunError if failure is OSError else failure):
         runsave.save_new_run(tmp_path, "r", files)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_name_a_save_makes_is_synced_in_its_directory_before_the_save_goes_on(tmp_path, monkeypatch, files):
+    # Power loss cannot be staged here; what surviving it needs can be checked: after every entry
+    # made in a directory (a file put in place, a hard link, a run renamed onto its name, `latest`),
+    # that directory is synced, so that no later step builds on a name the disk may not have.
+    events = []
+    real = {name: getattr(os, name) for name in ("fsync", "replace", "rename", "link")}
+
+    def fsync(fd):
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        real["fsync"](fd)
+
+    def naming(name):
+        def call(source, target, *args, **kwargs):
+            real[name](source, target, *args, **kwargs)
+            events.append(("name", os.path.dirname(os.path.realpath(target))))
+
+        return call
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    for name in ("replace", "rename", "link"):
+        monkeypatch.setattr(os, name, naming(name))
+    path = runsave.save_new_run(tmp_path, "r", files)
+    (path / "notes.txt").write_text("mine")  # carried over by the update, as a hard link
+    runsave.update_run(path, files)
+    monkeypatch.undo()
+    made = [(index, directory) for index, (kind, directory) in enumerate(events) if kind == "name"]
+    assert {directory for _, directory in made} >= {str(tmp_path.resolve())}
+    for index, directory in made:
+        assert ("sync", directory) in events[index + 1:], (directory, events[index:])
 
 
 def test_saves_and_updates_leave_no_temporary_files(tmp_path, files):
