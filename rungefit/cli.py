@@ -16,6 +16,7 @@ import time
 import traceback
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -33,6 +34,7 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         extra.setdefault("obj", {"started": time.perf_counter()})  # main() passes the process's start
+        _bash_gets_rungefits_script(self)
         try:
             with _sigterm_raises():
                 result = super().main(args=args, prog_name=prog_name or "rungefit", complete_var=complete_var, standalone_mode=False, **extra)
@@ -69,6 +71,35 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return code
         sys.exit(code)
+
+
+def _bash_gets_rungefits_script(group) -> None:
+    """Typer's --install-completion and --show-completion would give bash Typer's generic script,
+    which completes file names after `20:`: bash gets completions.py's, other shells Typer's.
+    (Should a Typer version name these options otherwise, they stay all Typer's.)"""
+    for param in group.params:
+        if param.name in ("install_completion", "show_completion") and not getattr(param.callback, "bash_is_ours", False):
+            param.callback = _bash_is_ours(param.callback, install=param.name == "install_completion")
+
+
+def _bash_is_ours(typers_callback, install: bool):
+    def callback(ctx, param, value):
+        if not value or ctx.resilient_parsing:
+            return value
+        from rungefit import completions
+
+        shell = value if isinstance(value, str) else completions.detect_shell()
+        if shell != "bash":
+            return typers_callback(ctx, param, shell or value)  # the shell found here, not found again
+        if install:
+            path = completions.install_bash(Path.home())
+            print(f"bash completion installed in {path}; it takes effect in a new terminal")
+        else:
+            sys.stdout.write(completions.completion_script("bash"))
+        raise typer.Exit()
+
+    callback.bash_is_ours = True
+    return callback
 
 
 class Terminated(BaseException):

@@ -11,6 +11,7 @@ as `t` and completed file names.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -74,6 +75,38 @@ def completion_script(shell: str) -> str:
     except ImportError:
         raise RungefitError(f"this Typer version cannot write the {shell} script; use completions/ from rungefit's source") from None
     return get_completion_script(prog_name=PROG_NAME, complete_var=COMPLETE_VAR, shell=shell).rstrip("\n") + "\n"
+
+
+def detect_shell() -> str | None:
+    """The shell that runs rungefit, as Typer finds it (shellingham, a dependency of Typer's), else $SHELL's name."""
+    try:
+        import shellingham
+
+        return shellingham.detect_shell()[0]
+    except (ImportError, OSError, RuntimeError):  # not installed; ShellDetectionFailure is an OSError
+        return os.path.basename(os.environ.get("SHELL", "")) or None
+
+
+def install_bash(home: Path) -> Path:
+    """rungefit's bash script where Typer's --install-completion puts its own (~/.bash_completions),
+    sourced from ~/.bashrc: the script is replaced in one step, and ~/.bashrc only appended to (it
+    may be a link into someone's dotfiles)."""
+    from rungefit.runlayout import describe
+    from rungefit.runsave import atomic_write
+
+    script, rc = home / ".bash_completions" / f"{PROG_NAME}.sh", home / ".bashrc"
+    line = f"source '{script}'"
+    try:
+        script.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(script, completion_script("bash").encode())
+        text = rc.read_text() if rc.is_file() else ""
+        if line not in text.splitlines():
+            with open(rc, "a") as handle:
+                handle.write(("\n" if text and not text.endswith("\n") else "") + line + "\n")
+    except (OSError, UnicodeDecodeError) as error:
+        detail = describe(error) if isinstance(error, OSError) else "it is not UTF-8 text"
+        raise RungefitError(f"cannot install bash completion ({detail}); print the script with `rungefit completion bash` and install it by hand") from None
+    return script
 
 
 def path_options() -> list[str]:

@@ -29,6 +29,56 @@ def test_committed_scripts_are_current(shell):
     assert committed == completion_script(shell), "stale: run `python -m rungefit.completions completions`"
 
 
+# ---------------------------------------------------------------- Typer's --install-completion and --show-completion
+
+
+@pytest.mark.parametrize("shell", sorted(FILES))
+def test_show_completion_gives_each_shell_the_script_rungefit_completion_gives(shell, monkeypatch):
+    from rungefit import completions
+    from rungefit.cli import app
+
+    from .conftest import runner
+
+    monkeypatch.setattr(completions, "detect_shell", lambda: shell)
+    result = runner.invoke(app, ["--show-completion"], prog_name="rungefit")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.rstrip("\n") == completion_script(shell).rstrip("\n")  # bash: ours, not Typer's generic one
+
+
+def test_install_completion_in_bash_installs_rungefits_script_once_and_keeps_bashrc(tmp_path, monkeypatch):
+    from rungefit import completions
+    from rungefit.cli import app
+
+    from .conftest import runner
+
+    monkeypatch.setattr(completions, "detect_shell", lambda: "bash")
+    dotfiles = tmp_path / "dotfiles"
+    dotfiles.mkdir()
+    (dotfiles / "bashrc").write_text("alias ll='ls -l'")  # no final newline
+    (tmp_path / ".bashrc").symlink_to(dotfiles / "bashrc")
+    for _ in range(2):
+        result = runner.invoke(app, ["--install-completion"], env={"HOME": str(tmp_path)})
+        assert result.exit_code == 0, result.output
+    script = tmp_path / ".bash_completions" / "rungefit.sh"
+    assert f"bash completion installed in {script}" in result.stdout
+    assert script.read_text() == completion_script("bash")
+    assert (tmp_path / ".bashrc").is_symlink()
+    assert (dotfiles / "bashrc").read_text() == f"alias ll='ls -l'\nsource '{script}'\n"
+
+
+def test_an_install_that_cannot_write_is_one_line(tmp_path, monkeypatch):
+    from rungefit import completions
+    from rungefit.cli import app
+
+    from .conftest import runner
+
+    monkeypatch.setattr(completions, "detect_shell", lambda: "bash")
+    (tmp_path / ".bash_completions").write_text("a file where the directory goes")
+    result = runner.invoke(app, ["--install-completion"], env={"HOME": str(tmp_path)})
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot install bash completion (") and len(result.stderr.splitlines()) == 1
+
+
 def complete(words: str, cwd: Path | None = None) -> list[str]:
     """Candidates bash would get for the command line `words` (completing its last word): the app
     answering _RUNGEFIT_COMPLETE as the scripts call it, in this process (the interactive-bash
