@@ -83,7 +83,7 @@ def detect_shell() -> str | None:
         import shellingham
 
         return shellingham.detect_shell()[0]
-    except (ImportError, OSError, RuntimeError):  # not installed; ShellDetectionFailure is an OSError
+    except (ImportError, OSError):  # not installed, or no shell found (ShellDetectionFailure is an OSError)
         return os.path.basename(os.environ.get("SHELL", "")) or None
 
 
