@@ -66,6 +66,21 @@ def test_install_completion_in_bash_installs_rungefits_script_once_and_keeps_bas
     assert (dotfiles / "bashrc").read_text() == f"alias ll='ls -l'\nsource '{script}'\n"
 
 
+def test_without_a_shell_in_the_process_tree_the_shell_is_shells(monkeypatch):
+    import shellingham
+
+    from rungefit import completions
+
+    def no_shell():
+        raise shellingham.ShellDetectionFailure()
+
+    monkeypatch.setattr(shellingham, "detect_shell", no_shell)
+    monkeypatch.setenv("SHELL", "/usr/bin/zsh")
+    assert completions.detect_shell() == "zsh"
+    monkeypatch.delenv("SHELL")
+    assert completions.detect_shell() is None
+
+
 def test_an_install_that_cannot_write_is_one_line(tmp_path, monkeypatch):
     from rungefit import completions
     from rungefit.cli import app
