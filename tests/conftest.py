@@ -158,14 +158,19 @@ class Rungefit:
         self._parent_ends.update({out_r, err_r} | ({stdin_w} if stdin else set()))
         self.process = Child(self.pid)
         self._out = {"stdout": bytearray(), "stderr": bytearray()}
+        self._output_changed = threading.Condition()  # notified on every chunk read, and at each stream's end
         self._readers = [threading.Thread(target=self._read, args=(fd, name), daemon=True) for fd, name in ((out_r, "stdout"), (err_r, "stderr"))]
         for reader in self._readers:
             reader.start()
 
     def _read(self, fd: int, name: str) -> None:
         while chunk := os.read(fd, 65536):
-            self._out[name] += chunk
+            with self._output_changed:
+                self._out[name] += chunk
+                self._output_changed.notify_all()
         self._close(fd)
+        with self._output_changed:
+            self._output_changed.notify_all()
 
     def _close(self, fd: int) -> None:
         self._parent_ends.discard(fd)
@@ -190,12 +195,15 @@ class Rungefit:
         return int(counts[-1]) if counts else 0
 
     def wait_until(self, condition, what: str, timeout: float = 60.0) -> None:
-        """Poll condition() until it holds; fail the test if the process ends or time runs out first."""
+        """Wait until condition() holds, asked again whenever output arrives; fail the test if the
+        process's output ends or time runs out first."""
         deadline = time.monotonic() + timeout
-        while not condition():
-            assert self.process.poll() is None, f"rungefit ended (exit {self.process.returncode}) before {what}: {self.stderr[-2000:]}"
-            assert time.monotonic() < deadline, f"timed out waiting for {what}"
-            time.sleep(0.01)
+        with self._output_changed:
+            while not condition():
+                assert any(reader.is_alive() for reader in self._readers), f"rungefit ended (exit {self.process.poll()}) before {what}: {self.stderr[-2000:]}"
+                left = deadline - time.monotonic()
+                assert left > 0, f"timed out waiting for {what}"
+                self._output_changed.wait(left)
 
     def wait_for_epoch(self, epoch: int = 1, timeout: float = 60.0) -> None:
         self.wait_until(lambda: self.epochs_done() >= epoch, f"epoch {epoch}", timeout)
@@ -267,18 +275,18 @@ class Child:
     def __init__(self, pid: int):
         self.pid = pid
         self.returncode = None
-        self._exited = os.pidfd_open(pid)  # readable once the child has ended
+        self.exited = os.pidfd_open(pid)  # readable once the child has ended
 
     def poll(self):
         if self.returncode is None:
             pid, status = os.waitpid(self.pid, os.WNOHANG)
             if pid:
                 self.returncode = os.waitstatus_to_exitcode(status)
-                os.close(self._exited)
+                os.close(self.exited)
         return self.returncode
 
     def wait(self, timeout: float):
-        if self.returncode is None and not select.select([self._exited], [], [], timeout)[0]:
+        if self.returncode is None and not select.select([self.exited], [], [], timeout)[0]:
             raise subprocess.TimeoutExpired(f"forked rungefit {self.pid}", timeout)
         return self.poll()
 
@@ -303,21 +311,25 @@ def children_of(pid: int) -> list[int]:
     return found
 
 
-def alive(pid: int) -> bool:
-    """Whether process pid exists and is not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def wait_until_gone(pids: list[int], timeout: float) -> list[int]:
-    """Poll until none of pids is alive, or timeout seconds; those still alive."""
+    """Wait until every process in pids has ended (a pidfd turns readable then, child or not), or
+    timeout seconds; those still running."""
+    running = {}
+    for pid in pids:
+        try:
+            running[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:  # gone already
+            continue
     deadline = time.monotonic() + timeout
-    while (living := [pid for pid in pids if alive(pid)]) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return living
+    try:
+        while running and (left := deadline - time.monotonic()) > 0:
+            for fd in select.select(list(running), [], [], left)[0]:
+                del running[fd]
+                os.close(fd)
+        return sorted(running.values())
+    finally:
+        for fd in running:
+            os.close(fd)
 
 
 @pytest.fixture(autouse=True)
