@@ -24,7 +24,7 @@ STATUSES = ("complete", "interrupted", "diverged")
 # ---------------------------------------------------------------- writing
 
 
-def checkpoint_bytes(result, extra: dict | None = None) -> bytes:
+def checkpoint_bytes(result) -> bytes:
     """model.pt: format, layer spec, members, dtype, the tensors, and what --resume needs: the
     optimizer state, the epochs run and the history (as float64 [epochs, K] tensors: exact for
     float32 and float64 runs alike, and stored as raw bytes rather than one pickled float each)."""
@@ -41,7 +41,6 @@ def checkpoint_bytes(result, extra: dict | None = None) -> bytes:
         "epochs_run": result.epochs_run,
         "history": curves,
         "status": result.status,
-        **(extra or {}),
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)

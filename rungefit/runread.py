@@ -74,6 +74,16 @@ def _read(fd: int, limit: int, path: Path) -> bytes:
     return b"".join(chunks)
 
 
+def read_bounded(path: Path, limit: int, advice: str = f"the run is damaged: {RETRAIN}") -> bytes:
+    """All of `path`, a regular file of at most `limit` bytes (see _open_regular); FileNotFoundError
+    passes through, anything else is a RunError ending with `advice`."""
+    fd = _open_regular(path, limit, advice)
+    try:
+        return _read(fd, limit, path)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def opened(run_dir: Path, file: str) -> Iterator[int]:
     try:
@@ -121,11 +131,10 @@ def latest_named(runs_dir: Path) -> str | None:
     """The run name in runs_dir/latest; None without such a file, RunError when it is damaged."""
     path = runs_dir / LATEST
     advice = "delete it (eval and grad then take the newest run)"
-    fd = _open_regular(path, FILE_LIMITS[LATEST], advice)
     try:
-        data = _read(fd, FILE_LIMITS[LATEST], path)
-    finally:
-        os.close(fd)
+        data = read_bounded(path, FILE_LIMITS[LATEST], advice)
+    except FileNotFoundError:
+        return None
     name = data.decode("ascii", errors="replace").removesuffix("\n")
     problem = name_problem(name)
     if problem:

@@ -33,7 +33,7 @@ from rungefit.runlayout import (
     name_problem,
 )
 from rungefit.runlock import DirLock, locked, own_run
-from rungefit.runread import latest_named, opened, read_checkpoint, read_json
+from rungefit.runread import latest_named, opened, read_bounded, read_checkpoint, read_json
 from rungefit.runsave import ensure_writable_dir, finish_update
 
 
@@ -51,13 +51,11 @@ class LoadedRun:
 
     @property
     def history(self) -> dict:
-        """train_mse, val_mse and lr of every epoch and member, float64 NumPy arrays [epochs, K]."""
-        import torch
+        """train_mse, val_mse and lr of every epoch and member, float64 NumPy arrays [epochs, K]
+        (checked when the run was loaded)."""
+        from rungefit.train import History
 
-        curves = self.checkpoint.get("history")
-        if not isinstance(curves, dict) or not all(isinstance(curve, torch.Tensor) and curve.dim() == 2 for curve in curves.values()):
-            raise RunError(f"{self.path / MODEL_FILE} holds no readable history; retrain with `rungefit train`")
-        return {name: curve.double().numpy() for name, curve in curves.items()}
+        return {field.name: self.checkpoint["history"][field.name].numpy() for field in fields(History)}
 
     def member(self, member: int | None = None, option: str = "member") -> int:
         """`member` checked against the run, or, for None, the member with the best validation MSE.
@@ -127,12 +125,9 @@ def list_interrupted_runs(runs_dir: Path) -> list[str]:
     summary.json says "interrupted" (read as untrusted JSON, no torch import)."""
     names = []
     for name in list_run_names(runs_dir):
-        summary = runs_dir / name / "summary.json"
         try:
-            if summary.stat().st_size > MAX_LISTED_SUMMARY_BYTES:
-                continue
-            document = json.loads(summary.read_bytes())
-        except (OSError, ValueError):
+            document = json.loads(read_bounded(runs_dir / name / SUMMARY_FILE, MAX_LISTED_SUMMARY_BYTES))
+        except (OSError, RunError, ValueError, RecursionError):  # not resumable, whatever is wrong
             continue
         if isinstance(document, dict) and document.get("status") == "interrupted":
             names.append(name)
@@ -148,10 +143,7 @@ def _resolve(runs_dir: Path, name: str | None) -> tuple[str, str | None]:
     if name is not None and name != LATEST:
         finish_update(runs_dir, name)
         return name, None
-    try:
-        named = latest_named(runs_dir)
-    except FileNotFoundError:
-        named = None
+    named = latest_named(runs_dir)
     if named is not None:
         finish_update(runs_dir, named)
     existing = list_run_names(runs_dir)

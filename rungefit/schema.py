@@ -10,7 +10,7 @@ an integer or a float, finite unless it is a measured figure. A schema is a dict
 to check, so adding a field to a file is one line in its schema, for example in config.json:
 
     "target": optional(text(max_length=1000)),
-    "domain": optional(interval()),
+    "domain": optional(array(number(), length=2)),
 
 This module imports torch only inside the tensor check, which only a checkpoint needs.
 """
@@ -138,19 +138,6 @@ def array(item: Check, *, length: int | None = None, min_length: int = 0, max_le
         if not min_length <= len(value) <= max_length:
             raise SchemaError(where, f"must have {size} entries, got {len(value)}")
         return [item(entry, f"{where}[{index}]") for index, entry in enumerate(value)]
-
-    return check
-
-
-def interval() -> Check:
-    """[a, b] with a < b, both finite, as a tuple of floats."""
-    ends = array(number(), length=2)
-
-    def check(value: Any, where: str) -> tuple[float, float]:
-        a, b = ends(value, where)
-        if not a < b:
-            raise SchemaError(where, f"must be an interval [a, b] with a < b, got {shown(value)}")
-        return a, b
 
     return check
 

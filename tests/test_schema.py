@@ -12,7 +12,6 @@ from rungefit.schema import (
     equal_to,
     figure,
     integer,
-    interval,
     json_value,
     number,
     optional,
@@ -71,13 +70,6 @@ def test_equal_to_takes_the_value_of_the_same_type_only():
     for bad in (True, 1.0, "1", 2):
         with pytest.raises(SchemaError, match="'format' must be 1 \\(the format\\)"):
             check(bad, "format")
-
-
-def test_an_interval_is_two_finite_ends_in_order():
-    assert interval()([-1, 1.5], "domain") == (-1.0, 1.5)
-    for bad in ([1, 1], [2, -2], [0, math.inf], [0], "ab", [0, None]):
-        with pytest.raises(SchemaError, match="'domain"):
-            interval()(bad, "domain")
 
 
 def test_carried_json_may_not_nest_deeper_than_its_bound():
