@@ -159,6 +159,7 @@ class Rungefit:
         self.process = Child(self.pid)
         self._out = {"stdout": bytearray(), "stderr": bytearray()}
         self._output_changed = threading.Condition()  # notified on every chunk read, and at each stream's end
+        self._streams_open = 2
         self._readers = [threading.Thread(target=self._read, args=(fd, name), daemon=True) for fd, name in ((out_r, "stdout"), (err_r, "stderr"))]
         for reader in self._readers:
             reader.start()
@@ -170,6 +171,7 @@ class Rungefit:
                 self._output_changed.notify_all()
         self._close(fd)
         with self._output_changed:
+            self._streams_open -= 1
             self._output_changed.notify_all()
 
     def _close(self, fd: int) -> None:
@@ -200,7 +202,7 @@ class Rungefit:
         deadline = time.monotonic() + timeout
         with self._output_changed:
             while not condition():
-                assert any(reader.is_alive() for reader in self._readers), f"rungefit ended (exit {self.process.poll()}) before {what}: {self.stderr[-2000:]}"
+                assert self._streams_open, f"rungefit ended (exit {self.process.poll()}) before {what}: {self.stderr[-2000:]}"
                 left = deadline - time.monotonic()
                 assert left > 0, f"timed out waiting for {what}"
                 self._output_changed.wait(left)
