@@ -52,7 +52,7 @@ def open_run(run: str | None = None, runs_dir: str | Path = "runs"):
     """
     from rungefit import runs
 
-    return runs.load_run(Path(runs_dir), None if run == runs.LATEST else run)
+    return runs.load_run(Path(runs_dir), run)
 
 
 def load(run: str | None = None, runs_dir: str | Path = "runs", member: int | None = None):

@@ -24,7 +24,7 @@ from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
 from rungefit import cli_study, cli_train
-from rungefit.cli_common import SIGTERM_EXIT, report
+from rungefit.cli_common import SIGINT_EXIT, SIGTERM_EXIT, report
 from rungefit.errors import RungefitError, UsageError
 from rungefit.phases import process_started
 
@@ -48,7 +48,7 @@ class OneLineErrors(TyperGroup):
             code = 1
         except KeyboardInterrupt:
             report.error("interrupted")
-            code = 130
+            code = SIGINT_EXIT
         except Terminated:
             report.error("terminated (SIGTERM)")
             code = SIGTERM_EXIT

@@ -30,6 +30,7 @@ from rungefit.config import (
     RangeTestConfig,
     TrainConfig,
     VerifyConfig,
+    ascii_int,
 )
 from rungefit.errors import UsageError
 
@@ -120,15 +121,6 @@ def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
     return values
 
 
-def ascii_int(text: str) -> int:
-    """A whole number in ASCII digits; ValueError for anything else, such as '１', '٣' or '1_0',
-    which int() would take."""
-    digits = text.strip()
-    if not (digits.isascii() and digits.lstrip("+-").isdigit()):
-        raise ValueError(f"not a whole number: {text!r}")
-    return int(digits)
-
-
 def parse_lr(text: str) -> Optional[float]:
     """A positive finite float, or None for 'auto'."""
     if text.strip().lower() == "auto":
@@ -194,10 +186,12 @@ def checked_points(values: Optional[list[float]]) -> list[float]:
 
 def warn_outside(points: list[float], domain: tuple[float, float]) -> None:
     """--x outside the domain is extrapolation, allowed with a warning."""
+    from rungefit.domain import describe_domain  # numpy: not on the way of --help
+
     low, high = domain
     outside = [value for value in points if not low <= value <= high]
     if outside:
-        report.warning(f"--x {', '.join(f'{v:g}' for v in outside)}: outside {report.interval(domain)}, where the network was trained, so this is extrapolation")
+        report.warning(f"--x {', '.join(f'{v:g}' for v in outside)}: outside {describe_domain(domain)}, where the network was trained, so this is extrapolation")
 
 
 def _was_given(ctx: typer.Context, name: str) -> bool:
@@ -229,14 +223,18 @@ def _note_latest(loaded) -> None:
         report.note(loaded.note)
 
 
+def resume_command(run_dir: Path) -> str:
+    """The command line that continues the run in run_dir, quoted for a shell."""
+    return f"rungefit train --resume {shlex.quote(run_dir.name)} --runs-dir {shlex.quote(str(run_dir.parent))}"
+
+
 def _warn_if_unfinished(loaded) -> None:
     """An interrupted or diverged run is studied as it stands, with a word on what that is."""
     status, epochs = loaded.checkpoint["status"], loaded.checkpoint["epochs_run"]
-    name = shlex.quote(loaded.path.name)
     if status == "interrupted":
         report.warning(
             f"run {loaded.path.name!r} was interrupted after epoch {epochs} of {loaded.config.epochs}: these are the figures "
-            f"of an unfinished training; `rungefit train --resume {name} --runs-dir {shlex.quote(str(loaded.path.parent))}` continues it"
+            f"of an unfinished training; `{resume_command(loaded.path)}` continues it"
         )
     elif status == "diverged":
         report.warning(f"run {loaded.path.name!r} diverged in epoch {epochs + 1}: this is its last finite state, from before the divergence")

@@ -79,7 +79,7 @@ def grad(
             raise UsageError("--seed, --layers, --target, --domain and --data apply only with --untrained; a saved run has its own")
         loaded, member, source = _load_member(runs_dir, run, member)
         model = core.as_float64(loaded.model, member)
-        goal = target_of(loaded.config)
+        goal = loaded.target()
         doc = {"source": source, "run": str(loaded.path), "member": member}
     warn_outside(points, goal.domain)
     study = core.study_gradient(model, goal, points, grid, explain)
@@ -114,11 +114,10 @@ def eval_run(
     """
     from rungefit import evaluate as core
     from rungefit import plots
-    from rungefit.target import target_of
 
     values = checked_points(x)
     loaded, member, source = _load_member(runs_dir, run, member)
-    goal = target_of(loaded.config)
+    goal = loaded.target()
     if points is not None and not goal.has_function:
         raise UsageError("--points: a data run is scored on its held-out test points; drop --points")
     warn_outside(values, goal.domain)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import signal
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
@@ -36,6 +35,7 @@ from rungefit.cli_common import (
     parse_lr,
     parse_seeds,
     report,
+    resume_command,
 )
 from rungefit.config import (
     EXPORT_FORMATS,
@@ -203,7 +203,7 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
     summary = {**result.summary(), "run": str(path), "schedule": config.schedule, **summary_extra, "times_s": phases.as_dict()}
     interrupted = result.status == "interrupted"
     if interrupted:
-        summary["resume"] = f"rungefit train --resume {shlex.quote(path.name)} --runs-dir {shlex.quote(str(path.parent))}"
+        summary["resume"] = resume_command(path)
     if json_output:
         report.print_json({**summary, "config": asdict(result.config)})
     else:

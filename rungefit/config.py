@@ -97,6 +97,15 @@ def parse_layers(spec: str) -> tuple[Layer, ...]:
     return tuple(_parse_layer(item) for item in items)
 
 
+def ascii_int(text: str) -> int:
+    """A whole number in ASCII digits; ValueError for anything else, such as '１', '٣' or '1_0',
+    which int() would take."""
+    digits = text.strip()
+    if not (digits.isascii() and digits.lstrip("+-").isdigit()):
+        raise ValueError(f"not a whole number: {text!r}")
+    return int(digits)
+
+
 def _parse_layer(item: str) -> Layer:
     width_text, sep, name = item.partition(":")
     if not sep:
@@ -105,10 +114,7 @@ def _parse_layer(item: str) -> Layer:
     if name not in ACTIVATION_NAMES:
         raise UsageError(f"unknown activation {name!r} in layer {item!r}; choose one of {', '.join(ACTIVATION_NAMES)}")
     try:
-        digits = width_text.strip().lstrip("+-")
-        if not (digits.isascii() and digits.isdigit()):  # int() takes '２０' and '2_0'
-            raise ValueError
-        width = int(width_text)
+        width = ascii_int(width_text)
     except ValueError:
         raise UsageError(f"layer {item!r}: width {width_text.strip()!r} is not a whole number") from None
     if not 1 <= width <= MAX_WIDTH:

@@ -20,6 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET
+from rungefit.domain import describe_domain
 from rungefit.runformat import json_text
 
 stdout = Console()
@@ -96,16 +97,12 @@ def _polish_rows(polish: dict | None) -> list[tuple[str, str]]:
     return [("polish (Levenberg-Marquardt)", f"train MSE {fmt(before)} → {fmt(after)}, {iterations} it.")]
 
 
-def interval(domain: list[float]) -> str:
-    return f"[{domain[0]:g}, {domain[1]:g}]"
-
-
 def target_note(doc: dict) -> str:
     """", target abs on [-1, 1]" for a result's target and domain; "" for the default, which
     every output has always meant."""
     if doc["target"] == DEFAULT_TARGET and tuple(doc["domain"]) == DEFAULT_DOMAIN:
         return ""
-    return f", target {doc['target']} on {interval(doc['domain'])}"
+    return f", target {doc['target']} on {describe_domain(doc['domain'])}"
 
 
 def print_pairs(title: str, heading: str, rows: list[tuple[str, str]]) -> None:

@@ -1,6 +1,6 @@
 """Rich rendering of the two commands that study a saved network: `grad` and `eval`.
 
-Built on report.py's consoles and tables; report.py hands out render_grad and render_eval to cli.py.
+Built on report.py's consoles and tables; cli_study.py calls render_grad and render_eval.
 What comes from the user or a file is printed without markup or escaped, as in report.py.
 """
 
@@ -11,7 +11,8 @@ import math
 from rich.table import Table
 
 from rungefit import report  # report.stdout at call time: a caller may swap the console
-from rungefit.report import fmt, interval, print_pairs, target_note
+from rungefit.domain import describe_domain
+from rungefit.report import fmt, print_pairs, target_note
 
 
 def _or_dash(value: float | None, show) -> str:
@@ -73,7 +74,7 @@ def _grad_grid_table(grid: dict, domain: list[float]) -> None:
     if grid["not_differentiable_at"]:
         places = ", ".join(f"{x:.4g}" for x in grid["not_differentiable_at"][:4]) + (" …" if len(grid["not_differentiable_at"]) > 4 else "")
         rows.append(("f not differentiable at (left out of f')", f"x = {places}"))
-    print_pairs(f"over {grid['points']} equally spaced points of {interval(domain)}", "maximum over the grid", rows)
+    print_pairs(f"over {grid['points']} equally spaced points of {describe_domain(domain)}", "maximum over the grid", rows)
 
 
 def _chain_table(chain: dict) -> None:
@@ -119,7 +120,7 @@ def render_eval(doc: dict) -> None:
         (f"in the middle, {regions['middle']}: RMSE, max |error|", f"{fmt(network['middle_rmse'])}, {fmt(network['middle_max_abs_error'])}"),
         ("parameters", str(network["parameters"])),
     ]
-    where = f"the {doc['points']} held-out test points" if doc["data"] else f"{doc['points']} equally spaced points of {interval(doc['domain'])}"
+    where = f"the {doc['points']} held-out test points" if doc["data"] else f"{doc['points']} equally spaced points of {describe_domain(doc['domain'])}"
     print_pairs(f"on {where}", "metric", rows)
     if len(doc["scores"]) > 1:
         _baselines_table(doc["scores"], regions, doc["data"])
