@@ -20,6 +20,7 @@ DEVICES = ("auto", "cpu", "cuda")
 POLISHES = ("none", "lm")
 MODES = ("exp", "linear")  # spacing of lr-find's sweep
 EXPORT_FORMATS = ("pt2", "onnx", "safetensors")  # rungefit export --format
+PLOT_POINTS = 401  # the points each curve of a figure is drawn through
 
 # Upper bounds that turn absurd sizes into a clear error instead of an allocation failure.
 MAX_WIDTH = 4096
@@ -240,18 +241,15 @@ class RangeTestConfig:
     val: bool = False  # also record the full validation loss after every step
 
     def validate(self) -> None:
-        """Raise ValueError naming the first setting that cannot work."""
-        checks = [
+        """UsageError naming the first setting that cannot work."""
+        require([
             (math.isfinite(self.start_lr) and self.start_lr > 0, f"--start-lr must be a positive finite number, got {self.start_lr}"),
             (math.isfinite(self.end_lr) and self.end_lr > self.start_lr, f"--end-lr must be finite and above --start-lr {self.start_lr:g}, got {self.end_lr}"),
             (2 <= self.iters <= MAX_ITERS, f"--iters must be between 2 and {MAX_ITERS}, got {self.iters}"),
             (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
             (0 <= self.smooth < 1, f"--smooth must lie in [0, 1), got {self.smooth}"),
             (math.isfinite(self.diverge) and self.diverge > 1, f"--diverge must be a finite number above 1, got {self.diverge}"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise UsageError(message)
+        ])
 
 
 @dataclass(frozen=True)
@@ -261,7 +259,7 @@ class VerifyConfig:
 
     def validate(self) -> None:
         # The bounds keep the stacked verification (rates + rules) × seeds members to a size that fits in memory.
-        if not 1 <= self.rates <= MAX_VERIFY:
-            raise UsageError(f"--verify-rates must be between 1 and {MAX_VERIFY}, got {self.rates}")
-        if not 1 <= self.seeds <= MAX_VERIFY:
-            raise UsageError(f"--verify-seeds must be between 1 and {MAX_VERIFY}, got {self.seeds}")
+        require([
+            (1 <= self.rates <= MAX_VERIFY, f"--verify-rates must be between 1 and {MAX_VERIFY}, got {self.rates}"),
+            (1 <= self.seeds <= MAX_VERIFY, f"--verify-seeds must be between 1 and {MAX_VERIFY}, got {self.seeds}"),
+        ])

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from numpy.polynomial.chebyshev import Chebyshev
 
-from rungefit.config import DEFAULT_DOMAIN, TrainConfig, parameter_count
+from rungefit.config import DEFAULT_DOMAIN, PLOT_POINTS, TrainConfig, parameter_count
 from rungefit.errors import UsageError
 from rungefit.model import StackedMLP
 from rungefit.target import DataTarget, FunctionTarget
@@ -100,7 +100,7 @@ class FitCurves:
     points: tuple[np.ndarray, np.ndarray, np.ndarray] | None
 
 
-def fit_curves(model: StackedMLP, target: Target, n: int = 401) -> FitCurves:
+def fit_curves(model: StackedMLP, target: Target, n: int = PLOT_POINTS) -> FitCurves:
     x = target.test_grid(n, dtype=model.dtype, device=model.device).expand(model.members, -1)
     predictions = _predict(model, x)
     grid = x[0].double().cpu().numpy()
@@ -119,7 +119,6 @@ def _predict(model: StackedMLP, x: torch.Tensor) -> np.ndarray:
 # centre is "near the ends" (|x| > 0.8 on [-1, 1]), the rest the middle.
 END_REGION = 0.8
 BASELINE_DEGREES = (10, 20, 40)
-PLOT_POINTS = 401
 
 
 def near_the_ends(x: np.ndarray, domain: tuple[float, float] = DEFAULT_DOMAIN) -> np.ndarray:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rungefit.config import parse_layers
+from rungefit.config import PLOT_POINTS, parse_layers
 from rungefit.errors import UsageError
 from rungefit.model import StackedMLP
 from rungefit.target import DataTarget, FunctionTarget
@@ -141,6 +141,7 @@ def check_gradient(model: StackedMLP, target: FunctionTarget | DataTarget, x: np
     with torch.no_grad():
         output = model.forward(points)
     x = _row(points)
+    true = target.derivative(x)  # NaN where f is not differentiable
     return GradientCheck(
         x=x,
         output=_row(output),
@@ -148,9 +149,9 @@ def check_gradient(model: StackedMLP, target: FunctionTarget | DataTarget, x: np
         explicit=_row(explicit_gradient(model, points)),
         autograd=_row(autograd_gradient(model, points)),
         finite_difference=_row(finite_difference_gradient(model, points, step)),
-        true=target.derivative(x),
+        true=true,
         fd_step=step,
-        differentiable=target.differentiable(x),
+        differentiable=target.differentiable(x, true),
     )
 
 
@@ -204,9 +205,6 @@ def explain_chain(model: StackedMLP, x: float) -> list[ChainFactor]:
         running = running @ matrix
         chain.append(ChainFactor(name, kind, matrix, running, note))
     return chain
-
-
-PLOT_POINTS = 401
 
 
 @dataclass(frozen=True)

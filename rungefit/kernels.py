@@ -15,7 +15,7 @@ network's derivative ∇a^[L](x) (grad.py) and a row of the Jacobian ∂a^[L]/�
 
 StackedMLP.forward_with_preacts is the plain reference (torch ops, autograd-able); _Forward and
 _Backprop are the fast path that training runs, checked against autograd in float64 in
-tests/test_kernels.py.
+tests/test_stacking.py.
 """
 
 from __future__ import annotations

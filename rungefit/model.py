@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from rungefit import rng
-from rungefit.config import Layer, layer_shapes, parameter_count
+from rungefit.config import DTYPE_NAMES, Layer, layer_shapes, parameter_count
 from rungefit.errors import UsageError
 from rungefit.kernels import _Backprop, _Forward, block_views
+
+DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # --dtype's names, as torch dtypes
 
 # The most that the reusable buffers of one chunk of an evaluation pass (StackedMLP._predict) take:
 # on the CPU what stays in cache; on a GPU what keeps its kernels large.

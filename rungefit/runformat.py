@@ -156,8 +156,8 @@ def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
     import torch
 
     from rungefit.config import MAX_STEPS, layer_shapes, parameter_count, parse_layers
+    from rungefit.model import DTYPES
     from rungefit.schema import equal_to, integer, record, tensor, text
-    from rungefit.stack import DTYPES
     from rungefit.train import History
 
     if not isinstance(checkpoint, dict) or "format" not in checkpoint:

@@ -204,8 +204,7 @@ def _load(runs_dir: Path, name: str | None, option: str, own: bool) -> LoadedRun
 
 def _model(checkpoint: dict, config):
     from rungefit.config import parse_layers
-    from rungefit.model import StackedMLP
-    from rungefit.stack import DTYPES
+    from rungefit.model import DTYPES, StackedMLP
 
     model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=DTYPES[config.dtype])
     model.load_state_dict(checkpoint["state_dict"])

@@ -20,12 +20,11 @@ import torch
 
 from rungefit import rng, workers
 from rungefit.config import MIN_MEMBERS_PER_WORKER, TrainConfig, parse_layers
-from rungefit.model import StackedMLP
+from rungefit.evaluate import float64_truth
+from rungefit.model import DTYPES, StackedMLP
 from rungefit.optim import StackedAdam, lr_factors
 from rungefit.polish import PolishProgress, PolishReport, levenberg_marquardt
 from rungefit.target import DataSplit, target_of
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 @dataclass(frozen=True)
@@ -160,7 +159,7 @@ class Stack:
 
     def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None, should_stop: Callable[[], bool] | None) -> PolishReport | None:
         """The LM polish; None, with the members as they were, if should_stop said yes."""
-        y_train = target_of(self.config).polish_targets(self.data)
+        y_train = float64_truth(target_of(self.config), self.data.x_train, self.data.y_train)
         return levenberg_marquardt(self.model, self.data.x_train, y_train, iterations=iterations, progress=progress, should_stop=should_stop)
 
     def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:

@@ -106,10 +106,6 @@ class FunctionTarget:
         """n equally spaced points of the domain, both ends included, as a tensor."""
         return linspace(self.domain, n, dtype=dtype, device=device)
 
-    def polish_targets(self, data: DataSplit):
-        """f at the training points in float64, for the Levenberg-Marquardt polish."""
-        return self(data.x_train.double())
-
     def test_set(self, n: int, *, dtype=None, device="cpu"):
         """(x, f(x)) on the n-point test grid, tensors [n] in dtype."""
         x = self.test_grid(n, dtype=dtype, device=device)
@@ -251,10 +247,6 @@ class DataTarget:
     def test_grid(self, n: int, *, dtype=None, device="cpu"):
         """n equally spaced points of the domain (for plots; the test set is the held-out points)."""
         return linspace(self.domain, n, dtype=dtype, device=device)
-
-    def polish_targets(self, data: DataSplit):
-        """The training points' y in float64, as the run's dtype holds them."""
-        return data.y_train.double()
 
     def derivative(self, x: np.ndarray) -> np.ndarray:
         """There is no true derivative: NaN everywhere."""

@@ -127,7 +127,7 @@ def test_epoch_batches_are_each_members_shuffled_set_through_reused_buffers():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_final_figure_is_float64_arithmetic_on_the_networks_outputs(dtype):
-    from rungefit.stack import DTYPES
+    from rungefit.model import DTYPES
 
     config = TrainConfig(points=120, epochs=2, seeds=(0, 1), dtype=dtype)
     result = fit(config)
