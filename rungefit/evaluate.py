@@ -193,17 +193,21 @@ def network_scores(model: StackedMLP, target: Target, member: int, n: int) -> Sc
     The MSE is grid_errors' own number (torch's mean, which may round differently from NumPy's),
     so it equals the test MSE `train` reported, bit for bit.
     """
-    x, y = test_points(target, n, model.dtype)
+    x = test_x(target, n, model.dtype)
     exact = grid_errors(model, target, n)
     mse = float(exact.mse[member])
     scores = score("network", parameter_count(model.layers), x, exact.errors[member].cpu().numpy(), target.domain)
     return replace(scores, mse=mse, rmse=math.sqrt(mse))
 
 
+def test_x(target: Target, n: int, dtype: torch.dtype) -> np.ndarray:
+    """The test set's x as the run's dtype holds them (train's points, exactly), in float64."""
+    return target.test_set(n, dtype=dtype)[0].double().numpy()
+
+
 def test_points(target: Target, n: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
-    """The test set's x as the run's dtype holds them (train's points, exactly) and f there, or the
-    measured y, in float64."""
-    x = target.test_set(n, dtype=dtype)[0].double().numpy()
+    """test_x and f there, or the measured y, in float64."""
+    x = test_x(target, n, dtype)
     if target.has_function:
         return x, target(x)
     return x, target.test_set(n, dtype=torch.float64)[1].numpy()
@@ -367,7 +371,7 @@ def plot_curves(model: StackedMLP, target: Target, member: int, degrees: tuple[i
     else:
         error_x, truth = test_points(target, 0, torch.float64)
         points = (error_x, truth)
-    errors = {"network": member_prediction(model, member, error_x) - truth}
+    errors = {"network": (prediction if error_x is x else member_prediction(model, member, error_x)) - truth}
     if degrees:
         errors.update({name: approximant(error_x) - truth for name, _, approximant in baseline_approximants(target, degrees[-1:], train)})
     return Curves(x, truth if target.has_function else None, prediction, error_x, errors, target.label, points)
