@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -19,7 +20,7 @@ import typer.testing
 from rich.console import Console
 from typer.testing import CliRunner
 
-from rungefit import report
+from rungefit import report, runformat, runsave
 from rungefit.cli import app
 from rungefit.cli import main as cli_main
 from rungefit.config import parse_layers
@@ -121,6 +122,17 @@ def spec_runs(tmp_path_factory):
             runsave.save_new_run(runs_dir, name, runformat.run_files(result, {}, {"schedule": result.config.schedule}, {}))
             made[layers, dtype] = (runs_dir, name, result.summary())
     return made
+
+
+def stop_after(steps: int):
+    """A should_stop for fit that says yes from its `steps`-th call (one call per optimizer step) on."""
+    calls = itertools.count(1)
+    return lambda: next(calls) >= steps
+
+
+def save_run(runs_dir, result, name=None):
+    """Save a fit's result as `train` would, without the CLI's extra summary fields; its directory."""
+    return runsave.save_new_run(runs_dir, name, runformat.run_files(result, {}, {}, {}))
 
 
 # Long enough never to end by itself in a test: the process is stopped by a signal once it has

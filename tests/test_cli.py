@@ -13,7 +13,7 @@ import typer
 from rungefit import cli_common, report
 from rungefit.cli import app
 
-from .conftest import QUICK_TRAIN, RUN_FILES, heavy_imports_after, runner
+from .conftest import QUICK_TRAIN, RUN_FILES, heavy_imports_after, runner, save_run, stop_after
 
 
 def test_train_writes_the_run_directory(quick_run):
@@ -221,16 +221,13 @@ def test_paths_and_names_with_rich_markup_are_printed_as_they_are(tmp_path):
 
 def test_a_resume_that_cannot_write_fails_before_it_trains_and_leaves_the_run(tmp_path, monkeypatch):
     import errno
-    import itertools
     import tempfile
 
-    from rungefit import runformat, runsave
     from rungefit.config import TrainConfig
     from rungefit.train import fit
 
-    steps = itertools.count(1)
-    stopped = fit(TrainConfig(points=120, epochs=5), should_stop=lambda: next(steps) >= 7)
-    runsave.save_new_run(tmp_path, "r", runformat.run_files(stopped, {}, {}, {}))
+    stopped = fit(TrainConfig(points=120, epochs=5), should_stop=stop_after(7))
+    save_run(tmp_path, stopped, "r")
     before = {p.name: p.read_bytes() for p in (tmp_path / "r").iterdir()}
 
     def read_only(*args, **kwargs):

@@ -1,7 +1,6 @@
 """`rungefit grad` and `rungefit eval` end to end, on short runs trained under tmp_path."""
 
 import errno
-import itertools
 import json
 import os
 import shutil
@@ -10,7 +9,7 @@ import pytest
 
 from rungefit.cli import app
 
-from .conftest import QUICK_TRAIN, runner
+from .conftest import QUICK_TRAIN, runner, save_run, stop_after
 
 
 def invoke(*args: str):
@@ -148,14 +147,12 @@ def test_a_figure_that_cannot_be_written_is_a_warning_after_the_results(runs_dir
 @pytest.fixture(scope="module")
 def unfinished(tmp_path_factory):
     """A runs directory with an interrupted run and a diverged one."""
-    from rungefit import runformat, runsave
     from rungefit.config import TrainConfig
     from rungefit.train import fit
 
     path = tmp_path_factory.mktemp("unfinished")
-    steps = itertools.count(1)
-    stopped = fit(TrainConfig(points=120, epochs=5), should_stop=lambda: next(steps) >= 7)
-    runsave.save_new_run(path, "stopped", runformat.run_files(stopped, {}, {}, {}))
+    stopped = fit(TrainConfig(points=120, epochs=5), should_stop=stop_after(7))
+    save_run(path, stopped, "stopped")
     diverging = invoke("train", "--points", "120", "--epochs", "5", "--lr", "1e30", "--schedule", "constant", "--quiet", "--runs-dir", str(path), "--name", "blown")
     assert diverging.exit_code == 1, diverging.output
     return path

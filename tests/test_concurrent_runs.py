@@ -19,7 +19,16 @@ from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
 
-from .conftest import ENDLESS_TRAIN, QUICK_TRAIN, RUN_FILES, WORKERS_GONE_WITHIN_S, Rungefit, runner, wait_until_gone
+from .conftest import (
+    ENDLESS_TRAIN,
+    QUICK_TRAIN,
+    RUN_FILES,
+    WORKERS_GONE_WITHIN_S,
+    Rungefit,
+    runner,
+    stop_after,
+    wait_until_gone,
+)
 
 
 def leftovers(runs_dir):
@@ -138,8 +147,7 @@ def snapshot(directory: Path) -> dict[str, bytes | str]:
 def two_versions():
     """The files of an interrupted run (2 of 4 epochs) and of the same run resumed to the end."""
     config = TrainConfig(points=60, epochs=4, seeds=(0, 1))  # 2 steps per epoch
-    steps = itertools.count(1)
-    stopped = fit(config, should_stop=lambda: next(steps) >= 5)
+    stopped = fit(config, should_stop=stop_after(5))
     assert stopped.epochs_run == 2
     return runformat.run_files(stopped, {}, {}, {}), runformat.run_files(fit(config, resume=stopped.state()), {}, {}, {})
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit import evaluate, runformat, runs, runsave
+from rungefit import evaluate, runs
 from rungefit.config import TrainConfig, parameter_count
 from rungefit.model import StackedMLP
 from rungefit.target import target_of
 from rungefit.train import fit
 
-from .conftest import runge, stacked
+from .conftest import runge, save_run, stacked
 
 RUNGE = target_of(TrainConfig())
 
@@ -91,7 +91,7 @@ def test_evaluate_rejects_a_missing_member_and_plots_the_largest_degree():
 def test_eval_reproduces_the_test_figures_train_saved(tmp_path, dtype):
     config = TrainConfig(epochs=2, points=120, seeds=(4, 5, 6), dtype=dtype)
     result = fit(config)
-    runsave.save_new_run(tmp_path, "r", runformat.run_files(result, {}, {}, {}))
+    save_run(tmp_path, result, "r")
     loaded = runs.load_run(tmp_path, "r")
     for member, saved in enumerate(loaded.summary["members"]):
         network = evaluate.evaluate(loaded.model, target_of(loaded.config), member, loaded.config.test_points).scores[0]

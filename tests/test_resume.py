@@ -6,7 +6,6 @@ process, as Ctrl-C in a terminal would.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
@@ -17,20 +16,23 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rungefit import cli, cli_train, runformat, runsave
+from rungefit import cli, cli_train
 from rungefit.cli import app
 from rungefit.config import TrainConfig
 from rungefit.train import fit
 
-from .conftest import ENDLESS_TRAIN, LEARNS, WORKERS_GONE_WITHIN_S, Rungefit, runner, wait_until_gone
+from .conftest import (
+    ENDLESS_TRAIN,
+    LEARNS,
+    WORKERS_GONE_WITHIN_S,
+    Rungefit,
+    runner,
+    save_run,
+    stop_after,
+    wait_until_gone,
+)
 
 CONFIG = TrainConfig(points=120, epochs=6, seeds=(0, 1))  # 3 optimizer steps per epoch
-
-
-def stop_after(steps: int):
-    """A should_stop that says yes after the given number of optimizer steps."""
-    calls = itertools.count(1)
-    return lambda: next(calls) >= steps
 
 
 def assert_same_training(a, b):
@@ -233,7 +235,7 @@ def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path,
 
 def test_a_resume_keeps_what_eval_grad_and_export_made_and_says_it_no_longer_matches(tmp_path):
     result = fit(CONFIG, should_stop=stop_after(4))
-    runsave.save_new_run(tmp_path, "r", runformat.run_files(result, {}, {}, {}))
+    save_run(tmp_path, result, "r")
     run_dir = tmp_path / "r"
     made = ["eval.png", "grad.png", "member-1.onnx", "member-0.safetensors"]
     for name in [*made, "member-0.txt", "member-x.onnx", "notes.txt"]:  # the last three: not what rungefit makes
@@ -286,7 +288,7 @@ def test_resuming_an_unknown_run_names_it(tmp_path):
 
 def test_a_damaged_interrupted_checkpoint_is_refused(tmp_path):
     result = fit(CONFIG, should_stop=stop_after(4))
-    runsave.save_new_run(tmp_path, "r", runformat.run_files(result, {}, {}, {}))
+    save_run(tmp_path, result, "r")
     saved = checkpoint(tmp_path / "r")
     saved["optimizer"]["step"] = 99
     torch.save(saved, tmp_path / "r" / "model.pt")

@@ -13,18 +13,16 @@ from rungefit.evaluate import grid_errors
 from rungefit.target import target_of
 from rungefit.train import fit
 
+from .conftest import save_run, stop_after
+
 
 @pytest.fixture(scope="module")
 def result():
     return fit(TrainConfig(points=80, epochs=3, seeds=(0, 1)))
 
 
-def save(tmp_path, result, name=None):
-    return runsave.save_new_run(tmp_path, name, runformat.run_files(result, {}, {}, {}))
-
-
 def test_saved_run_reloads_to_the_same_model_and_test_mse(tmp_path, result):
-    path = save(tmp_path, result, "r1")
+    path = save_run(tmp_path, result, "r1")
     loaded = runs.load_run(tmp_path, "r1")
     assert loaded.path == path
     assert loaded.config == result.config
@@ -34,36 +32,36 @@ def test_saved_run_reloads_to_the_same_model_and_test_mse(tmp_path, result):
 
 
 def test_latest_names_the_newest_run(tmp_path, result):
-    save(tmp_path, result, "a")
-    save(tmp_path, result, "b")
+    save_run(tmp_path, result, "a")
+    save_run(tmp_path, result, "b")
     assert (tmp_path / "latest").read_text().strip() == "b"
     assert runs.load_run(tmp_path, None).path.name == "b"
 
 
 def test_default_names_never_collide(tmp_path, result, monkeypatch):
     monkeypatch.setattr(runsave, "default_run_name", lambda: "same")
-    names = [save(tmp_path, result).name for _ in range(3)]
+    names = [save_run(tmp_path, result).name for _ in range(3)]
     assert names == ["same", "same-2", "same-3"]
 
 
 def test_existing_name_is_refused_and_left_untouched(tmp_path, result):
-    save(tmp_path, result, "keep")
+    save_run(tmp_path, result, "keep")
     before = (tmp_path / "keep" / "model.pt").read_bytes()
     with pytest.raises(runs.RunError, match="already exists"):
-        save(tmp_path, result, "keep")
+        save_run(tmp_path, result, "keep")
     assert (tmp_path / "keep" / "model.pt").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
 def test_history_csv_has_a_row_per_epoch_per_member(tmp_path, result):
-    path = save(tmp_path, result, "h")
+    path = save_run(tmp_path, result, "h")
     lines = (path / "history.csv").read_text().splitlines()
     assert lines[0] == "epoch,member,seed,train_mse,val_mse,lr"
     assert len(lines) == 1 + 3 * 2
 
 
 def test_config_records_versions(tmp_path, result):
-    config = json.loads((save(tmp_path, result, "c") / "config.json").read_text())
+    config = json.loads((save_run(tmp_path, result, "c") / "config.json").read_text())
     assert config["seeds"] == [0, 1] and "torch_version" in config and "rungefit_version" in config
 
 
@@ -85,8 +83,8 @@ def test_bad_run_names_are_usage_errors_that_create_nothing(tmp_path, name):
 
 
 def test_latest_falls_back_to_the_newest_run_that_still_exists_and_says_which(tmp_path, result):
-    save(tmp_path, result, "a")
-    save(tmp_path, result, "b")
+    save_run(tmp_path, result, "a")
+    save_run(tmp_path, result, "b")
     shutil.rmtree(tmp_path / "b")  # the run latest names
     for name in (None, "latest"):
         loaded = runs.load_run(tmp_path, name)
@@ -99,7 +97,7 @@ def test_latest_falls_back_to_the_newest_run_that_still_exists_and_says_which(tm
 
 
 def test_latest_and_the_run_listing_skip_reservations_staging_and_lr_find(tmp_path, result):
-    save(tmp_path, result, "a")
+    save_run(tmp_path, result, "a")
     reservation = runsave.reserve(tmp_path, "reserved")
     for name in (".staging-x", "lr-find"):
         (tmp_path / name).mkdir()
@@ -145,9 +143,8 @@ def test_json_files_and_json_output_write_null_for_a_non_finite_figure(capsys):
 
 
 def test_a_run_being_resumed_cannot_be_resumed_a_second_time(tmp_path):
-    steps = iter(range(1, 100))
-    stopped = fit(TrainConfig(points=80, epochs=3, seeds=(0, 1)), should_stop=lambda: next(steps) >= 4)
-    runsave.save_new_run(tmp_path, "r", runformat.run_files(stopped, {}, {}, {}))
+    stopped = fit(TrainConfig(points=80, epochs=3, seeds=(0, 1)), should_stop=stop_after(4))
+    save_run(tmp_path, stopped, "r")
     with runs.run_for_update(tmp_path, "r"):
         with pytest.raises(runs.RunError, match="in use by another rungefit process"):
             with runs.run_for_update(tmp_path, "r"):
@@ -158,7 +155,7 @@ def test_a_run_being_resumed_cannot_be_resumed_a_second_time(tmp_path):
 
 
 def test_a_runs_directory_held_too_long_is_an_error_not_a_hang(tmp_path, result, monkeypatch):
-    save(tmp_path, result, "a")
+    save_run(tmp_path, result, "a")
     monkeypatch.setattr(runlock, "LOCK_WAIT_S", 0.05)
     holder = runlock.DirLock.take(tmp_path)  # as another process in a step would hold it
     try:

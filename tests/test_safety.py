@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import io
-import itertools
 import json
 import math
 import os
@@ -25,7 +24,7 @@ from rungefit.runformat import CHECKPOINT_FORMAT
 from rungefit.runread import FILE_LIMITS
 from rungefit.train import fit
 
-from .conftest import runner
+from .conftest import runner, stop_after
 
 
 @pytest.fixture()
@@ -115,8 +114,7 @@ def test_damaged_config(run_copy):
 @pytest.fixture(scope="module")
 def interrupted_files():
     """The files of a two-member run interrupted after 2 of 4 epochs (resume reads all of them)."""
-    steps = itertools.count(1)
-    result = fit(TrainConfig(points=60, epochs=4, seeds=(0, 1)), should_stop=lambda: next(steps) >= 5)
+    result = fit(TrainConfig(points=60, epochs=4, seeds=(0, 1)), should_stop=stop_after(5))
     assert result.status == "interrupted"
     return runformat.run_files(result, {}, {}, {})
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from scipy.interpolate import CubicSpline
 
-from rungefit import runformat, runs, runsave
+from rungefit import runs
 from rungefit.cli import app
 from rungefit.config import PRESETS, TrainConfig
 from rungefit.formula import Formula
 from rungefit.target import target_of
 from rungefit.train import fit
 
-from .conftest import heavy_imports_after, runge, runner
+from .conftest import heavy_imports_after, runge, runner, save_run, stop_after
 
 DATA = Path(__file__).parent / "data" / "damped_sine.csv"
 
@@ -232,10 +232,9 @@ def test_an_interrupted_data_run_resumes_from_its_own_copy_to_the_uninterrupted_
     shutil.copyfile(DATA, source)
     config = TrainConfig(**settings(data=str(source)), epochs=4, batch_size=16, dtype="float64", seeds=(0, 1))
     uninterrupted = fit(config)
-    steps = []
-    stopped = fit(config, should_stop=lambda: steps.append(1) or len(steps) == 25)
+    stopped = fit(config, should_stop=stop_after(25))
     assert stopped.status == "interrupted" and 0 < stopped.epochs_run < 4
-    runsave.save_new_run(tmp_path, "r", runformat.run_files(stopped, {}, {}, {}))
+    save_run(tmp_path, stopped, "r")
     source.unlink()
     result = runner.invoke(app, ["train", "--resume", "r", "--runs-dir", str(tmp_path), "--json"])
     assert result.exit_code in (0, 1), result.output
