@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import traceback
+from pathlib import Path
 
 import pytest
 import torch
@@ -44,6 +45,9 @@ def build_the_command_once() -> None:
 
 build_the_command_once()
 runner = CliRunner()
+# The repository's root, and the small data set committed for --data tests.
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data" / "damped_sine.csv"
 # What every saved training run holds.
 RUN_FILES = {"config.json", "model.pt", "history.csv", "summary.json", "fit.png", "loss.png"}
 

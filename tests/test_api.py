@@ -7,7 +7,6 @@ import inspect
 import json
 import re
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,9 +16,8 @@ import rungefit
 from rungefit import evaluate, runs, train
 from rungefit.cli import app
 
-from .conftest import QUICK_TRAIN, heavy_imports_after, runner
+from .conftest import QUICK_TRAIN, REPO, heavy_imports_after, runner
 
-REPO = Path(__file__).resolve().parent.parent
 # A run saved by this version's `rungefit train --points 60 --epochs 3 --layers 6:tanh,4:gelu
 # --seeds 2` (its PNGs left out): later versions must still load it and agree with its summary.
 COMMITTED_RUNS = REPO / "tests" / "data" / "runs"

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from rungefit import completions
+from rungefit.cli import app
 from rungefit.completions import FILES, completion_script
 
-from .conftest import heavy_imports_after
-
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import REPO, heavy_imports_after, runner
 
 
 @pytest.mark.parametrize("shell", sorted(FILES))
@@ -34,11 +34,6 @@ def test_committed_scripts_are_current(shell):
 
 @pytest.mark.parametrize("shell", sorted(FILES))
 def test_show_completion_gives_each_shell_the_script_rungefit_completion_gives(shell, monkeypatch):
-    from rungefit import completions
-    from rungefit.cli import app
-
-    from .conftest import runner
-
     monkeypatch.setattr(completions, "detect_shell", lambda: shell)
     result = runner.invoke(app, ["--show-completion"], prog_name="rungefit")
     assert result.exit_code == 0, result.output
@@ -46,11 +41,6 @@ def test_show_completion_gives_each_shell_the_script_rungefit_completion_gives(s
 
 
 def test_install_completion_in_bash_installs_rungefits_script_once_and_keeps_bashrc(tmp_path, monkeypatch):
-    from rungefit import completions
-    from rungefit.cli import app
-
-    from .conftest import runner
-
     monkeypatch.setattr(completions, "detect_shell", lambda: "bash")
     dotfiles = tmp_path / "dotfiles"
     dotfiles.mkdir()
@@ -69,7 +59,6 @@ def test_install_completion_in_bash_installs_rungefits_script_once_and_keeps_bas
 def test_without_a_shell_in_the_process_tree_the_shell_is_shells(monkeypatch):
     import shellingham
 
-    from rungefit import completions
 
     def no_shell():
         raise shellingham.ShellDetectionFailure()
@@ -82,11 +71,6 @@ def test_without_a_shell_in_the_process_tree_the_shell_is_shells(monkeypatch):
 
 
 def test_an_install_that_cannot_write_is_one_line(tmp_path, monkeypatch):
-    from rungefit import completions
-    from rungefit.cli import app
-
-    from .conftest import runner
-
     monkeypatch.setattr(completions, "detect_shell", lambda: "bash")
     (tmp_path / ".bash_completions").write_text("a file where the directory goes")
     result = runner.invoke(app, ["--install-completion"], env={"HOME": str(tmp_path)})
@@ -98,9 +82,7 @@ def complete(words: str, cwd: Path | None = None) -> list[str]:
     """Candidates bash would get for the command line `words` (completing its last word): the app
     answering _RUNGEFIT_COMPLETE as the scripts call it, in this process (the interactive-bash
     test below runs the real thing)."""
-    from rungefit.cli import app
 
-    from .conftest import runner
 
     parts = words.split(" ")
     env = {"_RUNGEFIT_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(len(parts) - 1)}
@@ -337,14 +319,9 @@ def test_tab_in_an_interactive_bash_completes_after_colons_and_offers_files_only
 
 @pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_the_completion_command_prints_the_committed_script(shell):
-    from rungefit.cli import app
-    from rungefit.completions import FILES
-
-    from .conftest import runner
-
     result = runner.invoke(app, ["completion", shell])
     assert result.exit_code == 0, result.output
-    assert result.stdout == (Path(__file__).resolve().parent.parent / "completions" / FILES[shell]).read_text()
+    assert result.stdout == (REPO / "completions" / FILES[shell]).read_text()
 
 
 def test_latest_is_offered_only_while_it_names_a_run(tmp_path):

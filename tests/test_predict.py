@@ -9,7 +9,6 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,9 +19,7 @@ from rungefit.cli import app
 from rungefit.errors import UsageError
 from rungefit.evaluate import member_prediction
 
-from .conftest import runner
-
-REPO = Path(__file__).resolve().parent.parent
+from .conftest import REPO, runner
 
 
 def predict(runs_dir, *options, input=None):

@@ -9,13 +9,13 @@ from rungefit.config import parse_layers
 from rungefit.errors import UsageError
 from rungefit.model import ACTIVATIONS, TORCH_MODULES, StackedMLP, from_sequential, to_sequential
 
+from .conftest import stacked
+
 EVERY_ACTIVATION = "5:tanh,4:sigmoid,4:relu,3:gelu,3:silu,3:softplus,2:identity"
 
 
 def stack(spec: str = EVERY_ACTIVATION, members: int = 3, dtype=torch.float64) -> StackedMLP:
-    model = StackedMLP(parse_layers(spec), members, dtype=dtype)
-    model.initialise(torch.arange(members) + 11)
-    return model
+    return stacked(spec, tuple(range(11, 11 + members)), dtype)
 
 
 @pytest.mark.parametrize("name", sorted(ACTIVATIONS))

@@ -21,9 +21,8 @@ from rungefit.errors import UsageError
 from rungefit.formula import parse_formula
 from rungefit.target import function_target, target_of
 
-from .conftest import runge, runge_prime
+from .conftest import DATA, runge, runge_prime
 
-DATA = Path(__file__).parent / "data" / "damped_sine.csv"
 DEFAULT = target_of(TrainConfig())
 
 

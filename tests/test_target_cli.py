@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,9 +18,7 @@ from rungefit.formula import Formula
 from rungefit.target import target_of
 from rungefit.train import fit
 
-from .conftest import heavy_imports_after, runge, runner, save_run, stop_after
-
-DATA = Path(__file__).parent / "data" / "damped_sine.csv"
+from .conftest import DATA, heavy_imports_after, runge, runner, save_run, stop_after
 
 # A float64 run that gets past the mean predictor's plateau in a fraction of a second.
 PINNED = ["--points", "300", "--epochs", "40", "--batch-size", "10", "--dtype", "float64", "--quiet", "--json"]
