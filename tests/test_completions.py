@@ -9,6 +9,7 @@ import re
 import select
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -277,13 +278,24 @@ class Terminal:
         return match
 
     def close(self) -> None:
+        """Ask bash to exit and wait until it has (its pidfd turns readable), reading what it prints
+        meanwhile so that it never blocks on a full terminal; killed at the deadline."""
         self.type("exit\n")
-        while time.monotonic() < self.deadline and os.waitpid(self.pid, os.WNOHANG) == (0, 0):
-            if select.select([self.fd], [], [], 0.5)[0]:
+        exited = os.pidfd_open(self.pid)
+        watched = [exited, self.fd]
+        while (left := self.deadline - time.monotonic()) > 0:
+            ready = select.select(watched, [], [], left)[0]
+            if exited in ready:
+                break
+            if self.fd in ready:
                 try:
                     os.read(self.fd, 1 << 16)
-                except OSError:  # the child is gone: its side of the terminal closed
-                    pass
+                except OSError:  # bash's side of the terminal closed as it exits: only the pidfd is left to wait on
+                    watched = [exited]
+        if not select.select([exited], [], [], 0)[0]:
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+        os.close(exited)
         os.close(self.fd)
 
 
