@@ -217,11 +217,11 @@ class DataTarget:
         """All indices in one seeded order, whatever the members' seeds: the first test_size are the test set."""
         return _orders([0], "STREAM_TEST", len(self.points.x))[0]
 
-    @property
+    @functools.cached_property
     def test_index(self) -> np.ndarray:
         return np.sort(self._order[: test_size(len(self.points.x), self.test_fraction)])
 
-    @property
+    @functools.cached_property
     def pool(self) -> np.ndarray:
         """The indices of the points left for training and validation."""
         return np.sort(self._order[test_size(len(self.points.x), self.test_fraction) :])
