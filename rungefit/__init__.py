@@ -23,9 +23,9 @@ __version__ = "0.1.0"
 # Public names that live in torch-importing modules, loaded on first access (PEP 562).
 _LAZY = {
     "TrainConfig": "rungefit.config",
-    "fit": "rungefit.train",
-    "to_sequential": "rungefit.model",
-    "from_sequential": "rungefit.model",
+    "fit": "rungefit.training.train",
+    "to_sequential": "rungefit.net.model",
+    "from_sequential": "rungefit.net.model",
 }
 
 __all__ = ["__version__", "load", "open_run", *_LAZY]
@@ -44,13 +44,13 @@ def __dir__() -> list[str]:
 
 
 def open_run(run: str | None = None, runs_dir: str | Path = "runs"):
-    """The saved run `run` in `runs_dir` (None or "latest": the newest), as a rungefit.runs.LoadedRun.
+    """The saved run `run` in `runs_dir` (None or "latest": the newest), as a rungefit.runs.store.LoadedRun.
 
     It has .config (a TrainConfig), .summary (summary.json as a dict), .history (train_mse, val_mse
     and lr as float64 arrays [epochs, members]), .path, and .network(member) giving a member as a
     torch.nn.Sequential. A missing or damaged run raises rungefit.errors.RungefitError.
     """
-    from rungefit import runs
+    from rungefit.runs import store as runs
 
     return runs.load_run(Path(runs_dir), run)
 

@@ -1,3 +1,3 @@
-from rungefit.cli import main
+from rungefit.cli.app import main
 
 main()

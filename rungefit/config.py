@@ -199,7 +199,7 @@ class TrainConfig:
             (0 < self.test_fraction < 1, f"--test-fraction must lie strictly between 0 and 1, got {self.test_fraction}"),
         ])
         validation_size(self.points, self.val_fraction)
-        from rungefit.target import check_config  # NumPy, only when a config is checked
+        from rungefit.targets.target import check_config  # NumPy, only when a config is checked
 
         check_config(self)
         require([

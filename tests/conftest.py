@@ -21,16 +21,18 @@ import typer.testing
 from rich.console import Console
 from typer.testing import CliRunner
 
-from rungefit import report, runformat, runsave
-from rungefit.cli import app
-from rungefit.cli import main as cli_main
+from rungefit.cli import render as report
+from rungefit.runs import format as runformat
+from rungefit.runs import commit as runsave
+from rungefit.cli.app import app
+from rungefit.cli.app import main as cli_main
 from rungefit.config import parse_layers
-from rungefit.model import StackedMLP
+from rungefit.net.model import StackedMLP
 
 # cli imports report lazily, and report imports rich, which draws from `random` as it loads:
 # loaded inside a hypothesis draw (hypothesis looks at the modules loaded), that would count as a
 # strategy using `random`. So load it now.
-from rungefit.report import error  # noqa: E402, F401
+from rungefit.cli.render import error  # noqa: E402, F401
 
 
 def build_the_command_once() -> None:
@@ -113,9 +115,10 @@ SPECS = ["20:tanh,10:sigmoid,20:tanh,10:sigmoid", "16:gelu,8:relu", "8:silu,6:so
 def spec_runs(tmp_path_factory):
     """{(layers, dtype): (runs_dir, name, summary)}: a short two-member run of each of SPECS in float32
     and float64, saved as `train` saves it but without its figures (drawing them is most of the time)."""
-    from rungefit import runformat, runsave
+    from rungefit.runs import format as runformat
+    from rungefit.runs import commit as runsave
     from rungefit.config import TrainConfig
-    from rungefit.train import fit
+    from rungefit.training.train import fit
 
     runs_dir = tmp_path_factory.mktemp("spec-runs")
     made = {}
@@ -359,7 +362,7 @@ def figures_not_rendered(request, monkeypatch):
     """
     if request.node.get_closest_marker("real_png"):
         return
-    from rungefit import plots
+    from rungefit.cli import figures as plots
 
     def drawn(fig) -> bytes:
         plots._pyplot().close(fig)

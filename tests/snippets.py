@@ -87,8 +87,8 @@ def run_here(command: str, workdir: Path) -> str:
     from rich.console import Console
     from typer.testing import CliRunner
 
-    from rungefit import report
-    from rungefit.cli import app
+    from rungefit.cli import render as report
+    from rungefit.cli.app import app
 
     argv = shlex.split(command)
     assert argv[0] == "rungefit"

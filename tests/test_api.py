@@ -13,8 +13,10 @@ import pytest
 import torch
 
 import rungefit
-from rungefit import evaluate, runs, train
-from rungefit.cli import app
+from rungefit.study import evaluate as evaluate
+from rungefit.runs import store as runs
+from rungefit.training import train as train
+from rungefit.cli.app import app
 
 from .conftest import QUICK_TRAIN, REPO, heavy_imports_after, runner
 

@@ -11,7 +11,7 @@ from typing import Optional
 import pytest
 import typer
 
-from rungefit.cli import app
+from rungefit.cli.app import app
 
 from .conftest import QUICK_TRAIN, runner
 
@@ -307,7 +307,7 @@ def test_help_says_what_a_large_batch_does(command):
 
 
 def test_an_unexpected_exception_is_an_internal_error_not_bad_input(place, monkeypatch):
-    from rungefit import evaluate
+    from rungefit.study import evaluate as evaluate
 
     def broken(*args, **kwargs):
         raise ValueError("a bug deep in the core")

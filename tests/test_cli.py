@@ -10,8 +10,9 @@ import sys
 import pytest
 import typer
 
-from rungefit import cli_common, report
-from rungefit.cli import app
+from rungefit.cli import options as cli_common
+from rungefit.cli import render as report
+from rungefit.cli.app import app
 
 from .conftest import QUICK_TRAIN, RUN_FILES, heavy_imports_after, runner, save_run, stop_after
 
@@ -96,12 +97,12 @@ def test_python_dash_m_works():
 
 def test_the_lazily_imported_report_is_the_report_module_already_loaded():
     # A second copy would have consoles of its own: a swapped console would reach only one.
-    assert cli_common._lazy_import("rungefit.report") is report is sys.modules["rungefit.report"] is cli_common.report
+    assert cli_common._lazy_import("rungefit.cli.render") is report is sys.modules["rungefit.cli.render"] is cli_common.report
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["train", "--help"], ["export", "--help"], ["predict", "--help"]])
 def test_help_does_not_import_torch_or_matplotlib(argv):
-    stdout, heavy = heavy_imports_after(f"from rungefit.cli import app\napp({argv!r}, prog_name='rungefit')")
+    stdout, heavy = heavy_imports_after(f"from rungefit.cli.app import app\napp({argv!r}, prog_name='rungefit')")
     assert "Usage" in stdout
     assert heavy == ""
 
@@ -131,7 +132,7 @@ def test_a_run_that_learned_nothing_is_saved_and_shown_but_fails_naming_the_caus
     import torch
 
     from rungefit.config import TrainConfig
-    from rungefit.target import target_of
+    from rungefit.targets.target import target_of
 
     from .conftest import runge
 
@@ -224,7 +225,7 @@ def test_a_resume_that_cannot_write_fails_before_it_trains_and_leaves_the_run(tm
     import tempfile
 
     from rungefit.config import TrainConfig
-    from rungefit.train import fit
+    from rungefit.training.train import fit
 
     stopped = fit(TrainConfig(points=120, epochs=5), should_stop=stop_after(7))
     save_run(tmp_path, stopped, "r")
@@ -234,7 +235,7 @@ def test_a_resume_that_cannot_write_fails_before_it_trains_and_leaves_the_run(tm
         raise OSError(errno.EROFS, "Read-only file system")
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
-    monkeypatch.setattr("rungefit.train.fit", lambda *args, **kwargs: pytest.fail("a resume that cannot save trained"))
+    monkeypatch.setattr("rungefit.training.train.fit", lambda *args, **kwargs: pytest.fail("a resume that cannot save trained"))
     result = runner.invoke(app, ["train", "--resume", "r", "--runs-dir", str(tmp_path)])
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
@@ -246,7 +247,7 @@ def test_sigterm_outside_training_ends_the_command_with_143_in_one_line(quick_ru
     import os
     import signal
 
-    from rungefit import evaluate
+    from rungefit.study import evaluate as evaluate
 
     def terminated(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGTERM)  # handled at once, in this (the main) thread

@@ -8,7 +8,7 @@ import typer
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rungefit.cli import app
+from rungefit.cli.app import app
 
 from .conftest import QUICK_TRAIN, runner
 

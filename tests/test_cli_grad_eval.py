@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from rungefit.cli import app
+from rungefit.cli.app import app
 
 from .conftest import QUICK_TRAIN, runner, save_run, stop_after
 
@@ -131,7 +131,7 @@ def test_eval_after_the_newest_run_was_deleted_takes_the_newest_left_and_says_wh
 @pytest.mark.parametrize("command", ["grad", "eval"])
 @pytest.mark.parametrize("errno_, words", [(errno.EROFS, "read-only"), (errno.ENOSPC, "no space left"), (errno.EACCES, "permission denied")])
 def test_a_figure_that_cannot_be_written_is_a_warning_after_the_results(runs_dir, monkeypatch, command, errno_, words):
-    from rungefit import runsave
+    from rungefit.runs import commit as runsave
 
     def refuse(path, data):
         raise OSError(errno_, os.strerror(errno_))
@@ -148,7 +148,7 @@ def test_a_figure_that_cannot_be_written_is_a_warning_after_the_results(runs_dir
 def unfinished(tmp_path_factory):
     """A runs directory with an interrupted run and a diverged one."""
     from rungefit.config import TrainConfig
-    from rungefit.train import fit
+    from rungefit.training.train import fit
 
     path = tmp_path_factory.mktemp("unfinished")
     stopped = fit(TrainConfig(points=120, epochs=5), should_stop=stop_after(7))

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from rungefit import completions
-from rungefit.cli import app
-from rungefit.completions import FILES, completion_script
+from rungefit.cli import completion as completions
+from rungefit.cli.app import app
+from rungefit.cli.completion import FILES, completion_script
 
 from .conftest import REPO, heavy_imports_after, runner
 
@@ -27,7 +27,7 @@ from .conftest import REPO, heavy_imports_after, runner
 @pytest.mark.parametrize("shell", sorted(FILES))
 def test_committed_scripts_are_current(shell):
     committed = (REPO / "completions" / FILES[shell]).read_text()
-    assert committed == completion_script(shell), "stale: run `python -m rungefit.completions completions`"
+    assert committed == completion_script(shell), "stale: run `python -m rungefit.cli.completion completions`"
 
 
 # ---------------------------------------------------------------- Typer's --install-completion and --show-completion
@@ -127,7 +127,7 @@ def test_completing_never_imports_torch_or_matplotlib():
     stdout, heavy = heavy_imports_after(
         "import os\n"
         "os.environ.update(_RUNGEFIT_COMPLETE='complete_bash', COMP_WORDS='rungefit train --device ', COMP_CWORD='3')\n"
-        "from rungefit.cli import main\n"
+        "from rungefit.cli.app import main\n"
         "main()"
     )
     assert "cuda" in stdout
@@ -136,7 +136,7 @@ def test_completing_never_imports_torch_or_matplotlib():
 
 def test_activation_names_offered_are_the_model_table():
     from rungefit.config import ACTIVATION_NAMES
-    from rungefit.model import ACTIVATIONS
+    from rungefit.net.model import ACTIVATIONS
 
     assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)
 

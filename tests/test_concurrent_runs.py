@@ -14,10 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from rungefit import runformat, runs, runsave
-from rungefit.cli import app
+from rungefit.runs import format as runformat
+from rungefit.runs import store as runs
+from rungefit.runs import commit as runsave
+from rungefit.cli.app import app
 from rungefit.config import TrainConfig
-from rungefit.train import fit
+from rungefit.training.train import fit
 
 from .conftest import (
     ENDLESS_TRAIN,
@@ -283,7 +285,7 @@ def test_sigkill_of_a_named_train_leaves_no_worker_and_a_name_the_next_train_rec
         workers = owner.training_workers()
 
         # While it trains, its name is taken: a second train fails before training.
-        monkeypatch.setattr("rungefit.train.fit", lambda *args, **kwargs: pytest.fail("the clashing train trained"))
+        monkeypatch.setattr("rungefit.training.train.fit", lambda *args, **kwargs: pytest.fail("the clashing train trained"))
         clash = runner.invoke(app, ["train", *QUICK_TRAIN, "--runs-dir", str(runs_dir), "--name", "x"])
         assert clash.exit_code == 1, clash.output
         assert "in use by another rungefit process" in clash.stderr

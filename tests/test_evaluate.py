@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit import evaluate, runs
+from rungefit.study import evaluate as evaluate
+from rungefit.runs import store as runs
 from rungefit.config import TrainConfig, parameter_count
-from rungefit.model import StackedMLP
-from rungefit.target import target_of
-from rungefit.train import fit
+from rungefit.net.model import StackedMLP
+from rungefit.targets.target import target_of
+from rungefit.training.train import fit
 
 from .conftest import runge, save_run, stacked
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import rungefit
-from rungefit import runs
-from rungefit.cli import app
-from rungefit.evaluate import member_prediction
-from rungefit.target import target_of
+from rungefit.runs import store as runs
+from rungefit.cli.app import app
+from rungefit.study.evaluate import member_prediction
+from rungefit.targets.target import target_of
 
 from .conftest import SPECS, runge, runner
 

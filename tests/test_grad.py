@@ -8,11 +8,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rungefit import grad
+from rungefit.study import grad as grad
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
-from rungefit.model import ACTIVATIONS, StackedMLP
-from rungefit.target import target_of
-from rungefit.train import fit
+from rungefit.net.model import ACTIVATIONS, StackedMLP
+from rungefit.targets.target import target_of
+from rungefit.training.train import fit
 
 from .conftest import runge_prime, stacked
 

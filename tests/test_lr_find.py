@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit import lr_find, lr_rules, report
-from rungefit.cli import app
-from rungefit.cli_train import lr_find_command
+from rungefit.training import lr_find as lr_find
+from rungefit.training import lr_rules as lr_rules
+from rungefit.cli import render as report
+from rungefit.cli.app import app
+from rungefit.cli.train import lr_find_command
 from rungefit.config import TrainConfig
-from rungefit.stack import EpochBatches, new_stack
-from rungefit.target import DataSplit
-from rungefit.train import fit
+from rungefit.training.stack import EpochBatches, new_stack
+from rungefit.targets.target import DataSplit
+from rungefit.training.train import fit
 
 from .conftest import LEARNS, runner
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rungefit.config import DEFAULT_LAYERS, Layer, format_layers, layer_shapes, parameter_count, parse_layers
-from rungefit.model import ACTIVATIONS, StackedMLP
+from rungefit.net.model import ACTIVATIONS, StackedMLP
 
 
 def test_default_spec_is_the_reference_network():

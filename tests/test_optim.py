@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from rungefit.config import TrainConfig
-from rungefit.optim import StackedAdam, fused_adam_works, lr_factors
-from rungefit.train import fit
+from rungefit.net.optim import StackedAdam, fused_adam_works, lr_factors
+from rungefit.training.train import fit
 
 from .conftest import stacked
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from rungefit.phases import Phases
+from rungefit.cli.phases import Phases
 
 
 def test_each_phase_runs_from_the_end_of_the_one_before_and_parts_move_out_of_it():
@@ -26,7 +26,7 @@ def test_each_phase_runs_from_the_end_of_the_one_before_and_parts_move_out_of_it
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process's start time comes from /proc")
 def test_the_process_start_counts_the_interpreters_own_start_up():
-    code = "import time\nfrom rungefit.phases import process_started\nprint(time.perf_counter() - process_started())"
+    code = "import time\nfrom rungefit.cli.phases import process_started\nprint(time.perf_counter() - process_started())"
     before = time.perf_counter()
     age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
     elapsed = time.perf_counter() - before

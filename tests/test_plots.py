@@ -6,7 +6,7 @@ import matplotlib
 import numpy as np
 import pytest
 
-from rungefit import plots
+from rungefit.cli import figures as plots
 
 matplotlib.use("Agg")
 

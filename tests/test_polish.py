@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
-from rungefit.evaluate import grid_errors
-from rungefit.model import StackedMLP
-from rungefit.polish import PolishProgress, levenberg_marquardt
-from rungefit.target import target_of
-from rungefit.train import fit
+from rungefit.study.evaluate import grid_errors
+from rungefit.net.model import StackedMLP
+from rungefit.training.polish import PolishProgress, levenberg_marquardt
+from rungefit.targets.target import target_of
+from rungefit.training.train import fit
 
 from .conftest import runge
 

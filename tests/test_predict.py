@@ -13,11 +13,11 @@ import sys
 import numpy as np
 import pytest
 
-from rungefit import predict as core
-from rungefit import runs
-from rungefit.cli import app
+from rungefit.study import predict as core
+from rungefit.runs import store as runs
+from rungefit.cli.app import app
 from rungefit.errors import UsageError
-from rungefit.evaluate import member_prediction
+from rungefit.study.evaluate import member_prediction
 
 from .conftest import REPO, runner
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from rungefit.cli import app
+from rungefit.cli.app import app
 
 from .snippets import FAST, README, ROOT, SLOW, pages, prepare, run_here, shown_snippets, words
 

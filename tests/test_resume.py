@@ -16,10 +16,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rungefit import cli, cli_train
-from rungefit.cli import app
+from rungefit.cli import app as cli
+from rungefit.cli import train as cli_train
+from rungefit.cli.app import app
 from rungefit.config import TrainConfig
-from rungefit.train import fit
+from rungefit.training.train import fit
 
 from .conftest import (
     ENDLESS_TRAIN,

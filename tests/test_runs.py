@@ -6,12 +6,15 @@ import shutil
 import pytest
 import torch
 
-from rungefit import runformat, runlock, runs, runsave
+from rungefit.runs import format as runformat
+from rungefit.runs import lock as runlock
+from rungefit.runs import store as runs
+from rungefit.runs import commit as runsave
 from rungefit.config import TrainConfig
 from rungefit.errors import UsageError
-from rungefit.evaluate import grid_errors
-from rungefit.target import target_of
-from rungefit.train import fit
+from rungefit.study.evaluate import grid_errors
+from rungefit.targets.target import target_of
+from rungefit.training.train import fit
 
 from .conftest import save_run, stop_after
 
@@ -129,7 +132,7 @@ def test_a_name_in_use_is_refused_until_its_owner_lets_go_or_dies(tmp_path):
 
 
 def test_json_files_and_json_output_write_null_for_a_non_finite_figure(capsys):
-    from rungefit import report
+    from rungefit.cli import render as report
 
     document = {"mse": math.nan, "members": [{"max": math.inf}, {"min": -math.inf, "ok": 1.5}], "pair": (math.nan, 2.0)}
     expected = {"mse": None, "members": [{"max": None}, {"min": None, "ok": 1.5}], "pair": [None, 2.0]}

@@ -16,13 +16,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rungefit import runformat, runs, runsave
-from rungefit.cli import app
+from rungefit.runs import format as runformat
+from rungefit.runs import store as runs
+from rungefit.runs import commit as runsave
+from rungefit.cli.app import app
 from rungefit.config import TrainConfig
-from rungefit.evaluate import best_member
-from rungefit.runformat import CHECKPOINT_FORMAT
-from rungefit.runread import FILE_LIMITS
-from rungefit.train import fit
+from rungefit.study.evaluate import best_member
+from rungefit.runs.format import CHECKPOINT_FORMAT
+from rungefit.runs.read import FILE_LIMITS
+from rungefit.training.train import fit
 
 from .conftest import runner, stop_after
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from rungefit.schema import (
+from rungefit.runs.schema import (
     SchemaError,
     array,
     equal_to,

@@ -7,7 +7,7 @@ import torch
 
 from rungefit.config import parse_layers
 from rungefit.errors import UsageError
-from rungefit.model import ACTIVATIONS, TORCH_MODULES, StackedMLP, from_sequential, to_sequential
+from rungefit.net.model import ACTIVATIONS, TORCH_MODULES, StackedMLP, from_sequential, to_sequential
 
 from .conftest import stacked
 

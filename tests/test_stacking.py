@@ -7,12 +7,12 @@ import pytest
 import torch
 from torch import nn
 
-from rungefit import kernels
-from rungefit import model as model_module
+from rungefit.net import kernels as kernels
+from rungefit.net import model as model_module
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes
-from rungefit.kernels import _Backprop
-from rungefit.model import ACTIVATIONS
-from rungefit.train import fit
+from rungefit.net.kernels import _Backprop
+from rungefit.net.model import ACTIVATIONS
+from rungefit.training.train import fit
 
 from .conftest import runge, stacked
 

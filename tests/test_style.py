@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from rungefit.cli import app
+from rungefit.cli.app import app
 
 PACKAGE = Path(__file__).resolve().parent.parent / "rungefit"
 # A duration ("3.5 ns", "0.15 s", "16 ms") or a speed-up ("1.1× faster", "2× slower").

@@ -13,13 +13,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rungefit import target as targets
+from rungefit.targets import target as targets
 from rungefit.config import FORMULA_FUNCTIONS, PRESETS, TrainConfig, validation_size
-from rungefit.datafile import read_points
-from rungefit.domain import check_grid, parse_domain
+from rungefit.targets.datafile import read_points
+from rungefit.targets.domain import check_grid, parse_domain
 from rungefit.errors import UsageError
-from rungefit.formula import parse_formula
-from rungefit.target import function_target, target_of
+from rungefit.targets.formula import parse_formula
+from rungefit.targets.target import function_target, target_of
 
 from .conftest import DATA, runge, runge_prime
 

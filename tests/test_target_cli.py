@@ -11,12 +11,12 @@ import pytest
 import torch
 from scipy.interpolate import CubicSpline
 
-from rungefit import runs
-from rungefit.cli import app
+from rungefit.runs import store as runs
+from rungefit.cli.app import app
 from rungefit.config import PRESETS, TrainConfig
-from rungefit.formula import Formula
-from rungefit.target import target_of
-from rungefit.train import fit
+from rungefit.targets.formula import Formula
+from rungefit.targets.target import target_of
+from rungefit.training.train import fit
 
 from .conftest import DATA, heavy_imports_after, runge, runner, save_run, stop_after
 
@@ -223,7 +223,7 @@ def test_every_command_runs_on_every_preset_a_formula_and_a_data_file(target, tm
 
 
 def test_an_interrupted_data_run_resumes_from_its_own_copy_to_the_uninterrupted_numbers(tmp_path):
-    from rungefit.target import settings
+    from rungefit.targets.target import settings
 
     source = tmp_path / "points.csv"
     shutil.copyfile(DATA, source)

@@ -6,9 +6,9 @@ import torch
 
 from rungefit import rng
 from rungefit.config import TrainConfig
-from rungefit.stack import EpochBatches, new_stack
-from rungefit.target import target_of
-from rungefit.train import DivergedError, fit, resolve_device
+from rungefit.training.stack import EpochBatches, new_stack
+from rungefit.targets.target import target_of
+from rungefit.training.train import DivergedError, fit, resolve_device
 
 from .conftest import runge
 
@@ -127,7 +127,7 @@ def test_epoch_batches_are_each_members_shuffled_set_through_reused_buffers():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_every_final_figure_is_float64_arithmetic_on_the_networks_outputs(dtype):
-    from rungefit.model import DTYPES
+    from rungefit.net.model import DTYPES
 
     config = TrainConfig(points=120, epochs=2, seeds=(0, 1), dtype=dtype)
     result = fit(config)

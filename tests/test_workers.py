@@ -16,11 +16,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rungefit import workers
+from rungefit.training import workers as workers
 from rungefit.config import TrainConfig
-from rungefit.polish import PolishProgress
-from rungefit.stack import _split, worker_count
-from rungefit.train import DivergedError, fit
+from rungefit.training.polish import PolishProgress
+from rungefit.training.stack import _split, worker_count
+from rungefit.training.train import DivergedError, fit
 
 pytestmark = pytest.mark.skipif(not workers.available(), reason="worker processes need fork (Linux)")
 

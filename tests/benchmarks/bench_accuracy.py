@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rungefit.config import TrainConfig
-from rungefit.train import fit
+from rungefit.training.train import fit
 
 SEEDS = tuple(range(10))
 

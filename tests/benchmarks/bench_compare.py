@@ -24,8 +24,8 @@ import sys, time
 try:
     from rungefit.config import TrainConfig
 except ImportError:
-    from rungefit.train import TrainConfig
-from rungefit.train import fit
+    from rungefit.training.train import TrainConfig
+from rungefit.training.train import fit
 members, epochs = int(sys.argv[1]), int(sys.argv[2])
 fit(TrainConfig(epochs=1, seeds=tuple(range(members))))  # warm-up: first calls, page faults
 started = time.perf_counter()

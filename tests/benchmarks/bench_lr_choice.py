@@ -23,11 +23,12 @@ import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from rungefit import lr_find, lr_rules
-from rungefit.cli import app
+from rungefit.training import lr_find as lr_find
+from rungefit.training import lr_rules as lr_rules
+from rungefit.cli.app import app
 from rungefit.config import TrainConfig
-from rungefit.evaluate import learned
-from rungefit.train import fit
+from rungefit.study.evaluate import learned
+from rungefit.training.train import fit
 
 
 def run(arguments: list[str]) -> dict:

@@ -16,10 +16,10 @@ import time
 
 import torch
 
-from rungefit import lr_find
+from rungefit.training import lr_find as lr_find
 from rungefit.config import TrainConfig
-from rungefit.stack import EpochBatches
-from rungefit.train import fit
+from rungefit.training.stack import EpochBatches
+from rungefit.training.train import fit
 
 
 def plain_steps(config: TrainConfig, steps: int) -> None:

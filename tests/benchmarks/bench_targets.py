@@ -21,9 +21,9 @@ import torch
 from numpy.polynomial.chebyshev import Chebyshev
 
 from rungefit.config import PRESETS, TrainConfig, parameter_count, parse_layers
-from rungefit.evaluate import BASELINE_DEGREES, BASELINES, baseline_scores, member_prediction
-from rungefit.target import target_of
-from rungefit.train import fit
+from rungefit.study.evaluate import BASELINE_DEGREES, BASELINES, baseline_scores, member_prediction
+from rungefit.targets.target import target_of
+from rungefit.training.train import fit
 
 FINE = np.linspace(-1.0, 1.0, 20_001)  # where the kink and the jump are measured
 NEAR = np.abs(FINE) <= 0.5  # the turn and the rise are looked for here, away from the ends

@@ -32,15 +32,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import train_plain  # noqa: E402
 
 from rungefit.config import TrainConfig  # noqa: E402
-from rungefit.target import target_of  # noqa: E402
-from rungefit.train import fit  # noqa: E402
+from rungefit.targets.target import target_of  # noqa: E402
+from rungefit.training.train import fit  # noqa: E402
 
 STACK = 64
 RSS_LIMIT_MIB = 1024
 MEMORY_CHILD = """
 import sys
 from rungefit.config import TrainConfig
-from rungefit.train import fit
+from rungefit.training.train import fit
 fit(TrainConfig(epochs=int(sys.argv[1]), seeds=tuple(range(int(sys.argv[2]))), device=sys.argv[3]))
 """
 

@@ -18,13 +18,14 @@ from functools import partial
 import numpy as np
 import torch
 
-from rungefit import rng, workers
+from rungefit import rng
+from rungefit.training import workers as workers
 from rungefit.config import MIN_MEMBERS_PER_WORKER, TrainConfig, parse_layers
-from rungefit.evaluate import float64_truth
-from rungefit.model import DTYPES, StackedMLP
-from rungefit.optim import StackedAdam, lr_factors
-from rungefit.polish import PolishProgress, PolishReport, levenberg_marquardt
-from rungefit.target import DataSplit, target_of
+from rungefit.study.evaluate import float64_truth
+from rungefit.net.model import DTYPES, StackedMLP
+from rungefit.net.optim import StackedAdam, lr_factors
+from rungefit.training.polish import PolishProgress, PolishReport, levenberg_marquardt
+from rungefit.targets.target import DataSplit, target_of
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ import torch
 
 from rungefit.config import RangeTestConfig, TrainConfig, VerifyConfig
 from rungefit.errors import RungefitError
-from rungefit.evaluate import FIT_NONE, FIT_OK, FIT_SOME, fit_verdict, learned
-from rungefit.lr_rules import (
+from rungefit.study.evaluate import FIT_NONE, FIT_OK, FIT_SOME, fit_verdict, learned
+from rungefit.training.lr_rules import (
     AUTO_EPOCH_SHARE,
     AUTO_RATES,
     AUTO_SAFETY,
@@ -44,11 +44,11 @@ from rungefit.lr_rules import (
     trim,
     verification_rates,
 )
-from rungefit.model import StackedMLP
-from rungefit.optim import StackedAdam
-from rungefit.stack import EpochBatches, new_stack
-from rungefit.target import DataSplit, target_of
-from rungefit.train import EpochReport, fit, intra_op_threads
+from rungefit.net.model import StackedMLP
+from rungefit.net.optim import StackedAdam
+from rungefit.training.stack import EpochBatches, new_stack
+from rungefit.targets.target import DataSplit, target_of
+from rungefit.training.train import EpochReport, fit, intra_op_threads
 
 # ---------------------------------------------------------------- the range test
 

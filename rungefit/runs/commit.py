@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from rungefit.runlayout import LATEST, RunError, check_name, describe
-from rungefit.runlock import DirLock, held, locked, own_run
+from rungefit.runs.layout import LATEST, RunError, check_name, describe
+from rungefit.runs.lock import DirLock, held, locked, own_run
 
 STAGING_PREFIX = ".staging-"
 

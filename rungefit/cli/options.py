@@ -55,7 +55,7 @@ def _lazy_import(name: str):
     return module
 
 
-report = _lazy_import("rungefit.report")
+report = _lazy_import("rungefit.cli.render")
 
 
 def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
@@ -87,7 +87,7 @@ def complete_layers(incomplete: str) -> list[str]:
 
 def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
     """The runs in --runs-dir, and `latest` while it names one of them."""
-    from rungefit.runs import LATEST, latest_run, list_run_names
+    from rungefit.runs.store import LATEST, latest_run, list_run_names
 
     runs_dir = Path(ctx.params.get("runs_dir") or "runs")
     names = list_run_names(runs_dir) + ([LATEST] if latest_run(runs_dir) else [])
@@ -96,7 +96,7 @@ def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
 
 def complete_interrupted_run(ctx: typer.Context, incomplete: str) -> list[str]:
     """--resume offers the runs that can be resumed: the interrupted ones."""
-    from rungefit.runs import list_interrupted_runs
+    from rungefit.runs.store import list_interrupted_runs
 
     runs_dir = Path(ctx.params.get("runs_dir") or "runs")
     return [name for name in list_interrupted_runs(runs_dir) if name.startswith(incomplete)]
@@ -186,7 +186,7 @@ def checked_points(values: Optional[list[float]]) -> list[float]:
 
 def warn_outside(points: list[float], domain: tuple[float, float]) -> None:
     """--x outside the domain is extrapolation, allowed with a warning."""
-    from rungefit.domain import describe_domain  # numpy: not on the way of --help
+    from rungefit.targets.domain import describe_domain  # numpy: not on the way of --help
 
     low, high = domain
     outside = [value for value in points if not low <= value <= high]
@@ -206,7 +206,7 @@ def _was_given(ctx: typer.Context, name: str) -> bool:
 
 def _load_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
     """The run and the member to study: --member, else the best by validation MSE."""
-    from rungefit import runs
+    from rungefit.runs import store as runs
 
     loaded = runs.load_run(runs_dir, run)
     _note_latest(loaded)
@@ -242,7 +242,8 @@ def _warn_if_unfinished(loaded) -> None:
 
 def _write_figure(path: Path, png: bytes) -> None:
     """Write a figure into the run directory; a failure is a warning, the results stand."""
-    from rungefit import runlayout, runsave
+    from rungefit.runs import layout as runlayout
+    from rungefit.runs import commit as runsave
 
     try:
         runsave.atomic_write(path, png)

@@ -21,8 +21,8 @@ from numpy.polynomial.chebyshev import Chebyshev
 
 from rungefit.config import DEFAULT_DOMAIN, PLOT_POINTS, TrainConfig, parameter_count
 from rungefit.errors import UsageError
-from rungefit.model import StackedMLP
-from rungefit.target import DataTarget, FunctionTarget
+from rungefit.net.model import StackedMLP
+from rungefit.targets.target import DataTarget, FunctionTarget
 
 Target = FunctionTarget | DataTarget
 
@@ -291,7 +291,7 @@ def baseline_scores(target: Target, n: int, degrees: tuple[int, ...] = BASELINE_
 
 def training_points(config: TrainConfig, member: int) -> tuple[np.ndarray, np.ndarray]:
     """A member's training points and their y, in float64 (as drawn for its seed)."""
-    from rungefit.target import target_of
+    from rungefit.targets.target import target_of
 
     split = target_of(config).split([config.seeds[member]], config.points, config.val_fraction, dtype=torch.float64)
     return split.x_train[0].numpy(), split.y_train[0].numpy()

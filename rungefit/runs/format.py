@@ -13,9 +13,9 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from rungefit import schema
+from rungefit.runs import schema as schema
 from rungefit.errors import UsageError
-from rungefit.runlayout import CONFIG_FILE, MODEL_FILE, RETRAIN, SUMMARY_FILE, RunError, damaged
+from rungefit.runs.layout import CONFIG_FILE, MODEL_FILE, RETRAIN, SUMMARY_FILE, RunError, damaged
 
 CHECKPOINT_FORMAT = 1
 STATUSES = ("complete", "interrupted", "diverged")
@@ -84,8 +84,8 @@ def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[st
     import torch
 
     from rungefit import __version__
-    from rungefit.datafile import DATA_FILE
-    from rungefit.target import target_of
+    from rungefit.targets.datafile import DATA_FILE
+    from rungefit.targets.target import target_of
 
     config = {**asdict(result.config), **config_extra, "rungefit_version": __version__, "torch_version": torch.__version__}
     return {
@@ -113,8 +113,8 @@ def check_config(document: Any, file: Path):
     """The TrainConfig that config.json holds. Field types here; ranges by TrainConfig.validate,
     the one place that knows them. Missing fields take their defaults (older runs lack newer ones)."""
     from rungefit.config import DTYPE_NAMES, MAX_FORMULA_CHARS, MAX_MEMBERS, MAX_SEED, POLISHES, SCHEDULES, TrainConfig
-    from rungefit.datafile import DATA_FILE, read_points
-    from rungefit.schema import array, integer, number, optional, record, text
+    from rungefit.targets.datafile import DATA_FILE, read_points
+    from rungefit.runs.schema import array, integer, number, optional, record, text
 
     fields = {
         "layers": optional(text(max_length=10_000)),
@@ -156,9 +156,9 @@ def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
     import torch
 
     from rungefit.config import MAX_STEPS, layer_shapes, parameter_count, parse_layers
-    from rungefit.model import DTYPES
-    from rungefit.schema import equal_to, integer, record, tensor, text
-    from rungefit.train import History
+    from rungefit.net.model import DTYPES
+    from rungefit.runs.schema import equal_to, integer, record, tensor, text
+    from rungefit.training.train import History
 
     if not isinstance(checkpoint, dict) or "format" not in checkpoint:
         raise RunError(f"{file} is not a rungefit checkpoint; {RETRAIN}")
@@ -200,7 +200,7 @@ def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
 def check_summary(document: Any, config, checkpoint: dict, run_dir: Path) -> dict:
     """summary.json, which must describe the state model.pt holds."""
     from rungefit.config import MAX_SEED
-    from rungefit.schema import array, figure, integer, json_value, number, optional, record, text
+    from rungefit.runs.schema import array, figure, integer, json_value, number, optional, record, text
 
     file = run_dir / SUMMARY_FILE
     member = record({

@@ -1,6 +1,6 @@
 """Shell completion scripts for bash, zsh and fish, generated from the CLI's Typer machinery.
 
-The committed copies in completions/ are regenerated with `python -m rungefit.completions` and a
+The committed copies in completions/ are regenerated with `python -m rungefit.cli.completion` and a
 test fails when they are stale. Each script calls back into `rungefit` with _RUNGEFIT_COMPLETE
 set, so commands, options, choice values and run names always come from the installed CLI.
 
@@ -91,8 +91,8 @@ def install_bash(home: Path) -> Path:
     """rungefit's bash script where Typer's --install-completion puts its own (~/.bash_completions),
     sourced from ~/.bashrc: the script is replaced in one step, and ~/.bashrc only appended to (it
     may be a link into someone's dotfiles)."""
-    from rungefit.runlayout import describe
-    from rungefit.runsave import atomic_write
+    from rungefit.runs.layout import describe
+    from rungefit.runs.commit import atomic_write
 
     script, rc = home / ".bash_completions" / f"{PROG_NAME}.sh", home / ".bashrc"
     line = f"source '{script}'"
@@ -116,7 +116,7 @@ def path_options() -> list[str]:
 
     from typer.main import get_command
 
-    from rungefit.cli import app
+    from rungefit.cli.app import app
 
     options = set()
     for command in get_command(app).commands.values():

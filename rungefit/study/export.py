@@ -20,7 +20,7 @@ import torch
 
 from rungefit.config import format_layers
 from rungefit.errors import RungefitError
-from rungefit.model import sequential_layers
+from rungefit.net.model import sequential_layers
 
 # What `pip install` needs for --format onnx: torch.onnx's exporter imports onnx and onnxscript.
 ONNX_EXTRA = "rungefit[onnx]"

@@ -30,7 +30,7 @@ import torch
 from rungefit.config import layer_shapes
 
 if TYPE_CHECKING:
-    from rungefit.model import StackedMLP
+    from rungefit.net.model import StackedMLP
 
 # Whether CPU passes use NumPy's kernels (_Forward); False runs torch's everywhere, as on a GPU,
 # which tests use to check that path without one.

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rungefit import runlayout
-from rungefit.cli_common import (
+from rungefit.runs import layout as runlayout
+from rungefit.cli.options import (
     ExportFormat,
     JsonFlag,
     MemberOption,
@@ -58,10 +58,10 @@ def grad(
 
     Example: rungefit grad --x 0.3 --explain
     """
-    from rungefit import grad as core
-    from rungefit import plots
+    from rungefit.study import grad as core
+    from rungefit.cli import figures as plots
     from rungefit.config import DEFAULT_LAYERS, format_layers
-    from rungefit.target import settings, target_of
+    from rungefit.targets.target import settings, target_of
 
     points = checked_points(x)
     if explain and not points:
@@ -87,7 +87,7 @@ def grad(
     if json_output:
         report.print_json(doc)
     else:
-        from rungefit.report_study import render_grad
+        from rungefit.cli.render_study import render_grad
 
         render_grad(doc)
     if not untrained:
@@ -112,8 +112,8 @@ def eval_run(
 
     Example: rungefit eval --baselines --x 0.95
     """
-    from rungefit import evaluate as core
-    from rungefit import plots
+    from rungefit.study import evaluate as core
+    from rungefit.cli import figures as plots
 
     values = checked_points(x)
     loaded, member, source = _load_member(runs_dir, run, member)
@@ -128,7 +128,7 @@ def eval_run(
     if json_output:
         report.print_json(doc)
     else:
-        from rungefit.report_study import render_eval
+        from rungefit.cli.render_study import render_eval
 
         render_eval(doc)
     curves = result.curves
@@ -155,8 +155,8 @@ def export(
 
     Example: rungefit export --format onnx --out runge.onnx
     """
-    from rungefit import export as core
-    from rungefit import runsave
+    from rungefit.study import export as core
+    from rungefit.runs import commit as runsave
 
     loaded, member, source = _load_member(runs_dir, run, member)
     path = out or loaded.path / f"{runlayout.EXPORT_PREFIX}{member}.{file_format.value}"
@@ -196,7 +196,7 @@ def predict(
 
     Example: rungefit predict xs.csv --grad
     """
-    from rungefit import predict as core
+    from rungefit.study import predict as core
 
     loaded, member, _ = _load_member(runs_dir, run, member)
     x = core.read_x(*_x_lines(file))

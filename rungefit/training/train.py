@@ -18,12 +18,12 @@ import torch
 
 from rungefit.config import DEVICES, TrainConfig, parameter_count, parse_layers, require
 from rungefit.errors import RungefitError, UsageError
-from rungefit.evaluate import fit_verdict, float64_mse, float64_truth, grid_errors, learned
-from rungefit.model import StackedMLP
-from rungefit.optim import StackedAdam
-from rungefit.polish import PolishProgress, PolishReport
-from rungefit.stack import EpochCurves, open_stack, worker_count
-from rungefit.target import target_of
+from rungefit.study.evaluate import fit_verdict, float64_mse, float64_truth, grid_errors, learned
+from rungefit.net.model import StackedMLP
+from rungefit.net.optim import StackedAdam
+from rungefit.training.polish import PolishProgress, PolishReport
+from rungefit.training.stack import EpochCurves, open_stack, worker_count
+from rungefit.targets.target import target_of
 
 # Hidden activations per step (members × batch × hidden units) from which CPU training uses
 # torch's intra-op threads; below it one thread is faster (see intra_op_threads).

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from rungefit.errors import UsageError
-from rungefit.runformat import check_checkpoint, check_config, check_summary
-from rungefit.runlayout import (
+from rungefit.runs.format import check_checkpoint, check_config, check_summary
+from rungefit.runs.layout import (
     CONFIG_FILE,
     LATEST,
     MODEL_FILE,
@@ -32,9 +32,9 @@ from rungefit.runlayout import (
     check_name,
     name_problem,
 )
-from rungefit.runlock import DirLock, locked, own_run
-from rungefit.runread import latest_named, opened, read_bounded, read_checkpoint, read_json
-from rungefit.runsave import ensure_writable_dir, finish_update
+from rungefit.runs.lock import DirLock, locked, own_run
+from rungefit.runs.read import latest_named, opened, read_bounded, read_checkpoint, read_json
+from rungefit.runs.commit import ensure_writable_dir, finish_update
 
 
 @dataclass
@@ -53,7 +53,7 @@ class LoadedRun:
     def history(self) -> dict:
         """train_mse, val_mse and lr of every epoch and member, float64 NumPy arrays [epochs, K]
         (checked when the run was loaded)."""
-        from rungefit.train import History
+        from rungefit.training.train import History
 
         return {field.name: self.checkpoint["history"][field.name].numpy() for field in fields(History)}
 
@@ -61,7 +61,7 @@ class LoadedRun:
         """`member` checked against the run, or, for None, the member with the best validation MSE.
 
         `option` names the value in the error message (the CLI's "--member")."""
-        from rungefit.evaluate import best_member
+        from rungefit.study.evaluate import best_member
 
         if member is None:
             return best_member(self.summary)
@@ -73,13 +73,13 @@ class LoadedRun:
     def network(self, member: int | None = None):
         """The member (default: the best by validation MSE) as a torch.nn.Sequential in the run's
         dtype, on the CPU, in eval mode and without gradients for its parameters."""
-        from rungefit.model import to_sequential
+        from rungefit.net.model import to_sequential
 
         return to_sequential(self.model, self.member(member))
 
     def target(self):
         """What the run fits (target.py's FunctionTarget or DataTarget): its name and domain."""
-        from rungefit.target import target_of
+        from rungefit.targets.target import target_of
 
         return target_of(self.config)
 
@@ -204,7 +204,7 @@ def _load(runs_dir: Path, name: str | None, option: str, own: bool) -> LoadedRun
 
 def _model(checkpoint: dict, config):
     from rungefit.config import parse_layers
-    from rungefit.model import DTYPES, StackedMLP
+    from rungefit.net.model import DTYPES, StackedMLP
 
     model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=DTYPES[config.dtype])
     model.load_state_dict(checkpoint["state_dict"])
@@ -213,7 +213,7 @@ def _model(checkpoint: dict, config):
 
 def resume_state(loaded: LoadedRun):
     """The TrainState an interrupted run stopped at; RunError for a run that cannot be resumed."""
-    from rungefit.train import History, TrainState
+    from rungefit.training.train import History, TrainState
 
     checkpoint, name = loaded.checkpoint, loaded.path.name
     status = checkpoint["status"]

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET, MAX_FORMULA_CHARS, PRESETS, validation_size
-from rungefit.datafile import PointsFile, read_points, remembered
-from rungefit.domain import check_domain, check_grid, describe_domain, parse_domain
+from rungefit.targets.datafile import PointsFile, read_points, remembered
+from rungefit.targets.domain import check_domain, check_grid, describe_domain, parse_domain
 from rungefit.errors import UsageError
-from rungefit.formula import CONSTANTS, FUNCTIONS, KINK_TOLERANCE, Formula, parse_formula, short
+from rungefit.targets.formula import CONSTANTS, FUNCTIONS, KINK_TOLERANCE, Formula, parse_formula, short
 
 if TYPE_CHECKING:
     import torch

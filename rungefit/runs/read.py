@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rungefit.runlayout import (
+from rungefit.runs.layout import (
     CONFIG_FILE,
     LATEST,
     MODEL_FILE,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rungefit.runlayout import RunError, describe
+from rungefit.runs.layout import RunError, describe
 
 # How long to wait for another process's step under the runs directory's lock (milliseconds, or
 # the time to open a run's files) before saying that something holds it.

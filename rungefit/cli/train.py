@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from rungefit import runlayout
-from rungefit.cli_common import (
+from rungefit.runs import layout as runlayout
+from rungefit.cli.options import (
     DEFAULTS,
     SIGINT_EXIT,
     SIGTERM_EXIT,
@@ -45,7 +45,7 @@ from rungefit.config import (
     MIN_MEMBERS_PER_WORKER,
 )
 from rungefit.errors import RungefitError, UsageError
-from rungefit.phases import Phases
+from rungefit.cli.phases import Phases
 
 BATCH_HELP = "Mini-batch size; the last batch of an epoch may be smaller. Larger than the training set: every step uses the whole set (full-batch), with a warning."
 
@@ -91,8 +91,8 @@ def train(
 
     Example: rungefit train --seed 1 --name first
     """
-    from rungefit import runsave
-    from rungefit import train as core
+    from rungefit.runs import commit as runsave
+    from rungefit.training import train as core
 
     phases = Phases(ctx.obj["started"])
     if resume is not None:
@@ -125,7 +125,7 @@ def train(
 def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[str], data: Optional[str], test_fraction: float) -> dict:
     """The TrainConfig fields of --target, --domain, --data and --test-fraction (with data, the
     points too), checked: the target is parsed and checked for NaN/inf here, before any work."""
-    from rungefit.target import settings
+    from rungefit.targets.target import settings
 
     if data is None and _was_given(ctx, "test_fraction"):
         raise UsageError("--test-fraction applies only with --data")
@@ -149,8 +149,9 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phase
     """Continue an interrupted run in place from its last completed epoch."""
     from dataclasses import replace
 
-    from rungefit import runs, runsave
-    from rungefit import train as core
+    from rungefit.runs import store as runs
+    from rungefit.runs import commit as runsave
+    from rungefit.training import train as core
 
     # The run stays locked until it is saved: no other process updates it meanwhile.
     with runs.run_for_update(runs_dir, name) as loaded:
@@ -184,7 +185,7 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
     """fit with Ctrl-C and SIGTERM handling, save(result) → the run directory, render; an
     interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM), a complete one whose members all learned
     nothing 1."""
-    from rungefit import train as core
+    from rungefit.training import train as core
 
     progress, on_epoch, on_polish = report.training_progress(config.epochs, quiet or json_output)
     phases.end("start_up")
@@ -220,7 +221,7 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
 def _judge_fit(summary: dict) -> None:
     """Members that learned nothing: a warning naming them; when none learned, the same as the
     error line of a failed run, exit 1 (the run is saved and shown all the same)."""
-    from rungefit.evaluate import FIT_NONE, FIT_OK, TRAINED_BELOW
+    from rungefit.study.evaluate import FIT_NONE, FIT_OK, TRAINED_BELOW
 
     if summary["fit"] == FIT_OK:
         return
@@ -295,9 +296,10 @@ def warn_if_full_batch(config) -> None:
 
 
 def _run_files(result, summary_extra: dict, phases: Phases) -> dict[str, bytes]:
-    from rungefit import plots, runformat
-    from rungefit.evaluate import fit_curves
-    from rungefit.target import target_of
+    from rungefit.cli import figures as plots
+    from rungefit.runs import format as runformat
+    from rungefit.study.evaluate import fit_curves
+    from rungefit.targets.target import target_of
 
     curves = fit_curves(result.model, target_of(result.config))
     pictures = {
@@ -350,9 +352,10 @@ def lr_find_command(
 
     Example: rungefit lr-find --seeds 3 --verify
     """
-    from rungefit import lr_find as core
-    from rungefit import runs, runsave
-    from rungefit import train as training
+    from rungefit.training import lr_find as core
+    from rungefit.runs import store as runs
+    from rungefit.runs import commit as runsave
+    from rungefit.training import train as training
 
     shape = {"layers": layers, "points": points, "val_fraction": val_fraction, "batch_size": batch_size, "epochs": verify_epochs, "schedule": schedule and schedule.value, "dtype": dtype and dtype.value}
     shape = {**{k: v for k, v in shape.items() if v is not None}, **target_settings(ctx, target, domain, data, test_fraction)}
@@ -381,7 +384,10 @@ def lr_find_command(
 
 def _save_lr_find(doc: dict, csv_text: str, runs_dir: Path, out: Optional[Path]) -> Path:
     """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>."""
-    from rungefit import plots, runformat, runs, runsave
+    from rungefit.cli import figures as plots
+    from rungefit.runs import format as runformat
+    from rungefit.runs import store as runs
+    from rungefit.runs import commit as runsave
 
     files = {
         "lr_find.csv": csv_text.encode(),
@@ -404,7 +410,7 @@ def _auto_lr(config, quiet: bool):
     """--lr auto: the config with the chosen rate, and the summary entries that say how it was chosen."""
     from dataclasses import replace
 
-    from rungefit.lr_find import choose_lr
+    from rungefit.training.lr_find import choose_lr
 
     if not quiet:
         report.note("--lr auto: choosing the rate with a range test and a short stacked training…")

@@ -23,10 +23,11 @@ import typer
 from typer.core import TyperGroup
 from typer.exceptions import TyperException
 
-from rungefit import cli_study, cli_train
-from rungefit.cli_common import SIGINT_EXIT, SIGTERM_EXIT, report
+from rungefit.cli import study as cli_study
+from rungefit.cli import train as cli_train
+from rungefit.cli.options import SIGINT_EXIT, SIGTERM_EXIT, report
 from rungefit.errors import RungefitError, UsageError
-from rungefit.phases import process_started
+from rungefit.cli.phases import process_started
 
 
 class OneLineErrors(TyperGroup):
@@ -86,7 +87,7 @@ def _bash_is_ours(typers_callback, install: bool):
     def callback(ctx, param, value):
         if not value or ctx.resilient_parsing:
             return value
-        from rungefit import completions
+        from rungefit.cli import completion as completions
 
         shell = value if isinstance(value, str) else completions.detect_shell()
         if shell != "bash":
@@ -190,7 +191,7 @@ def completion(shell: Annotated[Shell, typer.Argument(help="The shell to print t
 
     Example: rungefit completion bash > ~/.local/share/bash-completion/completions/rungefit
     """
-    from rungefit.completions import completion_script
+    from rungefit.cli.completion import completion_script
 
     sys.stdout.write(completion_script(shell.value))
 

@@ -19,7 +19,7 @@ its parameters, so member k's result depends only on member k's parameters and t
 
 Usage:
 
-    from rungefit.polish import levenberg_marquardt
+    from rungefit.training.polish import levenberg_marquardt
     report = levenberg_marquardt(result.model, data.x_train, y_train)  # model updated in place
     report.initial_mse, report.final_mse                              # [K] each, training MSE
 """
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rungefit.model import StackedMLP
+from rungefit.net.model import StackedMLP
 
 # Points per Jacobian chunk: bounds the float64 Jacobian held at once to CHUNK × P numbers
 # (about 6 MB for the default network) however many training points there are.

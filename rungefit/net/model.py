@@ -20,7 +20,7 @@ import torch
 from rungefit import rng
 from rungefit.config import DTYPE_NAMES, Layer, layer_shapes, parameter_count
 from rungefit.errors import UsageError
-from rungefit.kernels import _Backprop, _Forward, block_views
+from rungefit.net.kernels import _Backprop, _Forward, block_views
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # --dtype's names, as torch dtypes
 

@@ -10,9 +10,9 @@ import math
 
 from rich.table import Table
 
-from rungefit import report  # report.stdout at call time: a caller may swap the console
-from rungefit.domain import describe_domain
-from rungefit.report import fmt, print_pairs, target_note
+from rungefit.cli import render as report  # report.stdout at call time: a caller may swap the console
+from rungefit.targets.domain import describe_domain
+from rungefit.cli.render import fmt, print_pairs, target_note
 
 
 def _or_dash(value: float | None, show) -> str:
