@@ -178,7 +178,8 @@ class TrainConfig:
     test_fraction: float = 0.2  # with --data: share of the points held out as the test set, the same for every member
 
     def validate(self) -> None:
-        """UsageError naming the first setting that cannot work (by its CLI option)."""
+        """UsageError naming the first setting that cannot work (by its CLI option). The target
+        settings are checked where they are resolved (targets.resolve)."""
         parse_layers(self.layers)
         require([
             (2 <= self.points <= MAX_POINTS, f"--points must be between 2 and {MAX_POINTS}, got {self.points}"),
@@ -199,9 +200,6 @@ class TrainConfig:
             (0 < self.test_fraction < 1, f"--test-fraction must lie strictly between 0 and 1, got {self.test_fraction}"),
         ])
         validation_size(self.points, self.val_fraction)
-        from rungefit.targets.target import check_config  # NumPy, only when a config is checked
-
-        check_config(self)
         require([
             (
                 self.total_steps <= MAX_STEPS,

@@ -2,12 +2,16 @@
 
 UsageError: a value the user typed (an option, a formula, a file given on the command line) cannot
 work; exit 2. RungefitError: a failure the user can act on (a missing or damaged run, divergence);
-exit 1. Anything else reaching the CLI is a bug, reported as an internal error.
+exit 1; RunError is the kind that concerns a run directory. Anything else reaching the CLI is a bug, reported as an internal error.
 """
 
 
 class RungefitError(Exception):
     """A runtime failure the user can act on; the CLI prints the message and exits 1."""
+
+
+class RunError(RungefitError):
+    """A run directory problem the user can fix; the message says how."""
 
 
 class UsageError(ValueError):

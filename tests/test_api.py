@@ -13,7 +13,8 @@ import pytest
 import torch
 
 import rungefit
-from rungefit.study import evaluate as evaluate
+from rungefit.study import evaluate
+from rungefit.training import metrics
 from rungefit.runs import store as runs
 from rungefit.training import train as train
 from rungefit.cli.app import app
@@ -44,12 +45,12 @@ def test_every_public_name_has_a_docstring():
     for name in names:
         assert inspect.getdoc(getattr(rungefit, name)), name
     for name in ("history", "member", "network"):
-        assert inspect.getdoc(getattr(runs.LoadedRun, name)), name
+        assert inspect.getdoc(getattr(runs.Run, name)), name
 
 
 def test_load_gives_the_best_member_as_a_frozen_eval_mode_sequential(spec_runs):
     runs_dir, name, summary = spec_runs["16:gelu,8:relu", "float64"]
-    best = evaluate.best_member(summary)
+    best = metrics.best_member(summary)
     network = rungefit.load(name, runs_dir)
     assert isinstance(network, torch.nn.Sequential) and not network.training
     assert all(not p.requires_grad and p.dtype == torch.float64 for p in network.parameters())

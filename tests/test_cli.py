@@ -132,7 +132,7 @@ def test_a_run_that_learned_nothing_is_saved_and_shown_but_fails_naming_the_caus
     import torch
 
     from rungefit.config import TrainConfig
-    from rungefit.targets.target import target_of
+    from rungefit.targets import resolve
 
     from .conftest import runge
 
@@ -144,7 +144,7 @@ def test_a_run_that_learned_nothing_is_saved_and_shown_but_fails_naming_the_caus
         assert summary["status"] == "complete" and summary["fit"] == "nothing learned"
         assert [m["learned"] for m in summary["members"]] == [False]
     member = document["members"][0]
-    x_val = target_of(TrainConfig()).split(torch.tensor([0]), 120, 0.3).x_val[0].double().numpy()
+    x_val = resolve(TrainConfig()).split(torch.tensor([0]), 120, 0.3).x_val[0].double().numpy()
     assert member["val_var"] == pytest.approx(np.var(runge(x_val)), rel=1e-12)
     assert member["val_mse"] > 0.01 * member["val_var"]
     lines = result.stderr.strip().splitlines()

@@ -131,12 +131,12 @@ def test_eval_after_the_newest_run_was_deleted_takes_the_newest_left_and_says_wh
 @pytest.mark.parametrize("command", ["grad", "eval"])
 @pytest.mark.parametrize("errno_, words", [(errno.EROFS, "read-only"), (errno.ENOSPC, "no space left"), (errno.EACCES, "permission denied")])
 def test_a_figure_that_cannot_be_written_is_a_warning_after_the_results(runs_dir, monkeypatch, command, errno_, words):
-    from rungefit.runs import commit as runsave
+    from rungefit.runs import store
 
     def refuse(path, data):
         raise OSError(errno_, os.strerror(errno_))
 
-    monkeypatch.setattr(runsave, "atomic_write", refuse)
+    monkeypatch.setattr(store, "atomic_write", refuse)
     result = invoke(command, "--json", "--run", "single", "--runs-dir", str(runs_dir))
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["run"] == str(runs_dir / "single")

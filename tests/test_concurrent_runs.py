@@ -16,6 +16,7 @@ import pytest
 
 from rungefit.runs import format as runformat
 from rungefit.runs import store as runs
+from rungefit import files as files_module
 from rungefit.runs import commit as runsave
 from rungefit.cli.app import app
 from rungefit.config import TrainConfig
@@ -78,7 +79,7 @@ def files():
 @pytest.mark.parametrize("failure", [OSError, KeyboardInterrupt])
 @pytest.mark.parametrize("stage", ["writing", "moving"])
 def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch, files, failure, stage):
-    real_write, real_replace = runsave._write_synced, os.replace
+    real_write, real_replace = files_module.write_synced, os.replace
 
     def failing_write(path, data):
         if path.name == "summary.json":
@@ -91,7 +92,7 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path, monkeypatch, files, failu
         real_replace(source, target)
 
     if stage == "writing":
-        monkeypatch.setattr(runsave, "_write_synced", failing_write)
+        monkeypatch.setattr(files_module, "write_synced", failing_write)
     else:
         monkeypatch.setattr(os, "replace", failing_replace)
     with pytest.raises(runs.RunError if failure is OSError else failure):

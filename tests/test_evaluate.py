@@ -6,16 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit.study import evaluate as evaluate
+from rungefit.study import evaluate
+from rungefit.training import metrics
 from rungefit.runs import store as runs
 from rungefit.config import TrainConfig, parameter_count
 from rungefit.net.model import StackedMLP
-from rungefit.targets.target import target_of
+from rungefit.targets import resolve
 from rungefit.training.train import fit
 
 from .conftest import runge, save_run, stacked
 
-RUNGE = target_of(TrainConfig())
+RUNGE = resolve(TrainConfig())
 
 
 def test_score_splits_the_interval_into_ends_and_middle():
@@ -62,7 +63,7 @@ def test_baselines_show_the_runge_phenomenon():
 
 def test_best_member_is_the_lowest_finite_validation_mse():
     summary = {"members": [{"val_mse": 3e-4}, {"val_mse": float("nan")}, {"val_mse": 1e-4}, {"val_mse": None}]}
-    assert evaluate.best_member(summary) == 2
+    assert metrics.best_member(summary) == 2
 
 
 def untrained(layers="5:tanh", seeds=(0, 1), dtype=torch.float32) -> StackedMLP:
@@ -95,7 +96,7 @@ def test_eval_reproduces_the_test_figures_train_saved(tmp_path, dtype):
     save_run(tmp_path, result, "r")
     loaded = runs.load_run(tmp_path, "r")
     for member, saved in enumerate(loaded.summary["members"]):
-        network = evaluate.evaluate(loaded.model, target_of(loaded.config), member, loaded.config.test_points).scores[0]
+        network = evaluate.evaluate(loaded.model, loaded.target, member, loaded.config.test_points).scores[0]
         assert network.mse == saved["test_mse"]
         assert network.max_abs_error == saved["test_max_abs_error"]
 
@@ -114,15 +115,15 @@ def test_a_float64_runs_test_mse_is_the_plain_float64_mean_as_before():
     x = RUNGE.test_grid(100, dtype=torch.float64).expand(3, -1)
     with torch.no_grad():
         before = ((model.forward(x) - runge(x)) ** 2).mean(dim=1)  # how it was computed
-    assert torch.equal(evaluate.grid_errors(model, RUNGE).mse, before)
+    assert torch.equal(metrics.grid_errors(model, RUNGE).mse, before)
 
 
 def test_a_member_learned_when_its_validation_mse_is_below_a_hundredth_of_var_y():
     var_y = [0.08] * 5
-    assert evaluate.learned([7.9e-4, 8.1e-4, 0.08, float("nan"), float("inf")], var_y).tolist() == [True, False, False, False, False]
+    assert metrics.learned([7.9e-4, 8.1e-4, 0.08, float("nan"), float("inf")], var_y).tolist() == [True, False, False, False, False]
 
 
 def test_the_verdict_says_whether_every_some_or_no_member_learned():
-    assert evaluate.fit_verdict([True, True]) == evaluate.FIT_OK == "ok"
-    assert evaluate.fit_verdict([False, True]) == evaluate.FIT_SOME == "some members learned nothing"
-    assert evaluate.fit_verdict([False]) == evaluate.FIT_NONE == "nothing learned"
+    assert metrics.fit_verdict([True, True]) == metrics.FIT_OK == "ok"
+    assert metrics.fit_verdict([False, True]) == metrics.FIT_SOME == "some members learned nothing"
+    assert metrics.fit_verdict([False]) == metrics.FIT_NONE == "nothing learned"

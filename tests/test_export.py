@@ -19,7 +19,7 @@ import rungefit
 from rungefit.runs import store as runs
 from rungefit.cli.app import app
 from rungefit.study.evaluate import member_prediction
-from rungefit.targets.target import target_of
+from rungefit.targets import resolve
 
 from .conftest import SPECS, runge, runner
 
@@ -29,7 +29,7 @@ TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
 def eval_grid(loaded, member: int) -> tuple[np.ndarray, np.ndarray]:
     """The run's test grid and eval's predictions on it (evaluate.member_prediction, as eval scores)."""
-    x = target_of(loaded.config).test_grid(loaded.config.test_points, dtype=loaded.model.dtype).double().numpy()
+    x = loaded.target.test_grid(loaded.config.test_points, dtype=loaded.model.dtype).double().numpy()
     return x, member_prediction(loaded.model, member, x)
 
 

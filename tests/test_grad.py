@@ -11,12 +11,12 @@ from hypothesis import strategies as st
 from rungefit.study import grad as grad
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
 from rungefit.net.model import ACTIVATIONS, StackedMLP
-from rungefit.targets.target import target_of
+from rungefit.targets import resolve
 from rungefit.training.train import fit
 
 from .conftest import runge_prime, stacked
 
-RUNGE = target_of(TrainConfig())
+RUNGE = resolve(TrainConfig())
 
 SPECS = [DEFAULT_LAYERS, "8:relu,8:gelu", "5:silu,3:softplus,4:identity", "1:tanh", "7:sigmoid,7:sigmoid,7:sigmoid"]
 

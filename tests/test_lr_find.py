@@ -18,7 +18,7 @@ from rungefit.cli.app import app
 from rungefit.cli.train import lr_find_command
 from rungefit.config import TrainConfig
 from rungefit.training.stack import EpochBatches, new_stack
-from rungefit.targets.target import DataSplit
+from rungefit.targets import DataSplit, resolve
 from rungefit.training.train import fit
 
 from .conftest import LEARNS, runner
@@ -138,7 +138,7 @@ def test_uninformative_curve_warns_and_an_informative_one_does_not():
 
 def _trained_stack():
     """A small stack after a few real steps, so the optimizer state is not trivially zero."""
-    model, optimizer, data, seeds = new_stack(SMALL)
+    model, optimizer, data, seeds = new_stack(SMALL, resolve(SMALL))
     for x, y in EpochBatches(data.x_train, data.y_train, seeds, SMALL.batch_size)(0):
         model.mse_backward(x, y)
         optimizer.step()
@@ -162,7 +162,7 @@ def test_range_test_restores_model_optimizer_and_rng_bit_for_bit():
 
 def test_range_test_stops_each_member_at_divergence():
     config = lr_find.RangeTestConfig(start_lr=1e-4, end_lr=1e3, iters=40, smooth=0.5)
-    test = lr_find.run_range_test(SMALL, config)
+    test = lr_find.run_range_test(SMALL, resolve(SMALL), config)
     for member in range(2):
         stop = test.stops[member]
         assert stop is not None and test.stop_reason(member) == "diverged"
@@ -175,7 +175,7 @@ def test_range_test_stops_each_member_at_divergence():
 
 
 def test_a_non_finite_loss_stops_its_member_at_once_and_spares_the_others():
-    model, optimizer, data, seeds = new_stack(SMALL)
+    model, optimizer, data, seeds = new_stack(SMALL, resolve(SMALL))
     poisoned = data.x_train.clone()
     poisoned[1] = float("nan")
     config = lr_find.RangeTestConfig(start_lr=1e-5, end_lr=1e-3, iters=20)
@@ -186,7 +186,7 @@ def test_a_non_finite_loss_stops_its_member_at_once_and_spares_the_others():
 
 
 def test_csv_has_one_row_per_recorded_step_and_member():
-    test = lr_find.run_range_test(SMALL, lr_find.RangeTestConfig(iters=12, val=True))
+    test = lr_find.run_range_test(SMALL, resolve(SMALL), lr_find.RangeTestConfig(iters=12, val=True))
     lines = test.csv().splitlines()
     assert lines[0] == "step,member,seed,lr,loss,smoothed,val_loss"
     assert len(lines) == 1 + test.steps(0) + test.steps(1)
@@ -199,7 +199,7 @@ def test_csv_has_one_row_per_recorded_step_and_member():
 def test_verification_member_r_s_is_rate_r_with_seed_s():
     config = TrainConfig(points=60, batch_size=10, epochs=3)
     rates, seeds = np.array([1e-3, 3e-2]), (4, 9)
-    check = lr_find.verify(config, rates, seeds)
+    check = lr_find.verify(config, resolve(config), rates, seeds)
     assert check.val_mse.shape == (2, 2)
     for r, rate in enumerate(rates):
         for s, seed in enumerate(seeds):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
-from rungefit.study.evaluate import grid_errors
+from rungefit.training.metrics import grid_errors
 from rungefit.net.model import StackedMLP
 from rungefit.training.polish import PolishProgress, levenberg_marquardt
-from rungefit.targets.target import target_of
+from rungefit.targets import resolve
 from rungefit.training.train import fit
 
 from .conftest import runge
@@ -25,7 +25,7 @@ def short_run():
     """A short Adam run of three members (seconds), and each member's training points."""
     config = TrainConfig(seeds=(0, 1, 2), points=400, epochs=200)
     result = fit(config, stop_on_divergence=False)
-    data = target_of(config).split(torch.tensor(config.seeds), config.points, config.val_fraction)
+    data = resolve(config).split(torch.tensor(config.seeds), config.points, config.val_fraction)
     return result.model, data.x_train
 
 
@@ -34,7 +34,7 @@ def lm(model: StackedMLP, x_train: torch.Tensor, **options):
     return levenberg_marquardt(model, x_train, runge(x_train.double()), **options)
 
 
-RUNGE = target_of(TrainConfig())
+RUNGE = resolve(TrainConfig())
 
 
 def _copy(model: StackedMLP) -> StackedMLP:

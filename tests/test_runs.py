@@ -12,8 +12,8 @@ from rungefit.runs import store as runs
 from rungefit.runs import commit as runsave
 from rungefit.config import TrainConfig
 from rungefit.errors import UsageError
-from rungefit.study.evaluate import grid_errors
-from rungefit.targets.target import target_of
+from rungefit.training.metrics import grid_errors
+from rungefit.targets import resolve
 from rungefit.training.train import fit
 
 from .conftest import save_run, stop_after
@@ -31,7 +31,7 @@ def test_saved_run_reloads_to_the_same_model_and_test_mse(tmp_path, result):
     assert loaded.config == result.config
     assert torch.equal(loaded.model.params, result.model.params)
     reported = [m["test_mse"] for m in loaded.summary["members"]]
-    assert grid_errors(loaded.model, target_of(loaded.config)).mse.tolist() == reported
+    assert grid_errors(loaded.model, loaded.target).mse.tolist() == reported
 
 
 def test_latest_names_the_newest_run(tmp_path, result):

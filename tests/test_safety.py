@@ -21,7 +21,7 @@ from rungefit.runs import store as runs
 from rungefit.runs import commit as runsave
 from rungefit.cli.app import app
 from rungefit.config import TrainConfig
-from rungefit.study.evaluate import best_member
+from rungefit.training.metrics import best_member
 from rungefit.runs.format import CHECKPOINT_FORMAT
 from rungefit.runs.read import FILE_LIMITS
 from rungefit.training.train import fit

@@ -10,7 +10,7 @@ from torch import nn
 from rungefit.net import kernels as kernels
 from rungefit.net import model as model_module
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes
-from rungefit.net.kernels import _Backprop
+from rungefit.net.kernels import BackwardPass
 from rungefit.net.model import ACTIVATIONS
 from rungefit.training.train import fit
 
@@ -52,7 +52,7 @@ def test_hand_written_backward_matches_autograd(spec, members, use_numpy, monkey
     monkeypatch.setattr(kernels, "NUMPY_ON_CPU", use_numpy)
     model = stacked(spec, list(range(members)))
     x, y = batch(members)
-    loss = _Backprop(model, x.shape[1]).mse_backward(x, y)
+    loss = BackwardPass(model, x.shape[1]).mse_backward(x, y)
     grads = model.grads.clone()
     model.grads.zero_()
     reference = ((model.forward(x) - y) ** 2).mean(dim=1)

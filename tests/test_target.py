@@ -19,11 +19,12 @@ from rungefit.targets.datafile import read_points
 from rungefit.targets.domain import check_grid, parse_domain
 from rungefit.errors import UsageError
 from rungefit.targets.formula import parse_formula
-from rungefit.targets.target import function_target, target_of
+from rungefit.targets import resolve
+from rungefit.targets.target import function_target
 
 from .conftest import DATA, runge, runge_prime
 
-DEFAULT = target_of(TrainConfig())
+DEFAULT = resolve(TrainConfig())
 
 
 # ---------------------------------------------------------------- the default target
@@ -364,8 +365,7 @@ def test_a_missing_or_binary_data_file_is_a_usage_error(tmp_path):
 
 
 def data_config(**overrides) -> TrainConfig:
-    fields = targets.settings(data=str(DATA), **overrides)
-    return TrainConfig(**fields)
+    return TrainConfig(**targets.settings(data=str(DATA), **overrides).fields)
 
 
 def test_data_settings_record_the_file_its_sha256_and_its_range():
@@ -378,7 +378,7 @@ def test_data_settings_record_the_file_its_sha256_and_its_range():
 
 def test_the_test_share_is_the_same_for_every_member_and_each_member_splits_the_rest():
     config = data_config()
-    target = target_of(config)
+    target = resolve(config)
     pool = set(target.pool.tolist())
     assert pool.isdisjoint(target.test_index.tolist()) and len(pool) + len(target.test_index) == 200
     stacked = target.split(torch.tensor([0, 1, 2]), config.points, config.val_fraction, dtype=torch.float64)
@@ -401,8 +401,8 @@ def test_data_outside_an_explicit_domain_or_too_few_points_are_usage_errors(tmp_
         data_config(domain="0,1")
     few = write(tmp_path, "\n".join(f"{i},{i}" for i in range(50)))
     with pytest.raises(UsageError, match="fewer than one batch"):
-        TrainConfig(**targets.settings(data=str(few))).validate()
-    TrainConfig(**targets.settings(data=str(few)), batch_size=10).validate()
+        resolve(TrainConfig(**targets.settings(data=str(few)).fields))
+    resolve(TrainConfig(**targets.settings(data=str(few)).fields, batch_size=10))
     same = write(tmp_path, "1,1\n1,2\n", "same.csv")
     with pytest.raises(UsageError, match="every x is 1"):
         targets.settings(data=str(same))
@@ -421,4 +421,4 @@ def test_data_points_must_match_their_recorded_sha256(tmp_path):
 
 def test_a_data_setting_without_its_sha256_is_refused():
     with pytest.raises(UsageError, match="SHA-256"):
-        TrainConfig(data=str(DATA), points=160, test_points=40).validate()
+        resolve(TrainConfig(data=str(DATA), points=160, test_points=40))

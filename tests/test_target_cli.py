@@ -15,7 +15,7 @@ from rungefit.runs import store as runs
 from rungefit.cli.app import app
 from rungefit.config import PRESETS, TrainConfig
 from rungefit.targets.formula import Formula
-from rungefit.targets.target import target_of
+from rungefit.targets import resolve
 from rungefit.training.train import fit
 
 from .conftest import DATA, heavy_imports_after, runge, runner, save_run, stop_after
@@ -63,10 +63,11 @@ def test_the_target_is_evaluated_once_per_data_set_never_per_step(monkeypatch):
     original = Formula.__call__
     for epochs in (1, 4):
         config = TrainConfig(target="sin(3*x)", points=200, epochs=epochs, batch_size=10)
-        target_of(config)  # parsed and checked once per setting
+        target = resolve(config)  # parsed and checked once per command, then passed down
         seen = calls[epochs] = []
         monkeypatch.setattr(Formula, "__call__", lambda self, x, seen=seen: seen.append(tuple(x.shape)) or original(self, x))
-        fit(config)
+        fit(config, target)
+        monkeypatch.undo()
     # The member's points once; then, for the final figures in float64, the test grid, the
     # training and the validation points: as many evaluations for 4 epochs as for 1.
     assert calls[1] == calls[4]
@@ -97,7 +98,7 @@ def test_a_formula_round_trips_through_config_json(tmp_path):
     formula = "exp(-x**2) * cos(5*x)  +  0.1*abs(x - 0.25)"
     train(tmp_path, "--target", formula, "--points", "120", "--epochs", "2", "--quiet", "--json", "--name", "f")
     assert json.loads((tmp_path / "f" / "config.json").read_text())["target"] == formula  # exactly as typed
-    target = target_of(runs.load_run(tmp_path, "f").config)
+    target = runs.load_run(tmp_path, "f").target
     x = np.linspace(-1, 1, 101)
     np.testing.assert_array_equal(target(x), np.exp(-(x**2)) * np.cos(5 * x) + 0.1 * np.abs(x - 0.25))
     assert target.kinks == pytest.approx((0.25,), abs=1e-12)
@@ -223,11 +224,11 @@ def test_every_command_runs_on_every_preset_a_formula_and_a_data_file(target, tm
 
 
 def test_an_interrupted_data_run_resumes_from_its_own_copy_to_the_uninterrupted_numbers(tmp_path):
-    from rungefit.targets.target import settings
+    from rungefit.targets import settings
 
     source = tmp_path / "points.csv"
     shutil.copyfile(DATA, source)
-    config = TrainConfig(**settings(data=str(source)), epochs=4, batch_size=16, dtype="float64", seeds=(0, 1))
+    config = TrainConfig(**settings(data=str(source)).fields, epochs=4, batch_size=16, dtype="float64", seeds=(0, 1))
     uninterrupted = fit(config)
     stopped = fit(config, should_stop=stop_after(25))
     assert stopped.status == "interrupted" and 0 < stopped.epochs_run < 4

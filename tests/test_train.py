@@ -7,7 +7,7 @@ import torch
 from rungefit import rng
 from rungefit.config import TrainConfig
 from rungefit.training.stack import EpochBatches, new_stack
-from rungefit.targets.target import target_of
+from rungefit.targets import resolve
 from rungefit.training.train import DivergedError, fit, resolve_device
 
 from .conftest import runge
@@ -109,7 +109,7 @@ def test_default_run_beats_the_reference():
 
 def test_epoch_batches_are_each_members_shuffled_set_through_reused_buffers():
     config = TrainConfig(seeds=(3, 0, 8), points=60)
-    _, _, data, seeds = new_stack(config)
+    _, _, data, seeds = new_stack(config, resolve(config))
     batches = EpochBatches(data.x_train, data.y_train, seeds, 16)
     storages = set()
     for epoch in (0, 1, 0):
@@ -131,7 +131,7 @@ def test_every_final_figure_is_float64_arithmetic_on_the_networks_outputs(dtype)
 
     config = TrainConfig(points=120, epochs=2, seeds=(0, 1), dtype=dtype)
     result = fit(config)
-    target = target_of(config)
+    target = resolve(config)
     data = target.split(torch.tensor(config.seeds), config.points, config.val_fraction, dtype=DTYPES[dtype])
     grid = target.test_grid(config.test_points, dtype=DTYPES[dtype]).expand(2, -1)
 

@@ -162,7 +162,7 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
-        from rungefit import __version__
+        from rungefit._version import __version__
 
         print(f"rungefit {__version__}")
         raise typer.Exit()

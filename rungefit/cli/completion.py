@@ -91,8 +91,7 @@ def install_bash(home: Path) -> Path:
     """rungefit's bash script where Typer's --install-completion puts its own (~/.bash_completions),
     sourced from ~/.bashrc: the script is replaced in one step, and ~/.bashrc only appended to (it
     may be a link into someone's dotfiles)."""
-    from rungefit.runs.layout import describe
-    from rungefit.runs.commit import atomic_write
+    from rungefit.files import atomic_write, describe
 
     script, rc = home / ".bash_completions" / f"{PROG_NAME}.sh", home / ".bashrc"
     line = f"source '{script}'"

@@ -87,19 +87,18 @@ def complete_layers(incomplete: str) -> list[str]:
 
 def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
     """The runs in --runs-dir, and `latest` while it names one of them."""
-    from rungefit.runs.store import LATEST, latest_run, list_run_names
+    from rungefit.runs import LATEST, RunStore
 
-    runs_dir = Path(ctx.params.get("runs_dir") or "runs")
-    names = list_run_names(runs_dir) + ([LATEST] if latest_run(runs_dir) else [])
+    store = RunStore(ctx.params.get("runs_dir") or "runs")
+    names = store.names() + ([LATEST] if store.latest() else [])
     return [name for name in names if name.startswith(incomplete)]
 
 
 def complete_interrupted_run(ctx: typer.Context, incomplete: str) -> list[str]:
     """--resume offers the runs that can be resumed: the interrupted ones."""
-    from rungefit.runs.store import list_interrupted_runs
+    from rungefit.runs import RunStore
 
-    runs_dir = Path(ctx.params.get("runs_dir") or "runs")
-    return [name for name in list_interrupted_runs(runs_dir) if name.startswith(incomplete)]
+    return [name for name in RunStore(ctx.params.get("runs_dir") or "runs").interrupted() if name.startswith(incomplete)]
 
 
 def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
@@ -186,7 +185,7 @@ def checked_points(values: Optional[list[float]]) -> list[float]:
 
 def warn_outside(points: list[float], domain: tuple[float, float]) -> None:
     """--x outside the domain is extrapolation, allowed with a warning."""
-    from rungefit.targets.domain import describe_domain  # numpy: not on the way of --help
+    from rungefit.targets import describe_domain  # numpy: not on the way of --help
 
     low, high = domain
     outside = [value for value in points if not low <= value <= high]
@@ -194,7 +193,7 @@ def warn_outside(points: list[float], domain: tuple[float, float]) -> None:
         report.warning(f"--x {', '.join(f'{v:g}' for v in outside)}: outside {describe_domain(domain)}, where the network was trained, so this is extrapolation")
 
 
-def _was_given(ctx: typer.Context, name: str) -> bool:
+def was_given(ctx: typer.Context, name: str) -> bool:
     """Whether the user set an option (command line or environment) rather than leaving its default.
 
     The source is compared by name: Typer carries its own copy of click, whose ParameterSource is not
@@ -204,12 +203,13 @@ def _was_given(ctx: typer.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def _load_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
-    """The run and the member to study: --member, else the best by validation MSE."""
-    from rungefit.runs import store as runs
+def open_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
+    """The run and the member to study (--member, else the best by validation MSE), and the words
+    that name them."""
+    from rungefit.runs import RunStore  # torch: not on the way of --help
 
-    loaded = runs.load_run(runs_dir, run)
-    _note_latest(loaded)
+    loaded = RunStore(runs_dir).open(run)
+    note_latest(loaded)
     _warn_if_unfinished(loaded)
     members = loaded.model.members
     member = loaded.member(member, "--member")
@@ -217,7 +217,7 @@ def _load_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
     return loaded, member, source
 
 
-def _note_latest(loaded) -> None:
+def note_latest(loaded) -> None:
     """Say which run `latest` stood for, when it is not the one it names."""
     if loaded.note:
         report.note(loaded.note)
@@ -230,7 +230,7 @@ def resume_command(run_dir: Path) -> str:
 
 def _warn_if_unfinished(loaded) -> None:
     """An interrupted or diverged run is studied as it stands, with a word on what that is."""
-    status, epochs = loaded.checkpoint["status"], loaded.checkpoint["epochs_run"]
+    status, epochs = loaded.status, loaded.epochs_run
     if status == "interrupted":
         report.warning(
             f"run {loaded.path.name!r} was interrupted after epoch {epochs} of {loaded.config.epochs}: these are the figures "
@@ -240,14 +240,13 @@ def _warn_if_unfinished(loaded) -> None:
         report.warning(f"run {loaded.path.name!r} diverged in epoch {epochs + 1}: this is its last finite state, from before the divergence")
 
 
-def _write_figure(path: Path, png: bytes) -> None:
-    """Write a figure into the run directory; a failure is a warning, the results stand."""
-    from rungefit.runs import layout as runlayout
-    from rungefit.runs import commit as runsave
+def write_figure(run, file_name: str, png: bytes) -> None:
+    """Write a figure into the run's directory; a failure is a warning, the results stand."""
+    from rungefit.files import describe
 
     try:
-        runsave.atomic_write(path, png)
+        path = run.write_derived(file_name, png)
     except OSError as error:
-        report.warning(f"cannot write {path} ({runlayout.describe(error)}); the results above are complete without it")
+        report.warning(f"cannot write {run.derived_path(file_name)} ({describe(error)}); the results above are complete without it")
     else:
         report.note(f"wrote {path}")

@@ -20,8 +20,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET
-from rungefit.targets.domain import describe_domain
-from rungefit.runs.format import json_text
+from rungefit.files import json_text
+from rungefit.targets import describe_domain
 
 stdout = Console()
 stderr = Console(stderr=True)

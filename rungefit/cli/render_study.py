@@ -11,8 +11,8 @@ import math
 from rich.table import Table
 
 from rungefit.cli import render as report  # report.stdout at call time: a caller may swap the console
-from rungefit.targets.domain import describe_domain
 from rungefit.cli.render import fmt, print_pairs, target_note
+from rungefit.targets import describe_domain
 
 
 def _or_dash(value: float | None, show) -> str:

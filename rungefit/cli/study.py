@@ -8,7 +8,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from rungefit.runs import layout as runlayout
 from rungefit.cli.options import (
     ExportFormat,
     JsonFlag,
@@ -16,13 +15,13 @@ from rungefit.cli.options import (
     RunName,
     RunsDir,
     XValues,
-    _load_member,
-    _write_figure,
     checked_points,
     complete_layers,
     complete_target,
+    open_member,
     report,
     warn_outside,
+    write_figure,
 )
 from rungefit.config import (
     MAX_GRID,
@@ -58,10 +57,11 @@ def grad(
 
     Example: rungefit grad --x 0.3 --explain
     """
-    from rungefit.study import grad as core
+    from rungefit import targets
     from rungefit.cli import figures as plots
     from rungefit.config import DEFAULT_LAYERS, format_layers
-    from rungefit.targets.target import settings, target_of
+    from rungefit.runs import GRAD_FIGURE
+    from rungefit.study import grad as core
 
     points = checked_points(x)
     if explain and not points:
@@ -72,14 +72,15 @@ def grad(
         if run is not None or member is not None:
             raise UsageError("--untrained studies a new network; drop --run and --member")
         model = core.untrained_model(DEFAULT_LAYERS if layers is None else layers, seed or 0)
-        goal = target_of(TrainConfig(**settings(target, domain, data)))
+        chosen = targets.settings(target, domain, data)
+        goal = targets.resolve(TrainConfig(**chosen.fields), chosen.points)
         doc = {"source": f"untrained, seed {seed or 0}", "run": None, "member": 0}
     else:
         if seed is not None or layers is not None or target is not None or domain is not None or data is not None:
             raise UsageError("--seed, --layers, --target, --domain and --data apply only with --untrained; a saved run has its own")
-        loaded, member, source = _load_member(runs_dir, run, member)
+        loaded, member, source = open_member(runs_dir, run, member)
         model = core.as_float64(loaded.model, member)
-        goal = loaded.target()
+        goal = loaded.target
         doc = {"source": source, "run": str(loaded.path), "member": member}
     warn_outside(points, goal.domain)
     study = core.study_gradient(model, goal, points, grid, explain)
@@ -93,7 +94,7 @@ def grad(
     if not untrained:
         curve = study.curve
         png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"], label=goal.derivative_label)
-        _write_figure(loaded.path / runlayout.GRAD_FIGURE, png)
+        write_figure(loaded, GRAD_FIGURE, png)
 
 
 def eval_run(
@@ -112,16 +113,17 @@ def eval_run(
 
     Example: rungefit eval --baselines --x 0.95
     """
-    from rungefit.study import evaluate as core
     from rungefit.cli import figures as plots
+    from rungefit.runs import EVAL_FIGURE
+    from rungefit.study import evaluate as core
 
     values = checked_points(x)
-    loaded, member, source = _load_member(runs_dir, run, member)
-    goal = loaded.target()
+    loaded, member, source = open_member(runs_dir, run, member)
+    goal = loaded.target
     if points is not None and not goal.has_function:
         raise UsageError("--points: a data run is scored on its held-out test points; drop --points")
     warn_outside(values, goal.domain)
-    train = core.training_points(loaded.config, member) if baselines and not goal.has_function else None
+    train = core.training_points(loaded.config, goal, member) if baselines and not goal.has_function else None
     degrees = core.BASELINE_DEGREES if baselines else ()
     result = core.evaluate(loaded.model, goal, member, points or loaded.config.test_points, values, degrees, train)
     doc = {"source": source, "run": str(loaded.path), **result.as_dict()}
@@ -133,7 +135,7 @@ def eval_run(
         render_eval(doc)
     curves = result.curves
     png = plots.eval_png(curves.x, curves.target, curves.prediction, curves.errors, title=source, label=curves.label, error_x=curves.error_x, points=curves.points)
-    _write_figure(loaded.path / runlayout.EVAL_FIGURE, png)
+    write_figure(loaded, EVAL_FIGURE, png)
 
 
 def export(
@@ -155,22 +157,26 @@ def export(
 
     Example: rungefit export --format onnx --out runge.onnx
     """
+    from rungefit.runs import EXPORT_PREFIX
     from rungefit.study import export as core
-    from rungefit.runs import commit as runsave
 
-    loaded, member, source = _load_member(runs_dir, run, member)
-    path = out or loaded.path / f"{runlayout.EXPORT_PREFIX}{member}.{file_format.value}"
+    loaded, member, source = open_member(runs_dir, run, member)
+    file_name = f"{EXPORT_PREFIX}{member}.{file_format.value}"
+    path = out or loaded.derived_path(file_name)
     if path.is_dir():
         raise UsageError(f"--out {path} is a directory; give a file name")
     if path.exists() and not force:
         raise RungefitError(f"{path} exists; add --force to overwrite it, or choose another --out")
     network = loaded.network(member)
-    target = loaded.target()
+    target = loaded.target
     # The target as typed (a preset or a formula), or "data FILE" for a data run.
     meta = core.metadata(network, loaded.config.target or target.name, target.domain, loaded.path.name, member)
     data = core.export_bytes(network, file_format.value, meta)
     try:
-        runsave.atomic_write(path, data)
+        if out is None:
+            loaded.write_derived(file_name, data)
+        else:
+            core.write(out, data)
     except OSError as error:
         raise RungefitError(f"cannot write {path} ({error.strerror}); choose another --out") from None
     doc = {"source": source, "run": str(loaded.path), "member": member, "format": file_format.value, "out": str(path), "bytes": len(data), "metadata": meta}
@@ -198,9 +204,9 @@ def predict(
     """
     from rungefit.study import predict as core
 
-    loaded, member, _ = _load_member(runs_dir, run, member)
+    loaded, member, _ = open_member(runs_dir, run, member)
     x = core.read_x(*_x_lines(file))
-    lo, hi = loaded.target().domain
+    lo, hi = loaded.target.domain
     outside = int(((x < lo) | (x > hi)).sum())
     if outside:
         report.warning(f"{outside} of the {len(x)} x values lie outside [{lo:g}, {hi:g}], where the network was trained: extrapolation")

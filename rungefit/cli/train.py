@@ -10,7 +10,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from rungefit.runs import layout as runlayout
 from rungefit.cli.options import (
     DEFAULTS,
     SIGINT_EXIT,
@@ -28,15 +27,16 @@ from rungefit.cli.options import (
     SweepMode,
     TargetOption,
     TestFractionOption,
-    _note_latest,
-    _was_given,
     complete_interrupted_run,
     complete_layers,
+    note_latest,
     parse_lr,
     parse_seeds,
     report,
     resume_command,
+    was_given,
 )
+from rungefit.cli.phases import Phases
 from rungefit.config import (
     EXPORT_FORMATS,
     MAX_EPOCHS,
@@ -45,7 +45,6 @@ from rungefit.config import (
     MIN_MEMBERS_PER_WORKER,
 )
 from rungefit.errors import RungefitError, UsageError
-from rungefit.cli.phases import Phases
 
 BATCH_HELP = "Mini-batch size; the last batch of an epoch may be smaller. Larger than the training set: every step uses the whole set (full-batch), with a warning."
 
@@ -91,7 +90,8 @@ def train(
 
     Example: rungefit train --seed 1 --name first
     """
-    from rungefit.runs import commit as runsave
+    from rungefit import targets
+    from rungefit.runs import RunStore
     from rungefit.training import train as core
 
     phases = Phases(ctx.obj["started"])
@@ -105,39 +105,43 @@ def train(
         lr=lr_value or core.TrainConfig.lr, schedule=schedule.value, seeds=parse_seeds(seed, seeds), dtype=dtype.value,
         device=core.resolve_device(device.value), polish=polish.value, polish_iterations=polish_iterations, workers=workers,
     )
-    config = core.TrainConfig(**{**settings, **target_settings(ctx, target, domain, data, test_fraction)})
+    chosen = target_settings(ctx, target, domain, data, test_fraction)
+    config = core.TrainConfig(**{**settings, **chosen.fields})
     config.validate()
+    goal = targets.resolve(config, chosen.points)
+    store = RunStore(runs_dir)
     # A --name is reserved now, so that a clash fails before training; leaving unsaved gives it up.
-    with runsave.prepare_runs_dir(runs_dir, name) or nullcontext() as reservation:
+    with store.reserve(name) or nullcontext() as reservation:
         warn_if_full_batch(config)
         lr_extra = {}
         if lr_value is None:
             phases.end("start_up")
-            config, lr_extra = _auto_lr(config, quiet or json_output)
+            config, lr_extra = _auto_lr(config, goal, quiet or json_output)
             phases.end("rate_search")
 
         def save(result) -> Path:
-            return runsave.save_new_run(runs_dir, name, _run_files(result, lr_extra, phases), reservation)
+            figures, summary_extra = _run_extras(result, lr_extra, phases)
+            return store.save(result, summary_extra=summary_extra, figures=figures, name=name, reservation=reservation).path
 
-        _train_and_report(config, save, lr_extra, quiet, json_output, phases)
+        _train_and_report(config, goal, save, lr_extra, quiet, json_output, phases)
 
 
-def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[str], data: Optional[str], test_fraction: float) -> dict:
-    """The TrainConfig fields of --target, --domain, --data and --test-fraction (with data, the
-    points too), checked: the target is parsed and checked for NaN/inf here, before any work."""
-    from rungefit.targets.target import settings
+def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[str], data: Optional[str], test_fraction: float):
+    """targets.Settings of --target, --domain, --data and --test-fraction (with data, the points
+    too); targets.resolve checks the target itself."""
+    from rungefit import targets
 
-    if data is None and _was_given(ctx, "test_fraction"):
+    if data is None and was_given(ctx, "test_fraction"):
         raise UsageError("--test-fraction applies only with --data")
-    fields = settings(target, domain, data, test_fraction)
-    if data is not None and _was_given(ctx, "points"):
+    chosen = targets.settings(target, domain, data, test_fraction)
+    if data is not None and was_given(ctx, "points"):
         raise UsageError("--points: with --data the points are the data's; drop --points")
-    return fields
+    return chosen
 
 
 def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
     """A resumed run keeps its saved settings: any other option given with --resume is a usage error."""
-    given = [param.opts[0] for param in ctx.command.params if param.name not in RESUME_ALLOWS and _was_given(ctx, param.name)]
+    given = [param.opts[0] for param in ctx.command.params if param.name not in RESUME_ALLOWS and was_given(ctx, param.name)]
     if given:
         raise UsageError(
             f"--resume {name} continues the run with its saved settings; drop {', '.join(given)} "
@@ -149,14 +153,14 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phase
     """Continue an interrupted run in place from its last completed epoch."""
     from dataclasses import replace
 
-    from rungefit.runs import store as runs
-    from rungefit.runs import commit as runsave
+    from rungefit.runs import RunStore
     from rungefit.training import train as core
 
+    store = RunStore(runs_dir)
     # The run stays locked until it is saved: no other process updates it meanwhile.
-    with runs.run_for_update(runs_dir, name) as loaded:
-        _note_latest(loaded)
-        state = runs.resume_state(loaded)
+    with store.open_for_update(name) as loaded:
+        note_latest(loaded)
+        state = loaded.resume_state()
         config = replace(loaded.config, device=core.resolve_device(loaded.config.device))
         # How --lr auto chose the rate: the resumed part does not choose again, so carry it over.
         carried = {key: loaded.summary[key] for key in ("lr_choice", "lr_auto") if key in loaded.summary}
@@ -164,24 +168,25 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phase
             report.note(f"resuming run {loaded.path} at epoch {state.epochs_run + 1} of {config.epochs}")
 
         def save(result) -> Path:
-            runsave.update_run(loaded.path, _run_files(result, carried, phases), loaded.owner)
-            _warn_made_before(loaded.path)
+            figures, summary_extra = _run_extras(result, carried, phases)
+            store.update(loaded, result, summary_extra=summary_extra, figures=figures)
+            _warn_made_before(loaded)
             return loaded.path
 
-        _train_and_report(config, save, carried, quiet, json_output, phases, resume=state)
+        _train_and_report(config, loaded.target, save, carried, quiet, json_output, phases, resume=state)
 
 
-def _warn_made_before(run_dir: Path) -> None:
+def _warn_made_before(run) -> None:
     """An update keeps what eval, grad and export made from the old network: say that they no longer match."""
-    stale = runlayout.made_from_the_network(run_dir, EXPORT_FORMATS)
+    stale = run.made_from_the_network(EXPORT_FORMATS)
     if stale:
         report.warning(
-            f"{', '.join(stale)} in {run_dir} were made from the network before this resume and no longer match it; "
+            f"{', '.join(stale)} in {run.path} were made from the network before this resume and no longer match it; "
             "make them again with `rungefit eval`, `rungefit grad` or `rungefit export --force`"
         )
 
 
-def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_output: bool, phases: Phases, resume=None) -> None:
+def _train_and_report(config, target, save, summary_extra: dict, quiet: bool, json_output: bool, phases: Phases, resume=None) -> None:
     """fit with Ctrl-C and SIGTERM handling, save(result) → the run directory, render; an
     interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM), a complete one whose members all learned
     nothing 1."""
@@ -192,7 +197,7 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
     with _ctrl_c_stops_training() as stop_requested:
         try:
             with progress:
-                result = core.fit(config, on_epoch=on_epoch, should_stop=stop_requested, resume=resume, on_polish=on_polish)
+                result = core.fit(config, target, on_epoch=on_epoch, should_stop=stop_requested, resume=resume, on_polish=on_polish)
         except core.DivergedError as diverged:
             path = save(diverged.result)
             raise RungefitError(f"{diverged} (last finite state saved in {path})") from None
@@ -221,7 +226,7 @@ def _train_and_report(config, save, summary_extra: dict, quiet: bool, json_outpu
 def _judge_fit(summary: dict) -> None:
     """Members that learned nothing: a warning naming them; when none learned, the same as the
     error line of a failed run, exit 1 (the run is saved and shown all the same)."""
-    from rungefit.study.evaluate import FIT_NONE, FIT_OK, TRAINED_BELOW
+    from rungefit.training.metrics import FIT_NONE, FIT_OK, TRAINED_BELOW
 
     if summary["fit"] == FIT_OK:
         return
@@ -295,20 +300,19 @@ def warn_if_full_batch(config) -> None:
         )
 
 
-def _run_files(result, summary_extra: dict, phases: Phases) -> dict[str, bytes]:
+def _run_extras(result, summary_extra: dict, phases: Phases) -> tuple[dict[str, bytes], dict]:
+    """What `train` saves beside the result: its figures, and the summary's extra entries."""
     from rungefit.cli import figures as plots
-    from rungefit.runs import format as runformat
     from rungefit.study.evaluate import fit_curves
-    from rungefit.targets.target import target_of
 
-    curves = fit_curves(result.model, target_of(result.config))
+    curves = fit_curves(result.model, result.target)
     pictures = {
         "fit.png": plots.fit_png(curves.x, curves.target, curves.predictions, title=f"{result.config.layers}", label=curves.label, points=curves.points),
         "loss.png": plots.loss_png(result.history.train_mse, result.history.val_mse, None if result.polish is None else result.polish.curves.numpy()),
     }
     # summary.json cannot hold the time of its own writing: its times end as it is made.
     times = phases.as_dict(ongoing="saving_and_plots")
-    return runformat.run_files(result, {}, {"schedule": result.config.schedule, **summary_extra, "times_s": times}, pictures)
+    return pictures, {"schedule": result.config.schedule, **summary_extra, "times_s": times}
 
 
 def lr_find_command(
@@ -352,61 +356,63 @@ def lr_find_command(
 
     Example: rungefit lr-find --seeds 3 --verify
     """
+    from rungefit import targets
+    from rungefit.files import ensure_writable_dir
+    from rungefit.runs import RunStore
     from rungefit.training import lr_find as core
-    from rungefit.runs import store as runs
-    from rungefit.runs import commit as runsave
     from rungefit.training import train as training
 
+    chosen = target_settings(ctx, target, domain, data, test_fraction)
     shape = {"layers": layers, "points": points, "val_fraction": val_fraction, "batch_size": batch_size, "epochs": verify_epochs, "schedule": schedule and schedule.value, "dtype": dtype and dtype.value}
-    shape = {**{k: v for k, v in shape.items() if v is not None}, **target_settings(ctx, target, domain, data, test_fraction)}
+    shape = {**{k: v for k, v in shape.items() if v is not None}, **chosen.fields}
     config = training.TrainConfig(seeds=parse_seeds(seed, seeds), device=training.resolve_device(device.value), **shape)
     config.validate()
+    goal = targets.resolve(config, chosen.points)
     test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
     test.validate()
     verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds)
     verify_config.validate()  # with or without --verify: a value given is checked
     # Fail on an unusable directory now, not after the range test.
+    store = RunStore(runs_dir)
     if out is None:
-        runsave.prepare_runs_dir(runs_dir / runlayout.LR_FIND_DIR, None)
+        store.check_lr_find()
     else:
-        runs.ensure_writable_dir(out, "--out")
+        ensure_writable_dir(out, "--out")
     warn_if_full_batch(config)
     progress, on_epoch, _ = report.training_progress(config.epochs, quiet or json_output or not verify)
     with progress:
-        findings = core.lr_find(config, test, verify_config if verify else None, on_epoch)
+        findings = core.lr_find(config, goal, test, verify_config if verify else None, on_epoch)
     doc = {**findings.to_json(), "config": asdict(config)}
-    path = _save_lr_find(doc, findings.test.csv(), runs_dir, out)
+    path = _save_lr_find(doc, findings.test.csv(), store, out)
     if json_output:
         report.print_json({**doc, "out": str(path)})
     else:
         report.render_lr_find(doc, str(path))
 
 
-def _save_lr_find(doc: dict, csv_text: str, runs_dir: Path, out: Optional[Path]) -> Path:
+def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path]) -> Path:
     """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>."""
     from rungefit.cli import figures as plots
-    from rungefit.runs import format as runformat
-    from rungefit.runs import store as runs
-    from rungefit.runs import commit as runsave
+    from rungefit.files import ensure_writable_dir, json_bytes, write_files
 
     files = {
         "lr_find.csv": csv_text.encode(),
-        "lr_find.json": runformat.json_bytes(doc),
+        "lr_find.json": json_bytes(doc),
         "lr_find.png": plots.lr_find_png(doc["range_test"]["members"], {rule: s["median"] for rule, s in doc["suggestions"].items()}),
     }
     if doc["verification"]:
         files["lr_verify.png"] = plots.lr_verify_png(doc["verification"])
     if out is None:
-        return runsave.save_new_run(runs_dir / runlayout.LR_FIND_DIR, None, files)
-    runs.ensure_writable_dir(out, "--out")
+        return store.save_lr_find(files)
+    ensure_writable_dir(out, "--out")
     try:
-        runsave.write_files(out, files)
+        write_files(out, files)
     except OSError as error:
         raise RungefitError(f"--out {out}: cannot write there ({error.strerror}); choose another directory") from None
     return out
 
 
-def _auto_lr(config, quiet: bool):
+def _auto_lr(config, target, quiet: bool):
     """--lr auto: the config with the chosen rate, and the summary entries that say how it was chosen."""
     from dataclasses import replace
 
@@ -414,7 +420,7 @@ def _auto_lr(config, quiet: bool):
 
     if not quiet:
         report.note("--lr auto: choosing the rate with a range test and a short stacked training…")
-    choice = choose_lr(config)
+    choice = choose_lr(config, target)
     if not quiet:
         report.note(f"--lr auto chose {choice.lr:.3g}: {choice.how}")
     return replace(config, lr=choice.lr), {"lr_choice": choice.how, "lr_auto": choice.to_json()}

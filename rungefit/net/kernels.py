@@ -13,8 +13,8 @@ For each member, on a mini-batch of B points x with targets y (L layers; a^[1] =
 which the backward has at hand. The same chain with δ^[L] = 1 for a single point gives the
 network's derivative ∇a^[L](x) (grad.py) and a row of the Jacobian ∂a^[L]/∂p (polish.py).
 
-StackedMLP.forward_with_preacts is the plain reference (torch ops, autograd-able); _Forward and
-_Backprop are the fast path that training runs, checked against autograd in float64 in
+StackedMLP.forward_with_preacts is the plain reference (torch ops, autograd-able); ForwardPass and
+BackwardPass are the fast path that training runs, checked against autograd in float64 in
 tests/test_stacking.py.
 """
 
@@ -22,17 +22,30 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 import torch
 
-from rungefit.config import layer_shapes
+from rungefit.config import Layer, layer_shapes
 
-if TYPE_CHECKING:
-    from rungefit.net.model import StackedMLP
 
-# Whether CPU passes use NumPy's kernels (_Forward); False runs torch's everywhere, as on a GPU,
+class Stacked(Protocol):
+    """What the passes read of a stack (model.StackedMLP): its shape and its flat buffers."""
+
+    layers: tuple[Layer, ...]
+    members: int
+    params: torch.Tensor  # [K, P]
+    grads: torch.Tensor  # [K, P]
+    activations: list
+
+    @property
+    def dtype(self) -> torch.dtype: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+# Whether CPU passes use NumPy's kernels (ForwardPass); False runs torch's everywhere, as on a GPU,
 # which tests use to check that path without one.
 NUMPY_ON_CPU = True
 
@@ -47,7 +60,7 @@ def block_views(flat: torch.Tensor, shapes: list[tuple[int, int]]) -> list[torch
     return blocks
 
 
-class _Forward:
+class ForwardPass:
     """forward(x) for one batch size B, through buffers allocated once.
 
     Buffers are feature-major, [width, K, B]: a layer's rows of all members are one dense block,
@@ -59,7 +72,7 @@ class _Forward:
     [K, ≤21, ≤39] products of a training step (docs/speed.md).
     """
 
-    def __init__(self, model: StackedMLP, batch: int):
+    def __init__(self, model: Stacked, batch: int):
         shapes = layer_shapes(model.layers)
         members, options = model.members, {"dtype": model.dtype, "device": model.device}
         self.use_numpy = NUMPY_ON_CPU and model.device.type == "cpu"
@@ -86,7 +99,7 @@ class _Forward:
         return self.output
 
     @staticmethod
-    def size_bytes(model: StackedMLP, batch: int) -> int:
+    def size_bytes(model: Stacked, batch: int) -> int:
         """What the buffers of a pass over `batch` points take."""
         rows = sum(fan_in + 1 + fan_out for fan_in, fan_out in layer_shapes(model.layers))
         return model.members * rows * batch * model.params.element_size()
@@ -110,7 +123,7 @@ def _per_member(buffer: torch.Tensor) -> torch.Tensor:
     return buffer.transpose(0, 1)
 
 
-class _Backprop(_Forward):
+class BackwardPass(ForwardPass):
     """The forward and backward pass of StackedMLP.mse_backward for one batch size B.
 
     Like the forward, the backward is a flat loop of prepared calls into buffers allocated once;
@@ -118,7 +131,7 @@ class _Backprop(_Forward):
     (bmm would fill a contiguous buffer to be copied over).
     """
 
-    def __init__(self, model: StackedMLP, batch: int):
+    def __init__(self, model: Stacked, batch: int):
         super().__init__(model, batch)
         shapes = layer_shapes(model.layers)
         members, options = model.members, {"dtype": model.dtype, "device": model.device}

@@ -20,7 +20,7 @@ import torch
 from rungefit import rng
 from rungefit.config import DTYPE_NAMES, Layer, layer_shapes, parameter_count
 from rungefit.errors import UsageError
-from rungefit.net.kernels import _Backprop, _Forward, block_views
+from rungefit.net.kernels import BackwardPass, ForwardPass, block_views
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # --dtype's names, as torch dtypes
 
@@ -138,8 +138,8 @@ class StackedMLP:
         grad_blocks = block_views(self.grads, layer_shapes(self.layers))
         self.weights_t = [_leaf(block[:, :-1], grad[:, :-1]) for block, grad in zip(self._blocks, grad_blocks, strict=True)]
         self.biases = [_leaf(block[:, -1:], grad[:, -1:]) for block, grad in zip(self._blocks, grad_blocks, strict=True)]
-        self._backprops: dict[int, _Backprop] = {}
-        self._forwards: dict[int, _Forward] = {}
+        self._backprops: dict[int, BackwardPass] = {}
+        self._forwards: dict[int, ForwardPass] = {}
 
     @property
     def dtype(self) -> torch.dtype:
@@ -189,29 +189,29 @@ class StackedMLP:
         FORWARD_CHUNK_BYTES: on the CPU they stay in cache, which halves the cost of fit's
         validation pass every epoch against one pass through fresh tensors."""
         budget = FORWARD_CHUNK_BYTES if x.is_cpu else FORWARD_CHUNK_BYTES_GPU
-        chunks = math.ceil(x.shape[1] / max(1, budget // _Forward.size_bytes(self, 1)))
+        chunks = math.ceil(x.shape[1] / max(1, budget // ForwardPass.size_bytes(self, 1)))
         out = torch.empty_like(x)
         for part, x_part in zip(out.tensor_split(chunks, dim=1), x.tensor_split(chunks, dim=1), strict=True):
             part.copy_(self._forward_pass(x_part.shape[1])(x_part))
         return out
 
-    def _forward_pass(self, batch: int) -> _Forward:
+    def _forward_pass(self, batch: int) -> ForwardPass:
         """Buffers for passes over `batch` points, kept for the next call with the same sizes."""
         if batch not in self._forwards:
             if len(self._forwards) >= 2:  # a chunk size and the remainder's: no more are needed at once
                 self._forwards.clear()
-            self._forwards[batch] = _Forward(self, batch)
+            self._forwards[batch] = ForwardPass(self, batch)
         return self._forwards[batch]
 
     def mse_backward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Mini-batch MSE per member [K] for x, y [K, B]; its gradient overwrites `grads`.
 
-        A hand-written backward pass (see _Backprop), checked against autograd in
+        A hand-written backward pass (see BackwardPass), checked against autograd in
         tests/test_stacking.py: at this size autograd's bookkeeping costs more than the maths.
         """
         batch = x.shape[1]
         if batch not in self._backprops:
-            self._backprops[batch] = _Backprop(self, batch)
+            self._backprops[batch] = BackwardPass(self, batch)
         return self._backprops[batch].mse_backward(x, y)
 
     def weight(self, index: int) -> torch.Tensor:

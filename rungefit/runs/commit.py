@@ -22,7 +22,6 @@ after an entry in it is made or renamed (sync_dir), before the next step builds 
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import tempfile
@@ -31,7 +30,9 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from rungefit.runs.layout import LATEST, RunError, check_name, describe
+from rungefit.errors import RunError
+from rungefit.files import atomic_write, describe, ensure_writable_dir, sync_dir, umask, write_files
+from rungefit.runs.layout import LATEST, check_name
 from rungefit.runs.lock import DirLock, held, locked, own_run
 
 STAGING_PREFIX = ".staging-"
@@ -146,72 +147,6 @@ def prepare_runs_dir(runs_dir: Path, name: str | None) -> Reservation | None:
     return None if name is None else reserve(runs_dir, name)
 
 
-def ensure_writable_dir(path: Path, option: str, advice: str = "choose another directory") -> None:
-    """Create path if needed; RunError naming the option if it cannot be created or written.
-
-    Writing is tried (a file created and removed): permissions alone do not tell, as root may
-    write anywhere but on a read-only or full file system.
-    """
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise RunError(f"{option} {path}: cannot create it ({describe(error)}); {advice}") from None
-    try:
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".probe-")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as error:
-        raise RunError(f"{option} {path} is not writable ({describe(error)}); {advice}") from None
-
-
-def _umask() -> int:
-    """The process's umask (reading it means setting it, so it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def sync_dir(path: Path) -> None:
-    """Make the entries of directory `path` durable (a file's own sync does not cover its name).
-    File systems that cannot sync a directory say EINVAL; there, nothing more can be done."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as error:
-        if error.errno != errno.EINVAL:
-            raise
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """Write data to path via a synced temporary file in the same directory and os.replace."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a run is as shareable as any file
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write path in one step (the old contents or the new, whatever happens), durably."""
-    _write_synced(path, data)
-    sync_dir(path.parent)
-
-
-def write_files(directory: Path, files: dict[str, bytes]) -> None:
-    """Write every file into an existing directory, each atomically, and the directory durably."""
-    for file_name, data in files.items():
-        _write_synced(directory / file_name, data)
-    sync_dir(directory)
-
-
 class _Staging:
     """A hidden directory in the runs directory where a run is written in full before it is moved
     into place. Its writer holds its lock; one nobody holds was left by a killed writer and is
@@ -223,7 +158,7 @@ class _Staging:
                 _remove_if_abandoned(entry)
             self.path = Path(tempfile.mkdtemp(dir=runs_dir, prefix=STAGING_PREFIX))
             self._lock = DirLock.take(self.path)
-        os.chmod(self.path, 0o777 & ~_umask())  # mkdtemp makes 0700, and the run keeps its mode
+        os.chmod(self.path, 0o777 & ~umask())  # mkdtemp makes 0700, and the run keeps its mode
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from rungefit.runs import schema as schema
 from rungefit.errors import UsageError
+from rungefit.files import json_bytes
+from rungefit.runs import schema as schema
 from rungefit.runs.layout import CONFIG_FILE, MODEL_FILE, RETRAIN, SUMMARY_FILE, RunError, damaged
 
 CHECKPOINT_FORMAT = 1
@@ -58,34 +57,12 @@ def history_csv(history, seeds) -> bytes:
     return out.getvalue().encode()
 
 
-def _finite_or_null(value: Any) -> Any:
-    """value with every NaN and ±inf float, however deeply nested, replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite_or_null(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite_or_null(item) for item in value]
-    return value
-
-
-def json_text(document: dict) -> str:
-    """Strict JSON: a non-finite figure is written null (NaN and Infinity are not JSON, and strict
-    parsers refuse them)."""
-    return json.dumps(_finite_or_null(document), indent=2, allow_nan=False)
-
-
-def json_bytes(document: dict) -> bytes:
-    return (json_text(document) + "\n").encode()
-
-
 def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[str, bytes]) -> dict[str, bytes]:
     """Everything a run directory holds, as bytes keyed by file name."""
     import torch
 
-    from rungefit import __version__
-    from rungefit.targets.datafile import DATA_FILE
-    from rungefit.targets.target import target_of
+    from rungefit._version import __version__
+    from rungefit.targets import DATA_FILE
 
     config = {**asdict(result.config), **config_extra, "rungefit_version": __version__, "torch_version": torch.__version__}
     return {
@@ -94,7 +71,7 @@ def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[st
         "history.csv": history_csv(result.history, result.config.seeds),
         SUMMARY_FILE: json_bytes({**result.summary(), **summary_extra}),
         # A data run keeps its points, so that it survives the file moving.
-        **({DATA_FILE: target_of(result.config).points.raw} if result.config.data else {}),
+        **({DATA_FILE: result.target.points.raw} if result.config.data else {}),
         **pictures,
     }
 
@@ -110,11 +87,13 @@ def _validated(value: Any, check: schema.Check, file: Path, where: str = "") -> 
 
 
 def check_config(document: Any, file: Path):
-    """The TrainConfig that config.json holds. Field types here; ranges by TrainConfig.validate,
-    the one place that knows them. Missing fields take their defaults (older runs lack newer ones)."""
+    """The TrainConfig that config.json holds, and its target. Field types here; ranges by
+    TrainConfig.validate, the one place that knows them, and the target by targets.resolve (a
+    formula parsed by the same whitelist as one typed, a data run's points from its own copy).
+    Missing fields take their defaults (older runs lack newer ones)."""
     from rungefit.config import DTYPE_NAMES, MAX_FORMULA_CHARS, MAX_MEMBERS, MAX_SEED, POLISHES, SCHEDULES, TrainConfig
-    from rungefit.targets.datafile import DATA_FILE, read_points
     from rungefit.runs.schema import array, integer, number, optional, record, text
+    from rungefit.targets import DATA_FILE, read_points, resolve
 
     fields = {
         "layers": optional(text(max_length=10_000)),
@@ -143,12 +122,13 @@ def check_config(document: Any, file: Path):
     checked = _validated(document, record(fields), file)
     config = TrainConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in checked.items() if key in fields})
     try:
-        if config.data:  # a data run's points are its own copy of them, whatever became of the file
-            read_points(file.parent / DATA_FILE, expected_sha256=config.data_sha256)
         config.validate()
+        # A data run's points are its own copy of them, whatever became of the file.
+        points = read_points(file.parent / DATA_FILE, expected_sha256=config.data_sha256) if config.data else None
+        target = resolve(config, points)
     except UsageError as error:
         raise damaged(file, str(error)) from None
-    return config
+    return config, target
 
 
 def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:

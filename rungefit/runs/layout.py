@@ -8,11 +8,10 @@ this one, which imports no other.
 
 from __future__ import annotations
 
-import errno
 import string
 from pathlib import Path
 
-from rungefit.errors import RungefitError, UsageError
+from rungefit.errors import RunError, UsageError
 
 LATEST = "latest"
 LR_FIND_DIR = "lr-find"  # lr-find's outputs live in this subdirectory of the runs directory
@@ -28,21 +27,6 @@ EVAL_FIGURE, GRAD_FIGURE = "eval.png", "grad.png"
 EXPORT_PREFIX = "member-"
 
 
-class RunError(RungefitError):
-    """A run directory problem the user can fix; the message says how."""
-
-
-def describe(error: OSError) -> str:
-    """What went wrong with a file operation, in words a user can act on."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "no space left on the device"
-    if error.errno == errno.EROFS:
-        return "the file system is read-only"
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    return error.strerror or str(error) or type(error).__name__
-
-
 def made_from_the_network(run_dir: Path, formats: tuple[str, ...]) -> list[str]:
     """The files in run_dir that eval, grad and export wrote from its network under their default
     names (exports: member-K.FORMAT for each of formats), sorted."""
@@ -51,6 +35,17 @@ def made_from_the_network(run_dir: Path, formats: tuple[str, ...]) -> list[str]:
         return name in (EVAL_FIGURE, GRAD_FIGURE) or (stem.startswith(EXPORT_PREFIX) and stem[len(EXPORT_PREFIX):].isdigit() and suffix in formats)
 
     return sorted(entry.name for entry in run_dir.iterdir() if entry.is_file() and derived(entry.name))
+
+
+# A run's own files: what a save writes and a load checks. Nothing made from a run may take their names.
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, "history.csv", "data.csv")
+
+
+def check_derived_name(file_name: str) -> None:
+    """UsageError unless `file_name` may name a file made from a run inside its directory: one
+    visible path component, none of the run's own files."""
+    if not file_name or file_name.startswith(".") or "/" in file_name or file_name in RUN_FILES:
+        raise UsageError(f"{file_name!r} cannot be written into a run directory: it is a run's own file, hidden, or not a plain file name")
 
 
 def damaged(file: Path, detail: str) -> RunError:

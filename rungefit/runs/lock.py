@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from rungefit.runs.layout import RunError, describe
+from rungefit.errors import RunError
+from rungefit.files import describe
 
 # How long to wait for another process's step under the runs directory's lock (milliseconds, or
 # the time to open a run's files) before saying that something holds it.

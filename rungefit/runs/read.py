@@ -9,85 +9,34 @@ from __future__ import annotations
 
 import json
 import os
-import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from rungefit.errors import RunError
+from rungefit.files import open_regular, read_bounded, read_open
 from rungefit.runs.layout import (
     CONFIG_FILE,
     LATEST,
     MODEL_FILE,
     RETRAIN,
     SUMMARY_FILE,
-    RunError,
     damaged,
-    describe,
     name_problem,
     quoted,
 )
 
+DAMAGED_ADVICE = f"the run is damaged: {RETRAIN}"
 # The most bytes each file may hold: far above what any run writes (a checkpoint of the largest
 # stack is a few GB), and a bound on what a damaged or hostile file can make rungefit read.
 FILE_LIMITS = {LATEST: 1024, CONFIG_FILE: 16 << 20, SUMMARY_FILE: 256 << 20, MODEL_FILE: 64 << 30}
 
 
-def _open_regular(path: Path, limit: int, advice: str = f"the run is damaged: {RETRAIN}") -> int:
-    """A read-only descriptor of `path`, which must be a regular file of at most `limit` bytes.
-
-    Opened without blocking (a FIFO would wait for a writer forever) and checked on the
-    descriptor, so that a device such as /dev/zero is refused before a byte is read.
-    FileNotFoundError passes through; anything else is a RunError ending with `advice`.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise RunError(f"cannot open {path} ({describe(error)}); {advice}") from None
-    info = os.fstat(fd)
-    problem = None
-    if not stat.S_ISREG(info.st_mode):
-        problem = f"{path} is not a regular file (it is {_kind(info.st_mode)})"
-    elif info.st_size > limit:
-        problem = f"{path} holds {info.st_size} bytes, more than its {limit} at most"
-    if problem:
-        os.close(fd)
-        raise RunError(f"{problem}; {advice}")
-    return fd
-
-
-def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-    return next((text for test, text in kinds if test(mode)), "not a file")
-
-
-def _read(fd: int, limit: int, path: Path) -> bytes:
-    """All of an open file, refused if it grows past `limit` while being read."""
-    chunks, size = [], 0
-    while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
-        chunks.append(chunk)
-        size += len(chunk)
-        if size > limit:
-            raise RunError(f"{path} grew past {limit} bytes while being read; try again")
-    return b"".join(chunks)
-
-
-def read_bounded(path: Path, limit: int, advice: str = f"the run is damaged: {RETRAIN}") -> bytes:
-    """All of `path`, a regular file of at most `limit` bytes (see _open_regular); FileNotFoundError
-    passes through, anything else is a RunError ending with `advice`."""
-    fd = _open_regular(path, limit, advice)
-    try:
-        return _read(fd, limit, path)
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def opened(run_dir: Path, file: str) -> Iterator[int]:
     try:
-        fd = _open_regular(run_dir / file, FILE_LIMITS[file])
+        fd = open_regular(run_dir / file, FILE_LIMITS[file], DAMAGED_ADVICE)
     except FileNotFoundError:
         if file == MODEL_FILE:
             raise RunError(f"{run_dir} has no {MODEL_FILE}; it is not a rungefit run. Create one with `rungefit train`") from None
@@ -99,7 +48,7 @@ def opened(run_dir: Path, file: str) -> Iterator[int]:
 
 
 def read_json(fd: int, file: Path) -> Any:
-    data = _read(fd, FILE_LIMITS[file.name], file)
+    data = read_open(fd, FILE_LIMITS[file.name], file)
     try:
         return json.loads(data.decode("utf-8"))
     except RecursionError:

@@ -1,13 +1,13 @@
-"""A saved run as the rest of rungefit sees it: loading one (one version, every file checked),
-resuming it, `latest`, and run names for completion.
+"""RunStore and Run: the runs directory and a saved run, as the rest of rungefit sees them.
 
-The runs directory's other jobs have their own modules, each building only on those before it:
-runlayout.py (what its entries are called; RunError), runlock.py (who owns what, and whether the
-owner lives), runread.py (opening a run's files safely), runformat.py (what each file holds,
-written and checked) and runsave.py (atomic saves and updates, and what a killed process leaves).
-torch is imported only inside the functions that need it, so listing runs for TAB completion
-stays fast.
-"""
+A Run is opened whole (every file checked against its schema, one version of the run, its target
+resolved from its own settings) and written only through its methods; a RunStore lists, opens,
+reserves and saves. The directory's other jobs have their own modules, each building only on those
+before it: layout.py (what its entries are called), lock.py (who owns what, and whether the owner
+lives), read.py (opening a run's files safely), format.py (what each file holds, written and
+checked, and how an older version is upgraded) and commit.py (atomic saves and updates, and what a
+killed process leaves). torch is imported only inside the functions that need it, so listing runs
+for TAB completion stays fast."""
 
 from __future__ import annotations
 
@@ -20,34 +20,53 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from rungefit.errors import UsageError
-from rungefit.runs.format import check_checkpoint, check_config, check_summary
+from rungefit.errors import RunError, UsageError
+from rungefit.files import atomic_write, ensure_writable_dir, read_bounded
+from rungefit.runs.commit import finish_update, prepare_runs_dir, save_new_run, update_run
+from rungefit.runs.format import check_checkpoint, check_config, check_summary, run_files
 from rungefit.runs.layout import (
     CONFIG_FILE,
     LATEST,
+    LR_FIND_DIR,
     MODEL_FILE,
     RETRAIN,
     SUMMARY_FILE,
-    RunError,
+    check_derived_name,
     check_name,
+    made_from_the_network,
     name_problem,
 )
 from rungefit.runs.lock import DirLock, locked, own_run
-from rungefit.runs.read import latest_named, opened, read_bounded, read_checkpoint, read_json
-from rungefit.runs.commit import ensure_writable_dir, finish_update
+from rungefit.runs.read import DAMAGED_ADVICE, latest_named, opened, read_checkpoint, read_json
 
 
 @dataclass
-class LoadedRun:
-    """A saved run: its directory, settings, every member's network, its raw checkpoint and summary."""
+class Run:
+    """A saved run: its directory, settings, target, every member's network, its raw checkpoint
+    and summary, each checked when it was opened. The only way to write into it is through its
+    methods: write_derived (a figure, an export) and update (a resumed training)."""
 
     path: Path
     config: Any  # TrainConfig
+    target: Any  # targets.Target, resolved once when the run was opened (a data run: from its own copy of the points)
     model: Any  # StackedMLP
     checkpoint: dict
     summary: dict
     note: str | None = None  # which run `latest` stood for, when not the one it names
-    owner: DirLock | None = None  # held while the run may be updated (run_for_update)
+    owner: DirLock | None = None  # held while the run may be updated (RunStore.open_for_update)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def status(self) -> str:
+        """complete, interrupted or diverged."""
+        return self.checkpoint["status"]
+
+    @property
+    def epochs_run(self) -> int:
+        return self.checkpoint["epochs_run"]
 
     @property
     def history(self) -> dict:
@@ -61,7 +80,7 @@ class LoadedRun:
         """`member` checked against the run, or, for None, the member with the best validation MSE.
 
         `option` names the value in the error message (the CLI's "--member")."""
-        from rungefit.study.evaluate import best_member
+        from rungefit.training.metrics import best_member
 
         if member is None:
             return best_member(self.summary)
@@ -77,11 +96,32 @@ class LoadedRun:
 
         return to_sequential(self.model, self.member(member))
 
-    def target(self):
-        """What the run fits (target.py's FunctionTarget or DataTarget): its name and domain."""
-        from rungefit.targets.target import target_of
+    def resume_state(self):
+        """The TrainState an interrupted run stopped at; RunError for a run that cannot be resumed."""
+        return resume_state(self)
 
-        return target_of(self.config)
+    def derived_path(self, file_name: str) -> Path:
+        """Where write_derived puts `file_name`: in the run directory."""
+        check_derived_name(file_name)
+        return self.path / file_name
+
+    def write_derived(self, file_name: str, data: bytes, *, replace: bool = True) -> Path:
+        """Write a file made from the run (a figure, an export) into its directory, atomically;
+        with replace=False an existing file is kept (RunError). Its path."""
+        path = self.derived_path(file_name)
+        if not replace and os.path.lexists(path):
+            raise RunError(f"{path} exists; add --force to overwrite it, or choose another --out")
+        atomic_write(path, data)
+        return path
+
+    def made_from_the_network(self, formats: tuple[str, ...]) -> list[str]:
+        """The files eval, grad and export wrote from this run's network under their default names."""
+        return made_from_the_network(self.path, formats)
+
+    def update(self, files: dict[str, bytes]) -> None:
+        """Replace the run by its new version (a resumed training's files) in one swap; the other
+        files in its directory are carried over. Needs the run opened for update."""
+        update_run(self.path, files, self.owner)
 
 
 # ---------------------------------------------------------------- names
@@ -126,7 +166,7 @@ def list_interrupted_runs(runs_dir: Path) -> list[str]:
     names = []
     for name in list_run_names(runs_dir):
         try:
-            document = json.loads(read_bounded(runs_dir / name / SUMMARY_FILE, MAX_LISTED_SUMMARY_BYTES))
+            document = json.loads(read_bounded(runs_dir / name / SUMMARY_FILE, MAX_LISTED_SUMMARY_BYTES, DAMAGED_ADVICE))
         except (OSError, RunError, ValueError, RecursionError):  # not resumable, whatever is wrong
             continue
         if isinstance(document, dict) and document.get("status") == "interrupted":
@@ -155,7 +195,7 @@ def _resolve(runs_dir: Path, name: str | None) -> tuple[str, str | None]:
     return existing[0], f"{gone}; using the newest run, {existing[0]!r}"
 
 
-def load_run(runs_dir: Path, name: str | None, *, option: str = "--run") -> LoadedRun:
+def load_run(runs_dir: Path, name: str | None, *, option: str = "--run") -> Run:
     """The run `name` (None or `latest`: the latest run): its config, its model rebuilt from
     model.pt and its summary, each file checked against its schema. RunError for anything
     missing, damaged or inconsistent; UsageError (naming `option`) for a name that is not one."""
@@ -163,7 +203,7 @@ def load_run(runs_dir: Path, name: str | None, *, option: str = "--run") -> Load
 
 
 @contextmanager
-def run_for_update(runs_dir: Path, name: str, *, option: str = "--resume") -> Iterator[LoadedRun]:
+def run_for_update(runs_dir: Path, name: str, *, option: str = "--resume") -> Iterator[Run]:
     """load_run, holding the run's lock until the end (pass loaded.owner to update_run): no other
     process updates it meanwhile. Fails at once if the runs directory cannot be written."""
     loaded = _load(runs_dir, name, option, own=True)
@@ -174,7 +214,7 @@ def run_for_update(runs_dir: Path, name: str, *, option: str = "--resume") -> It
         loaded.owner.release()
 
 
-def _load(runs_dir: Path, name: str | None, option: str, own: bool) -> LoadedRun:
+def _load(runs_dir: Path, name: str | None, option: str, own: bool) -> Run:
     if name is not None and name != LATEST:
         check_name(name, option)
     if not runs_dir.is_dir():
@@ -192,14 +232,14 @@ def _load(runs_dir: Path, name: str | None, option: str, own: bool) -> LoadedRun
             if own:
                 owner = own_run(path)
         try:
-            config = check_config(read_json(fds[CONFIG_FILE], path / CONFIG_FILE), path / CONFIG_FILE)
+            config, target = check_config(read_json(fds[CONFIG_FILE], path / CONFIG_FILE), path / CONFIG_FILE)
             checkpoint = check_checkpoint(read_checkpoint(fds[MODEL_FILE], path / MODEL_FILE), config, path / MODEL_FILE)
             summary = check_summary(read_json(fds[SUMMARY_FILE], path / SUMMARY_FILE), config, checkpoint, path)
         except BaseException:
             if owner is not None:
                 owner.release()
             raise
-    return LoadedRun(path=path, config=config, model=_model(checkpoint, config), checkpoint=checkpoint, summary=summary, note=note, owner=owner)
+    return Run(path=path, config=config, target=target, model=_model(checkpoint, config), checkpoint=checkpoint, summary=summary, note=note, owner=owner)
 
 
 def _model(checkpoint: dict, config):
@@ -211,7 +251,7 @@ def _model(checkpoint: dict, config):
     return model
 
 
-def resume_state(loaded: LoadedRun):
+def resume_state(loaded: Run):
     """The TrainState an interrupted run stopped at; RunError for a run that cannot be resumed."""
     from rungefit.training.train import History, TrainState
 
@@ -237,3 +277,62 @@ def resume_state(loaded: LoadedRun):
     except ValueError as error:
         raise RunError(f"{loaded.path} cannot be resumed: its checkpoint is damaged or incomplete ({error}); {RETRAIN}") from None
     return state
+
+
+# ---------------------------------------------------------------- the store
+
+
+class RunStore:
+    """A runs directory, and the one way into it: its run names and `latest`, opening a run
+    (checked, read-only, or locked for an update), reserving a name, saving a new run and
+    lr-find's outputs. Nothing else in rungefit writes under a runs directory.
+
+    Listing (names, latest, interrupted) imports no torch and never raises, for TAB completion.
+    """
+
+    def __init__(self, path: Path | str = "runs"):
+        self.path = Path(path)
+
+    def names(self) -> list[str]:
+        """The saved runs, newest first."""
+        return list_run_names(self.path)
+
+    def latest(self) -> str | None:
+        """The run `latest` names, if it exists."""
+        return latest_run(self.path)
+
+    def interrupted(self) -> list[str]:
+        """The runs `train --resume` can continue, newest first."""
+        return list_interrupted_runs(self.path)
+
+    def open(self, name: str | None = None, *, option: str = "--run") -> Run:
+        """The run `name` (None or `latest`: the latest), every file checked; see load_run."""
+        return load_run(self.path, name, option=option)
+
+    def open_for_update(self, name: str, *, option: str = "--resume"):
+        """A context holding the run `name` locked until its end, for Run.update."""
+        return run_for_update(self.path, name, option=option)
+
+    def reserve(self, name: str | None):
+        """Before any training: RunError unless the directory can be written; with a name, hold
+        it for the run (a context manager; leaving it unsaved gives the name up). None without."""
+        return prepare_runs_dir(self.path, name)
+
+    def save(self, result, *, summary_extra: dict | None = None, figures: dict[str, bytes] | None = None, name: str | None = None, reservation=None) -> Run:
+        """Save a training's result as a new run (all its files at once), mark it latest, and
+        open it. Its name: the reservation's, else `name`, else a timestamp."""
+        files = run_files(result, {}, summary_extra or {}, figures or {})
+        path = save_new_run(self.path, name, files, reservation)
+        return self.open(path.name)
+
+    def update(self, run: Run, result, *, summary_extra: dict | None = None, figures: dict[str, bytes] | None = None) -> None:
+        """Replace `run` (opened for update) by its resumed training's result, in one swap."""
+        run.update(run_files(result, {}, summary_extra or {}, figures or {}))
+
+    def check_lr_find(self) -> None:
+        """RunError now, before a range test, unless lr-find's directory can be written."""
+        prepare_runs_dir(self.path / LR_FIND_DIR, None)
+
+    def save_lr_find(self, files: dict[str, bytes]) -> Path:
+        """lr-find's outputs as a new directory RUNS_DIR/lr-find/<timestamp>; its path."""
+        return save_new_run(self.path / LR_FIND_DIR, None, files)

@@ -1,7 +1,7 @@
 """Metrics of a trained stack on the test set or given points, and classical baselines for context.
 
-`train` reports its test figures through grid_errors, so `eval` on a saved run reproduces them
-exactly: the same points, the same dtype, the same stacked forward. For a function the test set is
+The network's figures come from training's grid_errors, so `eval` on a saved run reproduces what
+`train` reported. For a function the test set is
 an equally spaced grid of the domain, and the baselines (interpolants at equispaced and Chebyshev
 nodes, cubic splines) are built from f at nodes of the domain; for data the test set is the
 held-out share, and the baselines are least-squares fits of the member's training points (Chebyshev
@@ -22,70 +22,8 @@ from numpy.polynomial.chebyshev import Chebyshev
 from rungefit.config import DEFAULT_DOMAIN, PLOT_POINTS, TrainConfig, parameter_count
 from rungefit.errors import UsageError
 from rungefit.net.model import StackedMLP
-from rungefit.targets.target import DataTarget, FunctionTarget
-
-Target = FunctionTarget | DataTarget
-
-# A network learned f, not just its mean, when its validation MSE ends below this share of Var(y),
-# the MSE of predicting the mean (R² > 0.99); a failed training sits at Var(y) itself.
-TRAINED_BELOW = 0.01
-# A run's verdict: every member learned, some did not, none did.
-FIT_OK, FIT_SOME, FIT_NONE = "ok", "some members learned nothing", "nothing learned"
-
-
-def learned(val_mse, val_var) -> np.ndarray:
-    """Elementwise: is the validation MSE below TRAINED_BELOW × Var(y) of the validation targets?
-    (A non-finite MSE never is.)"""
-    return np.asarray(val_mse, dtype=np.float64) < TRAINED_BELOW * np.asarray(val_var, dtype=np.float64)
-
-
-def fit_verdict(members_learned) -> str:
-    """FIT_OK when every member learned, FIT_NONE when none did, FIT_SOME otherwise."""
-    flags = [bool(flag) for flag in members_learned]
-    return FIT_OK if all(flags) else FIT_SOME if any(flags) else FIT_NONE
-
-
-# Hidden activations float64_mse lets a forward pass hold at once (members × points × units).
-MSE_CHUNK_ACTIVATIONS = 1 << 22
-
-
-def float64_truth(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """What the network is scored against, in float64: f at exactly the points x (as the run's
-    dtype holds them) for a function, the measured y for data."""
-    return target(x.double()) if target.has_function else y.double()
-
-
-def float64_errors(model: StackedMLP, target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """network − truth at x [K, n] (y: the targets beside x), in float64: the network's outputs as
-    they are. Every statistic a run reports is computed from these."""
-    with torch.no_grad():
-        prediction = model.forward(x)
-    return prediction.double() - float64_truth(target, x, y)
-
-
-def float64_mse(model: StackedMLP, target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Every member's MSE at its points x [K, n], from float64_errors, a chunk of points at a time."""
-    chunk = max(1, MSE_CHUNK_ACTIVATIONS // (model.members * sum(layer.width for layer in model.layers)))
-    parts = zip(x.split(chunk, dim=1), y.split(chunk, dim=1), strict=True)
-    squares = sum(float64_errors(model, target, xs, ys).square().sum(dim=1) for xs, ys in parts)
-    return squares / x.shape[1]
-
-
-@dataclass(frozen=True)
-class GridErrors:
-    errors: torch.Tensor  # [K, n] network − f, float64
-    mse: torch.Tensor  # [K]
-    max_abs_error: torch.Tensor  # [K]
-
-
-def grid_errors(model: StackedMLP, target: Target, n: int = 100) -> GridErrors:
-    """Errors, MSE and max |error| of every member on the target's test set, in float64: n equally
-    spaced points of the domain for a function, the held-out points for data."""
-    x, y = target.test_set(n, dtype=model.dtype, device=model.device)
-    if not target.has_function:  # the measured values as they are, not as the run's dtype rounds them
-        y = target.test_set(n, dtype=torch.float64, device=model.device)[1]
-    error = float64_errors(model, target, x.expand(model.members, -1), y.expand(model.members, -1))
-    return GridErrors(errors=error, mse=(error**2).mean(dim=1), max_abs_error=error.abs().max(dim=1).values)
+from rungefit.targets import FunctionTarget, Target
+from rungefit.training.metrics import grid_errors
 
 
 @dataclass(frozen=True)
@@ -289,11 +227,9 @@ def baseline_scores(target: Target, n: int, degrees: tuple[int, ...] = BASELINE_
     return [score(name, parameters, x, approximant(x) - y, target.domain) for name, parameters, approximant in baseline_approximants(target, degrees, train)]
 
 
-def training_points(config: TrainConfig, member: int) -> tuple[np.ndarray, np.ndarray]:
-    """A member's training points and their y, in float64 (as drawn for its seed)."""
-    from rungefit.targets.target import target_of
-
-    split = target_of(config).split([config.seeds[member]], config.points, config.val_fraction, dtype=torch.float64)
+def training_points(config: TrainConfig, target: Target, member: int) -> tuple[np.ndarray, np.ndarray]:
+    """A member's training points and their y, in float64 (as drawn for its seed from config's target)."""
+    split = target.split([config.seeds[member]], config.points, config.val_fraction, dtype=torch.float64)
     return split.x_train[0].numpy(), split.y_train[0].numpy()
 
 
@@ -403,8 +339,3 @@ def evaluate(
     )
 
 
-def best_member(summary: dict) -> int:
-    """The member with the lowest validation MSE in a run's summary (non-finite values never win)."""
-    val = np.array([m["val_mse"] for m in summary["members"]], dtype=np.float64)  # None → nan
-    val[~np.isfinite(val)] = np.inf
-    return int(np.argmin(val))

@@ -15,11 +15,13 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
 
 from rungefit.config import format_layers
 from rungefit.errors import RungefitError
+from rungefit.files import atomic_write
 from rungefit.net.model import sequential_layers
 
 # What `pip install` needs for --format onnx: torch.onnx's exporter imports onnx and onnxscript.
@@ -30,7 +32,7 @@ EXAMPLE_BATCH = 8
 
 def metadata(network: torch.nn.Sequential, target: str, domain: tuple[float, float], run: str, member: int) -> dict[str, str]:
     """What every exported file records beside the weights, as strings (safetensors' metadata type)."""
-    from rungefit import __version__
+    from rungefit._version import __version__
 
     layers = sequential_layers(network)
     return {
@@ -107,3 +109,8 @@ def safetensors_bytes(network: torch.nn.Sequential, meta: dict[str, str]) -> byt
     from safetensors.torch import save
 
     return save({key: value.contiguous() for key, value in network.state_dict().items()}, metadata=meta)
+
+
+def write(path: Path, data: bytes) -> None:
+    """Write an export to a file of the user's choosing, atomically (the old contents or the new)."""
+    atomic_write(path, data)

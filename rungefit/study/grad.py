@@ -21,7 +21,7 @@ import torch
 from rungefit.config import PLOT_POINTS, parse_layers
 from rungefit.errors import UsageError
 from rungefit.net.model import StackedMLP
-from rungefit.targets.target import DataTarget, FunctionTarget
+from rungefit.targets import DataTarget, FunctionTarget
 
 # Central differences err by h²·|a'''|/6 from truncation and by ~ε/h from rounding; in float64
 # (ε ≈ 1e-16) h = 1e-5 keeps both below 1e-8 for the curvatures a fitted Runge network has.

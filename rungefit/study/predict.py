@@ -15,11 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rungefit.targets.datafile import is_number
 from rungefit.errors import UsageError
+from rungefit.net.model import StackedMLP
 from rungefit.study.evaluate import member_prediction
 from rungefit.study.grad import as_float64, autograd_gradient
-from rungefit.net.model import StackedMLP
+from rungefit.targets import is_number
 
 MAX_VALUES = 10_000_000
 MAX_LINE_CHARS = 10_000

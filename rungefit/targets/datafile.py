@@ -26,19 +26,9 @@ class PointsFile:
     y: np.ndarray
 
 
-# Data files read in this process, by SHA-256: a run's target finds its points here, whether they
-# came from the user's file or from a saved run's copy of it.
-_FILES: dict[str, PointsFile] = {}
-
-
-def remembered(sha256: str) -> PointsFile | None:
-    """The points of a file already read in this process with this SHA-256, if any."""
-    return _FILES.get(sha256)
-
-
 def read_points(path, expected_sha256: str | None = None) -> PointsFile:
-    """Read a CSV of two numeric columns x,y (a header line is allowed) and remember it by its
-    SHA-256; a UsageError for anything else."""
+    """Read a CSV of two numeric columns x,y (a header line is allowed); a UsageError for anything
+    else, or when `expected_sha256` is given and the bytes do not match it."""
     path = Path(path)
     label = f"--data {path}"
     try:
@@ -53,10 +43,8 @@ def read_points(path, expected_sha256: str | None = None) -> PointsFile:
     sha256 = hashlib.sha256(raw).hexdigest()
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise UsageError(f"{label} does not match the SHA-256 the run recorded for its points")
-    if sha256 not in _FILES:
-        x, y = _parse_points(raw, label)
-        _FILES[sha256] = PointsFile(raw, sha256, x, y)
-    return _FILES[sha256]
+    x, y = _parse_points(raw, label)
+    return PointsFile(raw, sha256, x, y)
 
 
 def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:

@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET, MAX_FORMULA_CHARS, PRESETS, validation_size
-from rungefit.targets.datafile import PointsFile, read_points, remembered
-from rungefit.targets.domain import check_domain, check_grid, describe_domain, parse_domain
 from rungefit.errors import UsageError
+from rungefit.targets.datafile import PointsFile, read_points
+from rungefit.targets.domain import check_domain, check_grid, describe_domain, parse_domain
 from rungefit.targets.formula import CONSTANTS, FUNCTIONS, KINK_TOLERANCE, Formula, parse_formula, short
 
 if TYPE_CHECKING:
@@ -294,14 +294,21 @@ def data_target(points: PointsFile, domain, test_fraction: float, source: str) -
 # ---------------------------------------------------------------- the target of a run
 
 
-def settings(target: str | None = None, domain: str | None = None, data: str | None = None, test_fraction: float = 0.2) -> dict:
-    """TrainConfig fields for --target, --domain, --data and --test-fraction (None: not given),
-    checked. With data they include the points (all but the test share) and the test points."""
+@dataclass(frozen=True)
+class Settings:
+    """What --target, --domain, --data and --test-fraction make: the TrainConfig fields, and for
+    data the points as read (resolve takes them, so that the file is read once)."""
+
+    fields: dict
+    points: PointsFile | None = None
+
+
+def settings(target: str | None = None, domain: str | None = None, data: str | None = None, test_fraction: float = 0.2) -> Settings:
+    """The TrainConfig fields for --target, --domain, --data and --test-fraction (None: not given).
+    With data they include the points (all but the test share) and the test points. resolve()
+    checks the target itself."""
     if data is None:
-        fields = {"target": DEFAULT_TARGET if target is None else target, "domain": parse_domain(domain) if domain is not None else DEFAULT_DOMAIN}
-        function = function_target(fields["target"], fields["domain"])
-        _varying(function(check_grid(function.domain)), f"--target {short(function.spec)} on --domain {describe_domain(function.domain)}")
-        return fields
+        return Settings({"target": DEFAULT_TARGET if target is None else target, "domain": parse_domain(domain) if domain is not None else DEFAULT_DOMAIN})
     if target is not None:
         raise UsageError("--target and --data exclude each other: the data are the target")
     points = read_points(data)
@@ -313,10 +320,11 @@ def settings(target: str | None = None, domain: str | None = None, data: str | N
         if not span[0] < span[1]:
             raise UsageError(f"--data {data}: every x is {span[0]:g}; give --domain, or points at more than one x")
     resolved = data_target(points, span, test_fraction, str(data))
-    return {
+    fields = {
         "target": "", "domain": span, "data": str(data), "data_sha256": points.sha256, "test_fraction": test_fraction,
         "points": len(resolved.pool), "test_points": len(resolved.test_index),
     }
+    return Settings(fields, points)
 
 
 def _varying(values: np.ndarray, what: str) -> None:
@@ -325,8 +333,13 @@ def _varying(values: np.ndarray, what: str) -> None:
         raise UsageError(f"{what} is constant ({values[0]:g}): there is nothing to learn, and rungefit judges every fit against the variance of y; choose a target that varies")
 
 
-def target_of(config) -> FunctionTarget | DataTarget:
-    """The target a TrainConfig names (built once per setting, then remembered)."""
+def resolve(config, points: PointsFile | None = None) -> FunctionTarget | DataTarget:
+    """The target a TrainConfig names, checked: a formula parses, is finite and varies on the
+    domain; data match their recorded SHA-256 and leave a batch, a validation share and a test
+    share. `points`: a data run's points already read (by settings(), or a run's copy of them);
+    otherwise the file the config names is read. A UsageError says what is wrong.
+
+    Each command resolves its target once and passes it down; nothing is remembered between calls."""
     for name in ("target", "data", "data_sha256"):
         if not isinstance(getattr(config, name), str):
             raise UsageError(f"the {name} setting must be text, got {type(getattr(config, name)).__name__}")
@@ -335,22 +348,22 @@ def target_of(config) -> FunctionTarget | DataTarget:
         raise UsageError(f"--test-fraction must be a number, got {type(config.test_fraction).__name__}")
     if config.data and not config.data_sha256:
         raise UsageError("a data setting needs the file's SHA-256 too: build it with target.settings(data=…)")
-    return _target(config.target, domain, config.data, config.data_sha256, float(config.test_fraction))
-
-
-@functools.lru_cache(maxsize=32)
-def _target(spec: str, domain: tuple[float, float], data: str, sha256: str, test_fraction: float):
-    if not data:
-        return function_target(spec, domain)
-    points = remembered(sha256) or read_points(data, expected_sha256=sha256)
-    return data_target(points, domain, test_fraction, data)
-
-
-def check_config(config) -> None:
-    """A UsageError unless config's target can be trained as it asks (called by TrainConfig.validate)."""
-    target = target_of(config)
     if not config.data:
-        return
+        target = function_target(config.target, domain)
+        _varying(target(check_grid(domain)), f"--target {short(target.spec)} on --domain {describe_domain(domain)}")
+        return target
+    if points is None:
+        points = read_points(config.data, expected_sha256=config.data_sha256)
+    elif points.sha256 != config.data_sha256:
+        raise UsageError(f"--data {config.data}: the points given do not match the SHA-256 the run recorded")
+    _varying(points.y, f"--data {config.data}: y")
+    target = data_target(points, domain, float(config.test_fraction), config.data)
+    _check_data_sizes(config, target)
+    return target
+
+
+def _check_data_sizes(config, target: DataTarget) -> None:
+    """A UsageError unless the data leave a batch, a validation share and a test share."""
     pool = len(target.pool)
     n_test = len(target.test_index)
     n_val = round(pool * config.val_fraction)

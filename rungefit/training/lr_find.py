@@ -22,7 +22,9 @@ import torch
 
 from rungefit.config import RangeTestConfig, TrainConfig, VerifyConfig
 from rungefit.errors import RungefitError
-from rungefit.study.evaluate import FIT_NONE, FIT_OK, FIT_SOME, fit_verdict, learned
+from rungefit.net.model import StackedMLP
+from rungefit.net.optim import StackedAdam
+from rungefit.targets import DataSplit, Target
 from rungefit.training.lr_rules import (
     AUTO_EPOCH_SHARE,
     AUTO_RATES,
@@ -44,10 +46,8 @@ from rungefit.training.lr_rules import (
     trim,
     verification_rates,
 )
-from rungefit.net.model import StackedMLP
-from rungefit.net.optim import StackedAdam
+from rungefit.training.metrics import FIT_NONE, FIT_OK, FIT_SOME, fit_verdict, learned
 from rungefit.training.stack import EpochBatches, new_stack
-from rungefit.targets.target import DataSplit, target_of
 from rungefit.training.train import EpochReport, fit, intra_op_threads
 
 # ---------------------------------------------------------------- the range test
@@ -181,11 +181,11 @@ def _record(model, optimizer, data, seeds, batch_size, rates, config):
     return (*curves, stops)
 
 
-def run_range_test(config: TrainConfig, test: RangeTestConfig) -> RangeTest:
+def run_range_test(config: TrainConfig, target: Target, test: RangeTestConfig) -> RangeTest:
     """The range test on a fresh stack of `train`'s model and data, one member per seed."""
     config.validate()
     with intra_op_threads(config):
-        model, optimizer, data, seeds = new_stack(config)
+        model, optimizer, data, seeds = new_stack(config, target)
         return range_test(model, optimizer, data, seeds, config.batch_size, test)
 
 
@@ -259,6 +259,7 @@ class Verification:
 
 def verify(
     config: TrainConfig,
+    target: Target,
     rates: np.ndarray,
     seeds: tuple[int, ...],
     labels: list[list[str]] | None = None,
@@ -268,10 +269,10 @@ def verify(
     rates = np.asarray(rates, dtype=np.float64)
     # The verification compares Adam at each rate; a polish would blur exactly that difference.
     stacked = replace(config, seeds=tuple(seeds) * len(rates), polish="none")
-    result = fit(stacked, member_lrs=np.repeat(rates, len(seeds)).tolist(), on_epoch=on_epoch, stop_on_divergence=False)
+    result = fit(stacked, target, member_lrs=np.repeat(rates, len(seeds)).tolist(), on_epoch=on_epoch, stop_on_divergence=False)
     val = np.array([m.val_mse for m in result.members]).reshape(len(rates), len(seeds))
     val[~np.isfinite(val)] = np.inf
-    split = target_of(config).split(torch.tensor(seeds), config.points, config.val_fraction, dtype=torch.float64)
+    split = target.split(torch.tensor(seeds), config.points, config.val_fraction, dtype=torch.float64)
     return Verification(
         rates=rates,
         labels=labels or [[] for _ in rates],
@@ -363,6 +364,7 @@ class Findings:
 
 def lr_find(
     config: TrainConfig,
+    target: Target,
     test: RangeTestConfig,
     verify_config: VerifyConfig | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
@@ -372,11 +374,11 @@ def lr_find(
     trained for config.epochs on verify_config.seeds seeds."""
     if verify_config is not None:
         verify_config.validate()
-    findings = Findings(config, run_range_test(config, test))
+    findings = Findings(config, run_range_test(config, target, test))
     if verify_config is not None:
         grid = verification_rates(findings.top_lr(), verify_config.rates)
         rates, labels = merge_rates(grid, findings.medians())
-        findings.verification = verify(config, rates, pick_seeds(config.seeds, verify_config.seeds), labels, on_epoch)
+        findings.verification = verify(config, target, rates, pick_seeds(config.seeds, verify_config.seeds), labels, on_epoch)
     return findings
 
 
@@ -392,14 +394,14 @@ class LrChoice:
         return {"lr": self.lr, "how": self.how, "short_verification": self.verification.to_json()}
 
 
-def choose_lr(config: TrainConfig, on_epoch: Callable[[EpochReport], None] | None = None) -> LrChoice:
+def choose_lr(config: TrainConfig, target: Target, on_epoch: Callable[[EpochReport], None] | None = None) -> LrChoice:
     """A rate that trains on config: a range test places a grid, a short stacked training picks from it."""
     seeds = pick_seeds(config.seeds, AUTO_SEEDS)
     probe = replace(config, seeds=seeds)
-    findings = Findings(probe, run_range_test(probe, RangeTestConfig()))
+    findings = Findings(probe, run_range_test(probe, target, RangeTestConfig()))
     rates = verification_rates(findings.top_lr(), AUTO_RATES, AUTO_STEP_DECADES)
     short = replace(probe, epochs=max(1, config.epochs // AUTO_EPOCH_SHARE))
-    check = verify(short, rates, seeds, on_epoch=on_epoch)
+    check = verify(short, target, rates, seeds, on_epoch=on_epoch)
     lr = pick_auto_lr(check.rates, check.val_mse)
     if lr is None:
         raise RungefitError(

@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from rungefit import rng
-from rungefit.training import workers as workers
 from rungefit.config import MIN_MEMBERS_PER_WORKER, TrainConfig, parse_layers
-from rungefit.study.evaluate import float64_truth
 from rungefit.net.model import DTYPES, StackedMLP
 from rungefit.net.optim import StackedAdam, lr_factors
+from rungefit.targets import DataSplit, Target
+from rungefit.training import workers as workers
+from rungefit.training.metrics import float64_truth
 from rungefit.training.polish import PolishProgress, PolishReport, levenberg_marquardt
-from rungefit.targets.target import DataSplit, target_of
 
 
 @dataclass(frozen=True)
@@ -43,12 +43,12 @@ class EpochCurves:
 
 
 
-def new_stack(config: TrainConfig, lrs: Sequence[float] | None = None) -> tuple[StackedMLP, StackedAdam, DataSplit, torch.Tensor]:
+def new_stack(config: TrainConfig, target: Target, lrs: Sequence[float] | None = None) -> tuple[StackedMLP, StackedAdam, DataSplit, torch.Tensor]:
     """A freshly initialised model, its optimizer (member k at rate lrs[k], default config.lr), the
-    data and the seeds [K], as every fit starts."""
+    data drawn from the target and the seeds [K], as every fit starts."""
     dtype, device = DTYPES[config.dtype], config.device
     seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
-    data = target_of(config).split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
+    data = target.split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
     model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=dtype, device=device)
     model.initialise(seeds)
     optimizer = StackedAdam(model, [config.lr] * len(config.seeds) if lrs is None else lrs, config.betas, config.eps)
@@ -77,9 +77,9 @@ class EpochBatches:
 
 
 @contextmanager
-def open_stack(config: TrainConfig, lrs: list[float], resume=None) -> Iterator[Stack | ForkedStack]:
+def open_stack(config: TrainConfig, target: Target, lrs: list[float], resume=None) -> Iterator[Stack | ForkedStack]:
     """The members of config as one stack in this process, or split over config.workers processes."""
-    stack = Stack.start(config, lrs, resume)
+    stack = Stack.start(config, target, lrs, resume)
     if config.workers == 1:
         yield stack
         return
@@ -105,20 +105,20 @@ class Stack:
     """Members trained together in this process, an epoch at a time: what fit drives, here or, as
     a share of a ForkedStack, in a worker process."""
 
-    def __init__(self, config: TrainConfig, model: StackedMLP, optimizer: StackedAdam, data: DataSplit, seeds: torch.Tensor):
-        self.config, self.model, self.optimizer, self.data, self.seeds = config, model, optimizer, data, seeds
+    def __init__(self, config: TrainConfig, target: Target, model: StackedMLP, optimizer: StackedAdam, data: DataSplit, seeds: torch.Tensor):
+        self.config, self.target, self.model, self.optimizer, self.data, self.seeds = config, target, model, optimizer, data, seeds
         self.batches = EpochBatches(data.x_train, data.y_train, seeds, config.batch_size)
         self.factors = lr_factors(config.schedule, config.total_steps)
         self._snapshots: dict[int, tuple[torch.Tensor, dict]] = {}  # epoch → the state it started from
 
     @classmethod
-    def start(cls, config: TrainConfig, lrs: list[float], resume=None) -> Stack:
+    def start(cls, config: TrainConfig, target: Target, lrs: list[float], resume=None) -> Stack:
         """A fresh stack, or one continuing from `resume` (a train.TrainState)."""
-        model, optimizer, data, seeds = new_stack(config, lrs)
+        model, optimizer, data, seeds = new_stack(config, target, lrs)
         if resume is not None:
             model.load_state_dict(resume.model_state)
             optimizer.load_state_dict(resume.optimizer_state)
-        return cls(config, model, optimizer, data, seeds)
+        return cls(config, target, model, optimizer, data, seeds)
 
     def select(self, start: int, stop: int) -> Stack:
         """Members start…stop-1 as a stack of their own (a copy), in the state they are in."""
@@ -128,7 +128,7 @@ class Stack:
         optimizer.load_state_dict({"step": self.optimizer.step_count, **moments})
         data = self.data.select(start, stop)
         config = replace(self.config, seeds=self.config.seeds[start:stop], workers=1)
-        return Stack(config, model, optimizer, data, self.seeds[start:stop])
+        return Stack(config, self.target, model, optimizer, data, self.seeds[start:stop])
 
     def train_epoch(self, epoch: int, should_stop: Callable[[], bool] | None) -> EpochCurves | None:
         """Train one shuffled pass in mini-batches: the curves (the loss is the mean mini-batch
@@ -160,7 +160,7 @@ class Stack:
 
     def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None, should_stop: Callable[[], bool] | None) -> PolishReport | None:
         """The LM polish; None, with the members as they were, if should_stop said yes."""
-        y_train = float64_truth(target_of(self.config), self.data.x_train, self.data.y_train)
+        y_train = float64_truth(self.target, self.data.x_train, self.data.y_train)
         return levenberg_marquardt(self.model, self.data.x_train, y_train, iterations=iterations, progress=progress, should_stop=should_stop)
 
     def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:

@@ -16,14 +16,15 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
+from rungefit import targets
 from rungefit.config import DEVICES, TrainConfig, parameter_count, parse_layers, require
 from rungefit.errors import RungefitError, UsageError
-from rungefit.study.evaluate import fit_verdict, float64_mse, float64_truth, grid_errors, learned
 from rungefit.net.model import StackedMLP
 from rungefit.net.optim import StackedAdam
+from rungefit.targets import Target
+from rungefit.training.metrics import fit_verdict, float64_mse, float64_truth, grid_errors, learned
 from rungefit.training.polish import PolishProgress, PolishReport
 from rungefit.training.stack import EpochCurves, open_stack, worker_count
-from rungefit.targets.target import target_of
 
 # Hidden activations per step (members × batch × hidden units) from which CPU training uses
 # torch's intra-op threads; below it one thread is faster (see intra_op_threads).
@@ -107,6 +108,7 @@ class MemberMetrics:
 @dataclass
 class TrainResult:
     config: TrainConfig
+    target: Target
     model: StackedMLP
     optimizer: StackedAdam
     history: History
@@ -143,7 +145,7 @@ class TrainResult:
             "wall_time_s": self.wall_time_s,
             "workers": self.config.workers,
             "polish": self._polish_summary(),
-            "target": {"target": target_of(self.config).name, "domain": list(self.config.domain)},
+            "target": {"target": self.target.name, "domain": list(self.config.domain)},
         }
 
     def _polish_summary(self) -> dict | None:
@@ -175,6 +177,7 @@ class EpochReport:
 
 def fit(
     config: TrainConfig,
+    target: Target | None = None,
     *,
     member_lrs: Sequence[float] | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
@@ -195,8 +198,13 @@ def fit(
     iteration too: a yes there undoes the polish, and the result is interrupted with every epoch
     done (a resume runs the polish again). The result's config says how many worker
     processes trained the members (config.workers resolved by worker_count).
+
+    `target` is config's target as targets.resolve made it; None resolves it here (a caller that
+    has it already passes it, so that a command resolves its target once).
     """
     config.validate()
+    if target is None:
+        target = targets.resolve(config)
     if resume is not None:
         resume.check(config)
     started = time.perf_counter()
@@ -204,7 +212,7 @@ def fit(
     config = replace(config, workers=worker_count(config))
     history = copy.deepcopy(resume.history) if resume is not None else History()
     status, polish, polish_time = "complete", None, 0.0
-    with intra_op_threads(config), open_stack(config, lrs, resume) as stack:
+    with intra_op_threads(config), open_stack(config, target, lrs, resume) as stack:
         for epoch in range(len(history.val_mse), config.epochs):
             curves = stack.train_epoch(epoch, should_stop)
             if curves is None:
@@ -226,10 +234,11 @@ def fit(
         # Still on the training's threads: the final metrics are small passes too.
         result = TrainResult(
             config=config,
+            target=target,
             model=model,
             optimizer=optimizer,
             history=history,
-            members=final_metrics(model, config, data, lrs),
+            members=final_metrics(model, config, target, data, lrs),
             epochs_run=len(history.val_mse),
             steps=optimizer.step_count,
             wall_time_s=(resume.wall_time_s if resume is not None else 0.0) + time.perf_counter() - started,
@@ -264,10 +273,9 @@ def intra_op_threads(config: TrainConfig) -> Iterator[None]:
         torch.set_num_threads(previous)
 
 
-def final_metrics(model: StackedMLP, config: TrainConfig, data, lrs: list[float]) -> list[MemberMetrics]:
+def final_metrics(model: StackedMLP, config: TrainConfig, target: Target, data, lrs: list[float]) -> list[MemberMetrics]:
     """Full-set MSEs per member, and the test set's MSE and max |error| (as `eval` computes them),
     all in float64 from the network's outputs; and Var(y) of each validation set."""
-    target = target_of(config)
     test = grid_errors(model, target, config.test_points)
     train_mse = float64_mse(model, target, data.x_train, data.y_train).tolist()
     val_mse = float64_mse(model, target, data.x_val, data.y_val).tolist()

@@ -27,7 +27,8 @@ from rungefit.training import lr_find as lr_find
 from rungefit.training import lr_rules as lr_rules
 from rungefit.cli.app import app
 from rungefit.config import TrainConfig
-from rungefit.study.evaluate import learned
+from rungefit.targets import resolve
+from rungefit.training.metrics import learned
 from rungefit.training.train import fit
 
 
@@ -42,7 +43,7 @@ def rule_trainings(seeds: list[int]) -> dict[str, list[tuple[float, float]]]:
     """rule → [(its rate on seed s's curve, seed s's val MSE after training at it)] per seed."""
     picks = {rule: [] for rule in lr_rules.RULES}
     for seed in seeds:
-        suggestions = lr_find.run_range_test(TrainConfig(seeds=(seed,)), lr_find.RangeTestConfig()).suggestions(0)
+        suggestions = lr_find.run_range_test(TrainConfig(seeds=(seed,)), resolve(TrainConfig()), lr_find.RangeTestConfig()).suggestions(0)
         for rule in lr_rules.RULES:
             picks[rule].append(suggestions[rule])
     members = [(rule, seed, lr) for rule in lr_rules.RULES for seed, lr in zip(seeds, picks[rule], strict=True) if lr is not None]

@@ -18,13 +18,14 @@ import torch
 
 from rungefit.training import lr_find as lr_find
 from rungefit.config import TrainConfig
+from rungefit.targets import resolve
 from rungefit.training.stack import EpochBatches
 from rungefit.training.train import fit
 
 
 def plain_steps(config: TrainConfig, steps: int) -> None:
     """What the range test is compared with: a fresh stack and `steps` ordinary Adam steps."""
-    model, optimizer, data, seeds = lr_find.new_stack(config)
+    model, optimizer, data, seeds = lr_find.new_stack(config, resolve(config))
     done, epoch = 0, 0
     while done < steps:
         for x, y in EpochBatches(data.x_train, data.y_train, seeds, config.batch_size)(epoch):
@@ -60,12 +61,12 @@ def main() -> None:
     config = TrainConfig()
     test = lr_find.RangeTestConfig()
 
-    steps_s, range_s = timed([lambda: plain_steps(config, test.iters), lambda: lr_find.run_range_test(config, test)], args.repeats)
+    steps_s, range_s = timed([lambda: plain_steps(config, test.iters), lambda: lr_find.run_range_test(config, resolve(config), test)], args.repeats)
     print(f"100 plain train steps      {steps_s * 1e3:8.1f} ms")
     print(f"range test, {test.iters} steps      {range_s * 1e3:8.1f} ms   ratio {range_s / steps_s:.2f}×  (target ≤ 2×)")
 
     (train_s,) = timed([lambda: fit(config)], 1)
-    findings = lr_find.lr_find(config, test, lr_find.VerifyConfig())
+    findings = lr_find.lr_find(config, resolve(config), test, lr_find.VerifyConfig())
     check = findings.verification
     grid_s = check.wall_time_s
     members = check.val_mse.size

@@ -22,7 +22,7 @@ from numpy.polynomial.chebyshev import Chebyshev
 
 from rungefit.config import PRESETS, TrainConfig, parameter_count, parse_layers
 from rungefit.study.evaluate import BASELINE_DEGREES, BASELINES, baseline_scores, member_prediction
-from rungefit.targets.target import target_of
+from rungefit.targets import resolve
 from rungefit.training.train import fit
 
 FINE = np.linspace(-1.0, 1.0, 20_001)  # where the kink and the jump are measured
@@ -70,7 +70,7 @@ def measure(name: str, seeds: int, epochs: int | None) -> dict:
     started = time.perf_counter()
     result = fit(config, stop_on_divergence=False)
     wall = time.perf_counter() - started
-    target = target_of(config)
+    target = resolve(config)
     test = np.array([member.test_mse for member in result.members])
     size = parameter_count(parse_layers(config.layers))
     chebyshev, interpolant = chebyshev_mse(target, size, config.test_points)

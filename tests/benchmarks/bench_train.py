@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plain_loop import train_plain  # noqa: E402
 
 from rungefit.config import TrainConfig  # noqa: E402
-from rungefit.targets.target import target_of  # noqa: E402
+from rungefit.targets import resolve  # noqa: E402
 from rungefit.training.train import fit  # noqa: E402
 
 STACK = 64
@@ -73,7 +73,7 @@ def synchronize(device: str) -> None:
 def time_plain(epochs: int, threads: int) -> tuple[float, int]:
     """Wall time and steps of the plain loop on the data set rungefit's default run with seed 0 uses."""
     config = TrainConfig()
-    data = target_of(config).split(torch.tensor([0]), config.points, config.val_fraction)
+    data = resolve(config).split(torch.tensor([0]), config.points, config.val_fraction)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -1,0 +1,39 @@
+"""The Python API, for scripts and notebooks (re-exported by the package, so `rungefit.fit`):
+
+- load(run, runs_dir, member): a saved network as a plain torch.nn.Sequential;
+- open_run(run, runs_dir): a saved run with its config, target, summary, history and networks;
+- TrainConfig and fit(config): train without the command line;
+- to_sequential(stack, member) and from_sequential(network): a trained stack's member as a
+  torch.nn.Sequential and back.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rungefit.config import TrainConfig
+from rungefit.net.model import from_sequential, to_sequential
+from rungefit.runs import Run, RunStore
+from rungefit.training.train import fit
+
+__all__ = ["TrainConfig", "fit", "from_sequential", "load", "open_run", "to_sequential"]
+
+
+def open_run(run: str | None = None, runs_dir: str | Path = "runs") -> Run:
+    """The saved run `run` in `runs_dir` (None or "latest": the newest), as a rungefit.runs.Run.
+
+    It has .config (a TrainConfig), .target, .summary (summary.json as a dict), .history
+    (train_mse, val_mse and lr as float64 arrays [epochs, members]), .path, and .network(member)
+    giving a member as a torch.nn.Sequential. A missing or damaged run raises
+    rungefit.errors.RungefitError.
+    """
+    return RunStore(runs_dir).open(run)
+
+
+def load(run: str | None = None, runs_dir: str | Path = "runs", member: int | None = None):
+    """A saved network as a torch.nn.Sequential: Linear, activation, …, Linear, input and output [batch, 1].
+
+    `member` picks one of a stacked run's networks (default: the best by validation MSE). The module
+    is in the run's dtype, on the CPU, in eval mode, and its parameters do not require grad.
+    """
+    return open_run(run, runs_dir).network(member)

@@ -1,0 +1,84 @@
+"""How well a stack fits, as training judges it: every member's MSE in float64, the verdict of
+whether it learned, and the best member. `train` reports its test figures through grid_errors, so
+that `eval` on a saved run reproduces them exactly (the same points, dtype and stacked forward).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from rungefit.net.model import StackedMLP
+from rungefit.targets import Target
+
+# A network learned f, not just its mean, when its validation MSE ends below this share of Var(y),
+# the MSE of predicting the mean (R² > 0.99); a failed training sits at Var(y) itself.
+TRAINED_BELOW = 0.01
+
+
+# A run's verdict: every member learned, some did not, none did.
+FIT_OK, FIT_SOME, FIT_NONE = "ok", "some members learned nothing", "nothing learned"
+
+
+def learned(val_mse, val_var) -> np.ndarray:
+    """Elementwise: is the validation MSE below TRAINED_BELOW × Var(y) of the validation targets?
+    (A non-finite MSE never is.)"""
+    return np.asarray(val_mse, dtype=np.float64) < TRAINED_BELOW * np.asarray(val_var, dtype=np.float64)
+
+
+def fit_verdict(members_learned) -> str:
+    """FIT_OK when every member learned, FIT_NONE when none did, FIT_SOME otherwise."""
+    flags = [bool(flag) for flag in members_learned]
+    return FIT_OK if all(flags) else FIT_SOME if any(flags) else FIT_NONE
+
+
+# Hidden activations float64_mse lets a forward pass hold at once (members × points × units).
+MSE_CHUNK_ACTIVATIONS = 1 << 22
+
+
+def float64_truth(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """What the network is scored against, in float64: f at exactly the points x (as the run's
+    dtype holds them) for a function, the measured y for data."""
+    return target(x.double()) if target.has_function else y.double()
+
+
+def float64_errors(model: StackedMLP, target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """network − truth at x [K, n] (y: the targets beside x), in float64: the network's outputs as
+    they are. Every statistic a run reports is computed from these."""
+    with torch.no_grad():
+        prediction = model.forward(x)
+    return prediction.double() - float64_truth(target, x, y)
+
+
+def float64_mse(model: StackedMLP, target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Every member's MSE at its points x [K, n], from float64_errors, a chunk of points at a time."""
+    chunk = max(1, MSE_CHUNK_ACTIVATIONS // (model.members * sum(layer.width for layer in model.layers)))
+    parts = zip(x.split(chunk, dim=1), y.split(chunk, dim=1), strict=True)
+    squares = sum(float64_errors(model, target, xs, ys).square().sum(dim=1) for xs, ys in parts)
+    return squares / x.shape[1]
+
+
+@dataclass(frozen=True)
+class GridErrors:
+    errors: torch.Tensor  # [K, n] network − f, float64
+    mse: torch.Tensor  # [K]
+    max_abs_error: torch.Tensor  # [K]
+
+
+def grid_errors(model: StackedMLP, target: Target, n: int = 100) -> GridErrors:
+    """Errors, MSE and max |error| of every member on the target's test set, in float64: n equally
+    spaced points of the domain for a function, the held-out points for data."""
+    x, y = target.test_set(n, dtype=model.dtype, device=model.device)
+    if not target.has_function:  # the measured values as they are, not as the run's dtype rounds them
+        y = target.test_set(n, dtype=torch.float64, device=model.device)[1]
+    error = float64_errors(model, target, x.expand(model.members, -1), y.expand(model.members, -1))
+    return GridErrors(errors=error, mse=(error**2).mean(dim=1), max_abs_error=error.abs().max(dim=1).values)
+
+
+def best_member(summary: dict) -> int:
+    """The member with the lowest validation MSE in a run's summary (non-finite values never win)."""
+    val = np.array([m["val_mse"] for m in summary["members"]], dtype=np.float64)  # None → nan
+    val[~np.isfinite(val)] = np.inf
+    return int(np.argmin(val))
