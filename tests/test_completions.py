@@ -16,21 +16,61 @@ import time
 from pathlib import Path
 
 import pytest
+from typer.main import get_command
 
 from rungefit.cli import completion as completions
 from rungefit.cli.app import app
-from rungefit.cli.completion import FILES, completion_script
+from rungefit.cli.completion import FILES, completion_script, typers_script
+from rungefit.errors import RungefitError
 
 from .conftest import REPO, heavy_imports_after, runner
+
+# The app as the shells meet it, through Typer's public route.
+COMMAND = get_command(app)
 
 
 @pytest.mark.parametrize("shell", sorted(FILES))
 def test_committed_scripts_are_current(shell):
     committed = (REPO / "completions" / FILES[shell]).read_text()
-    assert committed == completion_script(shell), "stale: run `python -m rungefit.cli.completion completions`"
+    assert committed == completion_script(shell, COMMAND), "stale: run `python -m rungefit.cli.completion completions`"
 
 
-# ---------------------------------------------------------------- Typer's --install-completion and --show-completion
+def test_the_module_entry_writes_what_rungefit_completion_prints(tmp_path):
+    written = completions.write_all(tmp_path / "out")
+    assert sorted(path.name for path in written) == sorted(FILES.values())
+    for shell, name in FILES.items():
+        assert (tmp_path / "out" / name).read_text() == completion_script(shell, COMMAND), shell
+
+
+def test_zsh_and_fish_get_the_script_typer_prints_when_a_shell_sources_it():
+    for shell in ("zsh", "fish"):
+        result = runner.invoke(app, [], env={"_RUNGEFIT_COMPLETE": f"source_{shell}"}, prog_name="rungefit")
+        assert result.exit_code == 0, result.output
+        assert completion_script(shell, COMMAND) == result.stdout.strip() + "\n"
+    assert completion_script("zsh", COMMAND).startswith("#compdef rungefit\n")  # compinit reads the first line
+
+
+def test_a_typer_that_does_not_print_its_script_is_one_line():
+    class Deaf:
+        """A command that answers source_zsh with its usage, as one that ignores the variable would."""
+
+        def main(self, **kwargs):
+            print("Usage: rungefit [OPTIONS] COMMAND [ARGS]...")
+
+    with pytest.raises(RungefitError, match="^this Typer version does not print its zsh script; use completions/"):
+        typers_script("zsh", Deaf())
+    assert "_RUNGEFIT_COMPLETE" not in os.environ
+
+
+# ---------------------------------------------------------------- --install-completion, --show-completion, completion --install
+
+
+def test_help_lists_each_completion_option_once():
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    for flag in ("--install-completion", "--show-completion"):
+        assert result.stdout.count(flag) == 1, flag
+    assert sorted(complete("rungefit --")) == ["--help", "--install-completion", "--show-completion", "--version"]
 
 
 @pytest.mark.parametrize("shell", sorted(FILES))
@@ -38,7 +78,7 @@ def test_show_completion_gives_each_shell_the_script_rungefit_completion_gives(s
     monkeypatch.setattr(completions, "detect_shell", lambda: shell)
     result = runner.invoke(app, ["--show-completion"], prog_name="rungefit")
     assert result.exit_code == 0, result.output
-    assert result.stdout.rstrip("\n") == completion_script(shell).rstrip("\n")  # bash: ours, not Typer's generic one
+    assert result.stdout == completion_script(shell, COMMAND)  # bash: ours, not Typer's generic one
 
 
 def test_install_completion_in_bash_installs_rungefits_script_once_and_keeps_bashrc(tmp_path, monkeypatch):
@@ -52,9 +92,38 @@ def test_install_completion_in_bash_installs_rungefits_script_once_and_keeps_bas
         assert result.exit_code == 0, result.output
     script = tmp_path / ".bash_completions" / "rungefit.sh"
     assert f"bash completion installed in {script}" in result.stdout
-    assert script.read_text() == completion_script("bash")
+    assert script.read_text() == completion_script("bash", COMMAND)
     assert (tmp_path / ".bashrc").is_symlink()
     assert (dotfiles / "bashrc").read_text() == f"alias ll='ls -l'\nsource '{script}'\n"
+
+
+@pytest.mark.parametrize(
+    "shell, where, rc",
+    [
+        ("zsh", ".zfunc/_rungefit", ".zshrc"),
+        ("fish", ".config/fish/completions/rungefit.fish", None),
+    ],
+)
+def test_completion_install_puts_the_script_where_the_shell_finds_it(shell, where, rc, tmp_path):
+    for _ in range(2):
+        result = runner.invoke(app, ["completion", shell, "--install"], env={"HOME": str(tmp_path)})
+        assert result.exit_code == 0, result.output
+    assert f"{shell} completion installed in {tmp_path / where}" in result.stdout
+    assert (tmp_path / where).read_text() == completion_script(shell, COMMAND)
+    if rc is not None:
+        assert (tmp_path / rc).read_text() == "fpath+=~/.zfunc; autoload -Uz compinit; compinit\n"
+    assert sorted(str(path.relative_to(tmp_path)) for path in tmp_path.rglob("*") if path.is_file()) == sorted(filter(None, [where, rc]))
+
+
+@pytest.mark.parametrize("found", ["tcsh", None])
+def test_a_shell_rungefit_cannot_complete_in_is_one_line(found, tmp_path, monkeypatch):
+    monkeypatch.setattr(completions, "detect_shell", lambda: found)
+    for option in ("--install-completion", "--show-completion"):
+        result = runner.invoke(app, [option], env={"HOME": str(tmp_path)})
+        assert result.exit_code == 1, result.output
+        assert result.stderr.startswith("error: cannot complete in the shell that runs rungefit (found ") and len(result.stderr.splitlines()) == 1
+        assert "rungefit completion bash|zsh|fish" in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_without_a_shell_in_the_process_tree_the_shell_is_shells(monkeypatch):
@@ -183,6 +252,18 @@ def test_lr_find_mode_values():
     assert complete("rungefit lr-find --mode ") == ["exp", "linear"]
 
 
+def test_zsh_and_fish_are_answered_in_the_form_their_scripts_read():
+    def answer(shell: str, line: str, **env) -> str:
+        env = {"_RUNGEFIT_COMPLETE": f"complete_{shell}", "_TYPER_COMPLETE_ARGS": line, **env}
+        result = runner.invoke(app, [], env=env, prog_name="rungefit")
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    assert answer("zsh", "rungefit train --device ") == """_arguments '*: :(("auto"\n"cpu"\n"cuda"))'\n"""  # what the zsh script evals
+    assert answer("zsh", "rungefit train --layers 20:t") == r"""_arguments '*: :(("20\\:tanh"))'""" + "\n"
+    assert answer("fish", "rungefit train --layers 20:t", _TYPER_COMPLETE_FISH_ACTION="get-args") == "20:tanh\n"
+
+
 # ---------------------------------------------------------------- the bash script in bash
 
 BASH_SCRIPT = REPO / "completions" / "rungefit.bash"
@@ -246,9 +327,7 @@ def test_the_bash_script_leaves_words_alone_when_colons_do_not_split_them(shell_
 
 
 def test_the_bash_script_speaks_typers_protocol():
-    from typer._completion_shared import get_completion_script
-
-    typers = get_completion_script(prog_name="rungefit", complete_var="_RUNGEFIT_COMPLETE", shell="bash")
+    typers = typers_script("bash", COMMAND)
     for part in ('COMP_WORDS="${COMP_WORDS[*]}"', "COMP_CWORD=$COMP_CWORD", "_RUNGEFIT_COMPLETE=complete_bash $1"):
         assert part in typers
     assert "_RUNGEFIT_COMPLETE=complete_bash $1" in BASH_SCRIPT.read_text()

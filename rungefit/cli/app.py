@@ -21,13 +21,13 @@ from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
-from typer.exceptions import TyperException
 
+from rungefit.cli import completion as completions
 from rungefit.cli import study as cli_study
 from rungefit.cli import train as cli_train
 from rungefit.cli.options import SIGINT_EXIT, SIGTERM_EXIT, report
-from rungefit.errors import RungefitError, UsageError
 from rungefit.cli.phases import process_started
+from rungefit.errors import RungefitError, UsageError
 
 
 class OneLineErrors(TyperGroup):
@@ -35,11 +35,10 @@ class OneLineErrors(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         extra.setdefault("obj", {"started": time.perf_counter()})  # main() passes the process's start
-        _bash_gets_rungefits_script(self)
         try:
             with _sigterm_raises():
                 result = super().main(args=args, prog_name=prog_name or "rungefit", complete_var=complete_var, standalone_mode=False, **extra)
-        except TyperException as error:
+        except typer.TyperException as error:
             message = error.format_message() if hasattr(error, "format_message") else str(error)
             if message:  # empty when no_args_is_help has already printed the help
                 report.error(message)
@@ -73,34 +72,18 @@ class OneLineErrors(TyperGroup):
             return code
         sys.exit(code)
 
-
-def _bash_gets_rungefits_script(group) -> None:
-    """Typer's --install-completion and --show-completion would give bash Typer's generic script,
-    which completes file names after `20:`: bash gets completions.py's, other shells Typer's.
-    (Should a Typer version name these options otherwise, they stay all Typer's.)"""
-    for param in group.params:
-        if param.name in ("install_completion", "show_completion") and not getattr(param.callback, "bash_is_ours", False):
-            param.callback = _bash_is_ours(param.callback, install=param.name == "install_completion")
-
-
-def _bash_is_ours(typers_callback, install: bool):
-    def callback(ctx, param, value):
-        if not value or ctx.resilient_parsing:
-            return value
-        from rungefit.cli import completion as completions
-
-        shell = value if isinstance(value, str) else completions.detect_shell()
-        if shell != "bash":
-            return typers_callback(ctx, param, shell or value)  # the shell found here, not found again
-        if install:
-            path = completions.install_bash(Path.home())
-            print(f"bash completion installed in {path}; it takes effect in a new terminal")
-        else:
-            sys.stdout.write(completions.completion_script("bash"))
-        raise typer.Exit()
-
-    callback.bash_is_ours = True
-    return callback
+    def get_params(self, ctx):
+        """The first parameter to claim a flag has it. Typer's add_completion, which is what turns TAB
+        completion on, appends its own --install-completion and --show-completion after the root's
+        options; rungefit declares those flags itself (bash gets rungefit's script, not Typer's
+        generic one, which completes file names after `20:`), so Typer's give way."""
+        params, claimed = [], set()
+        for param in super().get_params(ctx):
+            flags = set(param.opts) | set(param.secondary_opts)
+            if not flags & claimed:
+                params.append(param)
+                claimed |= flags
+        return params
 
 
 class Terminated(BaseException):
@@ -168,9 +151,37 @@ def _show_version(value: bool) -> None:
         raise typer.Exit()
 
 
+def _shell_here() -> str:
+    """The shell that runs rungefit, if TAB completion knows it."""
+    shell = completions.detect_shell()
+    if shell not in completions.SHELLS:
+        found = f"found {shell}" if shell else "found none"
+        raise RungefitError(f"cannot complete in the shell that runs rungefit ({found}); name one: `rungefit completion bash|zsh|fish [--install]`")
+    return shell
+
+
+def _install_completion(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        _install(_shell_here(), ctx.find_root().command)
+        raise typer.Exit()
+
+
+def _show_completion(ctx: typer.Context, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        sys.stdout.write(completions.completion_script(_shell_here(), ctx.find_root().command))
+        raise typer.Exit()
+
+
+def _install(shell: str, command) -> None:
+    path = completions.install(shell, command, Path.home())
+    print(f"{shell} completion installed in {path}; it takes effect in a new terminal")
+
+
 @app.callback()
 def _root(
     version: Annotated[bool, typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit.")] = False,
+    install_completion: Annotated[bool, typer.Option("--install-completion", callback=_install_completion, is_eager=True, expose_value=False, help="Install TAB completion for the shell that runs rungefit (bash, zsh or fish).")] = False,
+    show_completion: Annotated[bool, typer.Option("--show-completion", callback=_show_completion, is_eager=True, expose_value=False, help="Print the TAB-completion script for the shell that runs rungefit, to install it by hand.")] = False,
 ) -> None:
     """Fit a 1-D function with a small network (the Runge function f(x) = 1/(1+25x²) on [-1, 1]
     unless --target or --data says otherwise), and study its gradient, its learning rate and its fit.
@@ -185,15 +196,20 @@ class Shell(str, Enum):
     fish = "fish"
 
 
-def completion(shell: Annotated[Shell, typer.Argument(help="The shell to print the completion script for.")]) -> None:
+def completion(
+    ctx: typer.Context,
+    shell: Annotated[Shell, typer.Argument(help="The shell to print (or install) the completion script for.")],
+    install: Annotated[bool, typer.Option("--install", help="Install the script where SHELL finds it instead of printing it (bash: ~/.bash_completions, sourced from ~/.bashrc; zsh: ~/.zfunc; fish: ~/.config/fish/completions).")] = False,
+) -> None:
     """Print the TAB-completion script for SHELL: commands, options, choices, activation names inside
     --layers, presets and run names. bash needs no bash-completion package for it.
 
     Example: rungefit completion bash > ~/.local/share/bash-completion/completions/rungefit
     """
-    from rungefit.cli.completion import completion_script
-
-    sys.stdout.write(completion_script(shell.value))
+    if install:
+        _install(shell.value, ctx.find_root().command)
+        return
+    sys.stdout.write(completions.completion_script(shell.value, ctx.find_root().command))
 
 
 # The commands, in the order --help lists them.

@@ -1,17 +1,30 @@
-"""Shell completion scripts for bash, zsh and fish, generated from the CLI's Typer machinery.
+"""Shell completion scripts for bash, zsh and fish, and their installation.
 
-The committed copies in completions/ are regenerated with `python -m rungefit.cli.completion` and a
-test fails when they are stale. Each script calls back into `rungefit` with _RUNGEFIT_COMPLETE
-set, so commands, options, choice values and run names always come from the installed CLI.
+Completion itself is the app's: each script calls `rungefit` back with _RUNGEFIT_COMPLETE set
+(`complete_bash`, `complete_zsh`, `complete_fish`, Typer's protocol) and the app answers with the
+candidates, so commands, options, choice values and run names always come from the installed CLI.
+This module writes the scripts, through public routes only:
 
-bash gets a script of its own (BASH_SCRIPT), speaking Typer's protocol: Typer's hands bash's
-words on as they are, and bash splits words at ':' (COMP_WORDBREAKS), so `--layers 20:t` arrived
-as `t` and completed file names.
+- zsh and fish get Typer's own scripts, as the app prints them when a shell asks for them
+  (`_RUNGEFIT_COMPLETE=source_zsh rungefit`);
+- bash gets a script of its own (BASH_SCRIPT) speaking the same protocol: Typer's hands bash's words
+  on as they are, and bash splits words at ':' (COMP_WORDBREAKS), so `--layers 20:t` arrived as `t`
+  and completed file names.
+
+What needs the CLI takes its command as an argument (`typer.main.get_command(app)`, or the running
+one, `ctx.find_root().command`): app.py imports this module, never the other way round.
+
+The committed copies in completions/ are what `rungefit completion SHELL` prints; regenerate them
+with `python -m rungefit.cli.completion completions` (which runs that command), and a test fails
+when they are stale.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +33,7 @@ from rungefit.errors import RungefitError
 PROG_NAME = "rungefit"
 COMPLETE_VAR = "_RUNGEFIT_COMPLETE"
 FILES = {"bash": "rungefit.bash", "zsh": "_rungefit", "fish": "rungefit.fish"}
+SHELLS = tuple(FILES)
 
 
 # Typer's protocol: the words so far in COMP_WORDS (joined by IFS), the index of the one being
@@ -65,20 +79,53 @@ complete -F _{prog}_completion {prog}
 """
 
 
-def completion_script(shell: str) -> str:
-    """The completion script for `shell`, as text: BASH_SCRIPT for bash, Typer's for the others."""
+def completion_script(shell: str, command) -> str:
+    """The completion script for `shell` (bash, zsh or fish), as text, for the app whose click-style
+    command is `command`: BASH_SCRIPT for bash, the app's own answer for the others."""
     if shell == "bash":
         template = BASH_SCRIPT.replace("{prog}", PROG_NAME).replace("{var}", COMPLETE_VAR)
-        return template.replace("{path_options}", "|".join(path_options()))
-    try:  # Typer has no public function for its zsh and fish scripts
-        from typer._completion_shared import get_completion_script
-    except ImportError:
-        raise RungefitError(f"this Typer version cannot write the {shell} script; use completions/ from rungefit's source") from None
-    return get_completion_script(prog_name=PROG_NAME, complete_var=COMPLETE_VAR, shell=shell).rstrip("\n") + "\n"
+        return template.replace("{path_options}", "|".join(path_options(command)))
+    if shell not in SHELLS:
+        raise RungefitError(f"rungefit completes bash, zsh and fish, not {shell}")
+    return typers_script(shell, command)
+
+
+def typers_script(shell: str, command) -> str:
+    """Typer's script for `shell`: what the app prints when a shell sources it, i.e. when it runs with
+    _RUNGEFIT_COMPLETE=source_SHELL. Asked in this process (the variable set, stdout caught), as
+    Click's documented activation `eval "$(_FOO_COMPLETE=zsh_source foo)"` asks a subprocess."""
+    printed = io.StringIO()
+    previous = os.environ.get(COMPLETE_VAR)
+    os.environ[COMPLETE_VAR] = f"source_{shell}"
+    try:
+        with contextlib.redirect_stdout(printed), contextlib.suppress(SystemExit):
+            command.main(args=[], prog_name=PROG_NAME, complete_var=COMPLETE_VAR)
+    finally:
+        if previous is None:
+            del os.environ[COMPLETE_VAR]
+        else:
+            os.environ[COMPLETE_VAR] = previous
+    script = printed.getvalue().strip()
+    if COMPLETE_VAR not in script:  # a Typer that no longer answers source_SHELL: no script, or the help
+        raise RungefitError(f"this Typer version does not print its {shell} script; use completions/ from rungefit's source")
+    return script + "\n"
+
+
+def path_options(command) -> list[str]:
+    """Every option of a subcommand of `command` whose value is a path (annotated pathlib.Path), sorted."""
+    import inspect
+    import typing
+
+    options = set()
+    for subcommand in command.commands.values():
+        hints = typing.get_type_hints(inspect.unwrap(subcommand.callback))
+        paths = {name for name, hint in hints.items() if Path in (hint, *typing.get_args(hint))}
+        options.update(opt for param in subcommand.params if param.name in paths for opt in param.opts)
+    return sorted(options)
 
 
 def detect_shell() -> str | None:
-    """The shell that runs rungefit, as Typer finds it (shellingham, a dependency of Typer's), else $SHELL's name."""
+    """The shell that runs rungefit (shellingham, a dependency of Typer's, walks the process tree), else $SHELL's name."""
     try:
         import shellingham
 
@@ -87,51 +134,51 @@ def detect_shell() -> str | None:
         return os.path.basename(os.environ.get("SHELL", "")) or None
 
 
-def install_bash(home: Path) -> Path:
-    """rungefit's bash script where Typer's --install-completion puts its own (~/.bash_completions),
-    sourced from ~/.bashrc: the script is replaced in one step, and ~/.bashrc only appended to (it
-    may be a link into someone's dotfiles)."""
+# Where each shell finds the script (under the home directory), and the rc file and line that make it
+# look there (fish looks in its completions folder by itself). The places Typer's installation used.
+INSTALLS = {
+    "bash": (".bash_completions/rungefit.sh", ".bashrc", "source '{script}'"),
+    "zsh": (".zfunc/_rungefit", ".zshrc", "fpath+=~/.zfunc; autoload -Uz compinit; compinit"),
+    "fish": (".config/fish/completions/rungefit.fish", None, None),
+}
+
+
+def install(shell: str, command, home: Path) -> Path:
+    """Install `shell`'s script under `home` (INSTALLS) and return where: the script is replaced in
+    one step, and the rc file only appended to, once (it may be a link into someone's dotfiles)."""
     from rungefit.files import atomic_write, describe
 
-    script, rc = home / ".bash_completions" / f"{PROG_NAME}.sh", home / ".bashrc"
-    line = f"source '{script}'"
+    if shell not in INSTALLS:
+        raise RungefitError(f"rungefit completes bash, zsh and fish, not {shell}; print a script with `rungefit completion bash|zsh|fish`")
+    where, rc_name, rc_line = INSTALLS[shell]
+    script = home / where
     try:
+        text = completion_script(shell, command)
         script.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(script, completion_script("bash").encode())
-        text = rc.read_text() if rc.is_file() else ""
-        if line not in text.splitlines():
-            with open(rc, "a") as handle:
-                handle.write(("\n" if text and not text.endswith("\n") else "") + line + "\n")
+        atomic_write(script, text.encode())
+        if rc_name is not None:
+            rc, line = home / rc_name, rc_line.format(script=script)
+            old = rc.read_text() if rc.is_file() else ""
+            if line not in old.splitlines():
+                with open(rc, "a") as handle:
+                    handle.write(("\n" if old and not old.endswith("\n") else "") + line + "\n")
     except (OSError, UnicodeDecodeError) as error:
         detail = describe(error) if isinstance(error, OSError) else "it is not UTF-8 text"
-        raise RungefitError(f"cannot install bash completion ({detail}); print the script with `rungefit completion bash` and install it by hand") from None
+        raise RungefitError(f"cannot install {shell} completion ({detail}); print the script with `rungefit completion {shell}` and install it by hand") from None
     return script
 
 
-def path_options() -> list[str]:
-    """Every option of a command whose value is a path (annotated pathlib.Path), sorted."""
-    import inspect
-    import typing
-
-    from typer.main import get_command
-
-    from rungefit.cli.app import app
-
-    options = set()
-    for command in get_command(app).commands.values():
-        hints = typing.get_type_hints(inspect.unwrap(command.callback))
-        paths = {name for name, hint in hints.items() if Path in (hint, *typing.get_args(hint))}
-        options.update(opt for param in command.params if param.name in paths for opt in param.opts)
-    return sorted(options)
-
-
 def write_all(directory: Path) -> list[Path]:
-    """(Re)write every shell's script into directory."""
+    """(Re)write every shell's script into directory: what `rungefit completion SHELL` prints, run
+    from this checkout."""
+    checkout = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [checkout, os.environ.get("PYTHONPATH")]))}
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for shell, name in FILES.items():
+        printed = subprocess.run([sys.executable, "-m", PROG_NAME, "completion", shell], env=env, capture_output=True, text=True, check=True)
         path = directory / name
-        path.write_text(completion_script(shell))
+        path.write_text(printed.stdout)
         written.append(path)
     return written
 
