@@ -6,6 +6,7 @@ names each bad setting by the CLI option that sets it.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -180,7 +181,7 @@ class TrainConfig:
     def validate(self) -> None:
         """UsageError naming the first setting that cannot work (by its CLI option). The target
         settings are checked where they are resolved (targets.resolve)."""
-        parse_layers(self.layers)
+        self.hidden_layers  # noqa: B018 — parsed here, so a bad spec is the first error
         require([
             (2 <= self.points <= MAX_POINTS, f"--points must be between 2 and {MAX_POINTS}, got {self.points}"),
             (0 < self.val_fraction < 1, f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}"),
@@ -207,6 +208,11 @@ class TrainConfig:
                 "optimizer steps; use fewer --epochs or a larger --batch-size",
             )
         ])
+
+    @functools.cached_property
+    def hidden_layers(self) -> tuple[Layer, ...]:
+        """The --layers spec parsed, once per config (a UsageError if it is not one)."""
+        return parse_layers(self.layers)
 
     @property
     def n_train(self) -> int:

@@ -215,7 +215,7 @@ def test_ctrl_c_during_the_polish_saves_the_run_unpolished_and_says_so(tmp_path,
         return progress, on_epoch_then_press, on_polish
 
     real_progress = cli.report.training_progress
-    monkeypatch.setattr(cli_train, "_ctrl_c_stops_training", ctrl_c_once_the_epochs_are_done)
+    monkeypatch.setattr(cli_train, "ctrl_c_stops_training", ctrl_c_once_the_epochs_are_done)
     monkeypatch.setattr(cli.report, "training_progress", pressing_after_the_last_epoch)
     runs_dir = tmp_path / "runs"
     stopped = runner.invoke(app, [*train, "--runs-dir", str(runs_dir), "--name", "x"])

@@ -22,7 +22,7 @@ from rungefit.runs import commit as runsave
 from rungefit.cli.app import app
 from rungefit.config import TrainConfig
 from rungefit.training.metrics import best_member
-from rungefit.runs.format import CHECKPOINT_FORMAT
+from rungefit.runs.format import MODEL_FILE, VERSIONS
 from rungefit.runs.read import FILE_LIMITS
 from rungefit.training.train import fit
 
@@ -91,7 +91,7 @@ def test_wrong_architecture(run_copy):
 
 def test_newer_format_is_refused_with_advice(run_copy):
     runs_dir, run_dir = run_copy
-    rewrite_checkpoint(run_dir, lambda c: c.update(format=CHECKPOINT_FORMAT + 1))
+    rewrite_checkpoint(run_dir, lambda c: c.update(format=VERSIONS[MODEL_FILE] + 1))
     with pytest.raises(runs.RunError, match="upgrade rungefit"):
         runs.load_run(runs_dir, "r")
 
@@ -193,8 +193,8 @@ def with_tensor(path, make):
 
 
 CHECKPOINT_DAMAGE = {
-    "format a string": (lambda c: c.update(format="1"), "'format' must be 1"),
-    "format true": (lambda c: c.update(format=True), "'format' must be 1"),
+    "format a string": (lambda c: c.update(format="1"), "format must be a whole number"),
+    "format true": (lambda c: c.update(format=True), "format must be a whole number"),
     "layers a number": (lambda c: c.update(layers=5), "'layers' must be a string"),
     "other layers": (lambda c: c.update(layers="5:tanh"), "'layers' must be config.json's layers"),
     "members -1": (lambda c: c.update(members=-1), "'members' must be 2"),

@@ -22,6 +22,7 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from rungefit._version import __version__
 from rungefit.cli import completion as completions
 from rungefit.cli import study as cli_study
 from rungefit.cli import train as cli_train
@@ -145,8 +146,6 @@ app = typer.Typer(
 
 def _show_version(value: bool) -> None:
     if value:
-        from rungefit._version import __version__
-
         print(f"rungefit {__version__}")
         raise typer.Exit()
 

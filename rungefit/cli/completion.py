@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from rungefit.errors import RungefitError
+from rungefit.files import atomic_write, describe
 
 PROG_NAME = "rungefit"
 COMPLETE_VAR = "_RUNGEFIT_COMPLETE"
@@ -146,8 +147,6 @@ INSTALLS = {
 def install(shell: str, command, home: Path) -> Path:
     """Install `shell`'s script under `home` (INSTALLS) and return where: the script is replaced in
     one step, and the rc file only appended to, once (it may be a link into someone's dotfiles)."""
-    from rungefit.files import atomic_write, describe
-
     if shell not in INSTALLS:
         raise RungefitError(f"rungefit completes bash, zsh and fish, not {shell}; print a script with `rungefit completion bash|zsh|fish`")
     where, rc_name, rc_line = INSTALLS[shell]

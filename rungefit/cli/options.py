@@ -33,6 +33,8 @@ from rungefit.config import (
     ascii_int,
 )
 from rungefit.errors import UsageError
+from rungefit.files import describe
+from rungefit.runs import LATEST, RunStore
 
 # The exit codes of a run stopped by a signal, as a shell reports them.
 SIGINT_EXIT, SIGTERM_EXIT = 128 + signal.SIGINT, 128 + signal.SIGTERM
@@ -87,8 +89,6 @@ def complete_layers(incomplete: str) -> list[str]:
 
 def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
     """The runs in --runs-dir, and `latest` while it names one of them."""
-    from rungefit.runs import LATEST, RunStore
-
     store = RunStore(ctx.params.get("runs_dir") or "runs")
     names = store.names() + ([LATEST] if store.latest() else [])
     return [name for name in names if name.startswith(incomplete)]
@@ -96,8 +96,6 @@ def complete_run_name(ctx: typer.Context, incomplete: str) -> list[str]:
 
 def complete_interrupted_run(ctx: typer.Context, incomplete: str) -> list[str]:
     """--resume offers the runs that can be resumed: the interrupted ones."""
-    from rungefit.runs import RunStore
-
     return [name for name in RunStore(ctx.params.get("runs_dir") or "runs").interrupted() if name.startswith(incomplete)]
 
 
@@ -206,8 +204,6 @@ def was_given(ctx: typer.Context, name: str) -> bool:
 def open_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
     """The run and the member to study (--member, else the best by validation MSE), and the words
     that name them."""
-    from rungefit.runs import RunStore  # torch: not on the way of --help
-
     loaded = RunStore(runs_dir).open(run)
     note_latest(loaded)
     _warn_if_unfinished(loaded)
@@ -242,8 +238,6 @@ def _warn_if_unfinished(loaded) -> None:
 
 def write_figure(run, file_name: str, png: bytes) -> None:
     """Write a figure into the run's directory; a failure is a warning, the results stand."""
-    from rungefit.files import describe
-
     try:
         path = run.write_derived(file_name, png)
     except OSError as error:

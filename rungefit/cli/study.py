@@ -57,6 +57,7 @@ def grad(
 
     Example: rungefit grad --x 0.3 --explain
     """
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit import targets
     from rungefit.cli import figures as plots
     from rungefit.config import DEFAULT_LAYERS, format_layers
@@ -113,6 +114,7 @@ def eval_run(
 
     Example: rungefit eval --baselines --x 0.95
     """
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.cli import figures as plots
     from rungefit.runs import EVAL_FIGURE
     from rungefit.study import evaluate as core
@@ -157,6 +159,7 @@ def export(
 
     Example: rungefit export --format onnx --out runge.onnx
     """
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.runs import EXPORT_PREFIX
     from rungefit.study import export as core
 
@@ -202,6 +205,7 @@ def predict(
 
     Example: rungefit predict xs.csv --grad
     """
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.study import predict as core
 
     loaded, member, _ = open_member(runs_dir, run, member)

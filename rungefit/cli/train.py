@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import signal
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,8 +11,6 @@ import typer
 
 from rungefit.cli.options import (
     DEFAULTS,
-    SIGINT_EXIT,
-    SIGTERM_EXIT,
     SWEEP,
     VERIFY,
     DataOption,
@@ -37,6 +34,7 @@ from rungefit.cli.options import (
     was_given,
 )
 from rungefit.cli.phases import Phases
+from rungefit.cli.stopping import StopRequest, ctrl_c_stops_training
 from rungefit.config import (
     EXPORT_FORMATS,
     MAX_EPOCHS,
@@ -90,6 +88,7 @@ def train(
 
     Example: rungefit train --seed 1 --name first
     """
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit import targets
     from rungefit.runs import RunStore
     from rungefit.training import train as core
@@ -129,6 +128,7 @@ def train(
 def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[str], data: Optional[str], test_fraction: float):
     """targets.Settings of --target, --domain, --data and --test-fraction (with data, the points
     too); targets.resolve checks the target itself."""
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit import targets
 
     if data is None and was_given(ctx, "test_fraction"):
@@ -151,6 +151,7 @@ def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
 
 def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phases: Phases) -> None:
     """Continue an interrupted run in place from its last completed epoch."""
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from dataclasses import replace
 
     from rungefit.runs import RunStore
@@ -190,11 +191,12 @@ def _train_and_report(config, target, save, summary_extra: dict, quiet: bool, js
     """fit with Ctrl-C and SIGTERM handling, save(result) → the run directory, render; an
     interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM), a complete one whose members all learned
     nothing 1."""
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.training import train as core
 
     progress, on_epoch, on_polish = report.training_progress(config.epochs, quiet or json_output)
     phases.end("start_up")
-    with _ctrl_c_stops_training() as stop_requested:
+    with ctrl_c_stops_training() as stop_requested:
         try:
             with progress:
                 result = core.fit(config, target, on_epoch=on_epoch, should_stop=stop_requested, resume=resume, on_polish=on_polish)
@@ -226,6 +228,7 @@ def _train_and_report(config, target, save, summary_extra: dict, quiet: bool, js
 def _judge_fit(summary: dict) -> None:
     """Members that learned nothing: a warning naming them; when none learned, the same as the
     error line of a failed run, exit 1 (the run is saved and shown all the same)."""
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.training.metrics import FIT_NONE, FIT_OK, TRAINED_BELOW
 
     if summary["fit"] == FIT_OK:
@@ -250,47 +253,6 @@ def _nothing_new_to_save(resume, epochs: int, stop: StopRequest) -> None:
     raise typer.Exit(stop.exit_code)
 
 
-class StopRequest:
-    """Set by Ctrl-C (SIGINT) or SIGTERM while training; fit asks it after every step. The first
-    signal decides the exit code (130 or 143) and the word for it."""
-
-    def __init__(self):
-        self.signal: int | None = None
-
-    def __call__(self) -> bool:
-        return self.signal is not None
-
-    def set(self, signum: int, frame=None) -> None:
-        if self.signal is None:
-            self.signal = signum
-
-    @property
-    def exit_code(self) -> int:
-        return SIGTERM_EXIT if self.signal == signal.SIGTERM else SIGINT_EXIT
-
-    @property
-    def cause(self) -> str:
-        return "terminated (SIGTERM)" if self.signal == signal.SIGTERM else "interrupted"
-
-
-@contextmanager
-def _ctrl_c_stops_training():
-    """While training and saving, Ctrl-C (SIGINT) and SIGTERM set a StopRequest instead of raising
-    wherever Python happens to be; fit reads it after each optimizer step and stops cleanly.
-
-    Yields the request. Further signals are absorbed until the run is saved, because the save
-    takes a moment and aborting it would lose the epochs the first signal meant to keep. The
-    previous handlers come back afterwards.
-    """
-    request = StopRequest()
-    previous = {signum: signal.signal(signum, request.set) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield request
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-
-
 def warn_if_full_batch(config) -> None:
     """--batch-size above the training set is allowed: every step then uses the whole set."""
     if config.batch_size > config.n_train:
@@ -302,6 +264,7 @@ def warn_if_full_batch(config) -> None:
 
 def _run_extras(result, summary_extra: dict, phases: Phases) -> tuple[dict[str, bytes], dict]:
     """What `train` saves beside the result: its figures, and the summary's extra entries."""
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.cli import figures as plots
     from rungefit.study.evaluate import fit_curves
 
@@ -356,6 +319,7 @@ def lr_find_command(
 
     Example: rungefit lr-find --seeds 3 --verify
     """
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit import targets
     from rungefit.files import ensure_writable_dir
     from rungefit.runs import RunStore
@@ -392,6 +356,7 @@ def lr_find_command(
 
 def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path]) -> Path:
     """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>."""
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.cli import figures as plots
     from rungefit.files import ensure_writable_dir, json_bytes, write_files
 
@@ -414,6 +379,7 @@ def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path]) -> Path:
 
 def _auto_lr(config, target, quiet: bool):
     """--lr auto: the config with the chosen rate, and the summary entries that say how it was chosen."""
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from dataclasses import replace
 
     from rungefit.training.lr_find import choose_lr

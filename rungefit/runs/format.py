@@ -1,23 +1,68 @@
-"""What each file of a run holds: the bytes a save writes (run_files), and the schema checks that
-what a load reads back must pass (config.json, model.pt, summary.json), side by side so that a
-change of format is made, written and checked in one place.
+"""What each file of a run holds: the bytes a save writes (run_files), the schema checks that
+what a load reads back must pass (config.json, model.pt, summary.json), and the upgrade chain that
+brings a file of an older format up to today's, side by side so that a change of format is made,
+written, checked and upgraded in one place.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Callable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from rungefit._version import __version__
+from rungefit.config import (
+    DTYPE_NAMES,
+    MAX_FORMULA_CHARS,
+    MAX_MEMBERS,
+    MAX_SEED,
+    MAX_STEPS,
+    POLISHES,
+    SCHEDULES,
+    TrainConfig,
+    layer_shapes,
+    parameter_count,
+    parse_layers,
+)
 from rungefit.errors import UsageError
-from rungefit.files import json_bytes
+from rungefit.files import json_bytes, read_bounded
 from rungefit.runs import schema as schema
-from rungefit.runs.layout import CONFIG_FILE, MODEL_FILE, RETRAIN, SUMMARY_FILE, RunError, damaged
+from rungefit.runs.layout import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, RETRAIN, SUMMARY_FILE, RunError, damaged
+from rungefit.runs.read import DAMAGED_ADVICE, FILE_LIMITS
+from rungefit.runs.schema import array, equal_to, figure, integer, json_value, number, optional, record, tensor, text
 
-CHECKPOINT_FORMAT = 1
 STATUSES = ("complete", "interrupted", "diverged")
+
+# ---------------------------------------------------------------- versions
+
+# The format each file is written in, in its "format" field. A file without one is format 1: the
+# first, from before config.json and summary.json carried a version (model.pt always did). An
+# older file is brought up to date as it is read by UPGRADES[file][v], one function per step from
+# format v to v + 1 (as llm's MIGRATIONS), given the document and the run directory. A new format
+# raises its number here, adds one step, and commits a fixture run of the old format under
+# tests/fixtures/, which every later rungefit must load, evaluate and resume.
+FORMAT_KEY = "format"
+VERSIONS = {CONFIG_FILE: 1, MODEL_FILE: 1, SUMMARY_FILE: 1}
+UPGRADES: dict[str, dict[int, Callable[[dict, Path], dict]]] = {CONFIG_FILE: {}, MODEL_FILE: {}, SUMMARY_FILE: {}}
+
+
+def upgraded(document: Any, file: Path) -> Any:
+    """The document of `file` (a run's config.json, model.pt or summary.json) in today's format:
+    older formats upgraded step by step; RunError for a format newer than this rungefit reads, or
+    one that is not a format number. Anything but an object is left to the schema check."""
+    if not isinstance(document, dict):
+        return document
+    version, current = document.get(FORMAT_KEY, 1), VERSIONS[file.name]
+    if not schema.exact_int(version) or version < 1:
+        raise damaged(file, f"its format must be a whole number from 1, got {schema.shown(version)}")
+    if version > current:
+        raise RunError(f"{file} has format {version}, and this rungefit reads formats up to {current}; upgrade rungefit to read it")
+    for step in range(version, current):
+        document = UPGRADES[file.name][step](document, file.parent)
+    return {**document, FORMAT_KEY: current}
 
 
 # ---------------------------------------------------------------- writing
@@ -31,7 +76,7 @@ def checkpoint_bytes(result) -> bytes:
 
     curves = {name: torch.tensor(values, dtype=torch.float64).reshape(len(values), result.model.members) for name, values in asdict(result.history).items()}
     state = {
-        "format": CHECKPOINT_FORMAT,
+        FORMAT_KEY: VERSIONS[MODEL_FILE],
         "layers": result.config.layers,
         "members": result.model.members,
         "dtype": result.config.dtype,
@@ -57,19 +102,37 @@ def history_csv(history, seeds) -> bytes:
     return out.getvalue().encode()
 
 
+def history_from_csv(path: Path, members: int) -> dict:
+    """The curves of history.csv as model.pt holds them, float64 tensors [epochs, members]; a
+    damaged-run RunError when the file is missing or is not one row per epoch and member."""
+    import torch
+
+
+    names = ("train_mse", "val_mse", "lr")
+    try:
+        rows = list(csv.DictReader(io.StringIO(read_bounded(path, FILE_LIMITS[HISTORY_FILE], DAMAGED_ADVICE).decode("utf-8"))))
+        epochs = len(rows) // members
+        if len(rows) != epochs * members or any(int(row["epoch"]) != 1 + i // members or int(row["member"]) != i % members for i, row in enumerate(rows)):
+            raise ValueError("not one row per epoch and member, in order")
+        return {name: torch.tensor([float(row[name]) for row in rows], dtype=torch.float64).reshape(epochs, members) for name in names}
+    except FileNotFoundError:
+        raise damaged(path.parent / MODEL_FILE, f"it holds no history, and {path.name} is missing") from None
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
+        raise damaged(path, f"not the history rungefit wrote ({error})") from None
+
+
 def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[str, bytes]) -> dict[str, bytes]:
     """Everything a run directory holds, as bytes keyed by file name."""
     import torch
 
-    from rungefit._version import __version__
-    from rungefit.targets import DATA_FILE
+    from rungefit.targets import DATA_FILE  # NumPy: runs/ is listed for TAB completion without it
 
-    config = {**asdict(result.config), **config_extra, "rungefit_version": __version__, "torch_version": torch.__version__}
+    config = {FORMAT_KEY: VERSIONS[CONFIG_FILE], **asdict(result.config), **config_extra, "rungefit_version": __version__, "torch_version": torch.__version__}
     return {
         CONFIG_FILE: json_bytes(config),
         MODEL_FILE: checkpoint_bytes(result),
-        "history.csv": history_csv(result.history, result.config.seeds),
-        SUMMARY_FILE: json_bytes({**result.summary(), **summary_extra}),
+        HISTORY_FILE: history_csv(result.history, result.config.seeds),
+        SUMMARY_FILE: json_bytes({FORMAT_KEY: VERSIONS[SUMMARY_FILE], **result.summary(), **summary_extra}),
         # A data run keeps its points, so that it survives the file moving.
         **({DATA_FILE: result.target.points.raw} if result.config.data else {}),
         **pictures,
@@ -91,9 +154,7 @@ def check_config(document: Any, file: Path):
     TrainConfig.validate, the one place that knows them, and the target by targets.resolve (a
     formula parsed by the same whitelist as one typed, a data run's points from its own copy).
     Missing fields take their defaults (older runs lack newer ones)."""
-    from rungefit.config import DTYPE_NAMES, MAX_FORMULA_CHARS, MAX_MEMBERS, MAX_SEED, POLISHES, SCHEDULES, TrainConfig
-    from rungefit.runs.schema import array, integer, number, optional, record, text
-    from rungefit.targets import DATA_FILE, read_points, resolve
+    from rungefit.targets import DATA_FILE, read_points, resolve  # NumPy, as in run_files
 
     fields = {
         "layers": optional(text(max_length=10_000)),
@@ -119,7 +180,7 @@ def check_config(document: Any, file: Path):
         "data_sha256": optional(text(max_length=64)),
         "test_fraction": optional(number()),
     }
-    checked = _validated(document, record(fields), file)
+    checked = _validated(upgraded(document, file), record(fields), file)
     config = TrainConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in checked.items() if key in fields})
     try:
         config.validate()
@@ -135,17 +196,16 @@ def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
     """model.pt's contents against config.json: format, architecture, finite weights, shapes."""
     import torch
 
-    from rungefit.config import MAX_STEPS, layer_shapes, parameter_count, parse_layers
+    # torch: runs/ is listed for TAB completion without it
     from rungefit.net.model import DTYPES
-    from rungefit.runs.schema import equal_to, integer, record, tensor, text
     from rungefit.training.train import History
 
-    if not isinstance(checkpoint, dict) or "format" not in checkpoint:
+    if not isinstance(checkpoint, dict) or FORMAT_KEY not in checkpoint:
         raise RunError(f"{file} is not a rungefit checkpoint; {RETRAIN}")
-    found = checkpoint["format"]
-    if schema.exact_int(found) and found > CHECKPOINT_FORMAT:
-        raise RunError(f"{file} has checkpoint format {found}, this rungefit reads format {CHECKPOINT_FORMAT}; upgrade rungefit")
-    layers, members, dtype = parse_layers(config.layers), len(config.seeds), DTYPES[config.dtype]
+    checkpoint = upgraded(checkpoint, file)
+    if "history" not in checkpoint:  # format 1 as written before it held the curves: history.csv has them
+        checkpoint = {**checkpoint, "history": history_from_csv(file.parent / HISTORY_FILE, len(config.seeds))}
+    layers, members, dtype = config.hidden_layers, len(config.seeds), DTYPES[config.dtype]
 
     def same_layers(value: Any, where: str) -> str:
         try:
@@ -162,7 +222,7 @@ def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
         weights[f"layers.{index}.bias"] = tensor(dtype, (members, fan_out), finite=True)
     moments = tensor(dtype, (members, parameter_count(layers)), finite=True)
     checked = _validated(checkpoint, record({
-        "format": equal_to(CHECKPOINT_FORMAT, "the format this rungefit reads"),
+        FORMAT_KEY: equal_to(VERSIONS[MODEL_FILE], "the format this rungefit reads"),
         "layers": same_layers,
         "members": equal_to(members, "config.json's number of seeds"),
         "dtype": equal_to(config.dtype, "config.json's dtype"),
@@ -179,8 +239,6 @@ def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
 
 def check_summary(document: Any, config, checkpoint: dict, run_dir: Path) -> dict:
     """summary.json, which must describe the state model.pt holds."""
-    from rungefit.config import MAX_SEED
-    from rungefit.runs.schema import array, figure, integer, json_value, number, optional, record, text
 
     file = run_dir / SUMMARY_FILE
     member = record({
@@ -188,7 +246,7 @@ def check_summary(document: Any, config, checkpoint: dict, run_dir: Path) -> dic
         "lr": number(positive=True),
         **dict.fromkeys(("train_mse", "val_mse", "test_mse", "test_max_abs_error"), figure()),
     })
-    summary = _validated(document, record({
+    summary = _validated(upgraded(document, file), record({
         "status": text(choices=STATUSES),
         "members": array(member, length=len(config.seeds)),
         "epochs": optional(integer(0)),

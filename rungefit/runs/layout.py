@@ -19,6 +19,7 @@ RESERVED_NAMES = (LATEST, LR_FIND_DIR)
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
+HISTORY_FILE = "history.csv"
 MAX_NAME_LENGTH = 100
 NAME_CHARACTERS = frozenset(string.ascii_letters + string.digits + "._-")
 RETRAIN = "retrain with `rungefit train`"
@@ -38,7 +39,7 @@ def made_from_the_network(run_dir: Path, formats: tuple[str, ...]) -> list[str]:
 
 
 # A run's own files: what a save writes and a load checks. Nothing made from a run may take their names.
-RUN_FILES = (CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, "history.csv", "data.csv")
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, HISTORY_FILE, "data.csv")
 
 
 def check_derived_name(file_name: str) -> None:

@@ -18,6 +18,7 @@ from rungefit.errors import RunError
 from rungefit.files import open_regular, read_bounded, read_open
 from rungefit.runs.layout import (
     CONFIG_FILE,
+    HISTORY_FILE,
     LATEST,
     MODEL_FILE,
     RETRAIN,
@@ -30,7 +31,7 @@ from rungefit.runs.layout import (
 DAMAGED_ADVICE = f"the run is damaged: {RETRAIN}"
 # The most bytes each file may hold: far above what any run writes (a checkpoint of the largest
 # stack is a few GB), and a bound on what a damaged or hostile file can make rungefit read.
-FILE_LIMITS = {LATEST: 1024, CONFIG_FILE: 16 << 20, SUMMARY_FILE: 256 << 20, MODEL_FILE: 64 << 30}
+FILE_LIMITS = {LATEST: 1024, CONFIG_FILE: 16 << 20, SUMMARY_FILE: 256 << 20, HISTORY_FILE: 1 << 30, MODEL_FILE: 64 << 30}
 
 
 @contextmanager

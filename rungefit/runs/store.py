@@ -72,7 +72,7 @@ class Run:
     def history(self) -> dict:
         """train_mse, val_mse and lr of every epoch and member, float64 NumPy arrays [epochs, K]
         (checked when the run was loaded)."""
-        from rungefit.training.train import History
+        from rungefit.training.train import History  # torch: listing runs for TAB completion needs none
 
         return {field.name: self.checkpoint["history"][field.name].numpy() for field in fields(History)}
 
@@ -80,7 +80,7 @@ class Run:
         """`member` checked against the run, or, for None, the member with the best validation MSE.
 
         `option` names the value in the error message (the CLI's "--member")."""
-        from rungefit.training.metrics import best_member
+        from rungefit.training.metrics import best_member  # torch, as above
 
         if member is None:
             return best_member(self.summary)
@@ -92,7 +92,7 @@ class Run:
     def network(self, member: int | None = None):
         """The member (default: the best by validation MSE) as a torch.nn.Sequential in the run's
         dtype, on the CPU, in eval mode and without gradients for its parameters."""
-        from rungefit.net.model import to_sequential
+        from rungefit.net.model import to_sequential  # torch, as above
 
         return to_sequential(self.model, self.member(member))
 
@@ -243,17 +243,16 @@ def _load(runs_dir: Path, name: str | None, option: str, own: bool) -> Run:
 
 
 def _model(checkpoint: dict, config):
-    from rungefit.config import parse_layers
-    from rungefit.net.model import DTYPES, StackedMLP
+    from rungefit.net.model import DTYPES, StackedMLP  # torch, as above
 
-    model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=DTYPES[config.dtype])
+    model = StackedMLP(config.hidden_layers, len(config.seeds), dtype=DTYPES[config.dtype])
     model.load_state_dict(checkpoint["state_dict"])
     return model
 
 
 def resume_state(loaded: Run):
     """The TrainState an interrupted run stopped at; RunError for a run that cannot be resumed."""
-    from rungefit.training.train import History, TrainState
+    from rungefit.training.train import History, TrainState  # torch, as above
 
     checkpoint, name = loaded.checkpoint, loaded.path.name
     status = checkpoint["status"]

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from rungefit._version import __version__
 from rungefit.config import format_layers
 from rungefit.errors import RungefitError
 from rungefit.files import atomic_write
@@ -32,8 +33,6 @@ EXAMPLE_BATCH = 8
 
 def metadata(network: torch.nn.Sequential, target: str, domain: tuple[float, float], run: str, member: int) -> dict[str, str]:
     """What every exported file records beside the weights, as strings (safetensors' metadata type)."""
-    from rungefit._version import __version__
-
     layers = sequential_layers(network)
     return {
         "format": "rungefit-member",

@@ -86,6 +86,7 @@ class FunctionTarget:
         """`points` uniform points of the domain per seed, the last val_fraction of them held out.
 
         The points are i.i.d., so holding out the last ones is a uniformly random split."""
+        # torch (for rng) only when points are drawn: a target is checked without it
         import torch
 
         from rungefit import rng
@@ -260,6 +261,7 @@ def _orders(seeds, stream: str, n: int) -> np.ndarray:
     """[K, n] permutations of range(n), row k a function of seeds[k] and the rng stream of that
     name alone: the argsort of hashed uniforms, the same on every device and with every torch
     version (torch.randperm's need not be)."""
+    # torch (for rng) only when points are drawn: a target is checked without it
     import torch
 
     from rungefit import rng

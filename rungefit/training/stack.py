@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rungefit import rng
-from rungefit.config import MIN_MEMBERS_PER_WORKER, TrainConfig, parse_layers
+from rungefit.config import MIN_MEMBERS_PER_WORKER, TrainConfig
 from rungefit.net.model import DTYPES, StackedMLP
 from rungefit.net.optim import StackedAdam, lr_factors
 from rungefit.targets import DataSplit, Target
@@ -49,7 +49,7 @@ def new_stack(config: TrainConfig, target: Target, lrs: Sequence[float] | None =
     dtype, device = DTYPES[config.dtype], config.device
     seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
     data = target.split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)
-    model = StackedMLP(parse_layers(config.layers), len(config.seeds), dtype=dtype, device=device)
+    model = StackedMLP(config.hidden_layers, len(config.seeds), dtype=dtype, device=device)
     model.initialise(seeds)
     optimizer = StackedAdam(model, [config.lr] * len(config.seeds) if lrs is None else lrs, config.betas, config.eps)
     return model, optimizer, data, seeds

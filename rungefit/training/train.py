@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from rungefit import targets
-from rungefit.config import DEVICES, TrainConfig, parameter_count, parse_layers, require
+from rungefit.config import DEVICES, TrainConfig, parameter_count, require
 from rungefit.errors import RungefitError, UsageError
 from rungefit.net.model import StackedMLP
 from rungefit.net.optim import StackedAdam
@@ -81,7 +81,7 @@ class TrainState:
 
     def check(self, config: TrainConfig) -> None:
         """Raise ValueError unless this state can continue a run of config."""
-        members, size = len(config.seeds), parameter_count(parse_layers(config.layers))
+        members, size = len(config.seeds), parameter_count(config.hidden_layers)
         moments = [self.optimizer_state["exp_avg"], self.optimizer_state["exp_avg_sq"]]
         require([
             # All epochs done is a run stopped during its polish, which the resume runs again.
@@ -264,7 +264,7 @@ def intra_op_threads(config: TrainConfig) -> Iterator[None]:
     (docs/speed.md).
     """
     previous = torch.get_num_threads()
-    hidden_units = sum(layer.width for layer in parse_layers(config.layers))
+    hidden_units = sum(layer.width for layer in config.hidden_layers)
     if config.device == "cpu" and len(config.seeds) * config.batch_size * hidden_units < PARALLEL_MIN_ACTIVATIONS:
         torch.set_num_threads(1)
     try:
