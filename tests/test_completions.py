@@ -21,7 +21,7 @@ from rungefit.cli import completion as completions
 from rungefit.cli.app import app
 from rungefit.cli.completion import FILES, completion_script
 
-from .conftest import REPO, heavy_imports_after, runner
+from .helpers import REPO, heavy_imports_after, runner
 
 
 @pytest.mark.parametrize("shell", sorted(FILES))

@@ -21,7 +21,7 @@ from rungefit.cli.app import app
 from rungefit.config import TrainConfig
 from rungefit.training.train import fit
 
-from .conftest import (
+from .helpers import (
     ENDLESS_TRAIN,
     QUICK_TRAIN,
     RUN_FILES,

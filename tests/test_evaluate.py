@@ -13,7 +13,7 @@ from rungefit.net.model import StackedMLP
 from rungefit.targets.target import target_of
 from rungefit.training.train import fit
 
-from .conftest import runge, save_run, stacked
+from .helpers import runge, save_run, stacked
 
 RUNGE = target_of(TrainConfig())
 

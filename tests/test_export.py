@@ -21,7 +21,7 @@ from rungefit.cli.app import app
 from rungefit.study.evaluate import member_prediction
 from rungefit.targets.target import target_of
 
-from .conftest import SPECS, runge, runner
+from .helpers import SPECS, runge, runner
 
 DEFAULT = SPECS[0]
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}

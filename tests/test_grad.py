@@ -14,7 +14,7 @@ from rungefit.net.model import ACTIVATIONS, StackedMLP
 from rungefit.targets.target import target_of
 from rungefit.training.train import fit
 
-from .conftest import runge_prime, stacked
+from .helpers import runge_prime, stacked
 
 RUNGE = target_of(TrainConfig())
 

@@ -21,7 +21,7 @@ from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.targets.target import DataSplit
 from rungefit.training.train import fit
 
-from .conftest import LEARNS, runner
+from .helpers import LEARNS, runner
 
 # 70 training points in batches of 10: seven steps an epoch, so the sweep crosses epochs.
 SMALL = TrainConfig(points=100, batch_size=10, seeds=(0, 1))

@@ -15,7 +15,7 @@ from rungefit.training.polish import PolishProgress, levenberg_marquardt
 from rungefit.targets.target import target_of
 from rungefit.training.train import fit
 
-from .conftest import runge
+from .helpers import runge
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -19,7 +19,7 @@ from rungefit.cli.app import app
 from rungefit.errors import UsageError
 from rungefit.study.evaluate import member_prediction
 
-from .conftest import REPO, runner
+from .helpers import REPO, runner
 
 
 def predict(runs_dir, *options, input=None):

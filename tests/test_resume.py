@@ -22,7 +22,7 @@ from rungefit.cli.app import app
 from rungefit.config import TrainConfig
 from rungefit.training.train import fit
 
-from .conftest import (
+from .helpers import (
     ENDLESS_TRAIN,
     LEARNS,
     WORKERS_GONE_WITHIN_S,

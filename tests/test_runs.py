@@ -16,7 +16,7 @@ from rungefit.study.evaluate import grid_errors
 from rungefit.targets.target import target_of
 from rungefit.training.train import fit
 
-from .conftest import save_run, stop_after
+from .helpers import save_run, stop_after
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from rungefit.runs.format import CHECKPOINT_FORMAT
 from rungefit.runs.read import FILE_LIMITS
 from rungefit.training.train import fit
 
-from .conftest import runner, stop_after
+from .helpers import runner, stop_after
 
 
 @pytest.fixture()

@@ -14,7 +14,7 @@ from rungefit.net.kernels import _Backprop
 from rungefit.net.model import ACTIVATIONS
 from rungefit.training.train import fit
 
-from .conftest import runge, stacked
+from .helpers import runge, stacked
 
 F64 = torch.float64
 # A width-1 hidden layer takes the hand-written pass's broadcast path, as the output layer does.

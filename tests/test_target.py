@@ -21,7 +21,7 @@ from rungefit.errors import UsageError
 from rungefit.targets.formula import parse_formula
 from rungefit.targets.target import function_target, target_of
 
-from .conftest import DATA, runge, runge_prime
+from .helpers import DATA, runge, runge_prime
 
 DEFAULT = target_of(TrainConfig())
 

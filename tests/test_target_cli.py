@@ -18,7 +18,7 @@ from rungefit.targets.formula import Formula
 from rungefit.targets.target import target_of
 from rungefit.training.train import fit
 
-from .conftest import DATA, heavy_imports_after, runge, runner, save_run, stop_after
+from .helpers import DATA, heavy_imports_after, runge, runner, save_run, stop_after
 
 # A float64 run that gets past the mean predictor's plateau in a fraction of a second.
 PINNED = ["--points", "300", "--epochs", "40", "--batch-size", "10", "--dtype", "float64", "--quiet", "--json"]

@@ -10,7 +10,7 @@ from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.targets.target import target_of
 from rungefit.training.train import DivergedError, fit, resolve_device
 
-from .conftest import runge
+from .helpers import runge
 
 
 def test_short_training_lowers_the_loss():
