@@ -16,10 +16,11 @@ import time
 import traceback
 from pathlib import Path
 
+import click.testing
 import torch
-import typer.testing
+import typer
+import typer.main
 from rich.console import Console
-from typer.testing import CliRunner
 
 from rungefit.cli import render as report
 from rungefit.runs import format as runformat
@@ -35,18 +36,30 @@ from rungefit.net.model import StackedMLP
 from rungefit.cli.render import error  # noqa: E402, F401
 
 
-def build_the_command_once() -> None:
-    """Typer builds the click command anew on every CliRunner.invoke, which costs more than most
-    invocations themselves: build rungefit's once. typer.testing's lookup is private, so only where
-    it is found; elsewhere every invoke builds its own, as before."""
-    build = getattr(typer.testing, "_get_command", None)
-    if callable(build):
-        command = build(app)
-        typer.testing._get_command = lambda typer_app: command if typer_app is app else build(typer_app)
+class AppRunner:
+    """`runner.invoke(app, args, **options)`: rungefit's app run in this process through public
+    routes only, click's CliRunner invoking the command that typer.main.get_command builds from it.
+
+    Typer builds the click command anew whenever it is asked, which costs more than most
+    invocations themselves: it is built once, here. The result is click's: `stdout`, `stderr`
+    (kept apart since click 8.2) and `output`, the two mixed as a terminal shows them. Typer
+    carries its own copy of click, whose prompts click's runner does not answer; it swaps
+    sys.stdin, sys.stdout, sys.stderr and the environment, all that rungefit's commands read.
+    """
+
+    def __init__(self, typer_app: typer.Typer) -> None:
+        self.app = typer_app
+        self.command = typer.main.get_command(typer_app)
+        self.cli_runner = click.testing.CliRunner()
+
+    def invoke(self, typer_app: typer.Typer, args=(), **options) -> click.testing.Result:
+        assert typer_app is self.app, "this runner runs the app it was made with"
+        options.setdefault("prog_name", "rungefit")
+        return self.cli_runner.invoke(self.command, args, **options)
 
 
-build_the_command_once()
-runner = CliRunner()
+runner = AppRunner(app)
+
 # The repository's root, and the small data set committed for --data tests.
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO / "tests" / "data" / "damped_sine.csv"
