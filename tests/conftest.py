@@ -10,7 +10,7 @@ import torch
 
 from rungefit.cli.app import app
 
-from .helpers import QUICK_TRAIN, SPECS, runner
+from .helpers import QUICK_TRAIN, SPECS, png_not_rendered, runner
 
 
 @pytest.fixture(scope="session")
@@ -37,9 +37,9 @@ def one_thread():
 def spec_runs(tmp_path_factory):
     """{(layers, dtype): (runs_dir, name, summary)}: a short two-member run of each of SPECS in float32
     and float64, saved as `train` saves it but without its figures (drawing them is most of the time)."""
-    from rungefit.runs import format as runformat
-    from rungefit.runs import commit as runsave
     from rungefit.config import TrainConfig
+    from rungefit.runs import commit as runsave
+    from rungefit.runs import format as runformat
     from rungefit.training.train import fit
 
     runs_dir = tmp_path_factory.mktemp("spec-runs")
@@ -64,8 +64,4 @@ def figures_not_rendered(request, monkeypatch):
         return
     from rungefit.cli import figures as plots
 
-    def drawn(fig) -> bytes:
-        plots._pyplot().close(fig)
-        return b"\x89PNG (not rendered)"
-
-    monkeypatch.setattr(plots, "_png", drawn)
+    monkeypatch.setattr(plots, "_png", png_not_rendered)

@@ -13,27 +13,37 @@ import subprocess
 import sys
 import threading
 import time
-import traceback
 from pathlib import Path
 
 import click.testing
 import torch
 import typer
 import typer.main
-from rich.console import Console
 
-from rungefit.cli import render as report
-from rungefit.runs import format as runformat
-from rungefit.runs import commit as runsave
 from rungefit.cli.app import app
-from rungefit.cli.app import main as cli_main
-from rungefit.config import parse_layers
-from rungefit.net.model import StackedMLP
 
 # cli imports report lazily, and report imports rich, which draws from `random` as it loads:
 # loaded inside a hypothesis draw (hypothesis looks at the modules loaded), that would count as a
-# strategy using `random`. So load it now.
-from rungefit.cli.render import error  # noqa: E402, F401
+# strategy using `random`. So load it now (conftest imports this module before any test runs).
+from rungefit.cli.render import error  # noqa: F401
+from rungefit.config import parse_layers
+from rungefit.net.model import StackedMLP
+from rungefit.runs import commit as runsave
+from rungefit.runs import format as runformat
+
+# The repository's root, and the small data set committed for --data tests.
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO / "tests" / "data" / "damped_sine.csv"
+# What every saved training run holds.
+RUN_FILES = {"config.json", "model.pt", "history.csv", "summary.json", "fit.png", "loss.png"}
+
+# The smallest runs that still learn f (validation MSE below 1 % of Var(y), so `train` exits 0):
+# a fraction of a second of training. Shorter runs learn nothing, and `train` exits 1.
+LEARNS = ["--points", "120", "--batch-size", "8", "--epochs", "60"]
+QUICK_TRAIN = [*LEARNS, "--quiet"]
+
+# The default network and two others that between them use every other activation but identity.
+SPECS = ["20:tanh,10:sigmoid,20:tanh,10:sigmoid", "16:gelu,8:relu", "8:silu,6:softplus"]
 
 
 class AppRunner:
@@ -59,17 +69,6 @@ class AppRunner:
 
 
 runner = AppRunner(app)
-
-# The repository's root, and the small data set committed for --data tests.
-REPO = Path(__file__).resolve().parent.parent
-DATA = REPO / "tests" / "data" / "damped_sine.csv"
-# What every saved training run holds.
-RUN_FILES = {"config.json", "model.pt", "history.csv", "summary.json", "fit.png", "loss.png"}
-
-# The smallest runs that still learn f (validation MSE below 1 % of Var(y), so `train` exits 0):
-# a fraction of a second of training. Shorter runs learn nothing, and `train` exits 1.
-LEARNS = ["--points", "120", "--batch-size", "8", "--epochs", "60"]
-QUICK_TRAIN = [*LEARNS, "--quiet"]
 
 
 def runge(x):
@@ -100,8 +99,13 @@ def stacked(spec: str, seeds=(0, 1, 2), dtype=torch.float64) -> StackedMLP:
     return model
 
 
-# The default network and two others that between them use every other activation but identity.
-SPECS = ["20:tanh,10:sigmoid,20:tanh,10:sigmoid", "16:gelu,8:relu", "8:silu,6:softplus"]
+def png_not_rendered(fig) -> bytes:
+    """In place of figures._png: the figure is drawn, then closed instead of rendered to PNG, which
+    would cost most of a short command's time."""
+    from rungefit.cli import figures as plots
+
+    plots._pyplot().close(fig)
+    return b"\x89PNG (not rendered)"
 
 
 def stop_after(steps: int):
@@ -115,64 +119,69 @@ def save_run(runs_dir, result, name=None):
     return runsave.save_new_run(runs_dir, name, runformat.run_files(result, {}, {}, {}))
 
 
+# ---------------------------------------------------------------- rungefit in a process of its own
+
 # Long enough never to end by itself in a test: the process is stopped by a signal once it has
 # shown an epoch done. --seeds 2 --workers 2: two worker processes, one member each.
 ENDLESS_TRAIN = ["train", "--points", "120", "--epochs", "100000", "--seeds", "2", "--workers", "2"]
 # Workers get a kernel signal when their parent dies, so they end at once; the deadline only
 # guards against a machine too busy to schedule them.
 WORKERS_GONE_WITHIN_S = 5.0
+# The environment of a terminal, for the consoles the child makes as it starts.
+TERMINAL = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
 
 
 class Rungefit:
-    """`rungefit ARGS` in a process of its own, in a session of its own, its output read as it comes.
+    """`rungefit ARGS` in a fresh interpreter, in a session of its own, its output read as it comes.
 
-    The process is a fork of the test process, which runs the CLI's entry point and exits: torch
-    and rungefit are loaded already, where a new interpreter would spend most of a short run
-    importing them (the entry point itself runs in new interpreters in test_cli and test_predict).
-    The progress bar is drawn as on a terminal (TTY_COMPATIBLE), so that a test can wait for the
-    event it needs, "epoch N done", in the process's stderr rather than for some time to pass.
-    `prepare` runs in the child before the CLI; with `stdin=True` the test writes the child's stdin.
+    The interpreter runs tests/driver.py, which prepares the process as the test asks and then runs
+    the CLI's entry point on ARGS. As in the test process (conftest's figures_not_rendered), figures
+    are drawn but not rendered; `prepare` adds preparations the driver knows by name, an argument
+    after a colon (`("announce-then-wait:3",)`). The progress bar is drawn as on a terminal
+    (TTY_COMPATIBLE), so that a test can wait for the event it needs, "epoch N done", in the
+    process's stderr rather than for some time to pass. With `stdin=True` the test writes the
+    process's stdin (`stdin`, a binary file) and `close_stdin()` closes it. `exited` is a pidfd,
+    readable once the process has ended.
     """
 
-    _parent_ends: set[int] = set()  # every open pipe end of this process's children: no child inherits another's
-
-    def __init__(self, *args: str, prepare=None, stdin: bool = False):
-        stdin_r, stdin_w = os.pipe() if stdin else (os.open(os.devnull, os.O_RDONLY), None)
-        (out_r, out_w), (err_r, err_w) = os.pipe(), os.pipe()
-        self.pid = os.fork()
-        if self.pid == 0:
-            for fd in {*self._parent_ends, out_r, err_r} | ({stdin_w} if stdin else set()):
-                os.close(fd)
-            _run_the_cli(args, prepare, (stdin_r, out_w, err_w))
-        for fd in (stdin_r, out_w, err_w):
-            os.close(fd)
-        self.stdin = stdin_w
-        self._parent_ends.update({out_r, err_r} | ({stdin_w} if stdin else set()))
-        self.process = Child(self.pid)
+    def __init__(self, *args: str, prepare: tuple[str, ...] = (), stdin: bool = False):
+        command = [sys.executable, "-m", "tests.driver", "figures-not-rendered", *prepare, "--", *args]
+        # This checkout's rungefit and tests, wherever the test runs from.
+        path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **TERMINAL, "PYTHONPATH": path},
+            start_new_session=True,  # so that a signal can reach its process group, as in a terminal
+        )
+        self.pid = self.process.pid
+        self.exited = os.pidfd_open(self.pid)
+        self.stdin = self.process.stdin
         self._out = {"stdout": bytearray(), "stderr": bytearray()}
         self._output_changed = threading.Condition()  # notified on every chunk read, and at each stream's end
         self._streams_open = 2
-        self._readers = [threading.Thread(target=self._read, args=(fd, name), daemon=True) for fd, name in ((out_r, "stdout"), (err_r, "stderr"))]
+        self._readers = [
+            threading.Thread(target=self._read, args=(stream, name), daemon=True)
+            for stream, name in ((self.process.stdout, "stdout"), (self.process.stderr, "stderr"))
+        ]
         for reader in self._readers:
             reader.start()
 
-    def _read(self, fd: int, name: str) -> None:
-        while chunk := os.read(fd, 65536):
+    def _read(self, stream, name: str) -> None:
+        while chunk := os.read(stream.fileno(), 65536):
             with self._output_changed:
                 self._out[name] += chunk
                 self._output_changed.notify_all()
-        self._close(fd)
+        stream.close()
         with self._output_changed:
             self._streams_open -= 1
             self._output_changed.notify_all()
 
-    def _close(self, fd: int) -> None:
-        self._parent_ends.discard(fd)
-        os.close(fd)
-
     def close_stdin(self) -> None:
         if self.stdin is not None:
-            self._close(self.stdin)
+            self.stdin.close()
             self.stdin = None
 
     @property
@@ -202,10 +211,16 @@ class Rungefit:
     def wait_for_epoch(self, epoch: int = 1, timeout: float = 60.0) -> None:
         self.wait_until(lambda: self.epochs_done() >= epoch, f"epoch {epoch}", timeout)
 
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to end (on its pidfd, not by polling); its exit code, -N for signal N."""
+        if self.process.returncode is None and not select.select([self.exited], [], [], timeout)[0]:
+            raise subprocess.TimeoutExpired(self.process.args, timeout)
+        return self.process.wait()
+
     def finish(self, timeout: float = 120.0) -> int:
         """Wait for the process and for the end of its output; its exit code. The output ends only
         when every process holding the pipes has ended, worker processes included."""
-        code = self.process.wait(timeout=timeout)
+        code = self.wait(timeout)
         for reader in self._readers:
             reader.join(timeout=timeout)
             assert not reader.is_alive(), "the output never ended: another process still holds rungefit's pipes"
@@ -222,70 +237,15 @@ class Rungefit:
         return self
 
     def __exit__(self, *exc_info) -> None:
-        """Whatever the test did, the process does not outlive it."""
+        """Whatever the test did, neither the process nor its workers outlive it."""
         self.close_stdin()
         if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=WORKERS_GONE_WITHIN_S)
-
-
-TERMINAL = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
-
-
-def _run_the_cli(args, prepare, fds) -> None:
-    """In a forked child: fds become its stdin, stdout and stderr, as a terminal's would; run the
-    CLI's entry point on args and exit with its code, without the test process's exit handlers."""
-    code = 70  # EX_SOFTWARE: the harness itself failed
-    try:
-        os.setsid()  # a session of its own, so that a signal can reach its process group, as in a terminal
-        for fd, standard in zip(fds, (0, 1, 2)):
-            os.dup2(fd, standard)
-            os.close(fd)
-        sys.stdin, sys.stdout, sys.stderr = open(0, closefd=False), open(1, "w", closefd=False), open(2, "w", closefd=False)
-        os.environ.update(TERMINAL)
-        # The test process's OpenMP threads are not in this copy of it: a parallel region would
-        # wait for them forever. (Training picks one thread for small stacks anyway.)
-        torch.set_num_threads(1)
-        report.stdout, report.stderr = Console(), Console(stderr=True)  # they read the environment when made
-        if prepare is not None:
-            prepare()
-        sys.argv = ["rungefit", *args]
-        try:
-            cli_main()
-            code = 0
-        except SystemExit as exit:
-            code = exit.code if isinstance(exit.code, int) else 1
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-class Child:
-    """The part of subprocess.Popen's interface that tests use, for a forked child."""
-
-    def __init__(self, pid: int):
-        self.pid = pid
-        self.returncode = None
-        self.exited = os.pidfd_open(pid)  # readable once the child has ended
-
-    def poll(self):
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-                os.close(self.exited)
-        return self.returncode
-
-    def wait(self, timeout: float):
-        if self.returncode is None and not select.select([self.exited], [], [], timeout)[0]:
-            raise subprocess.TimeoutExpired(f"forked rungefit {self.pid}", timeout)
-        return self.poll()
-
-    def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
+            try:
+                os.killpg(self.pid, signal.SIGKILL)  # its session's group: the workers too
+            except ProcessLookupError:  # ended meanwhile
+                pass
+            self.wait(timeout=WORKERS_GONE_WITHIN_S)
+        os.close(self.exited)
 
 
 def children_of(pid: int) -> list[int]:
@@ -322,5 +282,3 @@ def wait_until_gone(pids: list[int], timeout: float) -> list[int]:
     finally:
         for fd in running:
             os.close(fd)
-
-

@@ -55,7 +55,7 @@ def test_two_trains_started_together_get_two_complete_runs(tmp_path):
         while running := [child for child in children if child.process.poll() is None]:
             assert latest_is_complete(runs_dir)
             # Until a train ends; `latest` is checked again every 50 ms meanwhile.
-            select.select([child.process.exited for child in running], [], [], 0.05)
+            select.select([child.exited for child in running], [], [], 0.05)
         codes = [child.finish() for child in children]
     outputs = [(child.stdout, child.stderr) for child in children]
     assert codes == [0, 0], outputs
