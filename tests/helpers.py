@@ -131,6 +131,13 @@ WORKERS_GONE_WITHIN_S = 5.0
 TERMINAL = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "NO_COLOR": "1", "COLUMNS": "200"}
 
 
+def fresh_interpreter_env(**variables: str) -> dict[str, str]:
+    """The environment for a fresh interpreter that imports this checkout's rungefit and tests,
+    wherever the test runs from, with `variables` set."""
+    path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    return {**os.environ, **variables, "PYTHONPATH": path}
+
+
 class Rungefit:
     """`rungefit ARGS` in a fresh interpreter, in a session of its own, its output read as it comes.
 
@@ -146,14 +153,12 @@ class Rungefit:
 
     def __init__(self, *args: str, prepare: tuple[str, ...] = (), stdin: bool = False):
         command = [sys.executable, "-m", "tests.driver", "figures-not-rendered", *prepare, "--", *args]
-        # This checkout's rungefit and tests, wherever the test runs from.
-        path = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, **TERMINAL, "PYTHONPATH": path},
+            env=fresh_interpreter_env(**TERMINAL),
             start_new_session=True,  # so that a signal can reach its process group, as in a terminal
         )
         self.pid = self.process.pid
