@@ -33,8 +33,8 @@ def _actions(files: dict[str, bytes]) -> dict:
     }
 
 
-def _killed_at(step: int, action) -> None:
-    """In the child: make the step-th operation exit on the spot, run action, never return."""
+def _killed_at(step: int, action, runs_dir: Path) -> None:
+    """In the child: make the step-th operation exit on the spot, run action on runs_dir, never return."""
     code = 1
     try:
         counter = itertools.count(1)
@@ -42,7 +42,7 @@ def _killed_at(step: int, action) -> None:
             for name in names:
                 real = getattr(module, name)
                 setattr(module, name, lambda *a, _real=real, **k: os._exit(KILLED) if next(counter) == step else _real(*a, **k))
-        action()
+        action(runs_dir)
         code = 0
     finally:
         os._exit(code)
@@ -54,7 +54,7 @@ def main(files_path: str) -> None:
         name, step, runs_dir = line.rstrip("\n").split(" ", 2)
         pid = os.fork()  # a fork of this single-threaded interpreter, not of the test process
         if pid == 0:
-            _killed_at(int(step), lambda: actions[name](Path(runs_dir)))
+            _killed_at(int(step), actions[name], Path(runs_dir))
         _, status = os.waitpid(pid, 0)
         print(os.waitstatus_to_exitcode(status), flush=True)
 
