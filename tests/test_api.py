@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import rungefit
-from rungefit.study import evaluate as evaluate
-from rungefit.runs import store as runs
-from rungefit.training import train as train
 from rungefit.cli.app import app
+from rungefit.runs import store as runs
+from rungefit.study import evaluate as evaluate
+from rungefit.training import train as train
 
 from .helpers import QUICK_TRAIN, REPO, heavy_imports_after, runner
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from rungefit.runs import format as runformat
-from rungefit.runs import store as runs
-from rungefit.runs import commit as runsave
 from rungefit.cli.app import app
 from rungefit.config import TrainConfig
+from rungefit.runs import commit as runsave
+from rungefit.runs import format as runformat
+from rungefit.runs import store as runs
 from rungefit.training.train import fit
 
 from . import crash

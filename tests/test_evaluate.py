@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit.study import evaluate as evaluate
-from rungefit.runs import store as runs
 from rungefit.config import TrainConfig, parameter_count
 from rungefit.net.model import StackedMLP
+from rungefit.runs import store as runs
+from rungefit.study import evaluate as evaluate
 from rungefit.targets.target import target_of
 from rungefit.training.train import fit
 

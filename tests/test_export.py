@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import rungefit
-from rungefit.runs import store as runs
 from rungefit.cli.app import app
+from rungefit.runs import store as runs
 from rungefit.study.evaluate import member_prediction
 from rungefit.targets.target import target_of
 

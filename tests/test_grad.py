@@ -8,9 +8,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rungefit.study import grad as grad
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
 from rungefit.net.model import ACTIVATIONS, StackedMLP
+from rungefit.study import grad as grad
 from rungefit.targets.target import target_of
 from rungefit.training.train import fit
 

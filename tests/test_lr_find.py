@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit.training import lr_find as lr_find
-from rungefit.training import lr_rules as lr_rules
 from rungefit.cli import render as report
 from rungefit.cli.app import app
 from rungefit.cli.train import lr_find_command
 from rungefit.config import TrainConfig
-from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.targets.target import DataSplit
+from rungefit.training import lr_find as lr_find
+from rungefit.training import lr_rules as lr_rules
+from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.training.train import fit
 
 from .helpers import LEARNS, runner

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
-from rungefit.study.evaluate import grid_errors
 from rungefit.net.model import StackedMLP
-from rungefit.training.polish import PolishProgress, levenberg_marquardt
+from rungefit.study.evaluate import grid_errors
 from rungefit.targets.target import target_of
+from rungefit.training.polish import PolishProgress, levenberg_marquardt
 from rungefit.training.train import fit
 
 from .helpers import runge

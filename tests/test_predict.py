@@ -13,10 +13,10 @@ import sys
 import numpy as np
 import pytest
 
-from rungefit.study import predict as core
-from rungefit.runs import store as runs
 from rungefit.cli.app import app
 from rungefit.errors import UsageError
+from rungefit.runs import store as runs
+from rungefit.study import predict as core
 from rungefit.study.evaluate import member_prediction
 
 from .helpers import REPO, runner

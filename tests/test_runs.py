@@ -8,12 +8,12 @@ import sys
 import pytest
 import torch
 
+from rungefit.config import TrainConfig
+from rungefit.errors import UsageError
+from rungefit.runs import commit as runsave
 from rungefit.runs import format as runformat
 from rungefit.runs import lock as runlock
 from rungefit.runs import store as runs
-from rungefit.runs import commit as runsave
-from rungefit.config import TrainConfig
-from rungefit.errors import UsageError
 from rungefit.study.evaluate import grid_errors
 from rungefit.targets.target import target_of
 from rungefit.training.train import fit

@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes
 from rungefit.net import kernels as kernels
 from rungefit.net import model as model_module
-from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes
 from rungefit.net.kernels import _Backprop
 from rungefit.net.model import ACTIVATIONS
 from rungefit.training.train import fit

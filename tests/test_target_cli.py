@@ -11,9 +11,9 @@ import pytest
 import torch
 from scipy.interpolate import CubicSpline
 
-from rungefit.runs import store as runs
 from rungefit.cli.app import app
 from rungefit.config import PRESETS, TrainConfig
+from rungefit.runs import store as runs
 from rungefit.targets.formula import Formula
 from rungefit.targets.target import target_of
 from rungefit.training.train import fit

@@ -6,8 +6,8 @@ import torch
 
 from rungefit import rng
 from rungefit.config import TrainConfig
-from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.targets.target import target_of
+from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.training.train import DivergedError, fit, resolve_device
 
 from .helpers import runge
