@@ -85,10 +85,11 @@ def run_here(command: str, workdir: Path) -> str:
     The consoles are drawn as a subprocess with COLUMNS=100 and NO_COLOR draws them.
     """
     from rich.console import Console
-    from typer.testing import CliRunner
 
     from rungefit.cli import render as report
     from rungefit.cli.app import app
+
+    from .helpers import runner
 
     argv = shlex.split(command)
     assert argv[0] == "rungefit"
@@ -96,7 +97,7 @@ def run_here(command: str, workdir: Path) -> str:
     report.stdout, report.stderr = Console(width=100, no_color=True), Console(width=100, no_color=True, stderr=True)
     try:
         os.chdir(workdir)
-        result = CliRunner().invoke(app, argv[1:])
+        result = runner.invoke(app, argv[1:])
     finally:
         os.chdir(cwd)
         report.stdout, report.stderr = saved

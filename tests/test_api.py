@@ -13,13 +13,12 @@ import pytest
 import torch
 
 import rungefit
-from rungefit.study import evaluate
-from rungefit.training import metrics
-from rungefit.runs import store as runs
-from rungefit.training import train as train
 from rungefit.cli.app import app
+from rungefit.runs import store as runs
+from rungefit.training import metrics
+from rungefit.training import train as train
 
-from .conftest import QUICK_TRAIN, REPO, heavy_imports_after, runner
+from .helpers import QUICK_TRAIN, REPO, heavy_imports_after, runner
 
 # A run saved by this version's `rungefit train --points 60 --epochs 3 --layers 6:tanh,4:gelu
 # --seeds 2` (its PNGs left out): later versions must still load it and agree with its summary.

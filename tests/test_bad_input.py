@@ -13,7 +13,7 @@ import typer
 
 from rungefit.cli.app import app
 
-from .conftest import QUICK_TRAIN, runner
+from .helpers import QUICK_TRAIN, runner
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from rungefit.cli import options as cli_common
 from rungefit.cli import render as report
 from rungefit.cli.app import app
 
-from .conftest import QUICK_TRAIN, RUN_FILES, heavy_imports_after, runner, save_run, stop_after
+from .helpers import QUICK_TRAIN, RUN_FILES, heavy_imports_after, runner, save_run, stop_after
 
 
 def test_train_writes_the_run_directory(quick_run):
@@ -135,7 +135,7 @@ def test_a_run_that_learned_nothing_is_saved_and_shown_but_fails_naming_the_caus
     from rungefit.config import TrainConfig
     from rungefit.targets import resolve
 
-    from .conftest import runge
+    from .helpers import runge
 
     result = runner.invoke(app, ["train", *QUICK_TRAIN, "--lr", "1e6", "--runs-dir", str(tmp_path), "--name", "stuck", "--json"])
     assert result.exit_code == 1

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from rungefit.cli.app import app
 
-from .conftest import QUICK_TRAIN, runner
+from .helpers import QUICK_TRAIN, runner
 
 KNOWN_EXIT_CODES = {0, 1, 2}
 # Paths are never drawn: they are given under a temporary directory, so that nothing is written elsewhere.

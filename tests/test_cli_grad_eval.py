@@ -9,7 +9,7 @@ import pytest
 
 from rungefit.cli.app import app
 
-from .conftest import QUICK_TRAIN, runner, save_run, stop_after
+from .helpers import QUICK_TRAIN, runner, save_run, stop_after
 
 
 def invoke(*args: str):

@@ -23,7 +23,7 @@ from rungefit.cli.app import app
 from rungefit.cli.completion import FILES, completion_script, typers_script
 from rungefit.errors import RungefitError
 
-from .conftest import REPO, heavy_imports_after, runner
+from .helpers import REPO, heavy_imports_after, runner
 
 # The app as the shells meet it, through Typer's public route.
 COMMAND = get_command(app)

@@ -4,30 +4,33 @@ complete run, and nothing temporary is left behind."""
 from __future__ import annotations
 
 import errno
-import itertools
 import json
 import os
+import pickle
 import select
-import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from rungefit.runs import format as runformat
-from rungefit.runs import store as runs
 from rungefit import files as files_module
-from rungefit.runs import commit as runsave
 from rungefit.cli.app import app
 from rungefit.config import TrainConfig
+from rungefit.runs import commit as runsave
+from rungefit.runs import format as runformat
+from rungefit.runs import store as runs
 from rungefit.training.train import fit
 
-from .conftest import (
+from . import crash
+from .helpers import (
     ENDLESS_TRAIN,
     QUICK_TRAIN,
     RUN_FILES,
     WORKERS_GONE_WITHIN_S,
     Rungefit,
+    fresh_interpreter_env,
     runner,
     stop_after,
     wait_until_gone,
@@ -56,7 +59,7 @@ def test_two_trains_started_together_get_two_complete_runs(tmp_path):
         while running := [child for child in children if child.process.poll() is None]:
             assert latest_is_complete(runs_dir)
             # Until a train ends; `latest` is checked again every 50 ms meanwhile.
-            select.select([child.process.exited for child in running], [], [], 0.05)
+            select.select([child.exited for child in running], [], [], 0.05)
         codes = [child.finish() for child in children]
     outputs = [(child.stdout, child.stderr) for child in children]
     assert codes == [0, 0], outputs
@@ -213,38 +216,48 @@ def test_an_update_that_fails_at_any_step_leaves_the_old_run_and_says_so(tmp_pat
         assert hidden(runs_dir) == [], failing_call
 
 
-KILLED = 77  # a forked child's exit code when it stopped itself at the chosen step
+class Crashes:
+    """Saves killed at a chosen step (tests/crash.py): each runs in a fork of one fresh interpreter
+    and exits on the spot, as on SIGKILL (no cleanup runs), at its `step`-th file-system operation."""
+
+    def __init__(self, files_path: Path):
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "tests.crash", str(files_path)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=fresh_interpreter_env()
+        )
+
+    def killed_at(self, step: int, action: str, runs_dir: Path) -> bool:
+        """Whether the save `action` ("update" runs_dir/x, or a "new" run x) was killed at `step`
+        (False: it got to the end)."""
+        self.process.stdin.write(f"{action} {step} {runs_dir}\n")
+        self.process.stdin.flush()
+        answer = self.process.stdout.readline()
+        assert answer, f"tests.crash ended (exit {self.process.wait()})"
+        code = int(answer)
+        assert code in (0, crash.KILLED), f"the child failed at step {step} (exit {code})"
+        return code == crash.KILLED
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        assert self.process.wait(timeout=60) == 0
 
 
-def killed_at(step: int, action) -> bool:
-    """Run action in a forked child that exits on the spot (as on SIGKILL: no cleanup runs) at its
-    `step`-th file-system operation; whether it was killed (False: it got to the end)."""
-    pid = os.fork()
-    if pid == 0:  # the child: never returns into pytest
-        code = 1
-        try:
-            counter = itertools.count(1)
-            for module, names in ((os, ("rename", "replace", "link", "mkdir", "rmdir", "unlink", "fsync", "symlink")), (shutil, ("rmtree", "copy2", "copytree"))):
-                for name in names:
-                    real = getattr(module, name)
-                    setattr(module, name, lambda *a, _real=real, **k: os._exit(KILLED) if next(counter) == step else _real(*a, **k))
-            action()
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    assert code in (0, KILLED), f"the child failed at step {step} (exit {code})"
-    return code == KILLED
+@pytest.fixture(scope="module")
+def crashes(two_versions, tmp_path_factory):
+    """Crashes of saves of the new version, two_versions[1]."""
+    files_path = tmp_path_factory.mktemp("crash") / "files.pickle"
+    files_path.write_bytes(pickle.dumps(two_versions[1]))
+    crashes = Crashes(files_path)
+    yield crashes
+    crashes.close()
 
 
-def test_an_update_killed_at_any_step_is_the_old_or_the_new_run_at_the_next_load(tmp_path, two_versions):
+def test_an_update_killed_at_any_step_is_the_old_or_the_new_run_at_the_next_load(tmp_path, two_versions, crashes):
     step = 0
     while True:
         step += 1
         runs_dir = tmp_path / f"kill-{step}"
         old, new = old_run(runs_dir, two_versions)
-        if not killed_at(step, lambda runs_dir=runs_dir: runsave.update_run(runs_dir / "x", two_versions[1])):
+        if not crashes.killed_at(step, "update", runs_dir):
             break
         loaded = runs.load_run(runs_dir, "x")  # finishes a swap the kill cut in two
         assert snapshot(runs_dir / "x") in (old, new), f"a mix after a kill at step {step}"
@@ -258,7 +271,7 @@ def test_an_update_killed_at_any_step_is_the_old_or_the_new_run_at_the_next_load
     assert snapshot(runs_dir / "x") == new
 
 
-def test_a_new_run_killed_at_any_step_is_absent_or_complete_and_its_name_stays_usable(tmp_path, two_versions):
+def test_a_new_run_killed_at_any_step_is_absent_or_complete_and_its_name_stays_usable(tmp_path, two_versions, crashes):
     files = two_versions[1]
     step = 0
     while True:
@@ -266,7 +279,7 @@ def test_a_new_run_killed_at_any_step_is_absent_or_complete_and_its_name_stays_u
         runs_dir = tmp_path / f"kill-{step}"
         runs_dir.mkdir()
         runsave.save_new_run(runs_dir, "before", two_versions[0])
-        if not killed_at(step, lambda runs_dir=runs_dir: runsave.save_new_run(runs_dir, None, files, runsave.reserve(runs_dir, "x"))):
+        if not crashes.killed_at(step, "new", runs_dir):
             break
         run_dir = runs_dir / "x"
         if run_dir.exists() and os.listdir(run_dir):

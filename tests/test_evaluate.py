@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit.study import evaluate
-from rungefit.training import metrics
-from rungefit.runs import store as runs
 from rungefit.config import TrainConfig, parameter_count
 from rungefit.net.model import StackedMLP
+from rungefit.runs import store as runs
+from rungefit.study import evaluate
 from rungefit.targets import resolve
+from rungefit.training import metrics
 from rungefit.training.train import fit
 
-from .conftest import runge, save_run, stacked
+from .helpers import runge, save_run, stacked
 
 RUNGE = resolve(TrainConfig())
 

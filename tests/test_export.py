@@ -16,12 +16,11 @@ import pytest
 import torch
 
 import rungefit
-from rungefit.runs import store as runs
 from rungefit.cli.app import app
+from rungefit.runs import store as runs
 from rungefit.study.evaluate import member_prediction
-from rungefit.targets import resolve
 
-from .conftest import SPECS, runge, runner
+from .helpers import SPECS, runge, runner
 
 DEFAULT = SPECS[0]
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}

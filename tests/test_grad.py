@@ -8,13 +8,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rungefit.study import grad as grad
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
 from rungefit.net.model import ACTIVATIONS, StackedMLP
+from rungefit.study import grad as grad
 from rungefit.targets import resolve
 from rungefit.training.train import fit
 
-from .conftest import runge_prime, stacked
+from .helpers import runge_prime, stacked
 
 RUNGE = resolve(TrainConfig())
 

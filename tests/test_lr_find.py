@@ -11,17 +11,17 @@ import numpy as np
 import pytest
 import torch
 
-from rungefit.training import lr_find as lr_find
-from rungefit.training import lr_rules as lr_rules
 from rungefit.cli import render as report
 from rungefit.cli.app import app
 from rungefit.cli.train import lr_find_command
 from rungefit.config import TrainConfig
-from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.targets import DataSplit, resolve
+from rungefit.training import lr_find as lr_find
+from rungefit.training import lr_rules as lr_rules
+from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.training.train import fit
 
-from .conftest import LEARNS, runner
+from .helpers import LEARNS, runner
 
 # 70 training points in batches of 10: seven steps an epoch, so the sweep crosses epochs.
 SMALL = TrainConfig(points=100, batch_size=10, seeds=(0, 1))

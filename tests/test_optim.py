@@ -8,7 +8,7 @@ from rungefit.config import TrainConfig
 from rungefit.net.optim import StackedAdam, fused_adam_works, lr_factors
 from rungefit.training.train import fit
 
-from .conftest import stacked
+from .helpers import stacked
 
 F64 = torch.float64
 

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from rungefit.config import DEFAULT_LAYERS, TrainConfig, parse_layers
-from rungefit.training.metrics import grid_errors
 from rungefit.net.model import StackedMLP
-from rungefit.training.polish import PolishProgress, levenberg_marquardt
 from rungefit.targets import resolve
+from rungefit.training.metrics import grid_errors
+from rungefit.training.polish import PolishProgress, levenberg_marquardt
 from rungefit.training.train import fit
 
-from .conftest import runge
+from .helpers import runge
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -13,13 +13,13 @@ import sys
 import numpy as np
 import pytest
 
-from rungefit.study import predict as core
-from rungefit.runs import store as runs
 from rungefit.cli.app import app
 from rungefit.errors import UsageError
+from rungefit.runs import store as runs
+from rungefit.study import predict as core
 from rungefit.study.evaluate import member_prediction
 
-from .conftest import REPO, runner
+from .helpers import REPO, runner
 
 
 def predict(runs_dir, *options, input=None):

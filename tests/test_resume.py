@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -22,7 +21,7 @@ from rungefit.cli.app import app
 from rungefit.config import TrainConfig
 from rungefit.training.train import fit
 
-from .conftest import (
+from .helpers import (
     ENDLESS_TRAIN,
     LEARNS,
     WORKERS_GONE_WITHIN_S,
@@ -95,27 +94,8 @@ def test_a_stop_during_the_polish_undoes_it_and_resume_runs_it_again(workers):
 
 LONG_TRAIN = [*LEARNS, "--seeds", "2", "--quiet"]  # a run that learns, so that it exits 0
 STEPS_PER_EPOCH = TrainConfig(points=120, batch_size=8).steps_per_epoch
-PRESS_AFTER = 3  # the epoch after which Ctrl-C is pressed
+PRESS_AFTER = 3  # the epoch after which Ctrl-C is pressed: tests/driver.py's announce-then-wait stops there
 
-
-def announce_then_wait_for_stdin() -> None:
-    """In the train process, before the CLI runs: after epoch PRESS_AFTER, say so on stderr and
-    wait until stdin closes. The test presses Ctrl-C at a known point of the run, however busy the
-    machine is; the real signal handler receives the real SIGINT."""
-    real = cli.report.training_progress
-
-    def announcing(epochs, quiet):
-        progress, on_epoch, on_polish = real(epochs, quiet)
-
-        def on_epoch_then_wait(report):
-            on_epoch(report)
-            if report.epoch == PRESS_AFTER:
-                print("EPOCH", report.epoch, file=sys.stderr, flush=True)
-                sys.stdin.read()
-
-        return progress, on_epoch_then_wait, on_polish
-
-    cli.report.training_progress = announcing
 
 def checkpoint(run_dir):
     return torch.load(run_dir / "model.pt", weights_only=True)
@@ -147,7 +127,7 @@ def test_ctrl_c_saves_an_interrupted_run_that_resumes_to_the_uninterrupted_numbe
     # undone. One process is covered by the should_stop tests above, which take the same path.
     workers = 2
     runs_dir, ref_dir = tmp_path / "runs", tmp_path / "ref" / "x"
-    with Rungefit(*train_options(runs_dir, workers), prepare=announce_then_wait_for_stdin, stdin=True) as child:
+    with Rungefit(*train_options(runs_dir, workers), prepare=(f"announce-then-wait:{PRESS_AFTER}",), stdin=True) as child:
         child.wait_until(lambda: f"EPOCH {PRESS_AFTER}" in child.stderr, f"epoch {PRESS_AFTER}")
         os.killpg(child.pid, signal.SIGINT)  # the training process and its workers, as Ctrl-C does
         child.close_stdin()  # the run goes on, and sees the flag

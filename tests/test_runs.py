@@ -2,21 +2,22 @@ import json
 import math
 import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
 
+from rungefit.config import TrainConfig
+from rungefit.errors import UsageError
+from rungefit.runs import commit as runsave
 from rungefit.runs import format as runformat
 from rungefit.runs import lock as runlock
 from rungefit.runs import store as runs
-from rungefit.runs import commit as runsave
-from rungefit.config import TrainConfig
-from rungefit.errors import UsageError
 from rungefit.training.metrics import grid_errors
-from rungefit.targets import resolve
 from rungefit.training.train import fit
 
-from .conftest import save_run, stop_after
+from .helpers import fresh_interpreter_env, save_run, stop_after
 
 
 @pytest.fixture(scope="module")
@@ -118,13 +119,8 @@ def test_a_name_in_use_is_refused_until_its_owner_lets_go_or_dies(tmp_path):
     with pytest.raises(runs.RunError, match="in use by another rungefit process"):
         runsave.reserve(tmp_path, "x")
     # A process that reserves and dies without a word (as on SIGKILL): the kernel frees its lock.
-    child = os.fork()
-    if child == 0:
-        try:
-            runsave.reserve(tmp_path, "killed")
-        finally:
-            os._exit(0)
-    os.waitpid(child, 0)
+    dies = f"import os, pathlib\nfrom rungefit.runs import commit\ncommit.reserve(pathlib.Path({str(tmp_path)!r}), 'killed')\nos._exit(0)"
+    subprocess.run([sys.executable, "-c", dies], env=fresh_interpreter_env(), check=True, timeout=60)
     assert os.listdir(tmp_path / "killed") == []
     runsave.reserve(tmp_path, "killed").release()  # reclaimed
     held.release()

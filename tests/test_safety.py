@@ -16,17 +16,17 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from rungefit.runs import format as runformat
-from rungefit.runs import store as runs
-from rungefit.runs import commit as runsave
 from rungefit.cli.app import app
 from rungefit.config import TrainConfig
-from rungefit.training.metrics import best_member
+from rungefit.runs import commit as runsave
+from rungefit.runs import format as runformat
+from rungefit.runs import store as runs
 from rungefit.runs.format import MODEL_FILE, VERSIONS
 from rungefit.runs.read import FILE_LIMITS
+from rungefit.training.metrics import best_member
 from rungefit.training.train import fit
 
-from .conftest import runner, stop_after
+from .helpers import runner, stop_after
 
 
 @pytest.fixture()

@@ -9,7 +9,7 @@ from rungefit.config import parse_layers
 from rungefit.errors import UsageError
 from rungefit.net.model import ACTIVATIONS, TORCH_MODULES, StackedMLP, from_sequential, to_sequential
 
-from .conftest import stacked
+from .helpers import stacked
 
 EVERY_ACTIVATION = "5:tanh,4:sigmoid,4:relu,3:gelu,3:silu,3:softplus,2:identity"
 

@@ -7,14 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes
 from rungefit.net import kernels as kernels
 from rungefit.net import model as model_module
-from rungefit.config import DEFAULT_LAYERS, TrainConfig, layer_shapes
 from rungefit.net.kernels import BackwardPass
 from rungefit.net.model import ACTIVATIONS
 from rungefit.training.train import fit
 
-from .conftest import runge, stacked
+from .helpers import runge, stacked
 
 F64 = torch.float64
 # A width-1 hidden layer takes the hand-written pass's broadcast path, as the output layer does.

@@ -13,16 +13,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rungefit.targets import target as targets
 from rungefit.config import FORMULA_FUNCTIONS, PRESETS, TrainConfig, validation_size
+from rungefit.errors import UsageError
+from rungefit.targets import resolve
+from rungefit.targets import target as targets
 from rungefit.targets.datafile import read_points
 from rungefit.targets.domain import check_grid, parse_domain
-from rungefit.errors import UsageError
 from rungefit.targets.formula import parse_formula
-from rungefit.targets import resolve
 from rungefit.targets.target import function_target
 
-from .conftest import DATA, runge, runge_prime
+from .helpers import DATA, runge, runge_prime
 
 DEFAULT = resolve(TrainConfig())
 

@@ -11,14 +11,14 @@ import pytest
 import torch
 from scipy.interpolate import CubicSpline
 
-from rungefit.runs import store as runs
 from rungefit.cli.app import app
 from rungefit.config import PRESETS, TrainConfig
-from rungefit.targets.formula import Formula
+from rungefit.runs import store as runs
 from rungefit.targets import resolve
+from rungefit.targets.formula import Formula
 from rungefit.training.train import fit
 
-from .conftest import DATA, heavy_imports_after, runge, runner, save_run, stop_after
+from .helpers import DATA, heavy_imports_after, runge, runner, save_run, stop_after
 
 # A float64 run that gets past the mean predictor's plateau in a fraction of a second.
 PINNED = ["--points", "300", "--epochs", "40", "--batch-size", "10", "--dtype", "float64", "--quiet", "--json"]

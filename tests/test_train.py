@@ -6,11 +6,11 @@ import torch
 
 from rungefit import rng
 from rungefit.config import TrainConfig
-from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.targets import resolve
+from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.training.train import DivergedError, fit, resolve_device
 
-from .conftest import runge
+from .helpers import runge
 
 
 def test_short_training_lowers_the_loss():

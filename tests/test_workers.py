@@ -16,8 +16,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from rungefit.training import workers as workers
 from rungefit.config import TrainConfig
+from rungefit.training import workers as workers
 from rungefit.training.polish import PolishProgress
 from rungefit.training.stack import _split, worker_count
 from rungefit.training.train import DivergedError, fit

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from typer.testing import CliRunner
 
-from rungefit.training import lr_find as lr_find
-from rungefit.training import lr_rules as lr_rules
 from rungefit.cli.app import app
 from rungefit.config import TrainConfig
 from rungefit.targets import resolve
+from rungefit.training import lr_find as lr_find
+from rungefit.training import lr_rules as lr_rules
 from rungefit.training.metrics import learned
 from rungefit.training.train import fit
 

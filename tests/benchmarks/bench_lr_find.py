@@ -16,9 +16,9 @@ import time
 
 import torch
 
-from rungefit.training import lr_find as lr_find
 from rungefit.config import TrainConfig
 from rungefit.targets import resolve
+from rungefit.training import lr_find as lr_find
 from rungefit.training.stack import EpochBatches
 from rungefit.training.train import fit
 
