@@ -38,8 +38,7 @@ def spec_runs(tmp_path_factory):
     """{(layers, dtype): (runs_dir, name, summary)}: a short two-member run of each of SPECS in float32
     and float64, saved as `train` saves it but without its figures (drawing them is most of the time)."""
     from rungefit.config import TrainConfig
-    from rungefit.runs import commit as runsave
-    from rungefit.runs import format as runformat
+    from rungefit.runs import RunStore
     from rungefit.training.train import fit
 
     runs_dir = tmp_path_factory.mktemp("spec-runs")
@@ -48,7 +47,7 @@ def spec_runs(tmp_path_factory):
         for dtype in ("float32", "float64"):
             name = f"s{index}-{dtype}"
             result = fit(TrainConfig(layers=layers, points=120, epochs=4, seeds=(0, 1), dtype=dtype, workers=1))
-            runsave.save_new_run(runs_dir, name, runformat.run_files(result, {}, {"schedule": result.config.schedule}, {}))
+            RunStore(runs_dir).save(result, summary_extra={"schedule": result.config.schedule}, name=name)
             made[layers, dtype] = (runs_dir, name, result.summary())
     return made
 

@@ -28,8 +28,7 @@ from rungefit.cli.app import app
 from rungefit.cli.render import error  # noqa: F401
 from rungefit.config import parse_layers
 from rungefit.net.model import StackedMLP
-from rungefit.runs import commit as runsave
-from rungefit.runs import format as runformat
+from rungefit.runs import RunStore
 
 # The repository's root, and the small data set committed for --data tests.
 REPO = Path(__file__).resolve().parent.parent
@@ -115,8 +114,9 @@ def stop_after(steps: int):
 
 
 def save_run(runs_dir, result, name=None):
-    """Save a fit's result as `train` would, without the CLI's extra summary fields; its directory."""
-    return runsave.save_new_run(runs_dir, name, runformat.run_files(result, {}, {}, {}))
+    """Save a fit's result through the RunStore, as `train` does but without the CLI's extra
+    summary fields and figures; its directory."""
+    return RunStore(runs_dir).save(result, name=name).path
 
 
 # ---------------------------------------------------------------- rungefit in a process of its own

@@ -9,7 +9,6 @@ import re
 import select
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -337,10 +336,15 @@ class Terminal:
     """An interactive bash on a pseudo-terminal: type into it, wait for what it prints."""
 
     def __init__(self, env: dict, cwd: Path):
-        self.pid, self.fd = pty.fork()
-        if self.pid == 0:  # the child: nothing but exec
-            os.chdir(cwd)
-            os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+        # bash in a session of its own with the terminal's other end as its controlling terminal
+        # (subprocess opens it as such in the child); the test process is never forked.
+        self.fd, terminal = pty.openpty()
+        self.bash = subprocess.Popen(
+            ["bash", "--norc", "--noprofile", "-i"], stdin=terminal, stdout=terminal, stderr=terminal,
+            cwd=cwd, env=env, start_new_session=True,
+        )
+        os.close(terminal)
+        self.pid = self.bash.pid
         self.output = b""
         self.deadline = time.monotonic() + 120
 
@@ -372,8 +376,8 @@ class Terminal:
                 except OSError:  # bash's side of the terminal closed as it exits: only the pidfd is left to wait on
                     watched = [exited]
         if not select.select([exited], [], [], 0)[0]:
-            os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
+            self.bash.kill()
+        self.bash.wait()
         os.close(exited)
         os.close(self.fd)
 
