@@ -20,6 +20,9 @@ DTYPE_NAMES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")
 POLISHES = ("none", "lm")
 MODES = ("exp", "linear")  # spacing of lr-find's sweep
+# --scale: which of x and y the network sees in standard coordinates (targets/maps.py). auto: x
+# always; y for data, and for a function whose values are far from unit size.
+SCALES = ("auto", "xy", "x", "none")
 EXPORT_FORMATS = ("pt2", "onnx", "safetensors")  # rungefit export --format
 PLOT_POINTS = 401  # the points each curve of a figure is drawn through
 
@@ -177,6 +180,7 @@ class TrainConfig:
     data: str = ""  # with --data: the points file as it was named; the run keeps a copy (datafile.DATA_FILE)
     data_sha256: str = ""  # with --data: the file's SHA-256, which its copy must match
     test_fraction: float = 0.2  # with --data: share of the points held out as the test set, the same for every member
+    scale: str = "auto"  # auto | xy | x | none: the maps into the network's standard coordinates (targets/maps.py)
 
     def validate(self) -> None:
         """UsageError naming the first setting that cannot work (by its CLI option). The target
@@ -199,6 +203,7 @@ class TrainConfig:
             (0 <= self.workers <= MAX_WORKERS, f"--workers must be between 0 (automatic) and {MAX_WORKERS}, got {self.workers}"),
             (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
             (0 < self.test_fraction < 1, f"--test-fraction must lie strictly between 0 and 1, got {self.test_fraction}"),
+            (self.scale in SCALES, f"--scale must be one of {', '.join(SCALES)}, got {self.scale!r}"),
         ])
         validation_size(self.points, self.val_fraction)
         require([

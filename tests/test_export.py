@@ -29,7 +29,7 @@ TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 def eval_grid(loaded, member: int) -> tuple[np.ndarray, np.ndarray]:
     """The run's test grid and eval's predictions on it (evaluate.member_prediction, as eval scores)."""
     x = loaded.target.test_grid(loaded.config.test_points, dtype=loaded.model.dtype).double().numpy()
-    return x, member_prediction(loaded.model, member, x)
+    return x, member_prediction(loaded.model, loaded.target, member, x)
 
 
 def relative_gap(got: np.ndarray, expected: np.ndarray) -> float:

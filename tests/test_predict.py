@@ -119,8 +119,8 @@ def test_chunked_passes_give_the_one_pass_numbers(quick_run, monkeypatch):
     loaded = runs.load_run(runs_dir, None)
     x = np.linspace(-1, 1, 23)
     monkeypatch.setattr(core, "CHUNK", 5)
-    chunked = core.predict(loaded.model, 0, x, with_grad=True)
-    whole = member_prediction(loaded.model, 0, x)
+    chunked = core.predict(loaded.model, loaded.target, 0, x, with_grad=True)
+    whole = member_prediction(loaded.model, loaded.target, 0, x)
     assert np.allclose(chunked.y, whole, rtol=1e-6, atol=0) and chunked.dydx.shape == (23,)
 
 

@@ -214,7 +214,7 @@ def predict(
     outside = int(((x < lo) | (x > hi)).sum())
     if outside:
         report.warning(f"{outside} of the {len(x)} x values lie outside [{lo:g}, {hi:g}], where the network was trained: extrapolation")
-    result = core.predict(loaded.model, member, x, with_grad)
+    result = core.predict(loaded.model, loaded.target, member, x, with_grad)
     if json_output:
         report.print_json({"run": str(loaded.path), "member": member, "points": len(x), **result.as_dict()})
     else:

@@ -288,21 +288,30 @@ TORCH_MODULES: dict[str, Callable[[], torch.nn.Module]] = {
 }
 
 
-def to_sequential(model: StackedMLP, member: int = 0) -> torch.nn.Sequential:
+def to_sequential(model: StackedMLP, member: int = 0, maps=None) -> torch.nn.Sequential:
     """Member `member` of a stack as a torch.nn.Sequential: Linear, activation, …, Linear.
 
     It is a copy in the stack's dtype on the CPU, in eval mode, with parameters that do not require
-    grad; its state_dict keys ("0.weight", "0.bias", "2.weight", …) are nn.Sequential's own.
+    grad; its state_dict keys ("0.weight", "0.bias", "2.weight", …) are nn.Sequential's own. With
+    `maps` (a run target's targets.Maps), it works in the target's units: x_std = (x − x_centre) /
+    x_half is folded into the first Linear and y = y_scale · a + y_mean into the last, in float64
+    before the cast to the stack's dtype.
     """
     if not 0 <= member < model.members:
         raise UsageError(f"member {member} does not exist; the stack has members 0…{model.members - 1}")
+    shapes = layer_shapes(model.layers)
     modules: list[torch.nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(layer_shapes(model.layers)):
+    for index, (fan_in, fan_out) in enumerate(shapes):
+        weight, bias = model.weight(index)[member].double(), model.bias(index)[member].double()
+        if maps is not None and index == 0:
+            weight, bias = weight / maps.x_half, bias - weight[:, 0] * (maps.x_centre / maps.x_half)
+        if maps is not None and index == len(shapes) - 1:
+            weight, bias = weight * maps.y_scale, bias * maps.y_scale + maps.y_mean
         # skip_init: nn.Linear's own initialisation would draw from the caller's global RNG.
         linear = torch.nn.utils.skip_init(torch.nn.Linear, fan_in, fan_out, dtype=model.dtype)
         with torch.no_grad():
-            linear.weight.copy_(model.weight(index)[member])
-            linear.bias.copy_(model.bias(index)[member])
+            linear.weight.copy_(weight)
+            linear.bias.copy_(bias)
         modules.append(linear)
         if index < len(model.layers):
             modules.append(TORCH_MODULES[model.layers[index].activation]())

@@ -21,6 +21,7 @@ from rungefit.config import (
     MAX_SEED,
     MAX_STEPS,
     POLISHES,
+    SCALES,
     SCHEDULES,
     TrainConfig,
     layer_shapes,
@@ -45,8 +46,25 @@ STATUSES = ("complete", "interrupted", "diverged")
 # raises its number here, adds one step, and commits a fixture run of the old format under
 # tests/fixtures/, which every later rungefit must load, evaluate and resume.
 FORMAT_KEY = "format"
-VERSIONS = {CONFIG_FILE: 1, MODEL_FILE: 1, SUMMARY_FILE: 1}
-UPGRADES: dict[str, dict[int, Callable[[dict, Path], dict]]] = {CONFIG_FILE: {}, MODEL_FILE: {}, SUMMARY_FILE: {}}
+VERSIONS = {CONFIG_FILE: 2, MODEL_FILE: 2, SUMMARY_FILE: 1}
+IDENTITY_MAPS = {"x_centre": 0.0, "x_half": 1.0, "y_mean": 0.0, "y_scale": 1.0}
+
+
+def _config_1_to_2(document: dict, run_dir: Path) -> dict:
+    """Format 2 adds --scale; a run of format 1 trained in the units it was given."""
+    return {**document, "scale": "none"}
+
+
+def _checkpoint_1_to_2(document: dict, run_dir: Path) -> dict:
+    """Format 2 keeps the maps into the network's standard coordinates; format 1 had none."""
+    return {**document, "maps": dict(IDENTITY_MAPS)}
+
+
+UPGRADES: dict[str, dict[int, Callable[[dict, Path], dict]]] = {
+    CONFIG_FILE: {1: _config_1_to_2},
+    MODEL_FILE: {1: _checkpoint_1_to_2},
+    SUMMARY_FILE: {},
+}
 
 
 def upgraded(document: Any, file: Path) -> Any:
@@ -85,6 +103,7 @@ def checkpoint_bytes(result) -> bytes:
         "epochs_run": result.epochs_run,
         "history": curves,
         "status": result.status,
+        "maps": result.target.maps.as_dict(),
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -179,6 +198,7 @@ def check_config(document: Any, file: Path):
         "data": optional(text(max_length=4096)),
         "data_sha256": optional(text(max_length=64)),
         "test_fraction": optional(number()),
+        "scale": optional(text(choices=SCALES)),
     }
     checked = _validated(upgraded(document, file), record(fields), file)
     config = TrainConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in checked.items() if key in fields})
@@ -231,6 +251,9 @@ def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
         "epochs_run": integer(0, config.epochs),
         "history": record({}),
         "status": text(choices=STATUSES),
+        "maps": record({
+            "x_centre": number(), "x_half": number(positive=True), "y_mean": number(), "y_scale": number(positive=True),
+        }, exact=True),
     }), file)
     curve = tensor(torch.float64, (checked["epochs_run"], members), finite=False)
     checked["history"] = _validated(checked["history"], record({field.name: curve for field in fields(History)}), file, "history")

@@ -16,7 +16,7 @@ import os
 import stat
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -91,10 +91,11 @@ class Run:
 
     def network(self, member: int | None = None):
         """The member (default: the best by validation MSE) as a torch.nn.Sequential in the run's
-        dtype, on the CPU, in eval mode and without gradients for its parameters."""
+        dtype and the target's units (the maps folded in), on the CPU, in eval mode and without
+        gradients for its parameters."""
         from rungefit.net.model import to_sequential  # torch, as above
 
-        return to_sequential(self.model, self.member(member))
+        return to_sequential(self.model, self.member(member), self.target.maps)
 
     def resume_state(self):
         """The TrainState an interrupted run stopped at; RunError for a run that cannot be resumed."""
@@ -234,6 +235,8 @@ def _load(runs_dir: Path, name: str | None, option: str, own: bool) -> Run:
         try:
             config, target = check_config(read_json(fds[CONFIG_FILE], path / CONFIG_FILE), path / CONFIG_FILE)
             checkpoint = check_checkpoint(read_checkpoint(fds[MODEL_FILE], path / MODEL_FILE), config, path / MODEL_FILE)
+            # The network's own maps, as it was trained with them, whatever resolve would make today.
+            target = replace(target, maps=type(target.maps)(**checkpoint["maps"]))
             summary = check_summary(read_json(fds[SUMMARY_FILE], path / SUMMARY_FILE), config, checkpoint, path)
         except BaseException:
             if owner is not None:

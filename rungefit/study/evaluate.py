@@ -23,7 +23,7 @@ from rungefit.config import DEFAULT_DOMAIN, PLOT_POINTS, TrainConfig, parameter_
 from rungefit.errors import UsageError
 from rungefit.net.model import StackedMLP
 from rungefit.targets import FunctionTarget, Target
-from rungefit.training.metrics import grid_errors
+from rungefit.training.metrics import data_predictions, grid_errors
 
 
 @dataclass(frozen=True)
@@ -39,18 +39,23 @@ class FitCurves:
 
 
 def fit_curves(model: StackedMLP, target: Target, n: int = PLOT_POINTS) -> FitCurves:
-    x = target.test_grid(n, dtype=model.dtype, device=model.device).expand(model.members, -1)
-    predictions = _predict(model, x)
-    grid = x[0].double().cpu().numpy()
+    x = standard_x(target, target.test_grid(n, dtype=torch.float64), model)
+    predictions = data_predictions(model, target, x).cpu().numpy()
+    grid = seen_x(target, x[0]).cpu().numpy()
     if target.has_function:
-        return FitCurves(grid, target(x[0]).double().cpu().numpy(), predictions, target.label, None)
-    at_points = _predict(model, torch.as_tensor(target.points.x).to(dtype=model.dtype, device=model.device).expand(model.members, -1))
+        return FitCurves(grid, target(torch.from_numpy(grid)).numpy(), predictions, target.label, None)
+    at_points = data_predictions(model, target, standard_x(target, torch.from_numpy(target.points.x), model)).cpu().numpy()
     return FitCurves(grid, None, predictions, target.label, (target.points.x, target.points.y, at_points))
 
 
-def _predict(model: StackedMLP, x: torch.Tensor) -> np.ndarray:
-    with torch.no_grad():
-        return model.forward(x).double().cpu().numpy()
+def standard_x(target: Target, x: torch.Tensor, model: StackedMLP) -> torch.Tensor:
+    """Data-unit x [n] (float64) as the whole stack's input [K, n]: mapped in float64, then cast."""
+    return target.maps.x_in(x.double()).to(dtype=model.dtype, device=model.device).expand(model.members, -1)
+
+
+def seen_x(target: Target, x: torch.Tensor) -> torch.Tensor:
+    """The data-unit x that standard x (in the run's dtype) stands for, in float64."""
+    return target.maps.x_out(x.double())
 
 
 # Where the Runge phenomenon lives: farther than END_REGION of the half-width from the domain's
@@ -115,13 +120,11 @@ def _max_abs(error: np.ndarray) -> float:
     return float(np.abs(error).max()) if error.size else math.nan
 
 
-def member_prediction(model: StackedMLP, member: int, x: np.ndarray) -> np.ndarray:
-    """The member's prediction at x [n], computed as grid_errors does (the whole stack, in the run's
-    dtype), as a float64 array."""
-    inputs = torch.as_tensor(x).to(dtype=model.dtype, device=model.device).expand(model.members, -1)
-    with torch.no_grad():
-        prediction = model.forward(inputs)
-    return prediction[member].double().cpu().numpy()
+def member_prediction(model: StackedMLP, target: Target, member: int, x: np.ndarray) -> np.ndarray:
+    """The member's prediction at data-unit x [n], computed as grid_errors does (the whole stack, in
+    the run's dtype, through the target's maps), as a float64 array in data units."""
+    inputs = standard_x(target, torch.as_tensor(np.asarray(x, dtype=np.float64)), model)
+    return data_predictions(model, target, inputs)[member].cpu().numpy()
 
 
 def network_scores(model: StackedMLP, target: Target, member: int, n: int) -> Scores:
@@ -139,8 +142,8 @@ def network_scores(model: StackedMLP, target: Target, member: int, n: int) -> Sc
 
 
 def test_x(target: Target, n: int, dtype: torch.dtype) -> np.ndarray:
-    """The test set's x as the run's dtype holds them (train's points, exactly), in float64."""
-    return target.test_set(n, dtype=dtype)[0].double().numpy()
+    """The test set's x as the network sees them (train's points, exactly), in float64 data units."""
+    return seen_x(target, target.maps.x_in(target.test_set(n, dtype=torch.float64)[0]).to(dtype)).numpy()
 
 
 def test_points(target: Target, n: int, dtype: torch.dtype) -> tuple[np.ndarray, np.ndarray]:
@@ -286,7 +289,7 @@ def point_scores(model: StackedMLP, target: Target, member: int, x_values: list[
     if not x_values:
         return []
     x = np.array(x_values, dtype=np.float64)
-    prediction = member_prediction(model, member, x)
+    prediction = member_prediction(model, target, member, x)
     truth = target(x) if target.has_function else [None] * len(x)
     low, high = target.domain
     return [
@@ -301,13 +304,13 @@ def point_scores(model: StackedMLP, target: Target, member: int, x_values: list[
 def plot_curves(model: StackedMLP, target: Target, member: int, degrees: tuple[int, ...], train=None) -> Curves:
     """The network and, for the largest degree in `degrees` (none when empty), each baseline's error."""
     x = target.test_grid(PLOT_POINTS, dtype=torch.float64).numpy()
-    prediction = member_prediction(model, member, x)
+    prediction = member_prediction(model, target, member, x)
     if target.has_function:
         error_x, truth, points = x, target(x), None
     else:
         error_x, truth = test_points(target, 0, torch.float64)
         points = (error_x, truth)
-    errors = {"network": (prediction if error_x is x else member_prediction(model, member, error_x)) - truth}
+    errors = {"network": (prediction if error_x is x else member_prediction(model, target, member, error_x)) - truth}
     if degrees:
         errors.update({name: approximant(error_x) - truth for name, _, approximant in baseline_approximants(target, degrees[-1:], train)})
     return Curves(x, truth if target.has_function else None, prediction, error_x, errors, target.label, points)

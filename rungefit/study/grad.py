@@ -21,7 +21,7 @@ import torch
 from rungefit.config import PLOT_POINTS, parse_layers
 from rungefit.errors import UsageError
 from rungefit.net.model import StackedMLP
-from rungefit.targets import DataTarget, FunctionTarget
+from rungefit.targets import DataTarget, FunctionTarget, Maps
 
 # Central differences err by h²·|a'''|/6 from truncation and by ~ε/h from rounding; in float64
 # (ε ≈ 1e-16) h = 1e-5 keeps both below 1e-8 for the curvatures a fitted Runge network has.
@@ -133,22 +133,35 @@ def _number_or_none(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
+def data_unit_autograd(model: StackedMLP, maps: Maps, x: torch.Tensor) -> torch.Tensor:
+    """d/dx of the network as a function of data units, y = y_out(a^[L](x_in(x))), by autograd at
+    x [K, B] (data units): the maps' chain factor comes out of autograd itself, not out of the product."""
+    x = x.detach().clone().requires_grad_(True)
+    (gradient,) = torch.autograd.grad(maps.y_out(model.forward(maps.x_in(x))).sum(), x)
+    return gradient
+
+
 def check_gradient(model: StackedMLP, target: FunctionTarget | DataTarget, x: np.ndarray, step: float = FD_STEP) -> GradientCheck:
-    """Compare the three derivatives of a one-member float64 model (see as_float64) at points x."""
+    """Compare the three derivatives of a one-member float64 model (see as_float64) at points x, in
+    data units: the product and the finite difference (step in standard coordinates) are taken in
+    the network's standard coordinates and times the maps' chain factor σ_y/σ_x, autograd is of the
+    data-unit function itself."""
     if model.members != 1 or model.dtype != torch.float64:
         raise ValueError("check_gradient needs one float64 member; pass it through as_float64 first")
+    maps = target.maps
     points = torch.as_tensor(np.asarray(x, dtype=np.float64)).reshape(1, -1)
+    standard = maps.x_in(points)
     with torch.no_grad():
-        output = model.forward(points)
+        output = maps.y_out(model.forward(standard))
     x = _row(points)
     true = target.derivative(x)  # NaN where f is not differentiable
     return GradientCheck(
         x=x,
         output=_row(output),
         target=target(x) if target.has_function else np.full(x.shape, np.nan),
-        explicit=_row(explicit_gradient(model, points)),
-        autograd=_row(autograd_gradient(model, points)),
-        finite_difference=_row(finite_difference_gradient(model, points, step)),
+        explicit=_row(explicit_gradient(model, standard) * maps.slope),
+        autograd=_row(data_unit_autograd(model, maps, points)),
+        finite_difference=_row(finite_difference_gradient(model, standard, step) * maps.slope),
         true=true,
         fd_step=step,
         differentiable=target.differentiable(x, true),
@@ -177,18 +190,23 @@ class ChainFactor:
         }
 
 
-def explain_chain(model: StackedMLP, x: float) -> list[ChainFactor]:
-    """The product for one member at one x, factor by factor, left (output) to right (input).
+def explain_chain(model: StackedMLP, x: float, maps: Maps = Maps()) -> list[ChainFactor]:
+    """The product for one member at one x (data units), factor by factor, left (output) to right (input).
 
     Unlike explicit_gradient this materialises every diag(σ') as a matrix, so the result is the
-    formula written out; its last running product equals ∇a^[L](x).
+    formula written out; its last running product equals ∇a^[L](x). With maps other than the
+    identity, their chain factor σ_y/σ_x stands first, on its own.
     """
     if model.members != 1 or model.dtype != torch.float64:
         raise ValueError("explain_chain needs one float64 member; pass it through as_float64 first")
     with torch.no_grad():
-        preacts = model.forward_with_preacts(torch.tensor([[float(x)]], dtype=torch.float64)).preacts
+        preacts = model.forward_with_preacts(maps.x_in(torch.tensor([[float(x)]], dtype=torch.float64))).preacts
     last = len(preacts) + 1  # L: the input layer is 1, the hidden layers 2…L-1
-    factors = [(f"σ_{last}'(Z^[{last}])", "output", np.ones((1, 1)), f"the output layer (L = {last}) is linear")]
+    factors = [] if maps.identity else [(
+        "σ_y / σ_x", "units", np.array([[maps.slope]]),
+        f"data units: y = {maps.y_scale:.6g}·a^[L] + {maps.y_mean:.6g} and x_std = (x − {maps.x_centre:.6g}) / {maps.x_half:.6g}",
+    )]
+    factors.append((f"σ_{last}'(Z^[{last}])", "output", np.ones((1, 1)), f"the output layer (L = {last}) is linear"))
     for index in range(len(preacts) - 1, -1, -1):
         layer = index + 2
         factors.append((f"W^[{layer}]", "weight", model.weight(index)[0].numpy(), "the same for every x"))
@@ -237,5 +255,5 @@ def study_gradient(
         at_x=check_gradient(model, target, np.array(x_values, dtype=np.float64)),
         grid=grid,
         curve=grid if grid is not None else check_gradient(model, target, np.linspace(*target.domain, PLOT_POINTS)),
-        chains=[(x, explain_chain(model, x)) for x in x_values] if explain else [],
+        chains=[(x, explain_chain(model, x, target.maps)) for x in x_values] if explain else [],
     )

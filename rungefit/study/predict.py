@@ -18,8 +18,8 @@ import torch
 from rungefit.errors import UsageError
 from rungefit.net.model import StackedMLP
 from rungefit.study.evaluate import member_prediction
-from rungefit.study.grad import as_float64, autograd_gradient
-from rungefit.targets import is_number
+from rungefit.study.grad import as_float64, data_unit_autograd
+from rungefit.targets import Target, is_number
 
 MAX_VALUES = 10_000_000
 MAX_LINE_CHARS = 10_000
@@ -85,12 +85,13 @@ class Predictions:
         return doc
 
 
-def predict(model: StackedMLP, member: int, x: np.ndarray, with_grad: bool = False) -> Predictions:
-    """Member `member`'s y at x [n] (as eval computes it), and with_grad its dy/dx by autograd."""
+def predict(model: StackedMLP, target: Target, member: int, x: np.ndarray, with_grad: bool = False) -> Predictions:
+    """Member `member`'s y at x [n] (as eval computes it, in data units), and with_grad its dy/dx
+    by autograd of the data-unit function (as grad computes it)."""
     parts = np.array_split(x, max(1, math.ceil(len(x) / CHUNK)))
-    y = np.concatenate([member_prediction(model, member, part) for part in parts])
+    y = np.concatenate([member_prediction(model, target, member, part) for part in parts])
     dydx = None
     if with_grad:
         single = as_float64(model, member)
-        dydx = np.concatenate([autograd_gradient(single, torch.as_tensor(part).reshape(1, -1))[0].numpy() for part in parts])
+        dydx = np.concatenate([data_unit_autograd(single, target.maps, torch.as_tensor(part).reshape(1, -1))[0].numpy() for part in parts])
     return Predictions(x=x, y=y, dydx=dydx)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from rungefit.targets.datafile import DATA_FILE, PointsFile, is_number, read_points
 from rungefit.targets.domain import describe_domain
+from rungefit.targets.maps import Maps
 from rungefit.targets.target import DataSplit, DataTarget, FunctionTarget, Settings, resolve, settings
 
 Target = FunctionTarget | DataTarget
@@ -19,6 +20,7 @@ __all__ = [
     "DataSplit",
     "DataTarget",
     "FunctionTarget",
+    "Maps",
     "PointsFile",
     "Settings",
     "Target",

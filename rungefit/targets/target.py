@@ -6,7 +6,7 @@ and f' by autograd. The domain itself is domain.py's.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +17,7 @@ from rungefit.errors import UsageError
 from rungefit.targets.datafile import PointsFile, read_points
 from rungefit.targets.domain import check_domain, check_grid, describe_domain, parse_domain
 from rungefit.targets.formula import CONSTANTS, FUNCTIONS, KINK_TOLERANCE, Formula, parse_formula, short
+from rungefit.targets.maps import Maps, make_maps
 
 if TYPE_CHECKING:
     import torch
@@ -59,6 +60,7 @@ class FunctionTarget:
     label: str  # f in a plot legend
     derivative_label: str
     known_kinks: tuple[float, ...] | None  # a preset's; None for a formula (detected on demand)
+    maps: Maps = Maps()  # into the network's standard coordinates (resolve sets them from --scale)
 
     has_function = True
 
@@ -93,8 +95,12 @@ class FunctionTarget:
 
         seeds = torch.as_tensor(seeds, dtype=torch.int64, device=device)
         low, high = self.domain
-        x = (low + (high - low) * rng.uniform(seeds, rng.STREAM_DATA, points)).to(dtype or torch.float32)
-        y = self(x)
+        x_data = low + (high - low) * rng.uniform(seeds, rng.STREAM_DATA, points)
+        x = self.maps.x_in(x_data).to(dtype or torch.float32)
+        if self.maps.identity:  # f in the run's dtype, as runs before the maps computed it, bit for bit
+            y = self(x)
+        else:  # in float64 at the point the network sees, then cast
+            y = self.maps.y_in(self(self.maps.x_out(x.double()))).to(x.dtype)
         finite = torch.isfinite(y)
         if not bool(finite.all()):
             raise UsageError(
@@ -108,7 +114,7 @@ class FunctionTarget:
         return linspace(self.domain, n, dtype=dtype, device=device)
 
     def test_set(self, n: int, *, dtype=None, device="cpu"):
-        """(x, f(x)) on the n-point test grid, tensors [n] in dtype."""
+        """(x, f(x)) on the n-point test grid, tensors [n] in dtype (in data units)."""
         x = self.test_grid(n, dtype=dtype, device=device)
         return x, self(x)
 
@@ -200,6 +206,7 @@ class DataTarget:
     domain: tuple[float, float]
     test_fraction: float
     source: str  # the file as the user named it
+    maps: Maps = Maps()  # into the network's standard coordinates (resolve sets them from --scale)
 
     has_function = False
     derivative_label = "f'"
@@ -235,7 +242,8 @@ class DataTarget:
         if points != len(pool):
             raise UsageError(f"--data leaves {len(pool)} points for training and validation; the config asks for {points}")
         index = pool[_orders(seeds, "STREAM_DATA", len(pool))]
-        x, y = (torch.from_numpy(values[index]).to(dtype=dtype or torch.float32, device=device) for values in (self.points.x, self.points.y))
+        standard = (self.maps.x_in(self.points.x[index]), self.maps.y_in(self.points.y[index]))
+        x, y = (torch.from_numpy(values).to(dtype=dtype or torch.float32, device=device) for values in standard)
         return _hold_out(x, y, points, val_fraction)
 
     def test_set(self, n: int | None = None, *, dtype=None, device="cpu"):
@@ -352,8 +360,9 @@ def resolve(config, points: PointsFile | None = None) -> FunctionTarget | DataTa
         raise UsageError("a data setting needs the file's SHA-256 too: build it with target.settings(data=…)")
     if not config.data:
         target = function_target(config.target, domain)
-        _varying(target(check_grid(domain)), f"--target {short(target.spec)} on --domain {describe_domain(domain)}")
-        return target
+        values = target(check_grid(domain))
+        _varying(values, f"--target {short(target.spec)} on --domain {describe_domain(domain)}")
+        return replace(target, maps=make_maps(config.scale, domain, values, has_function=True))
     if points is None:
         points = read_points(config.data, expected_sha256=config.data_sha256)
     elif points.sha256 != config.data_sha256:
@@ -361,7 +370,7 @@ def resolve(config, points: PointsFile | None = None) -> FunctionTarget | DataTa
     _varying(points.y, f"--data {config.data}: y")
     target = data_target(points, domain, float(config.test_fraction), config.data)
     _check_data_sizes(config, target)
-    return target
+    return replace(target, maps=make_maps(config.scale, domain, points.y[target.pool], has_function=False))
 
 
 def _check_data_sizes(config, target: DataTarget) -> None:

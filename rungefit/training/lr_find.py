@@ -278,7 +278,7 @@ def verify(
         labels=labels or [[] for _ in rates],
         seeds=tuple(seeds),
         val_mse=val,
-        mean_loss=float(split.y_val.var(dim=1, correction=0).median()),
+        mean_loss=float(split.y_val.var(dim=1, correction=0).median()) * target.maps.y_scale**2,  # in data units, as val_mse
         epochs=config.epochs,
         wall_time_s=result.wall_time_s,
     )

@@ -38,18 +38,31 @@ def fit_verdict(members_learned) -> str:
 MSE_CHUNK_ACTIVATIONS = 1 << 22
 
 
+def data_predictions(model: StackedMLP, target: Target, x: torch.Tensor) -> torch.Tensor:
+    """The network's outputs at standard x [K, n] (in the run's dtype), in data units, float64."""
+    with torch.no_grad():
+        prediction = model.forward(x)
+    return target.maps.y_out(prediction.double())
+
+
 def float64_truth(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """What the network is scored against, in float64: f at exactly the points x (as the run's
-    dtype holds them) for a function, the measured y for data."""
-    return target(x.double()) if target.has_function else y.double()
+    """What the network is scored against at standard x (y: the standard targets beside x), in data
+    units and float64: f at exactly the point the network sees (x as the run's dtype holds it) for
+    a function, the measured y for data."""
+    if target.has_function:
+        return target(target.maps.x_out(x.double()))
+    return target.maps.y_out(y.double())
+
+
+def standard_truth(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """float64_truth in the network's standard coordinates (what a float64 polish fits)."""
+    return target.maps.y_in(target(target.maps.x_out(x.double()))) if target.has_function else y.double()
 
 
 def float64_errors(model: StackedMLP, target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """network − truth at x [K, n] (y: the targets beside x), in float64: the network's outputs as
-    they are. Every statistic a run reports is computed from these."""
-    with torch.no_grad():
-        prediction = model.forward(x)
-    return prediction.double() - float64_truth(target, x, y)
+    """network − truth at standard x [K, n] (y: the targets beside x), in data units and float64:
+    the network's outputs as they are. Every statistic a run reports is computed from these."""
+    return data_predictions(model, target, x) - float64_truth(target, x, y)
 
 
 def float64_mse(model: StackedMLP, target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -68,12 +81,16 @@ class GridErrors:
 
 
 def grid_errors(model: StackedMLP, target: Target, n: int = 100) -> GridErrors:
-    """Errors, MSE and max |error| of every member on the target's test set, in float64: n equally
-    spaced points of the domain for a function, the held-out points for data."""
-    x, y = target.test_set(n, dtype=model.dtype, device=model.device)
-    if not target.has_function:  # the measured values as they are, not as the run's dtype rounds them
-        y = target.test_set(n, dtype=torch.float64, device=model.device)[1]
-    error = float64_errors(model, target, x.expand(model.members, -1), y.expand(model.members, -1))
+    """Errors, MSE and max |error| of every member on the target's test set, in data units and
+    float64: n equally spaced points of the domain for a function, the held-out points for data
+    (their measured y as they are, not as the run's dtype rounds them)."""
+    if target.has_function:
+        x = target.test_grid(n, dtype=torch.float64, device=model.device)
+    else:
+        x, y = target.test_set(n, dtype=torch.float64, device=model.device)
+    x = target.maps.x_in(x).to(model.dtype).expand(model.members, -1)
+    truth = target(target.maps.x_out(x.double())) if target.has_function else y.expand(model.members, -1)
+    error = data_predictions(model, target, x) - truth
     return GridErrors(errors=error, mse=(error**2).mean(dim=1), max_abs_error=error.abs().max(dim=1).values)
 
 

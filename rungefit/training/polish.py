@@ -27,7 +27,7 @@ Usage:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -60,6 +60,11 @@ class PolishReport:
     iterations: torch.Tensor  # [K] iterations run (int64)
     accepted: torch.Tensor  # [K] steps taken (int64)
     curves: torch.Tensor  # [K, iterations + 1] training MSE before and after each iteration (the best so far); NaN once a member stopped
+
+    def in_data_units(self, maps) -> PolishReport:
+        """The MSEs, which the polish computes in standard coordinates, in the target's units."""
+        factor = maps.y_scale**2
+        return replace(self, initial_mse=self.initial_mse * factor, final_mse=self.final_mse * factor, curves=self.curves * factor)
 
 
 def levenberg_marquardt(

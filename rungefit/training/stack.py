@@ -24,7 +24,7 @@ from rungefit.net.model import DTYPES, StackedMLP
 from rungefit.net.optim import StackedAdam, lr_factors
 from rungefit.targets import DataSplit, Target
 from rungefit.training import workers as workers
-from rungefit.training.metrics import float64_truth
+from rungefit.training.metrics import standard_truth
 from rungefit.training.polish import PolishProgress, PolishReport, levenberg_marquardt
 
 
@@ -40,6 +40,12 @@ class EpochCurves:
     def join(cls, parts: Sequence[EpochCurves]) -> EpochCurves:
         """The curves of consecutive groups of members as those of the whole stack."""
         return cls(*([value for part in parts for value in getattr(part, f.name)] for f in fields(cls)))
+
+    def in_data_units(self, maps) -> EpochCurves:
+        """The losses, which the stack computes in standard coordinates, in the target's units
+        (times y_scale²: exactly themselves under the identity)."""
+        factor = maps.y_scale**2
+        return EpochCurves([v * factor for v in self.train_mse], [v * factor for v in self.val_mse], self.lr)
 
 
 
@@ -160,7 +166,7 @@ class Stack:
 
     def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None, should_stop: Callable[[], bool] | None) -> PolishReport | None:
         """The LM polish; None, with the members as they were, if should_stop said yes."""
-        y_train = float64_truth(self.target, self.data.x_train, self.data.y_train)
+        y_train = standard_truth(self.target, self.data.x_train, self.data.y_train)
         return levenberg_marquardt(self.model, self.data.x_train, y_train, iterations=iterations, progress=progress, should_stop=should_stop)
 
     def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:

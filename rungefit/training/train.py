@@ -222,6 +222,7 @@ def fit(
                 stack.rewind(epoch)
                 status = "diverged"
                 break
+            curves = curves.in_data_units(target.maps)
             history.append(curves)
             if on_epoch is not None:
                 on_epoch(EpochReport.of(epoch + 1, config.epochs, curves))
@@ -230,6 +231,7 @@ def fit(
             polish = stack.polish(config.polish_iterations, on_polish, should_stop)
             polish_time = time.perf_counter() - polish_started
             status = "complete" if polish is not None else "interrupted"
+            polish = polish and polish.in_data_units(target.maps)
         model, optimizer, data = stack.finish()
         # Still on the training's threads: the final metrics are small passes too.
         result = TrainResult(

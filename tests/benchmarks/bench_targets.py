@@ -80,7 +80,7 @@ def measure(name: str, seeds: int, epochs: int | None) -> dict:
         "baselines": {s.name: s.mse for s in baseline_scores(target, config.test_points, BASELINE_DEGREES)},
     }
     if name in SHAPES:
-        shapes = [SHAPES[name](member_prediction(result.model, k, FINE)) for k in range(seeds)]
+        shapes = [SHAPES[name](member_prediction(result.model, result.target, k, FINE)) for k in range(seeds)]
         row["shape"] = {key: float(np.median([s[key] for s in shapes])) for key in shapes[0]}
         row["shape_chebyshev"] = SHAPES[name](interpolant(FINE))
     return row
