@@ -23,6 +23,9 @@ MODES = ("exp", "linear")  # spacing of lr-find's sweep
 # --scale: which of x and y the network sees in standard coordinates (targets/maps.py). auto: x
 # always; y for data, and for a function whose values are far from unit size.
 SCALES = ("auto", "xy", "x", "none")
+# --keep: which weights a run keeps: auto (best for data, last for a function), best (each
+# member's epoch of lowest validation MSE), last (the last epoch's).
+KEEPS = ("auto", "best", "last")
 EXPORT_FORMATS = ("pt2", "onnx", "safetensors")  # rungefit export --format
 PLOT_POINTS = 401  # the points each curve of a figure is drawn through
 
@@ -181,6 +184,7 @@ class TrainConfig:
     data_sha256: str = ""  # with --data: the file's SHA-256, which its copy must match
     test_fraction: float = 0.2  # with --data: share of the points held out as the test set, the same for every member
     scale: str = "auto"  # auto | xy | x | none: the maps into the network's standard coordinates (targets/maps.py)
+    keep: str = "auto"  # auto | best | last: which weights the run keeps (auto: best for data, last for a function)
 
     def validate(self) -> None:
         """UsageError naming the first setting that cannot work (by its CLI option). The target
@@ -204,6 +208,7 @@ class TrainConfig:
             (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
             (0 < self.test_fraction < 1, f"--test-fraction must lie strictly between 0 and 1, got {self.test_fraction}"),
             (self.scale in SCALES, f"--scale must be one of {', '.join(SCALES)}, got {self.scale!r}"),
+            (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}, got {self.keep!r}"),
         ])
         validation_size(self.points, self.val_fraction)
         require([
@@ -230,6 +235,22 @@ class TrainConfig:
     @property
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.epochs
+
+
+# A data run whose --batch-size and --epochs are not given takes DATA_STEPS optimizer steps, on the
+# whole training set up to FULL_BATCH_POINTS points and on as few batches of about that size beyond
+# (tests/benchmarks/bench_data.py measures the choice): a small set then converges instead of
+# stopping after a few hundred mini-batches, and a large one costs no more steps than a small one.
+DATA_STEPS = 4000
+FULL_BATCH_POINTS = 1024
+# The fewest points a data file may have: a test share, a validation share and training points.
+MIN_DATA_POINTS = 10
+
+
+def data_plan(n_train: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int]:
+    """(batch size, epochs) of a data run with n_train training points; an option given (not None) is kept."""
+    batch = batch_size or (n_train if n_train <= FULL_BATCH_POINTS else math.ceil(n_train / math.ceil(n_train / FULL_BATCH_POINTS)))
+    return batch, epochs or max(1, math.ceil(DATA_STEPS / math.ceil(n_train / batch)))
 
 
 def require(checks: list[tuple[bool, str]]) -> None:

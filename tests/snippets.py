@@ -40,7 +40,7 @@ FAST = [
     "rungefit grad --x 0.3 --explain --run reference",
     "rungefit eval --run reference",
     "rungefit eval --baselines --run reference",
-    "rungefit train --data tests/data/damped_sine.csv --name measured",
+    "rungefit train --data tests/data/accel_ms.csv --name measured",
     "rungefit eval --run measured",
 ]
 SLOW = [

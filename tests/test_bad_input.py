@@ -35,7 +35,7 @@ DATA_FILES = {
     "one.csv": "x\n1\n2\n",
     "text.csv": "x,y\n0,1\n1,one\n",
     "nan.csv": "0,1\n1,nan\n",
-    "few.csv": "".join(f"{i},{i}\n" for i in range(40)),
+    "few.csv": "".join(f"{i},{i}\n" for i in range(9)),
     "flat.csv": "".join(f"{i / 100},2.5\n" for i in range(100)),
     "good.csv": "".join(f"{i / 100},{(i / 100) ** 2}\n" for i in range(100)),
 }
@@ -150,7 +150,7 @@ TRAIN = [
     (["--data", "{root}/one.csv"], 2, "one column"),
     (["--data", "{root}/text.csv"], 2, "'one' is not a number"),
     (["--data", "{root}/nan.csv"], 2, "NaN or infinite"),
-    (["--data", "{root}/few.csv"], 2, "fewer than one batch"),
+    (["--data", "{root}/few.csv"], 2, "give at least 10 points"),
     (["--data", "{root}/flat.csv"], 2, "y is constant (2.5)"),
     (["--data", "{root}/good.csv", "--domain", "0,0.5"], 2, "outside --domain"),
     (["--data", "{root}/good.csv", "--points", "50"], 2, "--points"),

@@ -400,10 +400,11 @@ def test_the_test_share_is_the_same_for_every_member_and_each_member_splits_the_
 def test_data_outside_an_explicit_domain_or_too_few_points_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="outside --domain"):
         data_config(domain="0,1")
-    few = write(tmp_path, "\n".join(f"{i},{i}" for i in range(50)))
-    with pytest.raises(UsageError, match="fewer than one batch"):
+    few = write(tmp_path, "\n".join(f"{i},{i}" for i in range(9)))
+    with pytest.raises(UsageError, match="give at least 10 points"):
         resolve(TrainConfig(**targets.settings(data=str(few)).fields))
-    resolve(TrainConfig(**targets.settings(data=str(few)).fields, batch_size=10))
+    enough = write(tmp_path, "\n".join(f"{i},{i}" for i in range(10)), "enough.csv")
+    resolve(TrainConfig(**targets.settings(data=str(enough)).fields, batch_size=1000))  # the batch adapts: full-batch
     same = write(tmp_path, "1,1\n1,2\n", "same.csv")
     with pytest.raises(UsageError, match="every x is 1"):
         targets.settings(data=str(same))

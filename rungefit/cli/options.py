@@ -21,11 +21,13 @@ from rungefit.config import (
     DTYPE_NAMES,
     EXPORT_FORMATS,
     FORMULA_FUNCTIONS,
+    KEEPS,
     MAX_MEMBERS,
     MAX_SEED,
     MODES,
     POLISHES,
     PRESETS,
+    SCALES,
     SCHEDULES,
     RangeTestConfig,
     TrainConfig,
@@ -71,6 +73,8 @@ Dtype = choices("Dtype", DTYPE_NAMES)
 Device = choices("Device", DEVICES)
 SweepMode = choices("SweepMode", MODES)
 ExportFormat = choices("ExportFormat", EXPORT_FORMATS)
+Scale = choices("Scale", SCALES)
+Keep = choices("Keep", KEEPS)
 
 
 DEFAULTS, SWEEP, VERIFY = TrainConfig(), RangeTestConfig(), VerifyConfig()
@@ -155,6 +159,9 @@ DataOption = Annotated[Optional[str], typer.Option("--data", help="Fit measured 
 
 
 TestFractionOption = Annotated[float, typer.Option(help="With --data: the share of the points held out as the test set, drawn once (seeded) and the same for every member.")]
+
+
+ScaleOption = Annotated[Scale, typer.Option(help="Which of x and y the network sees in standard coordinates: x mapped from the domain onto [-1, 1], y shifted and divided by its mean and spread (over the data's non-test points, or f on the domain). auto: x always; y for --data, and for a function far from unit size. Everything shown stays in the data's units.")]
 
 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Directory holding the run directories.", show_default=True)]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -18,8 +18,11 @@ from rungefit.cli.options import (
     DomainOption,
     Dtype,
     JsonFlag,
+    Keep,
     Polish,
     RunsDir,
+    Scale,
+    ScaleOption,
     Schedule,
     SweepMode,
     TargetOption,
@@ -41,6 +44,7 @@ from rungefit.config import (
     MAX_SEED,
     MAX_WORKERS,
     MIN_MEMBERS_PER_WORKER,
+    data_plan,
 )
 from rungefit.errors import RungefitError, UsageError
 
@@ -71,6 +75,8 @@ def train(
     domain: DomainOption = None,
     data: DataOption = None,
     test_fraction: TestFractionOption = DEFAULTS.test_fraction,
+    scale: ScaleOption = Scale(DEFAULTS.scale),
+    keep: Annotated[Keep, typer.Option(help="Which weights each member keeps: best (those of its epoch of lowest validation MSE, so that noise fitted later is not kept), last (the last epoch's), or auto: best for --data, last for a function.")] = Keep(DEFAULTS.keep),
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_interrupted_run)] = None,
@@ -105,17 +111,20 @@ def train(
         device=core.resolve_device(device.value), polish=polish.value, polish_iterations=polish_iterations, workers=workers,
     )
     chosen = target_settings(ctx, target, domain, data, test_fraction)
-    config = core.TrainConfig(**{**settings, **chosen.fields})
+    config = core.TrainConfig(**{**settings, **chosen.fields, "scale": scale.value, "keep": keep.value})
     config.validate()
     goal = targets.resolve(config, chosen.points)
+    config, plan = data_run_plan(ctx, config, goal)
     store = RunStore(runs_dir)
     # A --name is reserved now, so that a clash fails before training; leaving unsaved gives it up.
     with store.reserve(name) or nullcontext() as reservation:
-        warn_if_full_batch(config)
-        lr_extra = {}
+        if not plan:
+            warn_if_full_batch(config)
+        lr_extra = {**plan}
         if lr_value is None:
             phases.end("start_up")
-            config, lr_extra = _auto_lr(config, goal, quiet or json_output)
+            config, chosen_lr = _auto_lr(config, goal, quiet or json_output)
+            lr_extra.update(chosen_lr)
             phases.end("rate_search")
 
         def save(result) -> Path:
@@ -139,6 +148,21 @@ def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[
     return chosen
 
 
+def data_run_plan(ctx: typer.Context, config, goal) -> tuple:
+    """For data: the batch size and epochs of config.data_plan where --batch-size or --epochs was
+    not given, and the summary entry that says so ({} for a function, or when both were given)."""
+    if goal.has_function or (was_given(ctx, "batch_size") and was_given(ctx, "epochs")):
+        return config, {}
+    batch, epochs = data_plan(config.n_train, config.batch_size if was_given(ctx, "batch_size") else None, config.epochs if was_given(ctx, "epochs") else None)
+    config = replace(config, batch_size=batch, epochs=epochs)
+    batches = "the whole training set" if batch >= config.n_train else f"batches of {batch}"
+    why = (
+        f"{config.total_steps} optimizer steps on {batches} of {config.n_train} training points: a data run takes at "
+        "least that many so that a small set converges (--epochs and --batch-size set them)"
+    )
+    return config, {"steps_why": why}
+
+
 def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
     """A resumed run keeps its saved settings: any other option given with --resume is a usage error."""
     given = [param.opts[0] for param in ctx.command.params if param.name not in RESUME_ALLOWS and was_given(ctx, param.name)]
@@ -152,8 +176,6 @@ def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
 def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phases: Phases) -> None:
     """Continue an interrupted run in place from its last completed epoch."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
-    from dataclasses import replace
-
     from rungefit.runs import RunStore
     from rungefit.training import train as core
 
@@ -164,7 +186,7 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phase
         state = loaded.resume_state()
         config = replace(loaded.config, device=core.resolve_device(loaded.config.device))
         # How --lr auto chose the rate: the resumed part does not choose again, so carry it over.
-        carried = {key: loaded.summary[key] for key in ("lr_choice", "lr_auto") if key in loaded.summary}
+        carried = {key: loaded.summary[key] for key in ("lr_choice", "lr_auto", "steps_why") if key in loaded.summary}
         if not (quiet or json_output):
             report.note(f"resuming run {loaded.path} at epoch {state.epochs_run + 1} of {config.epochs}")
 
@@ -332,6 +354,8 @@ def lr_find_command(
     config = training.TrainConfig(seeds=parse_seeds(seed, seeds), device=training.resolve_device(device.value), **shape)
     config.validate()
     goal = targets.resolve(config, chosen.points)
+    if not goal.has_function and batch_size is None:  # the batch of `train --data`; the epochs stay --verify-epochs'
+        config = replace(config, batch_size=data_plan(config.n_train)[0])
     test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
     test.validate()
     verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds)
@@ -380,8 +404,6 @@ def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path]) -> Path:
 def _auto_lr(config, target, quiet: bool):
     """--lr auto: the config with the chosen rate, and the summary entries that say how it was chosen."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
-    from dataclasses import replace
-
     from rungefit.training.lr_find import choose_lr
 
     if not quiet:

@@ -16,6 +16,7 @@ from typing import Any
 from rungefit._version import __version__
 from rungefit.config import (
     DTYPE_NAMES,
+    KEEPS,
     MAX_FORMULA_CHARS,
     MAX_MEMBERS,
     MAX_SEED,
@@ -51,13 +52,16 @@ IDENTITY_MAPS = {"x_centre": 0.0, "x_half": 1.0, "y_mean": 0.0, "y_scale": 1.0}
 
 
 def _config_1_to_2(document: dict, run_dir: Path) -> dict:
-    """Format 2 adds --scale; a run of format 1 trained in the units it was given."""
-    return {**document, "scale": "none"}
+    """Format 2 adds --scale and --keep; a run of format 1 trained in the units it was given and
+    kept its last epoch's weights."""
+    return {**document, "scale": "none", "keep": "last"}
 
 
 def _checkpoint_1_to_2(document: dict, run_dir: Path) -> dict:
-    """Format 2 keeps the maps into the network's standard coordinates; format 1 had none."""
-    return {**document, "maps": dict(IDENTITY_MAPS)}
+    """Format 2 keeps the maps into the network's standard coordinates (format 1 had none), the
+    last epoch's weights for a resume apart from the run's network (in format 1 they were one),
+    and each member's best-validation weights (format 1 kept none)."""
+    return {**document, "maps": dict(IDENTITY_MAPS), "resume_state_dict": document.get("state_dict"), "best": None}
 
 
 UPGRADES: dict[str, dict[int, Callable[[dict, Path], dict]]] = {
@@ -104,6 +108,8 @@ def checkpoint_bytes(result) -> bytes:
         "history": curves,
         "status": result.status,
         "maps": result.target.maps.as_dict(),
+        "resume_state_dict": {k: v.cpu() for k, v in (result.last_state or result.model.state_dict()).items()},
+        "best": None if result.best is None else {"params": result.best.params.cpu(), "val_mse": result.best.val, "epoch": result.best.epoch},
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -199,6 +205,7 @@ def check_config(document: Any, file: Path):
         "data_sha256": optional(text(max_length=64)),
         "test_fraction": optional(number()),
         "scale": optional(text(choices=SCALES)),
+        "keep": optional(text(choices=KEEPS)),
     }
     checked = _validated(upgraded(document, file), record(fields), file)
     config = TrainConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in checked.items() if key in fields})
@@ -210,6 +217,11 @@ def check_config(document: Any, file: Path):
     except UsageError as error:
         raise damaged(file, str(error)) from None
     return config, target
+
+
+def optional_or_none(check: schema.Check) -> schema.Check:
+    """A value that passes `check`, or None."""
+    return lambda value, where: None if value is None else check(value, where)
 
 
 def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
@@ -247,6 +259,12 @@ def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
         "members": equal_to(members, "config.json's number of seeds"),
         "dtype": equal_to(config.dtype, "config.json's dtype"),
         "state_dict": record(weights, exact=True),
+        "resume_state_dict": record(weights, exact=True),
+        "best": optional_or_none(record({
+            "params": moments,
+            "val_mse": tensor(torch.float64, (members,), finite=False),
+            "epoch": tensor(torch.int64, (members,), finite=True),
+        }, exact=True)),
         "optimizer": record({"step": integer(0, MAX_STEPS), "exp_avg": moments, "exp_avg_sq": moments}),
         "epochs_run": integer(0, config.epochs),
         "history": record({}),

@@ -255,7 +255,8 @@ def _model(checkpoint: dict, config):
 
 def resume_state(loaded: Run):
     """The TrainState an interrupted run stopped at; RunError for a run that cannot be resumed."""
-    from rungefit.training.train import History, TrainState  # torch, as above
+    from rungefit.training.best import Best  # torch, as above
+    from rungefit.training.train import History, TrainState
 
     checkpoint, name = loaded.checkpoint, loaded.path.name
     status = checkpoint["status"]
@@ -268,11 +269,12 @@ def resume_state(loaded: Run):
         )
     history = History(**{curve.name: checkpoint["history"][curve.name].tolist() for curve in fields(History)})
     state = TrainState(
-        model_state=checkpoint["state_dict"],
+        model_state=checkpoint["resume_state_dict"],
         optimizer_state=checkpoint["optimizer"],
         epochs_run=checkpoint["epochs_run"],
         history=history,
         wall_time_s=loaded.summary.get("wall_time_s", 0.0),
+        best=None if checkpoint["best"] is None else Best(checkpoint["best"]["params"], checkpoint["best"]["val_mse"], checkpoint["best"]["epoch"]),
     )
     try:
         state.check(loaded.config)

@@ -231,9 +231,10 @@ def baseline_scores(target: Target, n: int, degrees: tuple[int, ...] = BASELINE_
 
 
 def training_points(config: TrainConfig, target: Target, member: int) -> tuple[np.ndarray, np.ndarray]:
-    """A member's training points and their y, in float64 (as drawn for its seed from config's target)."""
+    """A member's training points and their y, in float64 data units (as drawn for its seed from
+    config's target, and mapped back from the network's standard coordinates)."""
     split = target.split([config.seeds[member]], config.points, config.val_fraction, dtype=torch.float64)
-    return split.x_train[0].numpy(), split.y_train[0].numpy()
+    return target.maps.x_out(split.x_train[0]).numpy(), target.maps.y_out(split.y_train[0]).numpy()
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET, MAX_FORMULA_CHARS, PRESETS, validation_size
+from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET, MAX_FORMULA_CHARS, MIN_DATA_POINTS, PRESETS, validation_size
 from rungefit.errors import UsageError
 from rungefit.targets.datafile import PointsFile, read_points
 from rungefit.targets.domain import check_domain, check_grid, describe_domain, parse_domain
@@ -374,15 +374,16 @@ def resolve(config, points: PointsFile | None = None) -> FunctionTarget | DataTa
 
 
 def _check_data_sizes(config, target: DataTarget) -> None:
-    """A UsageError unless the data leave a batch, a validation share and a test share."""
+    """A UsageError unless the data leave a test share, a validation share and two training points
+    (a batch larger than the training set takes all of it)."""
     pool = len(target.pool)
     n_test = len(target.test_index)
     n_val = round(pool * config.val_fraction)
-    if n_test < 1 or n_val < 1 or pool - n_val < config.batch_size:
+    if len(target.points.x) < MIN_DATA_POINTS or n_test < 1 or n_val < 1 or pool - n_val < 2:
         raise UsageError(
-            f"--data {config.data} has {len(target.points.x)} points, fewer than one batch ({config.batch_size}) plus "
-            f"a validation share ({config.val_fraction:g}) and a test share ({config.test_fraction:g}) need; "
-            "use more points or a smaller --batch-size"
+            f"--data {config.data} has {len(target.points.x)} points: too few for a test share (--test-fraction "
+            f"{config.test_fraction:g}), a validation share (--val-fraction {config.val_fraction:g}) and training points; "
+            f"give at least {MIN_DATA_POINTS} points, or larger shares"
         )
     if config.points != pool:
         raise UsageError(f"--points: with --data the points are the data's ({pool} after the test share); drop --points")

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from rungefit.config import RangeTestConfig, TrainConfig, VerifyConfig
+from rungefit.config import RangeTestConfig, TrainConfig, VerifyConfig, validation_size
 from rungefit.errors import RungefitError
 from rungefit.net.model import StackedMLP
 from rungefit.net.optim import StackedAdam
@@ -46,7 +46,7 @@ from rungefit.training.lr_rules import (
     trim,
     verification_rates,
 )
-from rungefit.training.metrics import FIT_NONE, FIT_OK, FIT_SOME, fit_verdict, learned
+from rungefit.training.metrics import FIT_NONE, FIT_OK, FIT_SOME, fit_verdict, members_learned
 from rungefit.training.stack import EpochBatches, new_stack
 from rungefit.training.train import EpochReport, fit, intra_op_threads
 
@@ -206,6 +206,8 @@ class Verification:
     mean_loss: float  # median Var(y) of the validation targets: the loss of predicting the mean
     epochs: int
     wall_time_s: float
+    n_val: int = 0  # validation points per member, for data's yardstick
+    data: bool = False  # measured data: trained means significantly below Var(y) (metrics.members_learned)
 
     @property
     def medians(self) -> np.ndarray:
@@ -221,8 +223,8 @@ class Verification:
         return self.medians / self.medians[self.best]
 
     def trained(self) -> np.ndarray:
-        """[R, S]: did the member learn f, not just its mean?"""
-        return learned(self.val_mse, self.mean_loss)
+        """[R, S]: did the member learn f, not just its mean? (train's yardstick)"""
+        return members_learned(self.val_mse, self.mean_loss, self.n_val, self.data)
 
     def rule_checks(self) -> dict[str, dict]:
         """What the trainings say of each rule's pick: its rate, the seeds that trained there, its
@@ -281,6 +283,8 @@ def verify(
         mean_loss=float(split.y_val.var(dim=1, correction=0).median()) * target.maps.y_scale**2,  # in data units, as val_mse
         epochs=config.epochs,
         wall_time_s=result.wall_time_s,
+        n_val=validation_size(config.points, config.val_fraction),
+        data=not target.has_function,
     )
 
 

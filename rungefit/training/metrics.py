@@ -5,6 +5,7 @@ that `eval` on a saved run reproduces them exactly (the same points, dtype and s
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +27,30 @@ def learned(val_mse, val_var) -> np.ndarray:
     """Elementwise: is the validation MSE below TRAINED_BELOW × Var(y) of the validation targets?
     (A non-finite MSE never is.)"""
     return np.asarray(val_mse, dtype=np.float64) < TRAINED_BELOW * np.asarray(val_var, dtype=np.float64)
+
+
+# Measured data cannot pass TRAINED_BELOW: with noise of 5 % of Var(y) even the true function
+# scores 0.05. A data member has learned when its validation MSE is significantly below Var(y_val),
+# the score of predicting the mean: one-sided, at the 1 % level.
+SIGNIFICANCE_Z = 2.326  # the standard normal's 99th percentile
+
+
+def learned_significantly(val_mse, val_var, n_val: int) -> np.ndarray:
+    """Elementwise, for data: is the validation MSE significantly below Var(y_val)?
+
+    Under "learned nothing" the network predicts no better than the mean, and over n validation
+    points the ratio MSE / Var(y) then scatters around 1 with a standard deviation of about
+    sqrt(2 / n) (Gaussian residuals: each mean of n squares has a relative spread of sqrt(2 / n)).
+    A member has learned when 1 − MSE / Var(y) exceeds SIGNIFICANCE_Z of those deviations. (A
+    non-finite MSE never has.)
+    """
+    ratio = np.asarray(val_mse, dtype=np.float64) / np.asarray(val_var, dtype=np.float64)
+    return (1.0 - ratio) * math.sqrt(n_val / 2.0) > SIGNIFICANCE_Z
+
+
+def members_learned(val_mse, val_var, n_val: int, data: bool) -> np.ndarray:
+    """The yardstick of a run: significance for data, TRAINED_BELOW of Var(y) for a function."""
+    return learned_significantly(val_mse, val_var, n_val) if data else learned(val_mse, val_var)
 
 
 def fit_verdict(members_learned) -> str:

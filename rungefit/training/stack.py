@@ -24,6 +24,7 @@ from rungefit.net.model import DTYPES, StackedMLP
 from rungefit.net.optim import StackedAdam, lr_factors
 from rungefit.targets import DataSplit, Target
 from rungefit.training import workers as workers
+from rungefit.training.best import Best
 from rungefit.training.metrics import standard_truth
 from rungefit.training.polish import PolishProgress, PolishReport, levenberg_marquardt
 
@@ -111,20 +112,23 @@ class Stack:
     """Members trained together in this process, an epoch at a time: what fit drives, here or, as
     a share of a ForkedStack, in a worker process."""
 
-    def __init__(self, config: TrainConfig, target: Target, model: StackedMLP, optimizer: StackedAdam, data: DataSplit, seeds: torch.Tensor):
+    def __init__(self, config: TrainConfig, target: Target, model: StackedMLP, optimizer: StackedAdam, data: DataSplit, seeds: torch.Tensor, best: Best | None = None):
         self.config, self.target, self.model, self.optimizer, self.data, self.seeds = config, target, model, optimizer, data, seeds
+        self.best = best if best is not None else Best.start(model.params)
         self.batches = EpochBatches(data.x_train, data.y_train, seeds, config.batch_size)
         self.factors = lr_factors(config.schedule, config.total_steps)
-        self._snapshots: dict[int, tuple[torch.Tensor, dict]] = {}  # epoch → the state it started from
+        self._snapshots: dict[int, tuple[torch.Tensor, dict, Best]] = {}  # epoch → the state it started from
 
     @classmethod
     def start(cls, config: TrainConfig, target: Target, lrs: list[float], resume=None) -> Stack:
         """A fresh stack, or one continuing from `resume` (a train.TrainState)."""
         model, optimizer, data, seeds = new_stack(config, target, lrs)
+        best = None
         if resume is not None:
             model.load_state_dict(resume.model_state)
             optimizer.load_state_dict(resume.optimizer_state)
-        return cls(config, target, model, optimizer, data, seeds)
+            best = None if resume.best is None else resume.best.clone()
+        return cls(config, target, model, optimizer, data, seeds, best)
 
     def select(self, start: int, stop: int) -> Stack:
         """Members start…stop-1 as a stack of their own (a copy), in the state they are in."""
@@ -134,14 +138,14 @@ class Stack:
         optimizer.load_state_dict({"step": self.optimizer.step_count, **moments})
         data = self.data.select(start, stop)
         config = replace(self.config, seeds=self.config.seeds[start:stop], workers=1)
-        return Stack(config, self.target, model, optimizer, data, self.seeds[start:stop])
+        return Stack(config, self.target, model, optimizer, data, self.seeds[start:stop], self.best.select(start, stop))
 
     def train_epoch(self, epoch: int, should_stop: Callable[[], bool] | None) -> EpochCurves | None:
         """Train one shuffled pass in mini-batches: the curves (the loss is the mean mini-batch
         loss), or None, with the epoch undone, if should_stop said yes after a step."""
         # The starts of this epoch and the one before: rewind may go back that far.
         self._snapshots = {e: s for e, s in self._snapshots.items() if e == epoch - 1}
-        self._snapshots[epoch] = (self.model.params.clone(), self.optimizer.state_dict())
+        self._snapshots[epoch] = (self.model.params.clone(), self.optimizer.state_dict(), self.best.clone())
         # A diverging member's inf and NaN are caught from its loss: NumPy's kernels need not warn.
         n = self.data.x_train.shape[1]
         loss = torch.zeros(self.model.members, dtype=self.model.dtype, device=self.model.device)
@@ -154,23 +158,31 @@ class Stack:
                     self.rewind(epoch)
                     return None
         val_mse = self.model.mse(self.data.x_val, self.data.y_val)
+        self.best.update(epoch + 1, self.model.params, val_mse)
         factor = float(self.factors[self.optimizer.step_count - 1])
         return EpochCurves(loss.tolist(), val_mse.tolist(), [lr * factor for lr in self.optimizer.lrs])
 
     def rewind(self, epoch: int) -> None:
         """Back to the state epoch `epoch` started from: the last or the one before it."""
-        params, optimizer_state = self._snapshots[epoch]
+        params, optimizer_state, best = self._snapshots[epoch]
         with torch.no_grad():
             self.model.params.copy_(params)
         self.optimizer.load_state_dict(optimizer_state)
+        self.best = best.clone()
 
     def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None, should_stop: Callable[[], bool] | None) -> PolishReport | None:
         """The LM polish; None, with the members as they were, if should_stop said yes."""
         y_train = standard_truth(self.target, self.data.x_train, self.data.y_train)
         return levenberg_marquardt(self.model, self.data.x_train, y_train, iterations=iterations, progress=progress, should_stop=should_stop)
 
-    def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:
-        return self.model, self.optimizer, self.data
+    def use_best(self) -> None:
+        """Every member with a best epoch takes its best weights (before a polish that should start there)."""
+        kept = (self.best.epoch > 0).to(self.model.device)
+        with torch.no_grad():
+            self.model.params[kept] = self.best.params[kept]
+
+    def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit, Best]:
+        return self.model, self.optimizer, self.data, self.best
 
 
 class StackShare:
@@ -196,10 +208,14 @@ class StackShare:
         with torch.no_grad():
             self.stack.model.params.copy_(self._unpolished)
 
+    def use_best(self) -> None:
+        self.stack.use_best()
+
     def state(self) -> dict:
         optimizer = self.stack.optimizer
         tensors = {"params": self.stack.model.params, "exp_avg": optimizer.exp_avg, "exp_avg_sq": optimizer.exp_avg_sq}
-        return {"step": optimizer.step_count, **{name: tensor.detach().cpu().numpy() for name, tensor in tensors.items()}}
+        arrays = {name: tensor.detach().cpu().numpy() for name, tensor in tensors.items()}
+        return {"step": optimizer.step_count, **arrays, "best": self.stack.best.as_arrays()}
 
 
 class ForkedStack:
@@ -269,13 +285,17 @@ class ForkedStack:
             return None
         return PolishReport(**{f.name: torch.cat([torch.from_numpy(part[f.name]) for part in parts]) for f in fields(PolishReport)})
 
-    def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit]:
+    def use_best(self) -> None:
+        self.workers.call("use_best")
+
+    def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit, Best]:
         """The whole stack in this process, as the workers left it."""
         states = self.workers.call("state")
         joined = {name: torch.from_numpy(np.concatenate([state[name] for state in states])) for name in ("params", "exp_avg", "exp_avg_sq")}
         with torch.no_grad():
             self.stack.model.params.copy_(joined.pop("params"))
         self.stack.optimizer.load_state_dict({"step": states[0]["step"], **joined})
+        self.stack.best = Best.join([state["best"] for state in states], self.stack.model.params)
         return self.stack.finish()
 
 

@@ -17,12 +17,13 @@ import numpy as np
 import torch
 
 from rungefit import targets
-from rungefit.config import DEVICES, TrainConfig, parameter_count, require
+from rungefit.config import DEVICES, TrainConfig, parameter_count, require, validation_size
 from rungefit.errors import RungefitError, UsageError
 from rungefit.net.model import StackedMLP
 from rungefit.net.optim import StackedAdam
 from rungefit.targets import Target
-from rungefit.training.metrics import fit_verdict, float64_mse, float64_truth, grid_errors, learned
+from rungefit.training.best import Best
+from rungefit.training.metrics import fit_verdict, float64_mse, float64_truth, grid_errors, members_learned
 from rungefit.training.polish import PolishProgress, PolishReport
 from rungefit.training.stack import EpochCurves, open_stack, worker_count
 
@@ -78,6 +79,7 @@ class TrainState:
     epochs_run: int
     history: History
     wall_time_s: float = 0.0  # training time already spent, carried into the final figures
+    best: Best | None = None  # each member's best-validation weights so far (None: from here on)
 
     def check(self, config: TrainConfig) -> None:
         """Raise ValueError unless this state can continue a run of config."""
@@ -119,13 +121,28 @@ class TrainResult:
     status: str = "complete"  # complete | diverged | interrupted
     polish: PolishReport | None = None  # the LM refinement, when config.polish == "lm"
     polish_time_s: float = 0.0  # the part of wall_time_s the polish took
+    last_state: dict | None = None  # the last epoch's weights (StackedMLP.state_dict()), where a resume goes on
+    best: Best | None = None  # each member's best-validation weights, epoch and validation MSE
+    keeps_best: bool = False  # `model` holds each member's best-validation weights (--keep best)
 
     def state(self) -> TrainState:
         """The state after the last completed epoch, from which fit(resume=…) continues; a
         ValueError for a complete run (its model may be polished: a resume would polish it twice)."""
         if self.status == "complete":
             raise ValueError("a complete run has nothing to resume")
-        return TrainState(self.model.state_dict(), self.optimizer.state_dict(), self.epochs_run, self.history, self.wall_time_s)
+        last = self.last_state if self.last_state is not None else self.model.state_dict()
+        return TrainState(last, self.optimizer.state_dict(), self.epochs_run, self.history, self.wall_time_s, self.best)
+
+    def kept(self) -> dict | None:
+        """What summary.json says of the kept weights, for --keep best: which epoch each member's
+        weights are from, and why."""
+        if not self.keeps_best:
+            return None
+        return {
+            "weights": "best validation",
+            "epochs": self.best.epoch.tolist(),
+            "why": "each member keeps the weights of its epoch of lowest validation MSE: later epochs fit more of the noise (--keep last keeps the last epoch)",
+        }
 
     def summary(self) -> dict:
         """JSON-ready final figures: per member and their median / min / max."""
@@ -134,11 +151,12 @@ class TrainResult:
         for name in fields:
             values = np.array([getattr(m, name) for m in self.members])
             stats[name] = {"median": float(np.median(values)), "min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
-        members_learned = learned([m.val_mse for m in self.members], [m.val_var for m in self.members])
+        n_val = validation_size(self.config.points, self.config.val_fraction)
+        learned = members_learned([m.val_mse for m in self.members], [m.val_var for m in self.members], n_val, not self.target.has_function)
         return {
             "status": self.status,
-            "fit": fit_verdict(members_learned),
-            "members": [{**asdict(m), "learned": bool(ok)} for m, ok in zip(self.members, members_learned, strict=True)],
+            "fit": fit_verdict(learned),
+            "members": [{**asdict(m), "learned": bool(ok)} for m, ok in zip(self.members, learned, strict=True)],
             "stats": stats,
             "epochs": self.epochs_run,
             "steps": self.steps,
@@ -146,6 +164,7 @@ class TrainResult:
             "workers": self.config.workers,
             "polish": self._polish_summary(),
             "target": {"target": self.target.name, "domain": list(self.config.domain)},
+            **({"kept": self.kept()} if self.keeps_best else {}),
         }
 
     def _polish_summary(self) -> dict | None:
@@ -205,6 +224,7 @@ def fit(
     config.validate()
     if target is None:
         target = targets.resolve(config)
+    keeps_best = config.keep == "best" or (config.keep == "auto" and not target.has_function)
     if resume is not None:
         resume.check(config)
     started = time.perf_counter()
@@ -227,12 +247,17 @@ def fit(
             if on_epoch is not None:
                 on_epoch(EpochReport.of(epoch + 1, config.epochs, curves))
         if status == "complete" and config.polish == "lm":
+            if keeps_best:  # the polish refines the kept weights
+                stack.use_best()
             polish_started = time.perf_counter()
             polish = stack.polish(config.polish_iterations, on_polish, should_stop)
             polish_time = time.perf_counter() - polish_started
             status = "complete" if polish is not None else "interrupted"
             polish = polish and polish.in_data_units(target.maps)
-        model, optimizer, data = stack.finish()
+        model, optimizer, data, best = stack.finish()
+        last_state = {key: value.clone() for key, value in model.state_dict().items()}
+        if keeps_best and polish is None:
+            model = _with_best(model, best)
         # Still on the training's threads: the final metrics are small passes too.
         result = TrainResult(
             config=config,
@@ -247,6 +272,9 @@ def fit(
             status=status,
             polish=polish,
             polish_time_s=polish_time,
+            last_state=last_state,
+            best=best,
+            keeps_best=keeps_best,
         )
     if status == "diverged":
         raise DivergedError(
@@ -255,6 +283,15 @@ def fit(
             result,
         )
     return result
+
+
+def _with_best(model: StackedMLP, best: Best) -> StackedMLP:
+    """A copy of the stack in which every member with a best epoch has its best weights."""
+    kept = model.select(list(range(model.members)))
+    chosen = (best.epoch > 0).to(kept.device)
+    with torch.no_grad():
+        kept.params[chosen] = best.params[chosen].to(kept.device)
+    return kept
 
 
 @contextmanager

@@ -1,0 +1,51 @@
+"""Each member's best-validation weights, kept while it trains: on noisy data the last epoch has
+fitted more of the noise than the best one (`--keep best`, the default for data)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class Best:
+    """Per member: the weights of its epoch of lowest validation MSE so far, that MSE (in the
+    network's standard coordinates, float64) and that epoch (1-based; 0 while none was finite)."""
+
+    params: torch.Tensor  # [K, P], the run's dtype
+    val: torch.Tensor  # [K] float64, inf while none
+    epoch: torch.Tensor  # [K] int64
+
+    @classmethod
+    def start(cls, params: torch.Tensor) -> Best:
+        members = params.shape[0]
+        return cls(params.detach().clone(), torch.full((members,), torch.inf, dtype=torch.float64), torch.zeros(members, dtype=torch.int64))
+
+    def update(self, epoch: int, params: torch.Tensor, val_mse: torch.Tensor) -> None:
+        """After epoch `epoch` (1-based): members whose validation MSE fell below their best so far
+        keep these weights (the earliest of equal bests stays)."""
+        val = val_mse.detach().double().cpu()
+        better = torch.isfinite(val) & (val < self.val)
+        if bool(better.any()):
+            with torch.no_grad():
+                self.params[better.to(self.params.device)] = params.detach()[better.to(params.device)]
+            self.val = torch.where(better, val, self.val)
+            self.epoch = torch.where(better, torch.tensor(epoch), self.epoch)
+
+    def clone(self) -> Best:
+        return Best(self.params.clone(), self.val.clone(), self.epoch.clone())
+
+    def select(self, start: int, stop: int) -> Best:
+        return Best(self.params[start:stop].clone(), self.val[start:stop].clone(), self.epoch[start:stop].clone())
+
+    def as_arrays(self) -> dict[str, np.ndarray]:
+        """For the pipe from a worker process: NumPy arrays (torch tensors would cross it through shared memory)."""
+        return {"params": self.params.detach().cpu().numpy(), "val": self.val.numpy(), "epoch": self.epoch.numpy()}
+
+    @classmethod
+    def join(cls, parts: list[dict[str, np.ndarray]], like: torch.Tensor) -> Best:
+        """The Best of consecutive groups of members (as_arrays of each), params on like's device."""
+        params = torch.from_numpy(np.concatenate([part["params"] for part in parts])).to(like.device)
+        return cls(params, *(torch.from_numpy(np.concatenate([part[name] for part in parts])) for name in ("val", "epoch")))
