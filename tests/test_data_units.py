@@ -1,0 +1,148 @@
+"""Measured data in any units: the maps into the network's standard coordinates, the step floor,
+the kept best-validation weights and the significance verdict (issue: real measured data)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from rungefit import targets
+from rungefit.cli.app import app
+from rungefit.config import DATA_STEPS, TrainConfig, data_plan
+from rungefit.runs import RunStore
+from rungefit.study import grad
+from rungefit.study.evaluate import member_prediction
+from rungefit.training.metrics import learned_significantly
+from rungefit.training.train import fit
+
+from .helpers import runner, stop_after
+
+SEEDS = (0, 1, 2, 3, 4)
+
+
+def write_points(path, x, y, header="x,y"):
+    """A CSV whose every number reads back exactly (repr of a Python float)."""
+    path.write_text(header + "\n" + "".join(f"{float(a)!r},{float(b)!r}\n" for a, b in zip(x, y, strict=True)))
+    return path
+
+
+def noisy_wave(n=120, noise=0.1, seed=0):
+    rng = np.random.default_rng(seed)
+    x = np.sort(rng.uniform(0.0, 1.0, n))
+    return x, np.sin(6 * x) + 0.5 * x + rng.normal(0.0, noise, n)
+
+
+def data_config(path, **settings) -> tuple[TrainConfig, targets.Target]:
+    chosen = targets.settings(data=str(path))
+    config = TrainConfig(**chosen.fields, **settings)
+    return config, targets.resolve(config, chosen.points)
+
+
+def test_powers_of_two_in_x_and_y_give_the_same_standard_points_and_the_same_network(tmp_path):
+    x, y = noisy_wave()
+    configs = [data_config(write_points(tmp_path / f"{a}-{c}.csv", a * x, c * y), epochs=40, batch_size=1000, seeds=(0, 1), dtype="float64")
+               for a, c in ((1.0, 1.0), (1024.0, 1.0 / 8), (1.0 / 64, 2.0**20))]
+    splits = [target.split(torch.tensor([0, 1]), config.points, config.val_fraction, dtype=torch.float64) for config, target in configs]
+    results = [fit(config, target) for config, target in configs]
+    for split, result in zip(splits[1:], results[1:], strict=True):
+        for name in ("x_train", "x_val", "y_train", "y_val"):
+            assert torch.equal(getattr(split, name), getattr(splits[0], name)), name
+        assert torch.equal(result.model.params, results[0].model.params)
+
+
+@pytest.mark.parametrize("a, b, c, d", [(1e-3, 2.5, 1e3, -7.0), (1e3, -4e5, 1e-3, 1e2), (37.0, 3.7e4, 0.05, 300.0)])
+def test_any_affine_units_give_nearly_the_same_standard_points_and_fit(tmp_path, a, b, c, d):
+    x, y = noisy_wave()
+    plain = data_config(write_points(tmp_path / "plain.csv", x, y), epochs=200, seeds=SEEDS, dtype="float64")
+    moved = data_config(write_points(tmp_path / "moved.csv", a * x + b, c * y + d), epochs=200, seeds=SEEDS, dtype="float64")
+    tolerance = 1e-12 * (1 + abs(b) / (a * np.std(x)))
+    first, second = (target.split(torch.tensor(SEEDS), config.points, config.val_fraction, dtype=torch.float64) for config, target in (plain, moved))
+    for name in ("x_train", "x_val", "y_train", "y_val"):
+        assert torch.allclose(getattr(first, name), getattr(second, name), rtol=0, atol=tolerance), name
+    scores = []
+    for config, target in (plain, moved):
+        result = fit(config, target)
+        test_y = target.points.y[target.test_index]
+        scores.append(np.median([m.test_mse for m in result.members]) / np.var(test_y))
+    assert 1 / 1.5 <= scores[1] / scores[0] <= 1.5, scores
+
+
+def test_history_tables_and_predictions_are_in_data_units(tmp_path):
+    x, y = noisy_wave()
+    config, target = data_config(write_points(tmp_path / "units.csv", 1000 + 500 * x, 300 + 40 * y), epochs=300, dtype="float64")
+    assert not target.maps.identity
+    result = fit(config, target)
+    member = result.members[0]
+    test_x, test_y = target.points.x[target.test_index], target.points.y[target.test_index]
+    prediction = member_prediction(result.model, target, 0, test_x)
+    assert np.mean((prediction - test_y) ** 2) == pytest.approx(member.test_mse, rel=1e-12)
+    assert result.history.val_mse[-1][0] == pytest.approx(member.val_mse, rel=1e-9) or result.keeps_best
+    assert member.val_var == pytest.approx(np.var(target.maps.y_out(target.split([0], config.points, config.val_fraction, dtype=torch.float64).y_val.numpy())), rel=1e-9)
+
+
+def test_a_scaled_run_exports_in_data_units_and_its_gradient_is_autograds(tmp_path):
+    x, y = noisy_wave()
+    path = write_points(tmp_path / "years.csv", 1950 + 50 * x, 320 + 15 * y, header="year,ppm")
+    result = runner.invoke(app, ["train", "--data", str(path), "--epochs", "300", "--dtype", "float64", "--runs-dir", str(tmp_path / "runs"), "--name", "y", "--quiet", "--json"])
+    assert result.exit_code == 0, result.output
+    run = RunStore(tmp_path / "runs").open("y")
+    xs = np.linspace(1950, 2000, 101)
+    network = run.network(0)
+    exported = network(torch.tensor(xs).reshape(-1, 1)).numpy().ravel()
+    assert np.abs(exported - member_prediction(run.model, run.target, 0, xs)).max() <= 1e-5 * np.std(run.target.points.y)
+    check = grad.check_gradient(grad.as_float64(run.model, 0), run.target, xs)
+    np.testing.assert_allclose(check.explicit, check.autograd, rtol=1e-9, atol=1e-12)
+    chain = grad.explain_chain(grad.as_float64(run.model, 0), 1975.0, run.target.maps)
+    assert chain[0].kind == "units" and chain[-1].running[0, 0] == pytest.approx(grad.check_gradient(grad.as_float64(run.model, 0), run.target, np.array([1975.0])).autograd[0], rel=1e-9)
+
+
+def test_a_data_run_takes_the_step_floor_unless_epochs_are_given(tmp_path):
+    x, y = noisy_wave(n=60)
+    path = write_points(tmp_path / "small.csv", x, y)
+    config, _ = data_config(path)
+    assert data_plan(config.n_train) == (config.n_train, DATA_STEPS)
+    assert data_plan(config.n_train, epochs=7) == (config.n_train, 7)
+    assert data_plan(5000)[0] < 5000 and data_plan(5000)[1] * -(-5000 // data_plan(5000)[0]) >= DATA_STEPS
+    given = runner.invoke(app, ["train", "--data", str(path), "--epochs", "5", "--runs-dir", str(tmp_path / "runs"), "--quiet", "--json"])
+    doc = json.loads(given.stdout)
+    assert doc["epochs"] == 5 and doc["steps"] == 5 and "5 optimizer steps" in doc["steps_why"]
+
+
+def test_each_member_keeps_its_best_validation_epoch_and_a_resume_ends_the_same(tmp_path):
+    x, y = noisy_wave(noise=0.3)
+    config, target = data_config(write_points(tmp_path / "noisy.csv", x, y), epochs=60, batch_size=1000, seeds=(0, 1, 2, 3), dtype="float64", workers=1)
+    whole = fit(config, target)
+    assert whole.keeps_best
+    history = np.array(whole.history.val_mse)
+    assert whole.best.epoch.tolist() == (np.argmin(history, axis=0) + 1).tolist()
+    assert [m.val_mse for m in whole.members] == pytest.approx(history.min(axis=0).tolist(), rel=1e-12)
+    for workers in (1, 2):
+        uninterrupted = whole if workers == 1 else fit(replace(config, workers=workers), target)
+        stopped = fit(replace(config, workers=workers), target, should_stop=stop_after(25))
+        resumed = fit(replace(config, workers=workers), target, resume=stopped.state())
+        assert torch.equal(resumed.model.params, uninterrupted.model.params), workers
+        assert torch.equal(resumed.best.epoch, uninterrupted.best.epoch) and torch.equal(resumed.best.val, uninterrupted.best.val)
+
+
+def test_the_significance_verdict_knows_noise_from_signal():
+    rng = np.random.default_rng(0)
+    n = 60
+    # Noise alone: predicting it cannot beat the mean.
+    noise = rng.normal(size=n)
+    assert not learned_significantly([np.var(noise) * 0.95], [np.var(noise)], n)[0]
+    # A signal with noise of 5 % of Var(y): the true function scores about 0.05 and has learned.
+    assert learned_significantly([0.05], [1.0], n)[0]
+    assert not learned_significantly([float("nan")], [1.0], n)[0]
+
+
+def test_a_noisy_data_set_fitted_well_exits_0_and_pure_noise_exits_1(tmp_path):
+    x, y = noisy_wave(noise=0.2)  # noise variance well above 1 % of Var(y)
+    good = runner.invoke(app, ["train", "--data", str(write_points(tmp_path / "good.csv", x, y)), "--epochs", "300", "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    assert good.exit_code == 0, good.output
+    rng = np.random.default_rng(3)
+    noise = runner.invoke(app, ["train", "--data", str(write_points(tmp_path / "noise.csv", x, rng.normal(size=x.size))), "--epochs", "300", "--runs-dir", str(tmp_path / "runs"), "--quiet"])
+    assert noise.exit_code == 1, noise.output
