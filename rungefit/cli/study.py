@@ -144,39 +144,52 @@ def eval_run(
 
 
 def export(
-    file_format: Annotated[ExportFormat, typer.Option("--format", help="pt2: torch.export's archive (torch.export.load); onnx: an ONNX model (needs `pip install \"rungefit[onnx]\"`); safetensors: the nn.Sequential's state_dict, with the layer spec, target and domain as metadata.")],
+    file_format: Annotated[ExportFormat, typer.Option("--format", help="pt2: torch.export's archive (torch.export.load); onnx: an ONNX model (needs `pip install \"rungefit[onnx]\"`); safetensors: the module's state_dict, with the layer spec, target and domain as metadata.")],
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
-    member: MemberOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT in the run directory).")] = None,
+    member: Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to export. Default: on a data run with several members, their ensemble mean as one module; otherwise the best by validation MSE.", min=0)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT, or ensemble.FORMAT for an ensemble, in the run directory).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the file if it exists.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Write one network of a run as a file that other tools load without rungefit.
 
     The network is the member's plain torch.nn.Sequential (Linear, activation, …, Linear) in the
-    run's dtype. pt2 and onnx take a batch of any size: input x of shape [batch, 1], output y of
-    shape [batch, 1]. Every format records the layer spec, the target and its domain (safetensors
-    and ONNX as metadata, pt2 as its extra file rungefit.json). The file is written atomically and
-    an existing one is kept unless --force is given.
+    run's dtype and the data's units. On a data run with several members and no --member it is
+    their ensemble mean, `predict`'s y: one module that averages the members' Sequentials (its
+    state_dict under members.0., members.1., …; the band's spread is not exported). pt2 and onnx
+    take a batch of any size: input x of shape [batch, 1], output y of shape [batch, 1]. Every
+    format records the layer spec, the target, its domain and what was exported (safetensors and
+    ONNX as metadata, pt2 as its extra file rungefit.json). The file is written atomically and an
+    existing one is kept unless --force is given.
 
     Example: rungefit export --format onnx --out runge.onnx
     """
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.runs import EXPORT_PREFIX
     from rungefit.study import export as core
+    from rungefit.training.band import finite_members
 
+    chosen = member
     loaded, member, source = open_member(runs_dir, run, member)
-    file_name = f"{EXPORT_PREFIX}{member}.{file_format.value}"
+    ensemble = _ensemble(loaded, chosen)
+    if ensemble:
+        members = list(finite_members([m["val_mse"] for m in loaded.summary["members"]]))
+        network = core.EnsembleMean([loaded.network(k) for k in members])
+        file_name = f"ensemble.{file_format.value}"
+        source = f"run {loaded.path}, the ensemble mean of {len(members)} members"
+    else:
+        members = member
+        network = loaded.network(member)
+        file_name = f"{EXPORT_PREFIX}{member}.{file_format.value}"
     path = out or loaded.derived_path(file_name)
     if path.is_dir():
         raise UsageError(f"--out {path} is a directory; give a file name")
     if path.exists() and not force:
         raise RungefitError(f"{path} exists; add --force to overwrite it, or choose another --out")
-    network = loaded.network(member)
     target = loaded.target
     # The target as typed (a preset or a formula), or "data FILE" for a data run.
-    meta = core.metadata(network, loaded.config.target or target.name, target.domain, loaded.path.name, member)
+    meta = core.metadata(network, loaded.config.target or target.name, target.domain, loaded.path.name, members)
     data = core.export_bytes(network, file_format.value, meta)
     try:
         if out is None:
@@ -185,7 +198,10 @@ def export(
             core.write(out, data)
     except OSError as error:
         raise RungefitError(f"cannot write {path} ({error.strerror}); choose another --out") from None
-    doc = {"source": source, "run": str(loaded.path), "member": member, "format": file_format.value, "out": str(path), "bytes": len(data), "metadata": meta}
+    doc = {
+        "source": source, "run": str(loaded.path), "member": None if ensemble else member, **({"members": members} if ensemble else {}),
+        "format": file_format.value, "out": str(path), "bytes": len(data), "metadata": meta,
+    }
     if json_output:
         report.print_json(doc)
     else:

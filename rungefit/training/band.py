@@ -4,30 +4,29 @@ The band is a prediction interval for a new measurement y at x, centred on the e
 m(x) = mean_k f_k(x) of the K members (those whose validation MSE is finite; a diverged member is
 left out). Its spread is the standard deviation of y − m(x), estimated as
 
-    spread(x)² = noise² + s(x)² / K,
+    spread(x)² = noise² + s(x)² / K,    noise² = mean_k val_mse_k − s̄²,
 
-s(x)² the sample variance (ddof 1) of the members' predictions at x, and
+s(x)² the sample variance (ddof 1) of the members' predictions at x, s̄² its mean over the pool
+(the points the members' validation sets are drawn from: a data set's non-test points, a
+function's check grid), and val_mse_k member k's validation MSE (data units, from the summary).
 
-    noise² = mean_k val_mse_k − (K − 1) / K · mean over the pool of s²,
-
-val_mse_k the member's validation MSE (data units, from the summary) and the pool the points the
-members' validation sets are drawn from (a data set's non-test points; a function's check grid).
-
-Why: with y = f(x) + ε, Var ε = σ², the error of a new y about the mean is σ² + (m − f)², the
-classical prediction interval's "noise + variance of the estimate". A member's validation MSE is
-its out-of-sample error, σ² + (f_k − f)², and averaged over the members the identity
-mean_k (f_k − f)² = (m − f)² + (K − 1)/K · s² gives
-mean_k val_mse_k ≈ σ² + (m − f)² + (K − 1)/K · s². So noise² is the validation error the members'
-scatter does not explain: the noise plus the error all members share, which no disagreement
-reveals. The scatter s²/K that remains at x is the uncertainty of the mean itself, largest where
-the members disagree (between sparse points, outside the data). Adding the members' full variance
-to the median validation MSE instead would count their scatter twice (the validation MSE already
-holds it), and on noisy data the ±2-spread band then covers nearly every point instead of ~95 %.
-With one member there is no scatter: noise² is its validation MSE and spread is √val_mse,
-everywhere. The mean rather than the median of the validation MSEs: only the mean satisfies the
-identity, and a member that missed f raises both terms, so that it cancels. noise² is floored at 0.
-For a Gaussian ε, y lies within ±2 spread about 95 % of the time; tests/test_band.py checks
-90-98 % on 1,000 fresh points of a synthetic set with known noise.
+Why: with y = f(x) + ε, Var ε = σ², the error of a new y about the mean has variance
+σ² + E(m − f)², the classical prediction interval's "noise + variance of the estimate". Members
+are fits of one data set from different inits and splits: each is f + b + d_k, b the error they
+share (what the data themselves mislead every member into) and d_k its own, of variance v, so that
+E(m − f)² = b² + v/K, and s² estimates v. A member's validation MSE is out of sample: σ² + b² + v
+on average. Hence noise² = mean val_mse − s̄² estimates σ² + b², what no disagreement between the
+members reveals, and spread² adds the variance of the mean at x, s(x)²/K: wider where the members
+disagree (between sparse points, outside the data). Averaged over the pool, spread² is
+mean val_mse − (K − 1)/K · s̄², which by the identity mean_k (f_k − f)² = (m − f)² + (K − 1)/K · s²
+is the ensemble mean's own out-of-sample MSE. The mean of the validation MSEs, not the median: only
+the mean enters the identity, and a member that missed f raises both terms, so that it cancels.
+Adding the members' full variance to the median validation MSE instead would count their scatter
+twice (the validation MSE already holds it): on noisy data that band covers nearly every point
+rather than ~95 %. With one member there is no scatter: spread is √val_mse everywhere. noise² is
+floored at 0. For Gaussian ε, y lies within ±2 spread about 95 % of the time; the estimate rests
+on the validation points (a few dozen per member on a small set), so on one data set the coverage
+scatters about that: tests/test_band.py checks 90-98 % on 1,000 fresh points of a synthetic set.
 """
 
 from __future__ import annotations
@@ -96,11 +95,10 @@ def pool_x(target: Target) -> np.ndarray:
 
 
 def noise_variance(val_mse: np.ndarray, pool_predictions: np.ndarray) -> float:
-    """noise² = mean val_mse − (K − 1)/K · mean over the pool of the members' variance, floored at 0
+    """noise² = mean val_mse − the members' variance averaged over the pool, floored at 0
     (val_mse [K] finite; pool_predictions [K, m])."""
-    members = len(val_mse)
-    scatter = float(np.mean(np.var(pool_predictions, axis=0, ddof=1))) if members > 1 else 0.0
-    return max(0.0, float(np.mean(val_mse)) - (members - 1) / members * scatter)
+    scatter = float(np.mean(np.var(pool_predictions, axis=0, ddof=1))) if len(val_mse) > 1 else 0.0
+    return max(0.0, float(np.mean(val_mse)) - scatter)
 
 
 def spread(predictions: np.ndarray, noise2: float) -> np.ndarray:
