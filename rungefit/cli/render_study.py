@@ -120,6 +120,13 @@ def render_eval(doc: dict) -> None:
         (f"in the middle, {regions['middle']}: RMSE, max |error|", f"{fmt(network['middle_rmse'])}, {fmt(network['middle_max_abs_error'])}"),
         ("parameters", str(network["parameters"])),
     ]
+    if "band" in doc:
+        band = doc["band"]
+        inside = round(band["coverage"] * band["points"])
+        rows += [
+            (f"ensemble of {band['members']}: test points within ±{band['width']:g} spread", f"{100 * band['coverage']:.1f} % ({inside} of {band['points']})"),
+            ("ensemble: mean spread, noise level", f"{fmt(band['mean_spread'])}, {fmt(band['noise'])}"),
+        ]
     where = f"the {doc['points']} held-out test points" if doc["data"] else f"{doc['points']} equally spaced points of {describe_domain(doc['domain'])}"
     print_pairs(f"on {where}", "metric", rows)
     if len(doc["scores"]) > 1:

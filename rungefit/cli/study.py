@@ -110,7 +110,9 @@ def eval_run(
     """Score a saved network on the test grid: MSE, RMSE, max |error| and where it occurs, near the
     ends (the outer tenth of the domain at each end: |x| > 0.8 on [-1, 1]) and in the middle; on
     the default grid the MSE is exactly the test MSE that train reported. A data run is scored on
-    its held-out test points. Writes eval.png (f, the network and the errors) into the run directory.
+    its held-out test points; for a data run with several members, also the ensemble's band
+    (`predict`'s mean ± 2 spread): the share of the test points inside it, and its mean spread.
+    Writes eval.png (f, the network and the errors) into the run directory.
 
     Example: rungefit eval --baselines --x 0.95
     """
@@ -127,7 +129,8 @@ def eval_run(
     warn_outside(values, goal.domain)
     train = core.training_points(loaded.config, goal, member) if baselines and not goal.has_function else None
     degrees = core.BASELINE_DEGREES if baselines else ()
-    result = core.evaluate(loaded.model, goal, member, points or loaded.config.test_points, values, degrees, train)
+    val_mse = [m["val_mse"] for m in loaded.summary["members"]]
+    result = core.evaluate(loaded.model, goal, member, points or loaded.config.test_points, values, degrees, train, val_mse)
     doc = {"source": source, "run": str(loaded.path), **result.as_dict()}
     if json_output:
         report.print_json(doc)
@@ -141,39 +144,54 @@ def eval_run(
 
 
 def export(
-    file_format: Annotated[ExportFormat, typer.Option("--format", help="pt2: torch.export's archive (torch.export.load); onnx: an ONNX model (needs `pip install \"rungefit[onnx]\"`); safetensors: the nn.Sequential's state_dict, with the layer spec, target and domain as metadata.")],
+    file_format: Annotated[ExportFormat, typer.Option("--format", help="pt2: torch.export's archive (torch.export.load); onnx: an ONNX model (needs `pip install \"rungefit[onnx]\"`); safetensors: the module's state_dict, with the layer spec, target and domain as metadata.")],
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
-    member: MemberOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT in the run directory).")] = None,
+    member: Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to export. Default: on a data run with several members, their ensemble mean as one module; otherwise the best by validation MSE.", min=0)] = None,
+    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT, or ensemble.FORMAT for an ensemble, in the run directory).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the file if it exists.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Write one network of a run as a file that other tools load without rungefit.
 
     The network is the member's plain torch.nn.Sequential (Linear, activation, …, Linear) in the
-    run's dtype. pt2 and onnx take a batch of any size: input x of shape [batch, 1], output y of
-    shape [batch, 1]. Every format records the layer spec, the target and its domain (safetensors
-    and ONNX as metadata, pt2 as its extra file rungefit.json). The file is written atomically and
-    an existing one is kept unless --force is given.
+    run's dtype and the data's units. On a data run with several members and no --member it is
+    their ensemble mean, `predict`'s y: one module that averages the members' Sequentials (its
+    state_dict under members.0., members.1., …; the band's spread is not exported). pt2 and onnx
+    take a batch of any size: input x of shape [batch, 1], output y of shape [batch, 1]. Every
+    format records the layer spec, the target, its domain and what was exported (safetensors and
+    ONNX as metadata, pt2 as its extra file rungefit.json). The file is written atomically and an
+    existing one is kept unless --force is given.
 
     Example: rungefit export --format onnx --out runge.onnx
     """
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.runs import EXPORT_PREFIX
     from rungefit.study import export as core
+    from rungefit.training.band import finite_members
 
+    chosen = member
     loaded, member, source = open_member(runs_dir, run, member)
-    file_name = f"{EXPORT_PREFIX}{member}.{file_format.value}"
+    ensemble = _ensemble(loaded, chosen)
+    if ensemble:
+        members = list(finite_members([m["val_mse"] for m in loaded.summary["members"]]))
+        network = core.EnsembleMean([loaded.network(k) for k in members])
+        file_name = f"ensemble.{file_format.value}"
+        source = f"run {loaded.path}, the ensemble mean of {len(members)} members"
+    else:
+        members = member
+        if chosen is not None and loaded.model.members > 1:  # chosen, not the best by validation MSE
+            source = f"run {loaded.path}, member {member} of {loaded.model.members}"
+        network = loaded.network(member)
+        file_name = f"{EXPORT_PREFIX}{member}.{file_format.value}"
     path = out or loaded.derived_path(file_name)
     if path.is_dir():
         raise UsageError(f"--out {path} is a directory; give a file name")
     if path.exists() and not force:
         raise RungefitError(f"{path} exists; add --force to overwrite it, or choose another --out")
-    network = loaded.network(member)
     target = loaded.target
     # The target as typed (a preset or a formula), or "data FILE" for a data run.
-    meta = core.metadata(network, loaded.config.target or target.name, target.domain, loaded.path.name, member)
+    meta = core.metadata(network, loaded.config.target or target.name, target.domain, loaded.path.name, members)
     data = core.export_bytes(network, file_format.value, meta)
     try:
         if out is None:
@@ -182,7 +200,10 @@ def export(
             core.write(out, data)
     except OSError as error:
         raise RungefitError(f"cannot write {path} ({error.strerror}); choose another --out") from None
-    doc = {"source": source, "run": str(loaded.path), "member": member, "format": file_format.value, "out": str(path), "bytes": len(data), "metadata": meta}
+    doc = {
+        "source": source, "run": str(loaded.path), "member": None if ensemble else member, **({"members": members} if ensemble else {}),
+        "format": file_format.value, "out": str(path), "bytes": len(data), "metadata": meta,
+    }
     if json_output:
         report.print_json(doc)
     else:
@@ -193,32 +214,48 @@ def predict(
     file: Annotated[str, typer.Argument(metavar="FILE", help="File of x values: one number per line, or a CSV whose first column holds them (a header line is skipped). - or nothing: standard input.")] = "-",
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
-    member: MemberOption = None,
-    with_grad: Annotated[bool, typer.Option("--grad", help="Add a column dydx: the network's derivative by autograd, in float64 as `rungefit grad` computes it.")] = False,
+    member: Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to use. Default: on a data run with several members, their ensemble (x,y,spread); otherwise the best by validation MSE.", min=0)] = None,
+    with_grad: Annotated[bool, typer.Option("--grad", help="Add a column dydx: the network's derivative by autograd, in float64 as `rungefit grad` computes it; for an ensemble, the derivative of its mean (the mean of the members' derivatives).")] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Predict y at x values read from a file or a pipe, and print CSV x,y to stdout.
 
-    y is exactly what `eval --x` reports for the same x. The whole input is checked before anything
-    is printed: a line that is not a finite number is an error naming its line number, and then
-    nothing is written. Pipe it: `seq -1 0.01 1 | rungefit predict > fit.csv`.
+    y is exactly what `eval --x` reports for the same x. On a data run with several members
+    (train --data --seeds 5) and no --member, y is the members' mean and a column spread follows:
+    the standard deviation of a new measurement at x about y, combining the noise level estimated
+    from the members' validation errors with their disagreement at x (y ± 2·spread is a ~95 %
+    band; `eval` reports its coverage of the test points). The whole input is checked before
+    anything is printed: a line that is not a finite number is an error naming its line number,
+    and then nothing is written. Pipe it: `seq -1 0.01 1 | rungefit predict > fit.csv`.
 
     Example: rungefit predict xs.csv --grad
     """
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.study import predict as core
 
+    chosen = member
     loaded, member, _ = open_member(runs_dir, run, member)
     x = core.read_x(*_x_lines(file))
     lo, hi = loaded.target.domain
     outside = int(((x < lo) | (x > hi)).sum())
     if outside:
         report.warning(f"{outside} of the {len(x)} x values lie outside [{lo:g}, {hi:g}], where the network was trained: extrapolation")
-    result = core.predict(loaded.model, loaded.target, member, x, with_grad)
+    if _ensemble(loaded, chosen):
+        val_mse = [m["val_mse"] for m in loaded.summary["members"]]
+        result, noise, members = core.predict_ensemble(loaded.model, loaded.target, val_mse, x, with_grad)
+        doc = {"run": str(loaded.path), "member": None, "members": members, "noise": noise, "points": len(x), **result.as_dict()}
+    else:
+        result = core.predict(loaded.model, loaded.target, member, x, with_grad)
+        doc = {"run": str(loaded.path), "member": member, "points": len(x), **result.as_dict()}
     if json_output:
-        report.print_json({"run": str(loaded.path), "member": member, "points": len(x), **result.as_dict()})
+        report.print_json(doc)
     else:
         report.print_plain(result.csv())
+
+
+def _ensemble(loaded, member: Optional[int]) -> bool:
+    """Whether predict and export use the whole stack: a data run with several members, no --member."""
+    return member is None and loaded.model.members > 1 and not loaded.target.has_function
 
 
 def _x_lines(file: str):

@@ -97,6 +97,26 @@ class Run:
 
         return to_sequential(self.model, self.member(member), self.target.maps)
 
+    def predict(self, x):
+        """The ensemble's prediction at x (numbers in data units) and how sure it is: a Band with
+        .mean and .spread (float64 arrays [n]), .lower and .upper (mean ∓ 2 spread), .noise and
+        .members.
+
+        mean is the average of the members (those with a finite validation MSE); spread is the
+        standard deviation of a new measurement about it, √(noise² + s²/K), s² the members'
+        variance at x and noise² their validation MSE less the part their scatter explains
+        (rungefit.training.band says how, and why). With one member, mean is its prediction and
+        spread √(its validation MSE) at every x. On a function target the "noise" is the members'
+        shared error against f."""
+        import numpy as np
+
+        from rungefit.training.band import band  # torch, as above
+
+        values = np.atleast_1d(np.asarray(x, dtype=np.float64))
+        if values.ndim != 1 or not np.all(np.isfinite(values)):
+            raise UsageError("x: give finite numbers (a number or a 1-D sequence of them)")
+        return band(self.model, self.target, [m["val_mse"] for m in self.summary["members"]], values)
+
     def resume_state(self):
         """The TrainState an interrupted run stopped at; RunError for a run that cannot be resumed."""
         return resume_state(self)

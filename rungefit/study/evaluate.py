@@ -23,29 +23,54 @@ from rungefit.config import DEFAULT_DOMAIN, PLOT_POINTS, TrainConfig, parameter_
 from rungefit.errors import UsageError
 from rungefit.net.model import StackedMLP
 from rungefit.targets import FunctionTarget, Target
+from rungefit.training.band import WIDTH, band
 from rungefit.training.metrics import data_predictions, grid_errors
 
 
 @dataclass(frozen=True)
 class FitCurves:
     """What fit.png draws: f (None for data) and every member's prediction [K, n] on a fine grid;
-    for data, its points (x, y) and every member's predictions there [K, m]."""
+    for data, its points (x, y) and every member's predictions there [K, m]; for a data stack given
+    its validation MSEs, the ensemble's ±2-spread band on the grid (lower, upper), else None."""
 
     x: np.ndarray
     target: np.ndarray | None
     predictions: np.ndarray
     label: str
     points: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    band: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def fit_curves(model: StackedMLP, target: Target, n: int = PLOT_POINTS) -> FitCurves:
+def fit_curves(model: StackedMLP, target: Target, n: int = PLOT_POINTS, val_mse=None) -> FitCurves:
+    """fit.png's curves; val_mse (the members' validation MSEs, data units, as in the summary)
+    gives a data stack's band (training.band)."""
     x = standard_x(target, target.test_grid(n, dtype=torch.float64), model)
     predictions = data_predictions(model, target, x).cpu().numpy()
     grid = seen_x(target, x[0]).cpu().numpy()
     if target.has_function:
         return FitCurves(grid, target(torch.from_numpy(grid)).numpy(), predictions, target.label, None)
     at_points = data_predictions(model, target, standard_x(target, torch.from_numpy(target.points.x), model)).cpu().numpy()
-    return FitCurves(grid, None, predictions, target.label, (target.points.x, target.points.y, at_points))
+    shaded = None
+    if val_mse is not None and has_band(model, target):
+        around = band(model, target, val_mse, grid)
+        shaded = (around.lower, around.upper)
+    return FitCurves(grid, None, predictions, target.label, (target.points.x, target.points.y, at_points), shaded)
+
+
+def has_band(model: StackedMLP, target: Target) -> bool:
+    """Whether a run's ensemble gets a band in figures and eval: a data run with several members."""
+    return model.members > 1 and not target.has_function
+
+
+def band_coverage(model: StackedMLP, target: Target, val_mse) -> dict:
+    """How the ensemble's band (training.band) does on the held-out test points: the share within
+    ±2 spread of the mean, the mean spread, the noise level, and how many members and points."""
+    x, y = (values.numpy() for values in target.test_set(dtype=torch.float64))
+    around = band(model, target, val_mse, x)
+    return {
+        "members": len(around.members), "points": len(x), "width": WIDTH, "coverage": around.coverage(y),
+        "mean_spread": float(np.mean(around.spread)), "noise": around.noise,
+    }
 
 
 def standard_x(target: Target, x: torch.Tensor, model: StackedMLP) -> torch.Tensor:
@@ -269,6 +294,7 @@ class Evaluation:
     scores: list[Scores]  # the network first, then the baselines
     at_x: list[PointScore]
     curves: Curves
+    band: dict | None = None  # a data stack's band on the test points (band_coverage)
 
     def as_dict(self) -> dict:
         return {
@@ -281,6 +307,7 @@ class Evaluation:
             "regions": region_texts(self.target.domain),
             "scores": [asdict(s) for s in self.scores],
             "at_x": [asdict(p) for p in self.at_x],
+            **({"band": self.band} if self.band is not None else {}),
         }
 
 
@@ -325,9 +352,12 @@ def evaluate(
     x_values: list[float] | None = None,
     degrees: tuple[int, ...] = (),
     train: tuple[np.ndarray, np.ndarray] | None = None,
+    val_mse=None,
 ) -> Evaluation:
     """Score one member of a stack on the test set and at x_values, beside the baselines of the
-    given degrees (for data, fitted to `train`, the member's training points: training_points)."""
+    given degrees (for data, fitted to `train`, the member's training points: training_points).
+    With val_mse (every member's validation MSE, as the summary holds them), a data stack's band
+    is scored too (band_coverage)."""
     if not 0 <= member < model.members:
         raise UsageError(f"member {member} does not exist; the run has members 0…{model.members - 1}")
     if degrees and not target.has_function and train is None:
@@ -340,6 +370,7 @@ def evaluate(
         scores=[network_scores(model, target, member, n), *baseline_scores(target, n, degrees, train)],
         at_x=point_scores(model, target, member, x_values or []),
         curves=plot_curves(model, target, member, degrees, train),
+        band=band_coverage(model, target, val_mse) if val_mse is not None and has_band(model, target) else None,
     )
 
 

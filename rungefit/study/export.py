@@ -1,7 +1,8 @@
-"""Files for other tools: one member of a run as torch.export (pt2), ONNX or safetensors bytes.
+"""Files for other tools: one member of a run, or the mean of several (EnsembleMean), as
+torch.export (pt2), ONNX or safetensors bytes.
 
-Each format starts from the member's plain torch.nn.Sequential (model.to_sequential), so what a
-file computes is what that module computes. pt2 and ONNX take a batch of any size, [batch, 1] in
+Each format starts from the member's plain torch.nn.Sequential (model.to_sequential), or a module
+averaging such Sequentials, so what a file computes is what that module computes. pt2 and ONNX take a batch of any size, [batch, 1] in
 and [batch, 1] out, in the run's dtype; safetensors holds nn.Sequential's state_dict and, as
 metadata, everything needed to rebuild the network without torch. torch.onnx and safetensors are
 imported inside the functions that need them.
@@ -31,11 +32,25 @@ ONNX_EXTRA = "rungefit[onnx]"
 EXAMPLE_BATCH = 8
 
 
-def metadata(network: torch.nn.Sequential, target: str, domain: tuple[float, float], run: str, member: int) -> dict[str, str]:
-    """What every exported file records beside the weights, as strings (safetensors' metadata type)."""
-    layers = sequential_layers(network)
+class EnsembleMean(torch.nn.Module):
+    """The mean of the members' outputs: input x [batch, 1], output y [batch, 1], in the members'
+    dtype. Its state_dict holds each member's under members.I. (members.0.0.weight, …)."""
+
+    def __init__(self, members: list[torch.nn.Sequential]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)
+
+
+def metadata(network: torch.nn.Module, target: str, domain: tuple[float, float], run: str, member: int | list[int]) -> dict[str, str]:
+    """What every exported file records beside the weights, as strings (safetensors' metadata type).
+    For an EnsembleMean, `member` lists the members averaged."""
+    ensemble = isinstance(network, EnsembleMean)
+    layers = sequential_layers(network.members[0] if ensemble else network)
     return {
-        "format": "rungefit-member",
+        "format": "rungefit-ensemble-mean" if ensemble else "rungefit-member",
         "layers": format_layers(layers),
         "activations": ",".join(layer.activation for layer in layers),
         "output": "linear",
@@ -43,18 +58,18 @@ def metadata(network: torch.nn.Sequential, target: str, domain: tuple[float, flo
         "target": target,
         "domain": json.dumps(list(domain)),
         "run": run,
-        "member": str(member),
+        **({"members": ",".join(map(str, member))} if ensemble else {"member": str(member)}),
         "rungefit_version": __version__,
     }
 
 
-def export_bytes(network: torch.nn.Sequential, file_format: str, meta: dict[str, str]) -> bytes:
+def export_bytes(network: torch.nn.Module, file_format: str, meta: dict[str, str]) -> bytes:
     """The file's contents for `file_format`, one of config.EXPORT_FORMATS."""
     exporters = {"pt2": pt2_bytes, "onnx": onnx_bytes, "safetensors": safetensors_bytes}
     return exporters[file_format](network, meta)
 
 
-def _example_input(network: torch.nn.Sequential) -> torch.Tensor:
+def _example_input(network: torch.nn.Module) -> torch.Tensor:
     return torch.linspace(-1, 1, EXAMPLE_BATCH, dtype=next(network.parameters()).dtype).unsqueeze(1)
 
 
@@ -63,7 +78,7 @@ def _dynamic_batch() -> tuple[dict[int, object]]:
     return ({0: torch.export.Dim("batch")},)
 
 
-def pt2_bytes(network: torch.nn.Sequential, meta: dict[str, str]) -> bytes:
+def pt2_bytes(network: torch.nn.Module, meta: dict[str, str]) -> bytes:
     """torch.export's archive, loadable with torch.export.load alone; meta as its extra file rungefit.json."""
     program = torch.export.export(network, (_example_input(network),), dynamic_shapes=_dynamic_batch())
     buffer = io.BytesIO()
@@ -71,7 +86,7 @@ def pt2_bytes(network: torch.nn.Sequential, meta: dict[str, str]) -> bytes:
     return buffer.getvalue()
 
 
-def onnx_bytes(network: torch.nn.Sequential, meta: dict[str, str]) -> bytes:
+def onnx_bytes(network: torch.nn.Module, meta: dict[str, str]) -> bytes:
     """An ONNX model with input "x" and output "y", both [batch, 1]; meta as its metadata_props."""
     try:
         import onnx
@@ -103,8 +118,9 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def safetensors_bytes(network: torch.nn.Sequential, meta: dict[str, str]) -> bytes:
-    """nn.Sequential's state_dict ("0.weight", "0.bias", "2.weight", …) with meta as metadata."""
+def safetensors_bytes(network: torch.nn.Module, meta: dict[str, str]) -> bytes:
+    """The module's state_dict ("0.weight", "0.bias", "2.weight", …; an EnsembleMean's under
+    "members.I.") with meta as metadata."""
     from safetensors.torch import save
 
     return save({key: value.contiguous() for key, value in network.state_dict().items()}, metadata=meta)

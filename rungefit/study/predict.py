@@ -1,8 +1,11 @@
-"""`rungefit predict`: x values from a file or a pipe in, the member's y (and dy/dx) as CSV out.
+"""`rungefit predict`: x values from a file or a pipe in, the member's y (and dy/dx) as CSV out;
+for the ensemble of a stacked data run, its mean y and the band's spread.
 
 The input is read and checked in full before anything is computed, so a bad line anywhere means
 no output at all. y is computed exactly as `eval --x` computes it (evaluate.member_prediction, in
-the run's dtype); dy/dx is autograd's, in float64, as `rungefit grad` computes it.
+the run's dtype); dy/dx is autograd's, in float64, as `rungefit grad` computes it. The ensemble's
+mean and spread are training.band's (its docstring says how the spread is estimated), and its
+dy/dx is that of the mean: the mean of the members' derivatives.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from rungefit.net.model import StackedMLP
 from rungefit.study.evaluate import member_prediction
 from rungefit.study.grad import as_float64, data_unit_autograd
 from rungefit.targets import Target, is_number
+from rungefit.training.band import band
 
 MAX_VALUES = 10_000_000
 MAX_LINE_CHARS = 10_000
@@ -65,24 +69,26 @@ def _first_field(raw: bytes, number: int, source: str) -> str:
 
 @dataclass(frozen=True)
 class Predictions:
-    """The member's output at each x, and its derivative when asked for (float64 arrays [n])."""
+    """The member's output at each x, and its derivative when asked for (float64 arrays [n]); for
+    an ensemble, y is the members' mean and spread the band's (None for one member)."""
 
     x: np.ndarray
     y: np.ndarray
     dydx: np.ndarray | None
+    spread: np.ndarray | None = None
+
+    def columns(self) -> dict[str, np.ndarray]:
+        named = {"x": self.x, "y": self.y, "spread": self.spread, "dydx": self.dydx}
+        return {name: column for name, column in named.items() if column is not None}
 
     def csv(self) -> str:
-        """x,y (and dydx) with a header, every float written so that it reads back exactly."""
-        columns = [self.x, self.y] if self.dydx is None else [self.x, self.y, self.dydx]
-        header = "x,y" if self.dydx is None else "x,y,dydx"
-        rows = (",".join(map(repr, row)) for row in zip(*(column.tolist() for column in columns), strict=True))
-        return "\n".join([header, *rows]) + "\n"
+        """x,y (spread) (dydx) with a header, every float written so that it reads back exactly."""
+        columns = self.columns()
+        rows = (",".join(map(repr, row)) for row in zip(*(column.tolist() for column in columns.values()), strict=True))
+        return "\n".join([",".join(columns), *rows]) + "\n"
 
     def as_dict(self) -> dict:
-        doc = {"x": self.x.tolist(), "y": self.y.tolist()}
-        if self.dydx is not None:
-            doc["dydx"] = self.dydx.tolist()
-        return doc
+        return {name: column.tolist() for name, column in self.columns().items()}
 
 
 def predict(model: StackedMLP, target: Target, member: int, x: np.ndarray, with_grad: bool = False) -> Predictions:
@@ -95,3 +101,18 @@ def predict(model: StackedMLP, target: Target, member: int, x: np.ndarray, with_
         single = as_float64(model, member)
         dydx = np.concatenate([data_unit_autograd(single, target.maps, torch.as_tensor(part).reshape(1, -1))[0].numpy() for part in parts])
     return Predictions(x=x, y=y, dydx=dydx)
+
+
+def predict_ensemble(model: StackedMLP, target: Target, val_mse, x: np.ndarray, with_grad: bool = False) -> tuple[Predictions, float, int]:
+    """(the ensemble's mean y and spread at x [n] (training.band.band), and with_grad dy/dx of the
+    mean; the noise level; how many members were averaged)."""
+    result = band(model, target, val_mse, x)
+    dydx = None
+    if with_grad:
+        chosen = model.select(list(result.members)).to(dtype=torch.float64, device="cpu")
+        parts = np.array_split(x, max(1, math.ceil(len(x) / CHUNK)))
+        dydx = np.concatenate([
+            data_unit_autograd(chosen, target.maps, torch.as_tensor(part).reshape(1, -1).expand(chosen.members, -1)).mean(dim=0).numpy()
+            for part in parts
+        ])
+    return Predictions(x=x, y=result.mean, dydx=dydx, spread=result.spread), result.noise, len(result.members)
