@@ -166,7 +166,7 @@ def export(
     Example: rungefit export --format onnx --out runge.onnx
     """
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
-    from rungefit.runs import EXPORT_PREFIX
+    from rungefit.runs import ENSEMBLE_EXPORT, EXPORT_PREFIX
     from rungefit.study import export as core
     from rungefit.training.band import finite_members
 
@@ -176,7 +176,7 @@ def export(
     if ensemble:
         members = list(finite_members([m["val_mse"] for m in loaded.summary["members"]]))
         network = core.EnsembleMean([loaded.network(k) for k in members])
-        file_name = f"ensemble.{file_format.value}"
+        file_name = f"{ENSEMBLE_EXPORT}.{file_format.value}"
         source = f"run {loaded.path}, the ensemble mean of {len(members)} members"
     else:
         members = member

@@ -26,6 +26,7 @@ RETRAIN = "retrain with `rungefit train`"
 # What eval, grad and export write into a run directory, from its network, by default.
 EVAL_FIGURE, GRAD_FIGURE = "eval.png", "grad.png"
 EXPORT_PREFIX = "member-"
+ENSEMBLE_EXPORT = "ensemble"  # the stem of export's file of a stack's ensemble mean
 
 
 def made_from_the_network(run_dir: Path, formats: tuple[str, ...]) -> list[str]:
@@ -33,7 +34,8 @@ def made_from_the_network(run_dir: Path, formats: tuple[str, ...]) -> list[str]:
     names (exports: member-K.FORMAT for each of formats), sorted."""
     def derived(name: str) -> bool:
         stem, _, suffix = name.rpartition(".")
-        return name in (EVAL_FIGURE, GRAD_FIGURE) or (stem.startswith(EXPORT_PREFIX) and stem[len(EXPORT_PREFIX):].isdigit() and suffix in formats)
+        export = stem == ENSEMBLE_EXPORT or (stem.startswith(EXPORT_PREFIX) and stem[len(EXPORT_PREFIX):].isdigit())
+        return name in (EVAL_FIGURE, GRAD_FIGURE) or (export and suffix in formats)
 
     return sorted(entry.name for entry in run_dir.iterdir() if entry.is_file() and derived(entry.name))
 
