@@ -7,7 +7,15 @@ this package writes under a runs directory.
 
 from __future__ import annotations
 
-from rungefit.runs.layout import ENSEMBLE_EXPORT, EVAL_FIGURE, EXPORT_PREFIX, GRAD_FIGURE, LATEST, LR_FIND_DIR, MODEL_FILE
+from rungefit.runs.layout import (
+    ENSEMBLE_EXPORT,
+    EVAL_FIGURE,
+    EXPORT_PREFIX,
+    GRAD_FIGURE,
+    LATEST,
+    LR_FIND_DIR,
+    MODEL_FILE,
+)
 from rungefit.runs.store import Run, RunStore
 
 __all__ = ["ENSEMBLE_EXPORT", "EVAL_FIGURE", "EXPORT_PREFIX", "GRAD_FIGURE", "LATEST", "LR_FIND_DIR", "MODEL_FILE", "Run", "RunStore"]
