@@ -9,11 +9,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from rungefit.config import TrainConfig
 from rungefit.net.model import from_sequential, to_sequential
 from rungefit.runs import Run, RunStore
+from rungefit.training.metrics import FIT_NONE
 from rungefit.training.train import fit
 
 __all__ = ["TrainConfig", "fit", "from_sequential", "load", "open_run", "to_sequential"]
@@ -36,4 +38,7 @@ def load(run: str | None = None, runs_dir: str | Path = "runs", member: int | No
     `member` picks one of a stacked run's networks (default: the best by validation MSE). The module
     is in the run's dtype, on the CPU, in eval mode, and its parameters do not require grad.
     """
-    return open_run(run, runs_dir).network(member)
+    opened = open_run(run, runs_dir)
+    if opened.summary.get("fit") == FIT_NONE:
+        warnings.warn(f"run {opened.path.name!r} learned nothing: its predictions are little better than the mean of y", UserWarning, stacklevel=2)
+    return opened.network(member)

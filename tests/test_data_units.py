@@ -146,3 +146,19 @@ def test_a_noisy_data_set_fitted_well_exits_0_and_pure_noise_exits_1(tmp_path):
     rng = np.random.default_rng(3)
     noise = runner.invoke(app, ["train", "--data", str(write_points(tmp_path / "noise.csv", x, rng.normal(size=x.size))), "--epochs", "300", "--runs-dir", str(tmp_path / "runs"), "--quiet"])
     assert noise.exit_code == 1, noise.output
+
+
+def test_a_run_that_learned_nothing_is_never_used_silently(tmp_path):
+    x = np.linspace(0.0, 1.0, 60)
+    noise = np.random.default_rng(3).normal(size=x.size)
+    path = write_points(tmp_path / "noise.csv", x, noise)
+    runs = str(tmp_path / "runs")
+    assert runner.invoke(app, ["train", "--data", str(path), "--epochs", "50", "--runs-dir", runs, "--name", "n", "--quiet"]).exit_code == 1
+    for command in (["eval"], ["predict"], ["export", "--format", "safetensors"]):
+        result = runner.invoke(app, [*command, "--run", "n", "--runs-dir", runs], input="0.5\n")
+        assert result.exit_code == 0, result.output
+        assert "learned nothing" in result.stderr, command
+    import rungefit
+
+    with pytest.warns(UserWarning, match="learned nothing"):
+        rungefit.load("n", runs)

@@ -241,6 +241,21 @@ def _warn_if_unfinished(loaded) -> None:
         )
     elif status == "diverged":
         report.warning(f"run {loaded.path.name!r} diverged in epoch {epochs + 1}: this is its last finite state, from before the divergence")
+    note = unlearned_note(loaded)
+    if note:
+        report.warning(note)
+
+
+def unlearned_note(loaded) -> str | None:
+    """What to say of a run whose members learned nothing (its summary's verdict), or None."""
+    from rungefit.training.metrics import FIT_NONE  # torch, loaded with the run by now; never on the way of --help
+
+    if loaded.summary.get("fit") != FIT_NONE:
+        return None
+    return (
+        f"run {loaded.path.name!r} learned nothing: no member's validation MSE is below the yardstick (Var(y) of its "
+        "validation points), so its predictions are little better than the mean of y"
+    )
 
 
 def write_figure(run, file_name: str, png: bytes) -> None:
