@@ -162,3 +162,15 @@ def test_a_run_that_learned_nothing_is_never_used_silently(tmp_path):
 
     with pytest.warns(UserWarning, match="learned nothing"):
         rungefit.load("n", runs)
+
+
+def test_a_polish_on_data_starts_from_the_kept_weights_and_stays_only_where_validation_improves(tmp_path):
+    x, y = noisy_wave(noise=0.3)
+    config, target = data_config(write_points(tmp_path / "noisy.csv", x, y), epochs=40, batch_size=1000, seeds=(0, 1, 2, 3), dtype="float64", workers=1, polish="lm", polish_iterations=8)
+    result = fit(config, target)
+    best_val = np.array(result.history.val_mse).min(axis=0)
+    final_val = np.array([m.val_mse for m in result.members])
+    kept = result.polish.kept.numpy()
+    assert (final_val[kept] < best_val[kept]).all()
+    np.testing.assert_allclose(final_val[~kept], best_val[~kept], rtol=1e-12)
+    assert result.summary()["polish"]["kept"] == kept.tolist()

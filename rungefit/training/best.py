@@ -9,6 +9,11 @@ import numpy as np
 import torch
 
 
+def keeps_best(config, target) -> bool:
+    """Whether a run keeps each member's best-validation weights: --keep best, or auto on data."""
+    return config.keep == "best" or (config.keep == "auto" and not target.has_function)
+
+
 @dataclass
 class Best:
     """Per member: the weights of its epoch of lowest validation MSE so far, that MSE (in the

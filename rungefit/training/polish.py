@@ -60,6 +60,7 @@ class PolishReport:
     iterations: torch.Tensor  # [K] iterations run (int64)
     accepted: torch.Tensor  # [K] steps taken (int64)
     curves: torch.Tensor  # [K, iterations + 1] training MSE before and after each iteration (the best so far); NaN once a member stopped
+    kept: torch.Tensor  # [K] bool: the member keeps its polished weights (with --keep best, only where validation improved)
 
     def in_data_units(self, maps) -> PolishReport:
         """The MSEs, which the polish computes in standard coordinates, in the target's units."""
@@ -146,6 +147,7 @@ def levenberg_marquardt(
         iterations=torch.tensor(counts, dtype=torch.int64),
         accepted=torch.tensor(taken, dtype=torch.int64),
         curves=torch.tensor([curve + [float("nan")] * (iterations + 1 - len(curve)) for curve in curves], dtype=torch.float64),
+        kept=torch.ones(len(final), dtype=torch.bool),
     )
 
 

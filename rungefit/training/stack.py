@@ -24,7 +24,7 @@ from rungefit.net.model import DTYPES, StackedMLP
 from rungefit.net.optim import StackedAdam, lr_factors
 from rungefit.targets import DataSplit, Target
 from rungefit.training import workers as workers
-from rungefit.training.best import Best
+from rungefit.training.best import Best, keeps_best
 from rungefit.training.metrics import standard_truth
 from rungefit.training.polish import PolishProgress, PolishReport, levenberg_marquardt
 
@@ -171,9 +171,19 @@ class Stack:
         self.best = best.clone()
 
     def polish(self, iterations: int, progress: Callable[[PolishProgress], None] | None, should_stop: Callable[[], bool] | None) -> PolishReport | None:
-        """The LM polish; None, with the members as they were, if should_stop said yes."""
+        """The LM polish; None, with the members as they were, if should_stop said yes. A run that
+        keeps its best-validation weights keeps the polish only for members whose validation MSE
+        it lowers: the polish fits the training points, noise and all."""
         y_train = standard_truth(self.target, self.data.x_train, self.data.y_train)
-        return levenberg_marquardt(self.model, self.data.x_train, y_train, iterations=iterations, progress=progress, should_stop=should_stop)
+        unpolished = self.model.params.clone()
+        val_before = self.model.mse(self.data.x_val, self.data.y_val).double()
+        report = levenberg_marquardt(self.model, self.data.x_train, y_train, iterations=iterations, progress=progress, should_stop=should_stop)
+        if report is None or not keeps_best(self.config, self.target):
+            return report
+        improved = (self.model.mse(self.data.x_val, self.data.y_val).double() < val_before).cpu()
+        with torch.no_grad():
+            self.model.params[~improved.to(self.model.device)] = unpolished[~improved.to(self.model.device)]
+        return replace(report, kept=improved)
 
     def use_best(self) -> None:
         """Every member with a best epoch takes its best weights (before a polish that should start there)."""

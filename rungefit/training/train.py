@@ -23,6 +23,7 @@ from rungefit.net.model import StackedMLP
 from rungefit.net.optim import StackedAdam
 from rungefit.targets import Target
 from rungefit.training.best import Best
+from rungefit.training.best import keeps_best as keeps_best_weights
 from rungefit.training.metrics import fit_verdict, float64_mse, float64_truth, grid_errors, members_learned
 from rungefit.training.polish import PolishProgress, PolishReport
 from rungefit.training.stack import EpochCurves, open_stack, worker_count
@@ -176,6 +177,7 @@ class TrainResult:
             "train_mse_after": [m.train_mse for m in self.members],  # the saved network's, as the table shows it
             "iterations": self.polish.iterations.tolist(),
             "accepted_steps": self.polish.accepted.tolist(),
+            **({"kept": self.polish.kept.tolist()} if self.keeps_best else {}),
         }
 
 
@@ -224,7 +226,7 @@ def fit(
     config.validate()
     if target is None:
         target = targets.resolve(config)
-    keeps_best = config.keep == "best" or (config.keep == "auto" and not target.has_function)
+    keeps_best = keeps_best_weights(config, target)
     if resume is not None:
         resume.check(config)
     started = time.perf_counter()
