@@ -48,6 +48,12 @@ MAX_FORMULA_NODES = 500  # syntax-tree nodes
 MAX_FORMULA_DEPTH = 100  # nesting of the syntax tree; the evaluator recurses this deep
 MAX_DOMAIN = 1e6  # largest |A|, |B| of --domain
 MAX_DATA_BYTES = 64 * 2**20  # size of a --data file
+# A --data column's values and spread: its mean and variance must stay finite and non-zero in
+# float64 (squares of 1e150 and their sum over any file that fits MAX_DATA_BYTES stay below 1.8e308).
+# Data are held to these, not to MAX_DOMAIN: calendar years and x in Hz are ordinary measurements.
+MAX_DATA_VALUE = 1e150
+MIN_DATA_SPREAD = 1e-150  # the smallest standard deviation of a varying column
+MIN_DATA_POINTS = 10  # the smallest --data set: a training, a validation and a test share
 # f is checked for NaN/inf on this many equally spaced points of the domain (its ends included,
 # and 0 when inside), besides the training points.
 CHECK_POINTS = 10_001

@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET, MAX_FORMULA_CHARS, PRESETS, validation_size
+from rungefit.config import (
+    DEFAULT_DOMAIN,
+    DEFAULT_TARGET,
+    MAX_DATA_VALUE,
+    MAX_FORMULA_CHARS,
+    MAX_POINTS,
+    MAX_TEST_POINTS,
+    MIN_DATA_POINTS,
+    PRESETS,
+    validation_size,
+)
 from rungefit.errors import UsageError
 from rungefit.targets.datafile import PointsFile, read_points
 from rungefit.targets.domain import check_domain, check_grid, describe_domain, parse_domain
@@ -61,6 +71,7 @@ class FunctionTarget:
     known_kinks: tuple[float, ...] | None  # a preset's; None for a formula (detected on demand)
 
     has_function = True
+    x_label, y_label = "x", "y"  # the axes of figures and tables
 
     @property
     def name(self) -> str:
@@ -213,6 +224,15 @@ class DataTarget:
     def label(self) -> str:
         return self.name
 
+    @property
+    def x_label(self) -> str:
+        """The x column's name in the file's header, else "x" (figures, tables)."""
+        return self.points.x_name or "x"
+
+    @property
+    def y_label(self) -> str:
+        return self.points.y_name or "y"
+
     @functools.cached_property
     def _order(self) -> np.ndarray:
         """All indices in one seeded order, whatever the members' seeds: the first test_size are the test set."""
@@ -281,7 +301,7 @@ def linspace(domain: tuple[float, float], n: int, *, dtype=None, device="cpu"):
 
 
 def data_target(points: PointsFile, domain, test_fraction: float, source: str) -> DataTarget:
-    domain = check_domain(domain)
+    domain = check_domain(domain, MAX_DATA_VALUE)
     outside = (points.x < domain[0]) | (points.x > domain[1])
     if outside.any():
         raise UsageError(
@@ -316,17 +336,36 @@ def settings(target: str | None = None, domain: str | None = None, data: str | N
     points = read_points(data)
     _varying(points.y, f"--data {data}: y")
     if domain is not None:
-        span = parse_domain(domain)
+        span = parse_domain(domain, MAX_DATA_VALUE)
     else:
         span = (float(points.x.min()), float(points.x.max()))
         if not span[0] < span[1]:
             raise UsageError(f"--data {data}: every x is {span[0]:g}; give --domain, or points at more than one x")
     resolved = data_target(points, span, test_fraction, str(data))
+    _check_data_count(resolved, test_fraction, str(data))
     fields = {
         "target": "", "domain": span, "data": str(data), "data_sha256": points.sha256, "test_fraction": test_fraction,
         "points": len(resolved.pool), "test_points": len(resolved.test_index),
     }
     return Settings(fields, points)
+
+
+def _check_data_count(target: DataTarget, test_fraction: float, data: str) -> None:
+    """A UsageError naming what the user can change when the data cannot make a test set and a
+    training pool: fewer than MIN_DATA_POINTS, or a --test-fraction that leaves either too small
+    or too large."""
+    count, n_test, pool = len(target.points.x), len(target.test_index), len(target.pool)
+    if count < MIN_DATA_POINTS:
+        raise UsageError(f"--data {data} has {count} points; rungefit needs at least {MIN_DATA_POINTS} (training, validation and test points)")
+    if n_test < 2:
+        raise UsageError(f"--test-fraction {test_fraction:g} holds out {n_test} of the {count} points of --data {data} as the test set; it needs at least 2: use a larger --test-fraction")
+    if n_test > MAX_TEST_POINTS:
+        raise UsageError(f"--test-fraction {test_fraction:g} holds out {n_test} of the {count} points of --data {data}; the test set may have at most {MAX_TEST_POINTS}: use a smaller --test-fraction")
+    if not 2 <= pool <= MAX_POINTS:
+        raise UsageError(
+            f"--test-fraction {test_fraction:g} leaves {pool} of the {count} points of --data {data} for training and validation; "
+            f"{'at least 2' if pool < 2 else f'at most {MAX_POINTS}'} are needed: use a {'smaller' if pool < 2 else 'larger'} --test-fraction"
+        )
 
 
 def _varying(values: np.ndarray, what: str) -> None:
@@ -345,7 +384,7 @@ def resolve(config, points: PointsFile | None = None) -> FunctionTarget | DataTa
     for name in ("target", "data", "data_sha256"):
         if not isinstance(getattr(config, name), str):
             raise UsageError(f"the {name} setting must be text, got {type(getattr(config, name)).__name__}")
-    domain = check_domain(config.domain)
+    domain = check_domain(config.domain, MAX_DATA_VALUE) if config.data else check_domain(config.domain)
     if not isinstance(config.test_fraction, (int, float)) or isinstance(config.test_fraction, bool):
         raise UsageError(f"--test-fraction must be a number, got {type(config.test_fraction).__name__}")
     if config.data and not config.data_sha256:
