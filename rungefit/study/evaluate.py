@@ -193,13 +193,27 @@ def chebyshev_least_squares(x: np.ndarray, y: np.ndarray, degree: int, domain: t
     return Chebyshev.fit(x, y, degree, domain=list(domain))
 
 
-def smoothing_spline(x: np.ndarray, y: np.ndarray):
-    """SciPy's cubic smoothing spline, its smoothness chosen by generalised cross-validation; points
-    at the same x become one, their mean y weighted by their count (the spline needs distinct x)."""
+def smoothing_spline(x: np.ndarray, y: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """SciPy's cubic smoothing spline, its smoothness chosen by generalised cross-validation, and
+    its parameter count (its B-spline coefficients). Points at the same x become one, their mean
+    y weighted by their count (the spline needs distinct x).
+
+    SciPy searches the penalty on a bounded linear scale that depends on the units of x, and on
+    thousands of closely spaced x it fails ("ill-posed"). Then the spline is fitted in the
+    coordinate u that puts the distinct x at 0 … m-1 on average: an affine change of x changes
+    only the penalty's scale, which GCV chooses anyway."""
     from scipy.interpolate import make_smoothing_spline
 
     unique, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    return make_smoothing_spline(unique, np.bincount(inverse, weights=y) / counts, w=counts.astype(np.float64))
+    means, weights = np.bincount(inverse, weights=y) / counts, counts.astype(np.float64)
+    try:
+        spline = make_smoothing_spline(unique, means, w=weights)
+        return spline, len(spline.c)
+    except ValueError:
+        pass
+    origin, scale = unique[0], (unique.size - 1) / (unique[-1] - unique[0])
+    spline = make_smoothing_spline((unique - origin) * scale, means, w=weights)
+    return (lambda points: spline((np.asarray(points, dtype=np.float64) - origin) * scale)), len(spline.c)
 
 
 def baseline_approximants(
@@ -216,8 +230,8 @@ def baseline_approximants(
     distinct = np.unique(x).size
     fits = [(f"Chebyshev LS, d = {d}", d + 1, chebyshev_least_squares(x, y, d, target.domain)) for d in degrees if d < distinct]
     if distinct >= 5:
-        spline = smoothing_spline(x, y)
-        fits.append((SMOOTHING_SPLINE, len(spline.c), spline))
+        spline, parameters = smoothing_spline(x, y)
+        fits.append((SMOOTHING_SPLINE, parameters, spline))
     return fits
 
 
