@@ -132,3 +132,76 @@ def test_the_smoothing_spline_baseline_fits_thousands_of_closely_spaced_points()
     spline, parameters = smoothing_spline(np.concatenate([x, x[:100]]), np.concatenate([y, y[:100] + 0.1]))
     grid = np.linspace(0.0, 1.0, 101)
     assert parameters >= 5000 and np.sqrt(np.mean((spline(grid) - np.sin(8 * grid)) ** 2)) < 0.1
+
+
+# ---------------------------------------------------------------- item 6: data runs read like data
+
+
+@pytest.fixture(scope="module")
+def named_run(tmp_path_factory):
+    """A two-member data run whose file names its columns, in a runs directory of its own."""
+    root = tmp_path_factory.mktemp("named")
+    x, y = noisy(80)
+    path = write_csv(root / "accel.csv", 10 + 50 * x, y, header="time [ms],accel $g$")
+    result = runner.invoke(app, ["train", "--data", path, *QUICK, "--seeds", "2", "--runs-dir", str(root / "runs"), "--name", "r"])
+    assert result.exit_code in (0, 1), result.output
+    return root / "runs"
+
+
+def test_the_fit_figure_of_data_names_its_axes_and_shows_each_role_and_the_residuals_as_points(named_run):
+    from rungefit.cli import figures as plots
+    from rungefit.runs import RunStore
+    from rungefit.study.evaluate import fit_curves
+
+    run = RunStore(named_run).open("r")
+    curves = fit_curves(run.model, run.target, config=run.config)
+    assert (curves.x_label, curves.y_label) == ("time [ms]", "accel $g$")
+    assert list(curves.points) == ["training", "validation", "test"]
+    assert sum(len(px) for px, _, _ in curves.points.values()) == 80
+    top, bottom = plots.fit_figure(curves.x, curves.target, curves.predictions, label=curves.label, points=curves.points, x_label=curves.x_label, y_label=curves.y_label).axes
+    assert bottom.get_xlabel() == "time [ms]" and top.get_ylabel() == r"accel \$g\$"  # a $ is a dollar sign, not mathtext
+    legend = [text.get_text() for text in top.get_legend().get_texts()]
+    assert [entry.split(" (")[0] for entry in legend[:3]] == ["training", "validation", "test"]
+    residuals = [line for line in bottom.get_lines() if line.get_linestyle() == "None"]
+    assert len(residuals) == 3 and sum(len(line.get_xdata()) for line in residuals) == 80  # points, no line through them
+    assert (named_run / "r" / "fit.png").stat().st_size > 0
+
+
+def test_the_loss_figure_marks_var_y_the_mean_s_score():
+    from rungefit.cli import figures as plots
+
+    curve = np.exp(-np.arange(20.0))[:, None] * np.ones((1, 2))
+    (ax,) = plots.loss_figure(curve, curve, val_var=[0.5, 0.7]).axes
+    level = [line for line in ax.get_lines() if "Var(y)" in line.get_label()]
+    assert len(level) == 1 and set(level[0].get_ydata()) == {0.6} and "0.6" in level[0].get_label()
+    (ax,) = plots.loss_figure(curve, curve).axes  # without Var(y): as before
+    assert not [line for line in ax.get_lines() if "Var(y)" in line.get_label()]
+
+
+def test_the_error_axis_of_a_data_eval_fits_the_errors_it_shows():
+    from rungefit.cli import figures as plots
+
+    x = np.linspace(0.0, 1.0, 30)
+    errors = {"network": 0.1 + 0.05 * np.sin(9 * x), "spline": 0.08 + 0.02 * np.cos(7 * x)}
+    figure = plots.eval_figure(x, None, 0 * x, errors, label="data d.csv", error_x=x, points=(x, x), x_label="t", y_label="v")
+    _, bottom = figure.axes
+    low, high = bottom.get_ylim()
+    assert 0.01 < low < 0.05 and 0.15 < high < 0.3  # not down to 1e-10, nor 1e3 times above
+    assert bottom.get_xlabel() == "t" and all(line.get_linestyle() == "None" for line in bottom.get_lines())
+
+
+def test_eval_names_a_data_run_s_columns_and_a_function_run_s_output_is_unchanged(named_run):
+    result = runner.invoke(app, ["eval", "--runs-dir", str(named_run), "--run", "r", "--baselines", "--x", "30"], env={"COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    assert "at time [ms] = " in result.stdout and "|time [ms] − 35| > 20" in result.stdout
+    assert "the network at the requested time [ms]" in result.stdout and "accel $g$" in result.stdout
+    doc = json.loads(runner.invoke(app, ["eval", "--runs-dir", str(named_run), "--run", "r", "--json"]).stdout)
+    assert (doc["x_label"], doc["y_label"]) == ("time [ms]", "accel $g$")
+    assert doc["regions"]["ends"] == "|time [ms] − 35| > 20"
+
+
+def test_a_function_run_s_eval_keeps_its_json_keys_and_region_texts(tmp_path):
+    result = runner.invoke(app, ["train", "--points", "120", "--epochs", "1", "--quiet", "--runs-dir", str(tmp_path)])
+    assert result.exit_code in (0, 1), result.output
+    doc = json.loads(runner.invoke(app, ["eval", "--runs-dir", str(tmp_path), "--json"]).stdout)
+    assert "x_label" not in doc and doc["regions"] == {"ends": "|x| > 0.8", "middle": "|x| ≤ 0.8"}

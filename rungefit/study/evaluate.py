@@ -29,23 +29,34 @@ from rungefit.training.metrics import grid_errors
 @dataclass(frozen=True)
 class FitCurves:
     """What fit.png draws: f (None for data) and every member's prediction [K, n] on a fine grid;
-    for data, its points (x, y) and every member's predictions there [K, m]."""
+    for data, its points by role and every member's predictions there, and the columns' names."""
 
     x: np.ndarray
     target: np.ndarray | None
     predictions: np.ndarray
     label: str
-    points: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    # data: role ("training", "validation": member 0's split; "test") -> (x, y, predictions [K, m])
+    points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None
+    x_label: str = "x"
+    y_label: str = "y"
 
 
-def fit_curves(model: StackedMLP, target: Target, n: int = PLOT_POINTS) -> FitCurves:
+def fit_curves(model: StackedMLP, target: Target, n: int = PLOT_POINTS, config: TrainConfig | None = None) -> FitCurves:
+    """The curves of fit.png. For data, `config` draws member 0's training and validation split
+    (each member has its own); without it the pool is one role, "training and validation"."""
     x = target.test_grid(n, dtype=model.dtype, device=model.device).expand(model.members, -1)
     predictions = _predict(model, x)
     grid = x[0].double().cpu().numpy()
     if target.has_function:
         return FitCurves(grid, target(x[0]).double().cpu().numpy(), predictions, target.label, None)
-    at_points = _predict(model, torch.as_tensor(target.points.x).to(dtype=model.dtype, device=model.device).expand(model.members, -1))
-    return FitCurves(grid, None, predictions, target.label, (target.points.x, target.points.y, at_points))
+    if config is None:
+        roles = {"training and validation": (target.points.x[target.pool], target.points.y[target.pool])}
+    else:
+        split = target.split(config.seeds[:1], config.points, config.val_fraction, dtype=torch.float64)
+        roles = {"training": (split.x_train[0].numpy(), split.y_train[0].numpy()), "validation": (split.x_val[0].numpy(), split.y_val[0].numpy())}
+    roles["test"] = test_points(target, 0, torch.float64)
+    points = {role: (px, py, _predict(model, torch.as_tensor(px).to(dtype=model.dtype, device=model.device).expand(model.members, -1))) for role, (px, py) in roles.items()}
+    return FitCurves(grid, None, predictions, target.label, points, target.x_label, target.y_label)
 
 
 def _predict(model: StackedMLP, x: torch.Tensor) -> np.ndarray:
@@ -64,11 +75,12 @@ def near_the_ends(x: np.ndarray, domain: tuple[float, float] = DEFAULT_DOMAIN) -
     return np.abs(x - (low + high) / 2) > END_REGION * ((high - low) / 2)
 
 
-def region_texts(domain: tuple[float, float]) -> dict[str, str]:
-    """How the ends and the middle read, e.g. "|x| > 0.8" and "|x| ≤ 0.8" on [-1, 1]."""
+def region_texts(domain: tuple[float, float], x: str = "x") -> dict[str, str]:
+    """How the ends and the middle read, e.g. "|x| > 0.8" and "|x| ≤ 0.8" on [-1, 1]; `x` is
+    what x is called (a data file's column name)."""
     low, high = domain
     centre, radius = (low + high) / 2, END_REGION * (high - low) / 2
-    distance = "|x|" if centre == 0 else f"|x {'−' if centre > 0 else '+'} {abs(centre):.4g}|"
+    distance = f"|{x}|" if centre == 0 else f"|{x} {'−' if centre > 0 else '+'} {abs(centre):.4g}|"
     return {"ends": f"{distance} > {radius:.4g}", "middle": f"{distance} ≤ {radius:.4g}"}
 
 
@@ -269,6 +281,8 @@ class Curves:
     errors: dict[str, np.ndarray]  # approximant name → approximant − f at error_x
     label: str  # what f is called in the legend
     points: tuple[np.ndarray, np.ndarray] | None  # a data set's test points
+    x_label: str = "x"  # the axes' names: a data file's columns
+    y_label: str = "y"
 
 
 @dataclass(frozen=True)
@@ -281,14 +295,18 @@ class Evaluation:
     curves: Curves
 
     def as_dict(self) -> dict:
+        data = not self.target.has_function
+        # A data run's columns are named as its file names them; a function's output is as it was.
+        columns = {"x_label": self.target.x_label, "y_label": self.target.y_label} if data else {}
         return {
             "member": self.member,
             "points": self.points,
             "end_region": END_REGION,
             "target": self.target.name,
             "domain": list(self.target.domain),
-            "data": not self.target.has_function,
-            "regions": region_texts(self.target.domain),
+            "data": data,
+            **columns,
+            "regions": region_texts(self.target.domain, self.target.x_label),
             "scores": [asdict(s) for s in self.scores],
             "at_x": [asdict(p) for p in self.at_x],
         }
@@ -324,7 +342,7 @@ def plot_curves(model: StackedMLP, target: Target, member: int, degrees: tuple[i
     errors = {"network": (prediction if error_x is x else member_prediction(model, member, error_x)) - truth}
     if degrees:
         errors.update({name: approximant(error_x) - truth for name, _, approximant in baseline_approximants(target, degrees[-1:], train)})
-    return Curves(x, truth if target.has_function else None, prediction, error_x, errors, target.label, points)
+    return Curves(x, truth if target.has_function else None, prediction, error_x, errors, target.label, points, target.x_label, target.y_label)
 
 
 def evaluate(
