@@ -54,6 +54,12 @@ MAX_FORMULA_NODES = 500  # syntax-tree nodes
 MAX_FORMULA_DEPTH = 100  # nesting of the syntax tree; the evaluator recurses this deep
 MAX_DOMAIN = 1e6  # largest |A|, |B| of --domain
 MAX_DATA_BYTES = 64 * 2**20  # size of a --data file
+# A --data column's values and spread: its mean and variance must stay finite and non-zero in
+# float64 (squares of 1e150 and their sum over any file that fits MAX_DATA_BYTES stay below 1.8e308).
+# Data are held to these, not to MAX_DOMAIN: calendar years and x in Hz are ordinary measurements.
+MAX_DATA_VALUE = 1e150
+MIN_DATA_SPREAD = 1e-150  # the smallest standard deviation of a varying column
+MIN_DATA_POINTS = 10  # the smallest --data set: a training, a validation and a test share
 # f is checked for NaN/inf on this many equally spaced points of the domain (its ends included,
 # and 0 when inside), besides the training points.
 CHECK_POINTS = 10_001
@@ -243,10 +249,6 @@ class TrainConfig:
 # stopping after a few hundred mini-batches, and a large one costs no more steps than a small one.
 DATA_STEPS = 4000
 FULL_BATCH_POINTS = 1024
-# The fewest points a data file may have: a test share, a validation share and training points.
-MIN_DATA_POINTS = 10
-
-
 def data_plan(n_train: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int]:
     """(batch size, epochs) of a data run with n_train training points; an option given (not None) is kept."""
     batch = batch_size or (n_train if n_train <= FULL_BATCH_POINTS else math.ceil(n_train / math.ceil(n_train / FULL_BATCH_POINTS)))

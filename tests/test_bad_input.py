@@ -49,10 +49,11 @@ def cheap(command: str, root) -> list[str]:
     return {
         "train": ["--points", "120", "--epochs", "1", "--quiet", "--runs-dir", runs_dir],
         "lr-find": ["--points", "120", "--iters", "5", "--verify-epochs", "1", "--runs-dir", runs_dir],
-        "grad": ["--runs-dir", runs_dir],
-        "eval": ["--runs-dir", runs_dir],
-        "export": ["--format", "safetensors", "--out", str(root / "out.safetensors"), "--runs-dir", runs_dir],
-        "predict": ["--runs-dir", runs_dir, str(root / "file")],
+        # The fixture's run, which learned (the trainings here learn nothing, and their runs would be the latest).
+        "grad": ["--runs-dir", runs_dir, "--run", "base"],
+        "eval": ["--runs-dir", runs_dir, "--run", "base"],
+        "export": ["--format", "safetensors", "--out", str(root / "out.safetensors"), "--runs-dir", runs_dir, "--run", "base"],
+        "predict": ["--runs-dir", runs_dir, "--run", "base", str(root / "file")],
     }[command]
 
 
@@ -150,7 +151,7 @@ TRAIN = [
     (["--data", "{root}/one.csv"], 2, "one column"),
     (["--data", "{root}/text.csv"], 2, "'one' is not a number"),
     (["--data", "{root}/nan.csv"], 2, "NaN or infinite"),
-    (["--data", "{root}/few.csv"], 2, "give at least 10 points"),
+    (["--data", "{root}/few.csv"], 2, "at least 10"),
     (["--data", "{root}/flat.csv"], 2, "y is constant (2.5)"),
     (["--data", "{root}/good.csv", "--domain", "0,0.5"], 2, "outside --domain"),
     (["--data", "{root}/good.csv", "--points", "50"], 2, "--points"),
@@ -256,6 +257,9 @@ def invoke(command: str, root, args: list[str]):
     options = cheap(command, root)
     if "--data" in args and "--points" in options:  # the data's points are the points
         at = options.index("--points")
+        options = options[:at] + options[at + 2 :]
+    if "--untrained" in args and "--run" in options:  # a new network, not the fixture's run
+        at = options.index("--run")
         options = options[:at] + options[at + 2 :]
     return runner.invoke(app, [command, *options, *(arg.format(root=root) for arg in args)])
 

@@ -36,7 +36,8 @@ def test_seq_piped_into_predict_gives_the_y_of_eval_x(spec_runs):
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     pipeline = f"seq -1 0.01 1 | {sys.executable} -m rungefit predict --run {name} --runs-dir {runs_dir}"
     result = subprocess.run(pipeline, shell=True, capture_output=True, text=True, env=env)
-    assert result.returncode == 0 and result.stderr == "", result.stderr
+    # The spec runs train for a few epochs only: the one line on stderr says that they learned nothing.
+    assert result.returncode == 0 and [line for line in result.stderr.splitlines() if "learned nothing" not in line] == [], result.stderr
     predicted = rows(result.stdout)
     assert len(predicted) == 201 and predicted[0]["x"] == "-1.0" and predicted[-1]["x"] == "1.0"
     x_options = [option for row in predicted for option in ("--x", row["x"])]

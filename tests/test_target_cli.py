@@ -206,8 +206,11 @@ def test_train_help_lists_the_presets():
 
 
 def test_checking_a_target_imports_no_torch():
-    _, heavy = heavy_imports_after("from rungefit import target\ntarget.settings('exp(-x**2)', '0,3')\ntarget.settings('abs')")
-    assert "torch" not in heavy
+    checked = "from rungefit import targets\nfrom rungefit.config import TrainConfig\n" + "\n".join(
+        f"print(targets.resolve(TrainConfig(**targets.settings({spec!r}, {domain!r}).fields)).name)" for spec, domain in (("exp(-x**2)", "0,3"), ("abs", None))
+    )
+    printed, heavy = heavy_imports_after(checked)
+    assert printed.split() == ["f(x)", "=", "exp(-x**2)", "abs"] and "torch" not in heavy
 
 
 COVERED = [*(["--target", name] for name in PRESETS), ["--target", "exp(-x**2) * cos(5*x)"], ["--data", str(DATA), "--batch-size", "16"]]

@@ -49,21 +49,23 @@ def _as_png(figure: Callable[..., Figure]) -> Callable[..., bytes]:
 
 def fit_figure(
     x: np.ndarray, target: np.ndarray | None, predictions: np.ndarray, title: str = "", label: str = "f(x) = 1/(1+25x²)",
-    points: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None, x_label: str = "x", y_label: str = "y",
+    band: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Figure:
     """f and the network(s) on the top panel, |error| (log scale) below; predictions is [K, n].
-    For data (target None), points = (x, y, the predictions there [K, m]): the points on top, and
-    the errors at them below."""
+    For data (target None), points = {role: (x, y, the predictions there [K, m])}: the points of
+    each role (training, validation, test) apart on top, and their residuals below, as points; a
+    stack's band (lower, upper: the ensemble mean ± 2 spreads) is shaded around the ensemble mean."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
-    if target is not None:
-        top.plot(x, target, color="black", lw=2, label=label)
-        error_x, errors = x, np.abs(predictions - target)
-    else:
-        point_x, point_y, at_points = points
-        order = np.argsort(point_x, kind="stable")
-        top.plot(point_x, point_y, ".", color="black", ms=3, label=label)
-        error_x, errors = point_x[order], np.abs(at_points - point_y)[:, order]
+    if target is None:
+        _data_fit(top, bottom, x, predictions, points, label, _plain(y_label), band)
+        top.set_title(title)
+        top.set_ylabel(_plain(y_label))
+        bottom.set_xlabel(_plain(x_label))
+        return fig
+    top.plot(x, target, color="black", lw=2, label=label)
+    error_x, errors = x, np.abs(predictions - target)
     members = len(predictions)
     if members == 1:
         top.plot(x, predictions[0], "--", color="tab:red", label="network")
@@ -78,14 +80,69 @@ def fit_figure(
     top.set_title(title)
     top.set_ylabel("y")
     bottom.set_xlabel("x")
-    bottom.set_ylabel("|network − f|" if target is not None else "|network − y|")
+    bottom.set_ylabel("|network − f|")
     return fig
 
 
-def loss_figure(train_mse: np.ndarray, val_mse: np.ndarray, polish: np.ndarray | None = None) -> Figure:
+# How each role of a data set's points is drawn: the test points, which no member trained on,
+# stand out; the training points recede.
+ROLE_STYLES = {
+    "training": {"marker": "o", "color": "tab:blue", "alpha": 0.55},
+    "training and validation": {"marker": "o", "color": "tab:blue", "alpha": 0.55},
+    "validation": {"marker": "s", "color": "tab:orange", "alpha": 0.8},
+    "test": {"marker": "^", "color": "tab:green", "alpha": 0.9},
+}
+
+
+def _data_fit(top, bottom, x: np.ndarray, predictions: np.ndarray, points: dict, label: str, y: str, band=None) -> None:
+    """The network over the grid with each role's points on top; below, each point's residual
+    y − network (the members' median for a stack) on a linear scale around 0. The legend, titled
+    with the data's name, stands beside the panels."""
+    members = len(predictions)
+    cloud = _cloud(sum(len(px) for px, _, _ in points.values()))
+    for role, (px, py, at) in points.items():
+        style = {**ROLE_STYLES[role], "ls": "none", **cloud}
+        whose = ", member 0's split" if members > 1 and role in ("training", "validation") else ""
+        top.plot(px, py, label=f"{role} ({len(px)}{whose})", **style)
+        bottom.plot(px, py - (at.mean(0) if band is not None else np.median(at, 0)), **style)
+    if members == 1:
+        top.plot(x, predictions[0], color="tab:red", lw=1.8, label="network")
+    elif band is not None:
+        top.fill_between(x, band[0], band[1], color="tab:red", alpha=0.18, lw=0, label="±2 spread: members and noise")
+        top.plot(x, predictions.mean(0), color="tab:red", lw=1.8, label=f"mean of the {members} networks")
+    else:
+        top.fill_between(x, predictions.min(0), predictions.max(0), color="tab:red", alpha=0.25, label=f"range of the {members} networks")
+        top.plot(x, np.median(predictions, 0), color="tab:red", lw=1.8, label=f"median of the {members} networks")
+    bottom.axhline(0.0, color="tab:red", lw=1)
+    centre = "mean" if band is not None else "median"
+    bottom.set_ylabel(f"residual, {y} − network" if members == 1 else f"{y} − {centre} network")
+    _opaque(top.legend(title=_plain(label), fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0)))
+
+
+def _cloud(count: int, size: float = 3.5) -> dict:
+    """Markers for `count` points: beyond a thousand, small and faint, so that a large set reads
+    as a cloud whose density shows, not as a blot of the colour drawn last."""
+    return {"ms": size} if count <= 1000 else {"ms": 1.2, "alpha": 0.2}
+
+
+def _opaque(legend) -> None:
+    """A legend's markers fully drawn and at least 4 points wide, however faint the cloud."""
+    for handle in legend.legend_handles:
+        handle.set_alpha(1.0)
+        if hasattr(handle, "get_markersize") and handle.get_markersize() < 4:
+            handle.set_markersize(4)
+
+
+def _plain(text: str) -> str:
+    """A name from a file as matplotlib prints it: never as mathtext (a $ is a dollar sign)."""
+    return text.replace("$", r"\$")
+
+
+def loss_figure(train_mse: np.ndarray, val_mse: np.ndarray, polish: np.ndarray | None = None, val_var=None) -> Figure:
     """Train and validation MSE per epoch, [epochs, K] each, log scale; with `polish` ([K,
     iterations + 1], NaN once a member stopped), the Levenberg-Marquardt iterations on a panel
-    to the right, on the same scale."""
+    to the right, on the same scale. `val_var` (each member's Var(y) of its validation points, the
+    MSE of predicting their mean) is marked as a line: a curve that stays on it learned nothing."""
     plt = _pyplot()
     if polish is None:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -99,6 +156,11 @@ def loss_figure(train_mse: np.ndarray, val_mse: np.ndarray, polish: np.ndarray |
         return fig
     for curve, label, color in ((train_mse, "train", "tab:blue"), (val_mse, "validation", "tab:orange")):
         _median_and_band(ax, epochs, np.asarray(curve), label, color)
+    variances = np.asarray([] if val_var is None else val_var, dtype=float)
+    if np.isfinite(variances).any():
+        level = float(np.median(variances[np.isfinite(variances)]))
+        which = "Var(y)" if len(variances) == 1 else "median Var(y)"
+        ax.axhline(level, color="gray", ls="--", lw=1, label=f"{which} = {level:.3g}, the mean's MSE")
     ax.legend()
     if polish is not None:
         ax.set_title("Adam")
@@ -131,7 +193,8 @@ def _polish_panel(ax, curves: np.ndarray) -> None:
 
 
 def grad_figure(
-    x: np.ndarray, true: np.ndarray, network: np.ndarray, marked: np.ndarray, title: str = "", label: str = "f'(x) = −50x/(1+25x²)²"
+    x: np.ndarray, true: np.ndarray, network: np.ndarray, marked: np.ndarray, title: str = "", label: str = "f'(x) = −50x/(1+25x²)²",
+    x_label: str = "x",
 ) -> Figure:
     """f' and the network's derivative over x on top, |∇a − f'| (log scale) below; `marked` x are the
     points asked for with --x, drawn as ticks. f' is NaN where it does not exist (a kink, a jump),
@@ -150,50 +213,68 @@ def grad_figure(
     top.legend()
     top.set_title(title)
     top.set_ylabel(rf"$f'(x)$, ${GRADIENT}(x)$")
-    bottom.set_xlabel("x")
+    bottom.set_xlabel(_plain(x_label))
     bottom.set_ylabel(rf"$|{GRADIENT} - f'|$")
     return fig
 
 
-# The error panel of eval.png reaches this factor above the network's largest error; an
+# The error panel of eval.png reaches at most this factor above the network's largest error; an
 # approximant beyond it (the equispaced interpolant's Runge blow-up) is cut off, and says so.
 ERROR_HEADROOM = 1e3
+# Interpolants are exact at their nodes; a floor keeps those dips from stretching the axis.
+ERROR_FLOOR = 1e-10
+# Markers of the network and the baselines at a data set's test points (no line joins them).
+ERROR_MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 
 
 def eval_figure(
     x: np.ndarray, target: np.ndarray | None, prediction: np.ndarray, errors: dict[str, np.ndarray], title: str = "",
     label: str = "f(x) = 1/(1+25x²)", error_x: np.ndarray | None = None, points: tuple[np.ndarray, np.ndarray] | None = None,
+    x_label: str = "x", y_label: str = "y",
 ) -> Figure:
     """f and the network on top; below, |error| (log scale) of the network and of each baseline in
-    `errors` at error_x (default x), at most up to ERROR_HEADROOM × the network's largest error, the
-    legend beside the panel. For data (target None), `points` are drawn instead of f, and the
-    errors are those at the test points."""
+    `errors` at error_x (default x), the axis fitted to the errors it shows: at most up to
+    ERROR_HEADROOM × the network's largest error, at least down to ERROR_FLOOR; the legend beside
+    the panel. For data (target None), the test `points` are drawn instead of f, and the errors at
+    them are points, not lines; the axes carry the columns' names."""
     plt = _pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
-    if target is not None:
+    data = target is None
+    if not data:
         top.plot(x, target, color="black", lw=2, label=label)
+        top.plot(x, prediction, "--", color="tab:red", label="network")
     else:
-        top.plot(*points, ".", color="black", ms=4, label=label)
-    top.plot(x, prediction, "--", color="tab:red", label="network")
-    # Interpolants are exact at their nodes; a floor keeps those dips from stretching the axis.
-    floor = 1e-10
+        top.plot(*points, ls="none", label=f"test points ({len(points[0])})", **{**ROLE_STYLES["test"], **_cloud(len(points[0]), 4)})
+        top.plot(x, prediction, color="tab:red", lw=1.8, label="network")
     ceiling = ERROR_HEADROOM * float(np.abs(errors["network"]).max())
-    marker = "." if target is None else ""
-    for name, error in errors.items():
+    shown = []
+    for index, (name, error) in enumerate(errors.items()):
         style = {"color": "tab:red", "lw": 1.5, "zorder": 3} if name == "network" else {"lw": 1, "alpha": 0.8}
+        if data:
+            style = {**style, "ls": "none", "marker": ERROR_MARKERS[index % len(ERROR_MARKERS)], **_cloud(len(error), 4)}
         worst = float(np.abs(error).max())
         entry = f"{name} (cut off: up to {worst:.1e})" if worst > ceiling else name
-        bottom.semilogy(x if error_x is None else error_x, np.maximum(np.abs(error), floor), marker=marker, label=entry, **style)
-    top.legend()
+        values = np.maximum(np.abs(error), ERROR_FLOOR)
+        bottom.semilogy(x if error_x is None else error_x, values, label=entry, **style)
+        shown.append(np.minimum(values, ceiling))
+    bottom.set_ylim(*_fitted(np.concatenate(shown), ERROR_FLOOR, ceiling))
+    _opaque(top.legend(**({"title": _plain(label)} if data else {})))
     top.set_title(title)
-    bottom.set_xlabel("x")
-    bottom.set_ylabel("|approximant − f|" if target is not None else "|approximant − y|")
-    bottom.set_ylim(bottom=floor)
-    if any(np.abs(error).max() > ceiling for error in errors.values()):
-        bottom.set_ylim(top=ceiling)
+    if data:
+        top.set_ylabel(_plain(y_label))
+    bottom.set_xlabel(_plain(x_label))
+    bottom.set_ylabel("|approximant − f|" if not data else f"|approximant − {_plain(y_label)}|")
     if len(errors) > 1:
         bottom.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
+
+
+def _fitted(values: np.ndarray, floor: float, ceiling: float, pad: float = 0.05) -> tuple[float, float]:
+    """Log-axis limits around positive values, padded by `pad` of their span in decades (at least
+    a tenth of a decade); a limit the values reach (the floor, the ceiling) is the limit itself."""
+    low, high = float(values.min()), float(values.max())
+    margin = 10 ** max(0.1, pad * np.log10(high / low))
+    return (floor if low <= floor else low / margin), (ceiling if high >= ceiling else high * margin)
 
 
 RULE_STYLES = {"steepest": "--", "valley": "-.", "minimum": ":"}  # black lines: the seeds have the colours

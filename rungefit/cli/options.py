@@ -22,8 +22,12 @@ from rungefit.config import (
     EXPORT_FORMATS,
     FORMULA_FUNCTIONS,
     KEEPS,
+    MAX_DATA_BYTES,
+    MAX_DATA_VALUE,
+    MAX_DOMAIN,
     MAX_MEMBERS,
     MAX_SEED,
+    MIN_DATA_POINTS,
     MODES,
     POLISHES,
     PRESETS,
@@ -155,7 +159,14 @@ TargetOption = Annotated[Optional[str], typer.Option("--target", help=TARGET_HEL
 DomainOption = Annotated[Optional[str], typer.Option("--domain", help="The interval A,B of the training points, the test grid, the baselines and the plots (default: -1,1; with --data, the data's range).")]
 
 
-DataOption = Annotated[Optional[str], typer.Option("--data", help="Fit measured points instead of a function: a CSV file of two columns x,y (a header line is allowed). --test-fraction of them are the test set; the rest are split into training and validation as usual. The run keeps a copy.")]
+DATA_HELP = (
+    "Fit measured points instead of a function: a CSV file of two columns x,y (a header line names them for the "
+    "figures and tables; a cell may be quoted). --test-fraction of them are the test set; the rest are split into "
+    f"training and validation as usual. The run keeps a copy. Limits: at least {MIN_DATA_POINTS} points, a file of at "
+    f"most {MAX_DATA_BYTES // 2**20} MiB, values within ±{MAX_DATA_VALUE:g} (not --domain's ±{MAX_DOMAIN:g} for formulas), "
+    "and a y that varies. Repeated x are allowed."
+)
+DataOption = Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)]
 
 
 TestFractionOption = Annotated[float, typer.Option(help="With --data: the share of the points held out as the test set, drawn once (seeded) and the same for every member.")]
@@ -250,7 +261,7 @@ def unlearned_note(loaded) -> str | None:
     """What to say of a run whose members learned nothing (its summary's verdict), or None."""
     from rungefit.training.metrics import FIT_NONE  # torch, loaded with the run by now; never on the way of --help
 
-    if loaded.summary.get("fit") != FIT_NONE:
+    if loaded.status != "complete" or loaded.summary.get("fit") != FIT_NONE:  # an unfinished run has its own warning
         return None
     return (
         f"run {loaded.path.name!r} learned nothing: no member's validation MSE is below the yardstick (Var(y) of its "

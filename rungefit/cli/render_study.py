@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from rich.markup import escape
 from rich.table import Table
 
 from rungefit.cli import render as report  # report.stdout at call time: a caller may swap the console
@@ -111,11 +112,13 @@ def _factor_value(factor: dict) -> str:
 def render_eval(doc: dict) -> None:
     """The network's scores on the test grid, the baselines beside it (if any), then the --x points."""
     network, regions = doc["scores"][0], doc["regions"]
+    # A data run's columns by the names its file gives them; a function's x is x.
+    x_name, y_name = doc.get("x_label", "x"), doc.get("y_label", "f(x)")
     report.stdout.print(f"rungefit eval: {doc['source']}{target_note(doc)}", markup=False, highlight=False)
     rows = [
         ("MSE", fmt(network["mse"])),
         ("RMSE", fmt(network["rmse"])),
-        ("max |error|", f"{fmt(network['max_abs_error'])} at x = {network['max_abs_error_at']:.4g}"),
+        ("max |error|", f"{fmt(network['max_abs_error'])} at {x_name} = {network['max_abs_error_at']:.4g}"),
         (f"near the ends, {regions['ends']}: RMSE, max |error|", f"{fmt(network['ends_rmse'])}, {fmt(network['ends_max_abs_error'])}"),
         (f"in the middle, {regions['middle']}: RMSE, max |error|", f"{fmt(network['middle_rmse'])}, {fmt(network['middle_max_abs_error'])}"),
         ("parameters", str(network["parameters"])),
@@ -130,9 +133,9 @@ def render_eval(doc: dict) -> None:
     where = f"the {doc['points']} held-out test points" if doc["data"] else f"{doc['points']} equally spaced points of {describe_domain(doc['domain'])}"
     print_pairs(f"on {where}", "metric", rows)
     if len(doc["scores"]) > 1:
-        _baselines_table(doc["scores"], regions, doc["data"])
+        _baselines_table(doc["scores"], regions, doc["data"], x_name)
     if doc["at_x"]:
-        _eval_points_table(doc["at_x"])
+        _eval_points_table(doc["at_x"], x_name, y_name)
 
 
 BASELINE_CAPTIONS = {
@@ -147,18 +150,18 @@ BASELINE_CAPTIONS = {
 }
 
 
-def _baselines_table(scores: list[dict], regions: dict, data: bool) -> None:
+def _baselines_table(scores: list[dict], regions: dict, data: bool, x_name: str = "x") -> None:
     table = Table(
         title=f"the network beside classical approximants, on the same {'points' if data else 'grid'}",
         title_justify="left",
-        caption=(
+        caption=escape(
             f"ends max, middle max: max |error| over {regions['ends']} and {regions['middle']}. {BASELINE_CAPTIONS[data]} "
             "params: the numbers that fix each approximant."
         ),
         caption_justify="left",
     )
     table.add_column("approximant", no_wrap=True)
-    for column in ("params", "MSE", "max |error|", "at x", "ends max", "middle max"):
+    for column in ("params", "MSE", "max |error|", escape(f"at {x_name}"), "ends max", "middle max"):
         table.add_column(column, justify="right")
     for s in scores:
         table.add_row(
@@ -168,10 +171,10 @@ def _baselines_table(scores: list[dict], regions: dict, data: bool) -> None:
     report.stdout.print(table)
 
 
-def _eval_points_table(points: list[dict]) -> None:
-    table = Table(title="the network at the requested x", title_justify="left")
-    for column in ("x", "network", "f(x)", "error"):
-        table.add_column(column, justify="right")
+def _eval_points_table(points: list[dict], x_name: str = "x", y_name: str = "f(x)") -> None:
+    table = Table(title=escape(f"the network at the requested {x_name}"), title_justify="left")
+    for column in (x_name, "network", y_name, "error"):
+        table.add_column(escape(column), justify="right")
     flag = any(p["extrapolation"] for p in points)
     if flag:
         table.add_column("")

@@ -290,10 +290,16 @@ def _run_extras(result, summary_extra: dict, phases: Phases) -> tuple[dict[str, 
     from rungefit.cli import figures as plots
     from rungefit.study.evaluate import fit_curves
 
-    curves = fit_curves(result.model, result.target)
+    curves = fit_curves(result.model, result.target, config=result.config, val_mse=[m.val_mse for m in result.members])
     pictures = {
-        "fit.png": plots.fit_png(curves.x, curves.target, curves.predictions, title=f"{result.config.layers}", label=curves.label, points=curves.points),
-        "loss.png": plots.loss_png(result.history.train_mse, result.history.val_mse, None if result.polish is None else result.polish.curves.numpy()),
+        "fit.png": plots.fit_png(
+            curves.x, curves.target, curves.predictions, title=f"{result.config.layers}", label=curves.label, points=curves.points,
+            x_label=curves.x_label, y_label=curves.y_label, band=curves.band,
+        ),
+        "loss.png": plots.loss_png(
+            result.history.train_mse, result.history.val_mse, None if result.polish is None else result.polish.curves.numpy(),
+            val_var=[member.val_var for member in result.members],
+        ),
     }
     # summary.json cannot hold the time of its own writing: its times end as it is made.
     times = phases.as_dict(ongoing="saving_and_plots")

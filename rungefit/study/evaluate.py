@@ -30,31 +30,46 @@ from rungefit.training.metrics import data_predictions, grid_errors
 @dataclass(frozen=True)
 class FitCurves:
     """What fit.png draws: f (None for data) and every member's prediction [K, n] on a fine grid;
-    for data, its points (x, y) and every member's predictions there [K, m]; for a data stack given
-    its validation MSEs, the ensemble's ±2-spread band on the grid (lower, upper), else None."""
+    for data, its points by role and every member's predictions there, and the columns' names; for
+    a data stack given its validation MSEs, the ensemble's ±2-spread band on the grid (lower, upper)."""
 
     x: np.ndarray
     target: np.ndarray | None
     predictions: np.ndarray
     label: str
-    points: tuple[np.ndarray, np.ndarray, np.ndarray] | None
+    # data: role ("training", "validation": member 0's split; "test") -> (x, y, predictions [K, m])
+    points: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None
+    x_label: str = "x"
+    y_label: str = "y"
     band: tuple[np.ndarray, np.ndarray] | None = None
 
 
-def fit_curves(model: StackedMLP, target: Target, n: int = PLOT_POINTS, val_mse=None) -> FitCurves:
-    """fit.png's curves; val_mse (the members' validation MSEs, data units, as in the summary)
-    gives a data stack's band (training.band)."""
+def fit_curves(model: StackedMLP, target: Target, n: int = PLOT_POINTS, config: TrainConfig | None = None, val_mse=None) -> FitCurves:
+    """The curves of fit.png, in data units. For data, `config` draws member 0's training and
+    validation split (each member has its own; without it the pool is one role, "training and
+    validation"), and val_mse (the members' validation MSEs, as in the summary) a stack's band
+    (training.band)."""
     x = standard_x(target, target.test_grid(n, dtype=torch.float64), model)
     predictions = data_predictions(model, target, x).cpu().numpy()
     grid = seen_x(target, x[0]).cpu().numpy()
     if target.has_function:
         return FitCurves(grid, target(torch.from_numpy(grid)).numpy(), predictions, target.label, None)
-    at_points = data_predictions(model, target, standard_x(target, torch.from_numpy(target.points.x), model)).cpu().numpy()
+    if config is None:
+        roles = {"training and validation": (target.points.x[target.pool], target.points.y[target.pool])}
+    else:
+        split = target.split(config.seeds[:1], config.points, config.val_fraction, dtype=torch.float64)
+        maps = target.maps
+        roles = {
+            "training": (maps.x_out(split.x_train[0]).numpy(), maps.y_out(split.y_train[0]).numpy()),
+            "validation": (maps.x_out(split.x_val[0]).numpy(), maps.y_out(split.y_val[0]).numpy()),
+        }
+    roles["test"] = test_points(target, 0, torch.float64)
+    points = {role: (px, py, data_predictions(model, target, standard_x(target, torch.as_tensor(px), model)).cpu().numpy()) for role, (px, py) in roles.items()}
     shaded = None
     if val_mse is not None and has_band(model, target):
         around = band(model, target, val_mse, grid)
         shaded = (around.lower, around.upper)
-    return FitCurves(grid, None, predictions, target.label, (target.points.x, target.points.y, at_points), shaded)
+    return FitCurves(grid, None, predictions, target.label, points, target.x_label, target.y_label, shaded)
 
 
 def has_band(model: StackedMLP, target: Target) -> bool:
@@ -94,11 +109,12 @@ def near_the_ends(x: np.ndarray, domain: tuple[float, float] = DEFAULT_DOMAIN) -
     return np.abs(x - (low + high) / 2) > END_REGION * ((high - low) / 2)
 
 
-def region_texts(domain: tuple[float, float]) -> dict[str, str]:
-    """How the ends and the middle read, e.g. "|x| > 0.8" and "|x| ≤ 0.8" on [-1, 1]."""
+def region_texts(domain: tuple[float, float], x: str = "x") -> dict[str, str]:
+    """How the ends and the middle read, e.g. "|x| > 0.8" and "|x| ≤ 0.8" on [-1, 1]; `x` is
+    what x is called (a data file's column name)."""
     low, high = domain
     centre, radius = (low + high) / 2, END_REGION * (high - low) / 2
-    distance = "|x|" if centre == 0 else f"|x {'−' if centre > 0 else '+'} {abs(centre):.4g}|"
+    distance = f"|{x}|" if centre == 0 else f"|{x} {'−' if centre > 0 else '+'} {abs(centre):.4g}|"
     return {"ends": f"{distance} > {radius:.4g}", "middle": f"{distance} ≤ {radius:.4g}"}
 
 
@@ -221,13 +237,27 @@ def chebyshev_least_squares(x: np.ndarray, y: np.ndarray, degree: int, domain: t
     return Chebyshev.fit(x, y, degree, domain=list(domain))
 
 
-def smoothing_spline(x: np.ndarray, y: np.ndarray):
-    """SciPy's cubic smoothing spline, its smoothness chosen by generalised cross-validation; points
-    at the same x become one, their mean y weighted by their count (the spline needs distinct x)."""
+def smoothing_spline(x: np.ndarray, y: np.ndarray) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """SciPy's cubic smoothing spline, its smoothness chosen by generalised cross-validation, and
+    its parameter count (its B-spline coefficients). Points at the same x become one, their mean
+    y weighted by their count (the spline needs distinct x).
+
+    SciPy searches the penalty on a bounded linear scale that depends on the units of x, and on
+    thousands of closely spaced x it fails ("ill-posed"). Then the spline is fitted in the
+    coordinate u that puts the distinct x at 0 … m-1 on average: an affine change of x changes
+    only the penalty's scale, which GCV chooses anyway."""
     from scipy.interpolate import make_smoothing_spline
 
     unique, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
-    return make_smoothing_spline(unique, np.bincount(inverse, weights=y) / counts, w=counts.astype(np.float64))
+    means, weights = np.bincount(inverse, weights=y) / counts, counts.astype(np.float64)
+    try:
+        spline = make_smoothing_spline(unique, means, w=weights)
+        return spline, len(spline.c)
+    except ValueError:
+        pass
+    origin, scale = unique[0], (unique.size - 1) / (unique[-1] - unique[0])
+    spline = make_smoothing_spline((unique - origin) * scale, means, w=weights)
+    return (lambda points: spline((np.asarray(points, dtype=np.float64) - origin) * scale)), len(spline.c)
 
 
 def baseline_approximants(
@@ -244,8 +274,8 @@ def baseline_approximants(
     distinct = np.unique(x).size
     fits = [(f"Chebyshev LS, d = {d}", d + 1, chebyshev_least_squares(x, y, d, target.domain)) for d in degrees if d < distinct]
     if distinct >= 5:
-        spline = smoothing_spline(x, y)
-        fits.append((SMOOTHING_SPLINE, len(spline.c), spline))
+        spline, parameters = smoothing_spline(x, y)
+        fits.append((SMOOTHING_SPLINE, parameters, spline))
     return fits
 
 
@@ -284,6 +314,8 @@ class Curves:
     errors: dict[str, np.ndarray]  # approximant name → approximant − f at error_x
     label: str  # what f is called in the legend
     points: tuple[np.ndarray, np.ndarray] | None  # a data set's test points
+    x_label: str = "x"  # the axes' names: a data file's columns
+    y_label: str = "y"
 
 
 @dataclass(frozen=True)
@@ -297,14 +329,18 @@ class Evaluation:
     band: dict | None = None  # a data stack's band on the test points (band_coverage)
 
     def as_dict(self) -> dict:
+        data = not self.target.has_function
+        # A data run's columns are named as its file names them; a function's output is as it was.
+        columns = {"x_label": self.target.x_label, "y_label": self.target.y_label} if data else {}
         return {
             "member": self.member,
             "points": self.points,
             "end_region": END_REGION,
             "target": self.target.name,
             "domain": list(self.target.domain),
-            "data": not self.target.has_function,
-            "regions": region_texts(self.target.domain),
+            "data": data,
+            **columns,
+            "regions": region_texts(self.target.domain, self.target.x_label),
             "scores": [asdict(s) for s in self.scores],
             "at_x": [asdict(p) for p in self.at_x],
             **({"band": self.band} if self.band is not None else {}),
@@ -341,7 +377,7 @@ def plot_curves(model: StackedMLP, target: Target, member: int, degrees: tuple[i
     errors = {"network": (prediction if error_x is x else member_prediction(model, target, member, error_x)) - truth}
     if degrees:
         errors.update({name: approximant(error_x) - truth for name, _, approximant in baseline_approximants(target, degrees[-1:], train)})
-    return Curves(x, truth if target.has_function else None, prediction, error_x, errors, target.label, points)
+    return Curves(x, truth if target.has_function else None, prediction, error_x, errors, target.label, points, target.x_label, target.y_label)
 
 
 def evaluate(

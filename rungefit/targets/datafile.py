@@ -1,8 +1,9 @@
-"""Data files for --data: a CSV of two numeric columns x,y, read as untrusted input and
-remembered by its SHA-256 (a run keeps a copy of its points as DATA_FILE)."""
+"""Data files for --data: a CSV of two numeric columns x,y (a header names them), read as
+untrusted input and remembered by its SHA-256 (a run keeps a copy of its points as DATA_FILE)."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import math
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rungefit.config import MAX_DATA_BYTES
+from rungefit.config import MAX_DATA_BYTES, MAX_DATA_VALUE, MIN_DATA_SPREAD
 from rungefit.errors import UsageError
 
 DATA_FILE = "data.csv"  # a data run's copy of its points, in the run directory
@@ -18,17 +19,21 @@ DATA_FILE = "data.csv"  # a data run's copy of its points, in the run directory
 
 @dataclass(frozen=True, eq=False)
 class PointsFile:
-    """The points of a --data file: its bytes as read, their SHA-256, and x, y as float64 [N]."""
+    """The points of a --data file: its bytes as read, their SHA-256, x, y as float64 [N], and the
+    names its header gives the two columns (None without a header, or for an empty cell)."""
 
     raw: bytes
     sha256: str
     x: np.ndarray
     y: np.ndarray
+    x_name: str | None = None
+    y_name: str | None = None
 
 
 def read_points(path, expected_sha256: str | None = None) -> PointsFile:
-    """Read a CSV of two numeric columns x,y (a header line is allowed); a UsageError for anything
-    else, or when `expected_sha256` is given and the bytes do not match it."""
+    """Read a CSV of two numeric columns x,y (a header line is allowed, a cell may be quoted); a
+    UsageError for anything else, for values too large or too narrowly spread to scale, or when
+    `expected_sha256` is given and the bytes do not match it."""
     path = Path(path)
     label = f"--data {path}"
     try:
@@ -36,18 +41,18 @@ def read_points(path, expected_sha256: str | None = None) -> PointsFile:
         if not path.is_file():
             raise UsageError(f"{label} is not a file")
         if size > MAX_DATA_BYTES:
-            raise UsageError(f"{label} is {size} bytes; a data file may have at most {MAX_DATA_BYTES}")
+            raise UsageError(f"{label} is {size} bytes; a data file may have at most {MAX_DATA_BYTES} ({MAX_DATA_BYTES // 2**20} MiB)")
         raw = path.read_bytes()
     except OSError as error:
         raise UsageError(f"{label}: cannot read it ({error.strerror})") from None
     sha256 = hashlib.sha256(raw).hexdigest()
     if expected_sha256 is not None and sha256 != expected_sha256:
         raise UsageError(f"{label} does not match the SHA-256 the run recorded for its points")
-    x, y = _parse_points(raw, label)
-    return PointsFile(raw, sha256, x, y)
+    return PointsFile(raw, sha256, *_parse_points(raw, label))
 
 
-def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
+def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray, str | None, str | None]:
+    """x, y and the header's names of the two columns (None without a header)."""
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -55,9 +60,9 @@ def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
     rows = [(number, line) for number, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.lstrip().startswith("#")]
     if not rows:
         raise UsageError(f"{label} is empty; expected a CSV of two columns x,y")
-    values = []
+    values, lines, names = [], [], (None, None)
     for index, (number, line) in enumerate(rows):
-        cells = [cell.strip() for cell in (line.split(",") if "," in line else line.split())]
+        cells = _cells(line)
         if len(cells) != 2:
             count = "one column" if len(cells) == 1 else f"{len(cells)} columns"
             raise UsageError(f"{label}, line {number}: {count}; expected two columns x,y")
@@ -65,16 +70,61 @@ def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray]:
             pair = (float(cells[0]), float(cells[1]))
         except ValueError:
             if index == 0:  # a header
+                names = (_name(cells[0]), _name(cells[1]))
                 continue
             bad = next(cell for cell in cells if not is_number(cell))
             raise UsageError(f"{label}, line {number}: {bad[:20]!r} is not a number") from None
         if not all(math.isfinite(v) for v in pair):
             raise UsageError(f"{label}, line {number}: {line.strip()[:40]!r} has a NaN or infinite value")
         values.append(pair)
+        lines.append(number)
     if not values:
         raise UsageError(f"{label} has a header but no points")
     points = np.array(values, dtype=np.float64)
-    return points[:, 0].copy(), points[:, 1].copy()
+    for column, (axis, name) in enumerate(zip("xy", names, strict=True)):
+        _check_scalable(points[:, column], lines, label, axis if name is None else f"{axis} ({name})")
+    return points[:, 0].copy(), points[:, 1].copy(), *names
+
+
+def _cells(line: str) -> list[str]:
+    """A line's cells, split at commas (CSV quoting understood) or else at whitespace, each
+    stripped of blanks and of the double quotes around it: a quoted "0.1" is the number 0.1."""
+    if "," in line:
+        cells = next(csv.reader([line], skipinitialspace=True))
+    else:
+        cells = line.split()
+    return [_unquote(cell.strip()) for cell in cells]
+
+
+def _unquote(cell: str) -> str:
+    return cell[1:-1].strip() if len(cell) >= 2 and cell[0] == cell[-1] == '"' else cell
+
+
+def _name(cell: str) -> str | None:
+    """A header cell as a column name for labels: printable, single-spaced, at most
+    MAX_NAME_CHARS; None when nothing is left."""
+    name = " ".join("".join(c if c.isprintable() else " " for c in cell).split())
+    return name[:MAX_NAME_CHARS] or None
+
+
+MAX_NAME_CHARS = 40  # of a column name in a figure or a table
+
+
+def _check_scalable(values: np.ndarray, lines: list[int], label: str, what: str) -> None:
+    """A UsageError unless the column's mean and variance are finite and, where it varies at all,
+    its spread is not lost to rounding: the network sees the data scaled by them."""
+    worst = int(np.argmax(np.abs(values)))
+    if abs(values[worst]) > MAX_DATA_VALUE:
+        raise UsageError(
+            f"{label}, line {lines[worst]}: {what} = {values[worst]:g} is beyond ±{MAX_DATA_VALUE:g}, the largest magnitude "
+            "a data column may have (its mean and variance must be finite in float64); rescale the column, e.g. to other units"
+        )
+    spread = float(np.std(values))
+    if np.ptp(values) > 0 and not spread >= MIN_DATA_SPREAD:
+        raise UsageError(
+            f"{label}: {what} runs from {values.min():g} to {values.max():g}, a standard deviation of {spread:.3g} in float64, "
+            f"below {MIN_DATA_SPREAD:g}, the smallest a varying data column may have; rescale the column, e.g. to other units"
+        )
 
 
 def is_number(cell: str) -> bool:

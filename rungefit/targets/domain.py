@@ -13,8 +13,8 @@ from rungefit.config import CHECK_POINTS, MAX_DOMAIN
 from rungefit.errors import UsageError
 
 
-def parse_domain(text: str) -> tuple[float, float]:
-    """--domain "A,B" as a checked (A, B)."""
+def parse_domain(text: str, limit: float = MAX_DOMAIN) -> tuple[float, float]:
+    """--domain "A,B" as a checked (A, B): check_domain's rules, the ends within ±limit."""
     parts = text.split(",")
     try:
         if len(parts) != 2:
@@ -22,11 +22,14 @@ def parse_domain(text: str) -> tuple[float, float]:
         domain = (float(parts[0]), float(parts[1]))
     except ValueError:
         raise UsageError(f"--domain {text!r}: expected two numbers A,B with A < B, e.g. -1,1 or 0,3") from None
-    return check_domain(domain)
+    return check_domain(domain, limit)
 
 
-def check_domain(domain) -> tuple[float, float]:
-    """The domain as two floats, or a UsageError: finite, A < B, not absurdly large or narrow."""
+def check_domain(domain, limit: float = MAX_DOMAIN) -> tuple[float, float]:
+    """The domain as two floats, or a UsageError: finite, A < B, within ±limit, not too narrow.
+
+    A formula's domain is held to MAX_DOMAIN; a data set's range only to MAX_DATA_VALUE (calendar
+    years and x in Hz are ordinary measurements)."""
     try:
         low, high = (float(v) for v in domain)
         if any(isinstance(v, (bool, str)) for v in domain):
@@ -37,8 +40,8 @@ def check_domain(domain) -> tuple[float, float]:
         raise UsageError(f"--domain {low:g},{high:g}: both ends must be finite")
     if not low < high:
         raise UsageError(f"--domain {low:g},{high:g}: A must be below B")
-    if max(abs(low), abs(high)) > MAX_DOMAIN:
-        raise UsageError(f"--domain {low:g},{high:g}: the ends must lie within ±{MAX_DOMAIN:g}")
+    if max(abs(low), abs(high)) > limit:
+        raise UsageError(f"--domain {low:g},{high:g}: the ends must lie within ±{limit:g}")
     if high - low < 1e-9 * max(1.0, abs(low), abs(high)):
         raise UsageError(f"--domain {low:g},{high:g} is too narrow for float64 points to resolve")
     return low, high

@@ -6,18 +6,23 @@ and f' by autograd. The domain itself is domain.py's.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET, MAX_FORMULA_CHARS, MIN_DATA_POINTS, PRESETS, validation_size
+from rungefit.config import (
+    MAX_DATA_VALUE,
+    MAX_FORMULA_CHARS,
+    PRESETS,
+    validation_size,
+)
 from rungefit.errors import UsageError
-from rungefit.targets.datafile import PointsFile, read_points
-from rungefit.targets.domain import check_domain, check_grid, describe_domain, parse_domain
+from rungefit.targets.datafile import PointsFile
+from rungefit.targets.domain import check_domain, check_grid, describe_domain
 from rungefit.targets.formula import CONSTANTS, FUNCTIONS, KINK_TOLERANCE, Formula, parse_formula, short
-from rungefit.targets.maps import Maps, make_maps
+from rungefit.targets.maps import Maps
 
 if TYPE_CHECKING:
     import torch
@@ -63,6 +68,7 @@ class FunctionTarget:
     maps: Maps = Maps()  # into the network's standard coordinates (resolve sets them from --scale)
 
     has_function = True
+    x_label, y_label = "x", "y"  # the axes of figures and tables
 
     @property
     def name(self) -> str:
@@ -220,6 +226,15 @@ class DataTarget:
     def label(self) -> str:
         return self.name
 
+    @property
+    def x_label(self) -> str:
+        """The x column's name in the file's header, else "x" (figures, tables)."""
+        return self.points.x_name or "x"
+
+    @property
+    def y_label(self) -> str:
+        return self.points.y_name or "y"
+
     @functools.cached_property
     def _order(self) -> np.ndarray:
         """All indices in one seeded order, whatever the members' seeds: the first test_size are the test set."""
@@ -289,7 +304,7 @@ def linspace(domain: tuple[float, float], n: int, *, dtype=None, device="cpu"):
 
 
 def data_target(points: PointsFile, domain, test_fraction: float, source: str) -> DataTarget:
-    domain = check_domain(domain)
+    domain = check_domain(domain, MAX_DATA_VALUE)
     outside = (points.x < domain[0]) | (points.x > domain[1])
     if outside.any():
         raise UsageError(
@@ -299,91 +314,3 @@ def data_target(points: PointsFile, domain, test_fraction: float, source: str) -
     if not 0 < test_fraction < 1:
         raise UsageError(f"--test-fraction must lie strictly between 0 and 1, got {test_fraction}")
     return DataTarget(points, domain, test_fraction, source)
-
-
-# ---------------------------------------------------------------- the target of a run
-
-
-@dataclass(frozen=True)
-class Settings:
-    """What --target, --domain, --data and --test-fraction make: the TrainConfig fields, and for
-    data the points as read (resolve takes them, so that the file is read once)."""
-
-    fields: dict
-    points: PointsFile | None = None
-
-
-def settings(target: str | None = None, domain: str | None = None, data: str | None = None, test_fraction: float = 0.2) -> Settings:
-    """The TrainConfig fields for --target, --domain, --data and --test-fraction (None: not given).
-    With data they include the points (all but the test share) and the test points. resolve()
-    checks the target itself."""
-    if data is None:
-        return Settings({"target": DEFAULT_TARGET if target is None else target, "domain": parse_domain(domain) if domain is not None else DEFAULT_DOMAIN})
-    if target is not None:
-        raise UsageError("--target and --data exclude each other: the data are the target")
-    points = read_points(data)
-    _varying(points.y, f"--data {data}: y")
-    if domain is not None:
-        span = parse_domain(domain)
-    else:
-        span = (float(points.x.min()), float(points.x.max()))
-        if not span[0] < span[1]:
-            raise UsageError(f"--data {data}: every x is {span[0]:g}; give --domain, or points at more than one x")
-    resolved = data_target(points, span, test_fraction, str(data))
-    fields = {
-        "target": "", "domain": span, "data": str(data), "data_sha256": points.sha256, "test_fraction": test_fraction,
-        "points": len(resolved.pool), "test_points": len(resolved.test_index),
-    }
-    return Settings(fields, points)
-
-
-def _varying(values: np.ndarray, what: str) -> None:
-    """A UsageError for a constant: every fit is judged against the variance of y, and it has none."""
-    if np.ptp(values) == 0:
-        raise UsageError(f"{what} is constant ({values[0]:g}): there is nothing to learn, and rungefit judges every fit against the variance of y; choose a target that varies")
-
-
-def resolve(config, points: PointsFile | None = None) -> FunctionTarget | DataTarget:
-    """The target a TrainConfig names, checked: a formula parses, is finite and varies on the
-    domain; data match their recorded SHA-256 and leave a batch, a validation share and a test
-    share. `points`: a data run's points already read (by settings(), or a run's copy of them);
-    otherwise the file the config names is read. A UsageError says what is wrong.
-
-    Each command resolves its target once and passes it down; nothing is remembered between calls."""
-    for name in ("target", "data", "data_sha256"):
-        if not isinstance(getattr(config, name), str):
-            raise UsageError(f"the {name} setting must be text, got {type(getattr(config, name)).__name__}")
-    domain = check_domain(config.domain)
-    if not isinstance(config.test_fraction, (int, float)) or isinstance(config.test_fraction, bool):
-        raise UsageError(f"--test-fraction must be a number, got {type(config.test_fraction).__name__}")
-    if config.data and not config.data_sha256:
-        raise UsageError("a data setting needs the file's SHA-256 too: build it with target.settings(data=…)")
-    if not config.data:
-        target = function_target(config.target, domain)
-        values = target(check_grid(domain))
-        _varying(values, f"--target {short(target.spec)} on --domain {describe_domain(domain)}")
-        return replace(target, maps=make_maps(config.scale, domain, values, has_function=True))
-    if points is None:
-        points = read_points(config.data, expected_sha256=config.data_sha256)
-    elif points.sha256 != config.data_sha256:
-        raise UsageError(f"--data {config.data}: the points given do not match the SHA-256 the run recorded")
-    _varying(points.y, f"--data {config.data}: y")
-    target = data_target(points, domain, float(config.test_fraction), config.data)
-    _check_data_sizes(config, target)
-    return replace(target, maps=make_maps(config.scale, domain, points.y[target.pool], has_function=False))
-
-
-def _check_data_sizes(config, target: DataTarget) -> None:
-    """A UsageError unless the data leave a test share, a validation share and two training points
-    (a batch larger than the training set takes all of it)."""
-    pool = len(target.pool)
-    n_test = len(target.test_index)
-    n_val = round(pool * config.val_fraction)
-    if len(target.points.x) < MIN_DATA_POINTS or n_test < 1 or n_val < 1 or pool - n_val < 2:
-        raise UsageError(
-            f"--data {config.data} has {len(target.points.x)} points: too few for a test share (--test-fraction "
-            f"{config.test_fraction:g}), a validation share (--val-fraction {config.val_fraction:g}) and training points; "
-            f"give at least {MIN_DATA_POINTS} points, or larger shares"
-        )
-    if config.points != pool:
-        raise UsageError(f"--points: with --data the points are the data's ({pool} after the test share); drop --points")
