@@ -146,6 +146,8 @@ def test_a_noisy_data_set_fitted_well_exits_0_and_pure_noise_exits_1(tmp_path):
     rng = np.random.default_rng(3)
     noise = runner.invoke(app, ["train", "--data", str(write_points(tmp_path / "noise.csv", x, rng.normal(size=x.size))), "--epochs", "300", "--runs-dir", str(tmp_path / "runs"), "--quiet"])
     assert noise.exit_code == 1, noise.output
+    (line,) = [line for line in noise.stderr.splitlines() if line.startswith("error:")]
+    assert "not significantly below Var(y)" in line and "optimizer steps on x in [" in line and "y in [" in line and "--seeds 5" in line
 
 
 def test_a_run_that_learned_nothing_is_never_used_silently(tmp_path):

@@ -188,20 +188,33 @@ def nothing_learned(summary: dict, share: float) -> str:
     """Which members learned nothing by the yardstick (validation MSE below share × Var(y)), the
     likely causes and what to try, in one line."""
     members, failed = summary["members"], _unlearned(summary)
+    below = "significantly below" if "yardstick" in summary else f"below {share:.0%} of"
     if len(members) == 1:
         member = members[0]
         who = (
-            f"the network learned nothing: its validation MSE {fmt(member['val_mse'])} is not below {share:.0%} of "
+            f"the network learned nothing: its validation MSE {fmt(member['val_mse'])} is not {below} "
             f"Var(y) = {fmt(member['val_var'])}, the MSE of predicting the mean"
         )
     else:
         seeds = [members[index]["seed"] for index in failed]
         who = (
             f"{len(failed)} of {len(members)} members learned nothing (member{'s' if len(failed) > 1 else ''} {_numbers(failed)}, "
-            f"seed{'s' if len(failed) > 1 else ''} {_numbers(seeds)}): validation MSE not below {share:.0%} of Var(y), the MSE of predicting the mean"
+            f"seed{'s' if len(failed) > 1 else ''} {_numbers(seeds)}): validation MSE not {below} Var(y), the MSE of predicting the mean"
         )
+    if "yardstick" in summary:
+        return _data_nothing_learned(summary, who)
     rate = "run `rungefit lr-find --verify`" if summary.get("lr_choice") else "try `--lr auto`, or run `rungefit lr-find --verify`"
     return f"{who}. The learning rate is probably too high (the network sticks at the mean) or too low, or there were too few epochs: {rate} to choose a rate, or train for more --epochs"
+
+
+def _data_nothing_learned(summary: dict, who: str) -> str:
+    """The data run's version: its yardstick, the evidence (ranges, steps) and what to try."""
+    test, x, y = summary["yardstick"], summary["yardstick"]["x_range"], summary["yardstick"]["y_range"]
+    return (
+        f"{who} (a one-sided test at 1 % over {test['validation_points']} validation points), after {summary['steps']} "
+        f"optimizer steps on x in [{x[0]:g}, {x[1]:g}] and y in [{y[0]:g}, {y[1]:g}]. Try more --epochs, an ensemble "
+        "(--seeds 5), or `--lr auto`; if y is mostly noise at this sample size, more points"
+    )
 
 
 RULE_LETTERS = {"steepest": "s", "valley": "v", "minimum": "m"}

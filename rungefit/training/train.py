@@ -166,6 +166,16 @@ class TrainResult:
             "polish": self._polish_summary(),
             "target": {"target": self.target.name, "domain": list(self.config.domain)},
             **({"kept": self.kept()} if self.keeps_best else {}),
+            **({} if self.target.has_function else {"yardstick": self._data_yardstick(n_val)}),
+        }
+
+    def _data_yardstick(self, n_val: int) -> dict:
+        """How a data run's members are judged, with the evidence a message about them needs."""
+        return {
+            "test": "validation MSE significantly below Var(y) of the validation points (one-sided, 1 %)",
+            "validation_points": n_val,
+            "x_range": [float(self.target.points.x.min()), float(self.target.points.x.max())],
+            "y_range": [float(self.target.points.y.min()), float(self.target.points.y.max())],
         }
 
     def _polish_summary(self) -> dict | None:
