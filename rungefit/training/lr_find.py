@@ -66,6 +66,12 @@ class RangeTest:
     stops: list[int | None]  # per member: the step at which it diverged, None if it swept to the end
     mean_loss: np.ndarray  # [K] Var(y) of the training targets, the loss of predicting the mean
 
+    def in_data_units(self, maps) -> RangeTest:
+        """The losses, which the sweep records in the network's standard coordinates, in the
+        target's units (times y_scale²; the rates and the suggestions do not change)."""
+        factor = maps.y_scale**2
+        return replace(self, raw=self.raw * factor, smoothed=self.smoothed * factor, val=None if self.val is None else self.val * factor, mean_loss=self.mean_loss * factor)
+
     def steps(self, member: int) -> int:
         """Recorded steps of one member, the divergence step included."""
         stop = self.stops[member]
@@ -186,7 +192,7 @@ def run_range_test(config: TrainConfig, target: Target, test: RangeTestConfig) -
     config.validate()
     with intra_op_threads(config):
         model, optimizer, data, seeds = new_stack(config, target)
-        return range_test(model, optimizer, data, seeds, config.batch_size, test)
+        return range_test(model, optimizer, data, seeds, config.batch_size, test).in_data_units(target.maps)
 
 
 # ---------------------------------------------------------------- verification
