@@ -108,3 +108,37 @@ def test_each_upgrade_step_runs_once_in_order_and_a_newer_format_is_refused(old_
     summary.write_text(json.dumps({**json.loads(summary.read_text()), "format": 4}))
     with pytest.raises(RunError, match="format 4.*upgrade rungefit"):
         RunStore(old_runs).open("complete")
+
+
+# Format 2 (the maps into standard coordinates, the kept best-validation weights, the last epoch's
+# weights for a resume): a float64 data run in calendar years and ppm, complete and interrupted.
+FIXTURES_V2 = FIXTURES.parent / "runs-v2"
+EXPECTED_V2 = json.loads((FIXTURES_V2 / "expected.json").read_text())
+
+
+@pytest.fixture()
+def runs_v2(tmp_path, monkeypatch):
+    for name in ("complete", "interrupted"):
+        shutil.copytree(FIXTURES_V2 / name, tmp_path / "runs" / name)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path / "runs"
+
+
+@pytest.mark.parametrize("name", ["complete", "interrupted"])
+def test_a_format_2_run_loads_evaluates_and_differentiates_as_it_did(runs_v2, name):
+    run = RunStore(runs_v2).open(name)
+    assert run.target.maps.as_dict() == EXPECTED_V2[name]["maps"] and not run.target.maps.identity
+    assert {key: tensor_digest(value) for key, value in run.model.state_dict().items()} == EXPECTED_V2[name]["state_dict_sha256"]
+    assert cli_json("eval", "--run", name) == EXPECTED_V2[name]["eval"]
+    assert cli_json("grad", "--run", name, "--x", "1974.5") == EXPECTED_V2[name]["grad_x_1974.5"]
+
+
+def test_the_interrupted_format_2_run_resumes_to_the_complete_runs_numbers_kept_epochs_included(runs_v2):
+    cli_json("train", "--resume", "interrupted")
+    resumed, complete = checkpoint(runs_v2 / "interrupted"), checkpoint(runs_v2 / "complete")
+    for part in ("state_dict", "resume_state_dict"):
+        for key, tensor in complete[part].items():
+            assert torch.equal(resumed[part][key], tensor), (part, key)
+    for key in ("params", "val_mse", "epoch"):
+        assert torch.equal(resumed["best"][key], complete["best"][key]), key
+    assert (runs_v2 / "interrupted" / "history.csv").read_bytes() == (runs_v2 / "complete" / "history.csv").read_bytes()

@@ -346,6 +346,8 @@ class RunStore:
         """Save a training's result as a new run (all its files at once), mark it latest, and
         open it. Its name: the reservation's, else `name`, else a timestamp."""
         files = run_files(result, {}, summary_extra or {}, figures or {})
+        if reservation is None:  # train reserved, and so made, the directory; a script may not have
+            ensure_writable_dir(self.path, "--runs-dir")
         path = save_new_run(self.path, name, files, reservation)
         return self.open(path.name)
 
