@@ -13,7 +13,7 @@ import warnings
 from pathlib import Path
 
 from rungefit.config import TrainConfig
-from rungefit.net.model import from_sequential, to_sequential
+from rungefit.net.sequential import from_sequential, to_sequential
 from rungefit.runs import Run, RunStore
 from rungefit.training.metrics import FIT_NONE
 from rungefit.training.train import fit

@@ -176,3 +176,17 @@ def test_a_polish_on_data_starts_from_the_kept_weights_and_stays_only_where_vali
     assert (final_val[kept] < best_val[kept]).all()
     np.testing.assert_allclose(final_val[~kept], best_val[~kept], rtol=1e-12)
     assert result.summary()["polish"]["kept"] == kept.tolist()
+
+
+@pytest.mark.parametrize("x0, span", [(1900.0, 100.0), (1e6, 1e3)])
+def test_a_float32_run_far_from_zero_exports_within_1e_5_of_its_spread(tmp_path, x0, span):
+    x, y = noisy_wave()
+    path = write_points(tmp_path / "far.csv", x0 + span * x, 300 + 20 * y)
+    runs = str(tmp_path / "runs")
+    assert runner.invoke(app, ["train", "--data", str(path), "--epochs", "100", "--runs-dir", runs, "--name", "f", "--quiet"]).exit_code in (0, 1)
+    out = tmp_path / "f.pt2"
+    assert runner.invoke(app, ["export", "--run", "f", "--runs-dir", runs, "--format", "pt2", "--out", str(out)]).exit_code == 0
+    run = RunStore(runs).open("f")
+    xs = np.linspace(x0, x0 + span, 301)
+    exported = torch.export.load(str(out)).module()(torch.tensor(xs).reshape(-1, 1)).double().numpy().ravel()
+    assert np.abs(exported - member_prediction(run.model, run.target, 0, xs)).max() <= 1e-5 * np.std(run.target.points.y)

@@ -7,7 +7,8 @@ import torch
 
 from rungefit.config import parse_layers
 from rungefit.errors import UsageError
-from rungefit.net.model import ACTIVATIONS, TORCH_MODULES, StackedMLP, from_sequential, to_sequential
+from rungefit.net.model import ACTIVATIONS, StackedMLP
+from rungefit.net.sequential import TORCH_MODULES, from_sequential, to_sequential
 
 from .helpers import stacked
 

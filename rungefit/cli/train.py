@@ -410,7 +410,7 @@ def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path]) -> Path:
 def _auto_lr(config, target, quiet: bool):
     """--lr auto: the config with the chosen rate, and the summary entries that say how it was chosen."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
-    from rungefit.training.lr_find import choose_lr
+    from rungefit.training.auto_lr import choose_lr
 
     if not quiet:
         report.note("--lr auto: choosing the rate with a range test and a short stacked training…")

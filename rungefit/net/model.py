@@ -19,7 +19,6 @@ import torch
 
 from rungefit import rng
 from rungefit.config import DTYPE_NAMES, Layer, layer_shapes, parameter_count
-from rungefit.errors import UsageError
 from rungefit.net.kernels import BackwardPass, ForwardPass, block_views
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # --dtype's names, as torch dtypes
@@ -272,94 +271,3 @@ def _leaf(view: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
     view.requires_grad_(True)
     view.grad = grad
     return view
-
-
-# --- One member as a plain torch.nn.Sequential, and back ---------------------------------------
-
-# The torch.nn module of every activation in ACTIVATIONS, with the settings that match its fn.
-TORCH_MODULES: dict[str, Callable[[], torch.nn.Module]] = {
-    "tanh": torch.nn.Tanh,
-    "sigmoid": torch.nn.Sigmoid,
-    "relu": torch.nn.ReLU,
-    "gelu": torch.nn.GELU,
-    "silu": torch.nn.SiLU,
-    "softplus": torch.nn.Softplus,
-    "identity": torch.nn.Identity,
-}
-
-
-def to_sequential(model: StackedMLP, member: int = 0, maps=None) -> torch.nn.Sequential:
-    """Member `member` of a stack as a torch.nn.Sequential: Linear, activation, …, Linear.
-
-    It is a copy in the stack's dtype on the CPU, in eval mode, with parameters that do not require
-    grad; its state_dict keys ("0.weight", "0.bias", "2.weight", …) are nn.Sequential's own. With
-    `maps` (a run target's targets.Maps), it works in the target's units: x_std = (x − x_centre) /
-    x_half is folded into the first Linear and y = y_scale · a + y_mean into the last, in float64
-    before the cast to the stack's dtype.
-    """
-    if not 0 <= member < model.members:
-        raise UsageError(f"member {member} does not exist; the stack has members 0…{model.members - 1}")
-    shapes = layer_shapes(model.layers)
-    modules: list[torch.nn.Module] = []
-    for index, (fan_in, fan_out) in enumerate(shapes):
-        weight, bias = model.weight(index)[member].double(), model.bias(index)[member].double()
-        if maps is not None and index == 0:
-            weight, bias = weight / maps.x_half, bias - weight[:, 0] * (maps.x_centre / maps.x_half)
-        if maps is not None and index == len(shapes) - 1:
-            weight, bias = weight * maps.y_scale, bias * maps.y_scale + maps.y_mean
-        # skip_init: nn.Linear's own initialisation would draw from the caller's global RNG.
-        linear = torch.nn.utils.skip_init(torch.nn.Linear, fan_in, fan_out, dtype=model.dtype)
-        with torch.no_grad():
-            linear.weight.copy_(weight)
-            linear.bias.copy_(bias)
-        modules.append(linear)
-        if index < len(model.layers):
-            modules.append(TORCH_MODULES[model.layers[index].activation]())
-    return torch.nn.Sequential(*modules).eval().requires_grad_(False)
-
-
-def sequential_layers(network: torch.nn.Sequential) -> tuple[Layer, ...]:
-    """The hidden layers of a Sequential that to_sequential could have made; ValueError otherwise."""
-    modules = list(network)
-    linears, activations = modules[0::2], modules[1::2]
-    if not linears or len(linears) != len(activations) + 1 or not all(isinstance(m, torch.nn.Linear) for m in linears):
-        raise UsageError("expected a torch.nn.Sequential of Linear layers with one activation between each two")
-    if linears[0].in_features != 1 or linears[-1].out_features != 1:
-        raise UsageError(f"expected 1 input and 1 output feature, got {linears[0].in_features} and {linears[-1].out_features}")
-    layers = []
-    for index, (linear, module) in enumerate(zip(linears, activations, strict=False)):
-        if linears[index + 1].in_features != linear.out_features:
-            raise UsageError(f"Linear {index + 1} takes {linears[index + 1].in_features} features, its input has {linear.out_features}")
-        layers.append(Layer(linear.out_features, _activation_name(module)))
-    return tuple(layers)
-
-
-def _activation_name(module: torch.nn.Module) -> str:
-    """The ACTIVATIONS name of a module, which must compute what TORCH_MODULES' module does."""
-    for name, make in TORCH_MODULES.items():
-        if type(module) is make:
-            if _settings(module) != _settings(make()):
-                raise UsageError(f"{module!r} differs from rungefit's {name}, {make()!r}")
-            return name
-    raise UsageError(f"{type(module).__name__} is not one of rungefit's activations ({', '.join(TORCH_MODULES)})")
-
-
-def _settings(module: torch.nn.Module) -> dict:
-    """What an activation module computes with (GELU's approximation, Softplus' beta and threshold)."""
-    return {key: value for key, value in vars(module).items() if not key.startswith("_") and key not in ("training", "inplace")}
-
-
-def from_sequential(network: torch.nn.Sequential) -> StackedMLP:
-    """A one-member stack holding a copy of `network` (the inverse of to_sequential), in its dtype."""
-    layers = sequential_layers(network)
-    linears = list(network)[0::2]
-    dtypes = {parameter.dtype for parameter in network.parameters()}
-    if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.float64}:
-        raise UsageError(f"expected float32 or float64 parameters of one dtype, got {sorted(map(str, dtypes))}")
-    model = StackedMLP(layers, 1, dtype=dtypes.pop())
-    state = {}
-    for index, linear in enumerate(linears):
-        state[f"layers.{index}.weight"] = linear.weight.detach().cpu().unsqueeze(0)
-        state[f"layers.{index}.bias"] = linear.bias.detach().cpu().unsqueeze(0)
-    model.load_state_dict(state)
-    return model

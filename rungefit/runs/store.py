@@ -93,7 +93,7 @@ class Run:
         """The member (default: the best by validation MSE) as a torch.nn.Sequential in the run's
         dtype and the target's units (the maps folded in), on the CPU, in eval mode and without
         gradients for its parameters."""
-        from rungefit.net.model import to_sequential  # torch, as above
+        from rungefit.net.sequential import to_sequential  # torch, as above
 
         return to_sequential(self.model, self.member(member), self.target.maps)
 

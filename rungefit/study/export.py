@@ -1,7 +1,7 @@
 """Files for other tools: one member of a run, or the mean of several (EnsembleMean), as
 torch.export (pt2), ONNX or safetensors bytes.
 
-Each format starts from the member's plain torch.nn.Sequential (model.to_sequential), or a module
+Each format starts from the member's plain torch.nn.Sequential (sequential.to_sequential), or a module
 averaging such Sequentials, so what a file computes is what that module computes. pt2 and ONNX take a batch of any size, [batch, 1] in
 and [batch, 1] out, in the run's dtype; safetensors holds nn.Sequential's state_dict and, as
 metadata, everything needed to rebuild the network without torch. torch.onnx and safetensors are
@@ -24,7 +24,7 @@ from rungefit._version import __version__
 from rungefit.config import format_layers
 from rungefit.errors import RungefitError
 from rungefit.files import atomic_write
-from rungefit.net.model import sequential_layers
+from rungefit.net.sequential import Float64Affine, sequential_layers
 
 # What `pip install` needs for --format onnx: torch.onnx's exporter imports onnx and onnxscript.
 ONNX_EXTRA = "rungefit[onnx]"
@@ -70,7 +70,10 @@ def export_bytes(network: torch.nn.Module, file_format: str, meta: dict[str, str
 
 
 def _example_input(network: torch.nn.Module) -> torch.Tensor:
-    return torch.linspace(-1, 1, EXAMPLE_BATCH, dtype=next(network.parameters()).dtype).unsqueeze(1)
+    """An input of the dtype the network takes: float64 where its maps are float64 modules."""
+    first = network.members[0] if isinstance(network, EnsembleMean) else network
+    dtype = torch.float64 if isinstance(first[0], Float64Affine) else next(network.parameters()).dtype
+    return torch.linspace(-1, 1, EXAMPLE_BATCH, dtype=dtype).unsqueeze(1)
 
 
 def _dynamic_batch() -> tuple[dict[int, object]]:

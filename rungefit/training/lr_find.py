@@ -21,16 +21,10 @@ import numpy as np
 import torch
 
 from rungefit.config import RangeTestConfig, TrainConfig, VerifyConfig, validation_size
-from rungefit.errors import RungefitError
 from rungefit.net.model import StackedMLP
 from rungefit.net.optim import StackedAdam
 from rungefit.targets import DataSplit, Target
 from rungefit.training.lr_rules import (
-    AUTO_EPOCH_SHARE,
-    AUTO_RATES,
-    AUTO_SAFETY,
-    AUTO_SEEDS,
-    AUTO_STEP_DECADES,
     RULE_FUNCTIONS,
     RULES,
     ema_step,
@@ -39,7 +33,6 @@ from rungefit.training.lr_rules import (
     is_uninformative,
     log_median,
     merge_rates,
-    pick_auto_lr,
     pick_seeds,
     spread_decades,
     sweep,
@@ -67,10 +60,9 @@ class RangeTest:
     mean_loss: np.ndarray  # [K] Var(y) of the training targets, the loss of predicting the mean
 
     def in_data_units(self, maps) -> RangeTest:
-        """The losses, which the sweep records in the network's standard coordinates, in the
-        target's units (times y_scale²; the rates and the suggestions do not change)."""
-        factor = maps.y_scale**2
-        return replace(self, raw=self.raw * factor, smoothed=self.smoothed * factor, val=None if self.val is None else self.val * factor, mean_loss=self.mean_loss * factor)
+        """The losses (recorded in standard coordinates) in the target's units; the rates stay."""
+        k = maps.y_scale**2
+        return replace(self, raw=self.raw * k, smoothed=self.smoothed * k, val=None if self.val is None else self.val * k, mean_loss=self.mean_loss * k)
 
     def steps(self, member: int) -> int:
         """Recorded steps of one member, the divergence step included."""
@@ -390,36 +382,3 @@ def lr_find(
         rates, labels = merge_rates(grid, findings.medians())
         findings.verification = verify(config, target, rates, pick_seeds(config.seeds, verify_config.seeds), labels, on_epoch)
     return findings
-
-
-# ---------------------------------------------------------------- train --lr auto
-
-@dataclass
-class LrChoice:
-    lr: float
-    how: str  # one line for the final table and summary.json
-    verification: Verification
-
-    def to_json(self) -> dict:
-        return {"lr": self.lr, "how": self.how, "short_verification": self.verification.to_json()}
-
-
-def choose_lr(config: TrainConfig, target: Target, on_epoch: Callable[[EpochReport], None] | None = None) -> LrChoice:
-    """A rate that trains on config: a range test places a grid, a short stacked training picks from it."""
-    seeds = pick_seeds(config.seeds, AUTO_SEEDS)
-    probe = replace(config, seeds=seeds)
-    findings = Findings(probe, run_range_test(probe, target, RangeTestConfig()))
-    rates = verification_rates(findings.top_lr(), AUTO_RATES, AUTO_STEP_DECADES)
-    short = replace(probe, epochs=max(1, config.epochs // AUTO_EPOCH_SHARE))
-    check = verify(short, target, rates, seeds, on_epoch=on_epoch)
-    lr = pick_auto_lr(check.rates, check.val_mse)
-    if lr is None:
-        raise RungefitError(
-            f"--lr auto: all {len(rates)} rates from {rates[0]:.2g} to {rates[-1]:.2g} diverged in "
-            f"{short.epochs} epochs; give a rate with --lr, or run `rungefit lr-find --verify`"
-        )
-    how = (
-        f"auto: best worst-seed val MSE of {len(rates)} rates × {len(seeds)} seeds × {short.epochs} "
-        f"epochs, {lr * AUTO_SAFETY:.3g} ÷ {AUTO_SAFETY:g}"
-    )
-    return LrChoice(lr, how, check)
