@@ -436,6 +436,35 @@ def commit() -> str:
     return "unknown"
 
 
+HOW = """## How rungefit fits measured data
+
+- **Units never matter.** The network trains in standard coordinates: x mapped from the domain
+  onto [−1, 1] (where the activations bend) and y shifted and divided by the mean and standard
+  deviation of the data's non-test points. The maps come from data no seed draws, are applied in
+  float64 before the cast to the run's dtype, and are kept in model.pt; everything shown (tables,
+  `--json`, history.csv, figures, eval, predict, grad, exports) is in the data's units. `--scale`
+  chooses: `auto` (the default) scales x always and y for data or for a function far from unit size,
+  which leaves the Runge default exactly as before; `xy`, `x`, `none`.
+- **Small data trains enough.** Without `--batch-size` and `--epochs`, a data run takes 4,000
+  optimizer steps, on the whole training set up to 1,024 points and on batches of about that size
+  beyond; summary.json's `steps_why` says so. Given options are obeyed.
+- **Noise is not fitted.** Each member keeps the weights of its epoch of lowest validation MSE
+  (`--keep best`, the default for data); summary.json's `kept` names the epochs. model.pt keeps the
+  last epoch's weights too, so that `--resume` ends bit for bit as an uninterrupted run. `--polish
+  lm` starts from the kept weights and stays only for members whose validation MSE it lowers.
+- **How sure.** A stack (`--seeds 5`) predicts the ensemble mean with a spread: noise² + s(x)²/K,
+  where s(x)² is the members' variance at x and noise² the members' mean validation MSE less their
+  mean variance over the data (the derivation is in `rungefit/training/band.py`). `predict` prints
+  `x,y,spread`, `eval` reports the ±2-spread band's coverage of the held-out points,
+  `rungefit.open_run(...).predict(x)` returns mean and spread, and fit.png shades the band.
+- **What was learned.** On data, a member has learned when its validation MSE is significantly
+  below Var(y) of its validation points: one-sided at 1 %, taking the ratio MSE / Var(y) to scatter
+  by about √(2/n) around 1 when the network predicts no better than the mean. Only then is a run
+  "nothing learned" (exit 1), and `eval`, `grad`, `predict`, `export` and `rungefit.load` say so
+  when such a run is used.
+"""
+
+
 def page(rows: list[dict], sets: list[DataSet], splits: int, command: str, seconds: float) -> str:
     families = {s.description: [t for t in sets if t.description == s.description] for s in sets}
     described = "\n".join(
@@ -471,6 +500,7 @@ default run and the ensemble, medians over the splits; the band coverage is the 
 within ±{BAND:g} spreads of the ensemble's mean, where the run gives a band ("n/a": it does not).
 A training that raised an error counts as "failed".
 
+{HOW}
 ## How to run it
 
 ```
