@@ -24,13 +24,17 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "runs-v1"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 
 
-@pytest.fixture()
-def old_runs(tmp_path, monkeypatch):
-    """A copy of the fixture runs as RUNS_DIR `runs` under the working directory (eval writes its figure)."""
+def copied(fixtures: Path, tmp_path: Path, monkeypatch) -> Path:
+    """A copy of fixture runs as RUNS_DIR `runs` under the working directory (eval writes its figure)."""
     for name in ("complete", "interrupted"):
-        shutil.copytree(FIXTURES / name, tmp_path / "runs" / name)
+        shutil.copytree(fixtures / name, tmp_path / "runs" / name)
     monkeypatch.chdir(tmp_path)
     return tmp_path / "runs"
+
+
+@pytest.fixture()
+def old_runs(tmp_path, monkeypatch):
+    return copied(FIXTURES, tmp_path, monkeypatch)
 
 
 def cli_json(*args: str) -> dict:
@@ -118,10 +122,7 @@ EXPECTED_V2 = json.loads((FIXTURES_V2 / "expected.json").read_text())
 
 @pytest.fixture()
 def runs_v2(tmp_path, monkeypatch):
-    for name in ("complete", "interrupted"):
-        shutil.copytree(FIXTURES_V2 / name, tmp_path / "runs" / name)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path / "runs"
+    return copied(FIXTURES_V2, tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("name", ["complete", "interrupted"])
