@@ -11,7 +11,7 @@ from __future__ import annotations
 from rungefit.targets.datafile import DATA_FILE, PointsFile, is_number, read_points
 from rungefit.targets.domain import describe_domain
 from rungefit.targets.maps import Maps
-from rungefit.targets.resolve import Settings, resolve, settings
+from rungefit.targets.resolving import Settings, resolve, settings
 from rungefit.targets.target import DataSplit, DataTarget, FunctionTarget
 
 Target = FunctionTarget | DataTarget
