@@ -168,3 +168,10 @@ def test_studying_an_unfinished_run_says_so(unfinished, command, run, words):
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and all(word in warnings[0] for word in words), result.stderr
+
+
+def test_a_member_asked_for_is_not_called_the_best(spec_runs):
+    runs_dir, name, _ = spec_runs["16:gelu,8:relu", "float64"]
+    asked = json.loads(invoke("eval", "--json", "--run", name, "--runs-dir", str(runs_dir), "--member", "1").stdout)
+    chosen = json.loads(invoke("eval", "--json", "--run", name, "--runs-dir", str(runs_dir)).stdout)
+    assert asked["source"].endswith("member 1 of 2") and chosen["source"].endswith("best by validation MSE")

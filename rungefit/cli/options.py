@@ -225,9 +225,10 @@ def open_member(runs_dir: Path, run: Optional[str], member: Optional[int]):
     loaded = RunStore(runs_dir).open(run)
     note_latest(loaded)
     _warn_if_unfinished(loaded)
-    members = loaded.model.members
+    members, chosen = loaded.model.members, member
     member = loaded.member(member, "--member")
-    source = f"run {loaded.path}, member {member}" + (f" of {members}, best by validation MSE" if members > 1 else "")
+    how = ", best by validation MSE" if chosen is None else ""
+    source = f"run {loaded.path}, member {member}" + (f" of {members}{how}" if members > 1 else "")
     return loaded, member, source
 
 

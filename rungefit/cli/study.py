@@ -183,8 +183,6 @@ def export(
         source = f"run {loaded.path}, the ensemble mean of {len(members)} members"
     else:
         members = member
-        if chosen is not None and loaded.model.members > 1:  # chosen, not the best by validation MSE
-            source = f"run {loaded.path}, member {member} of {loaded.model.members}"
         network = loaded.network(member)
         file_name = f"{EXPORT_PREFIX}{member}.{file_format.value}"
     path = out or loaded.derived_path(file_name)
