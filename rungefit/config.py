@@ -243,11 +243,14 @@ class TrainConfig:
         return self.steps_per_epoch * self.epochs
 
 
-# A data run whose --batch-size and --epochs are not given takes DATA_STEPS optimizer steps, on the
-# whole training set up to FULL_BATCH_POINTS points and on as few batches of about that size beyond
-# (tests/benchmarks/bench_data.py measures the choice): a small set then converges instead of
-# stopping after a few hundred mini-batches, and a large one costs no more steps than a small one.
-DATA_STEPS = 4000
+# A data run's defaults, where its options are not given (tests/benchmarks/bench_data.py measures
+# them against standard smoothers): a wider network than the reference's at a lower rate, and
+# DATA_STEPS optimizer steps on the whole training set up to FULL_BATCH_POINTS points and on as few
+# batches of about that size beyond: a small set then converges instead of stopping after a few
+# hundred mini-batches, and a large one costs no more steps than a small one.
+DATA_LAYERS = "64:tanh,64:tanh"
+DATA_LR = 1e-2
+DATA_STEPS = 8000
 FULL_BATCH_POINTS = 1024
 def data_plan(n_train: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int]:
     """(batch size, epochs) of a data run with n_train training points; an option given (not None) is kept."""

@@ -12,7 +12,7 @@ import torch
 
 from rungefit import targets
 from rungefit.cli.app import app
-from rungefit.config import DATA_STEPS, TrainConfig, data_plan
+from rungefit.config import DATA_LAYERS, DATA_LR, DATA_STEPS, TrainConfig, data_plan
 from rungefit.runs import RunStore
 from rungefit.study import grad
 from rungefit.study.evaluate import member_prediction
@@ -110,6 +110,9 @@ def test_a_data_run_takes_the_step_floor_unless_epochs_are_given(tmp_path):
     given = runner.invoke(app, ["train", "--data", str(path), "--epochs", "5", "--runs-dir", str(tmp_path / "runs"), "--quiet", "--json"])
     doc = json.loads(given.stdout)
     assert doc["epochs"] == 5 and doc["steps"] == 5 and "5 optimizer steps" in doc["steps_why"]
+    assert doc["config"]["layers"] == DATA_LAYERS and doc["config"]["lr"] == DATA_LR  # the data defaults, not given
+    mine = runner.invoke(app, ["train", "--data", str(path), "--epochs", "5", "--layers", "8:tanh", "--lr", "0.1", "--runs-dir", str(tmp_path / "runs"), "--quiet", "--json"])
+    assert (json.loads(mine.stdout)["config"]["layers"], json.loads(mine.stdout)["config"]["lr"]) == ("8:tanh", 0.1)
 
 
 def test_each_member_keeps_its_best_validation_epoch_and_a_resume_ends_the_same(tmp_path):

@@ -9,6 +9,7 @@ import math
 import shlex
 import signal
 import sys
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,6 +18,8 @@ import typer
 
 from rungefit.config import (
     ACTIVATION_NAMES,
+    DATA_LAYERS,
+    DATA_LR,
     DEVICES,
     DTYPE_NAMES,
     EXPORT_FORMATS,
@@ -37,6 +40,7 @@ from rungefit.config import (
     TrainConfig,
     VerifyConfig,
     ascii_int,
+    data_plan,
 )
 from rungefit.errors import UsageError
 from rungefit.files import describe
@@ -278,3 +282,34 @@ def write_figure(run, file_name: str, png: bytes) -> None:
         report.warning(f"cannot write {run.derived_path(file_name)} ({describe(error)}); the results above are complete without it")
     else:
         report.note(f"wrote {path}")
+
+
+def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[str], data: Optional[str], test_fraction: float):
+    """targets.Settings of --target, --domain, --data and --test-fraction (with data, the points
+    too); targets.resolve checks the target itself."""
+    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
+    from rungefit import targets
+
+    if data is None and was_given(ctx, "test_fraction"):
+        raise UsageError("--test-fraction applies only with --data")
+    chosen = targets.settings(target, domain, data, test_fraction)
+    if data is not None and was_given(ctx, "points"):
+        raise UsageError("--points: with --data the points are the data's; drop --points")
+    return chosen
+
+
+def data_run_plan(ctx: typer.Context, config, goal) -> tuple:
+    """For data: the data defaults (config.DATA_LAYERS, DATA_LR, data_plan's batch and epochs) for
+    the options not given, and the summary entry that says what was chosen ({} for a function)."""
+    if goal.has_function:
+        return config, {}
+    given = {name: getattr(config, name) for name in ("layers", "lr", "batch_size", "epochs") if was_given(ctx, name)}
+    batch, epochs = data_plan(config.n_train, given.get("batch_size"), given.get("epochs"))
+    config = replace(config, layers=given.get("layers", DATA_LAYERS), lr=given.get("lr", DATA_LR), batch_size=batch, epochs=epochs)
+    config.validate()
+    batches = "the whole training set" if batch >= config.n_train else f"batches of {batch}"
+    why = (
+        f"{config.total_steps} optimizer steps of a {config.layers} network at lr {config.lr:g} on {batches} of {config.n_train} "
+        "training points: a data run's defaults, so that a small set converges (--layers, --lr, --epochs and --batch-size set them)"
+    )
+    return config, {"steps_why": why}

@@ -29,16 +29,19 @@ from rungefit.cli.options import (
     TestFractionOption,
     complete_interrupted_run,
     complete_layers,
+    data_run_plan,
     note_latest,
     parse_lr,
     parse_seeds,
     report,
     resume_command,
+    target_settings,
     was_given,
 )
 from rungefit.cli.phases import Phases
 from rungefit.cli.stopping import StopRequest, ctrl_c_stops_training
 from rungefit.config import (
+    DATA_LAYERS,
     EXPORT_FORMATS,
     MAX_EPOCHS,
     MAX_SEED,
@@ -132,35 +135,6 @@ def train(
             return store.save(result, summary_extra=summary_extra, figures=figures, name=name, reservation=reservation).path
 
         _train_and_report(config, goal, save, lr_extra, quiet, json_output, phases)
-
-
-def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[str], data: Optional[str], test_fraction: float):
-    """targets.Settings of --target, --domain, --data and --test-fraction (with data, the points
-    too); targets.resolve checks the target itself."""
-    # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
-    from rungefit import targets
-
-    if data is None and was_given(ctx, "test_fraction"):
-        raise UsageError("--test-fraction applies only with --data")
-    chosen = targets.settings(target, domain, data, test_fraction)
-    if data is not None and was_given(ctx, "points"):
-        raise UsageError("--points: with --data the points are the data's; drop --points")
-    return chosen
-
-
-def data_run_plan(ctx: typer.Context, config, goal) -> tuple:
-    """For data: the batch size and epochs of config.data_plan where --batch-size or --epochs was
-    not given, and the summary entry that says so ({} for a function, or when both were given)."""
-    if goal.has_function or (was_given(ctx, "batch_size") and was_given(ctx, "epochs")):
-        return config, {}
-    batch, epochs = data_plan(config.n_train, config.batch_size if was_given(ctx, "batch_size") else None, config.epochs if was_given(ctx, "epochs") else None)
-    config = replace(config, batch_size=batch, epochs=epochs)
-    batches = "the whole training set" if batch >= config.n_train else f"batches of {batch}"
-    why = (
-        f"{config.total_steps} optimizer steps on {batches} of {config.n_train} training points: a data run takes at "
-        "least that many so that a small set converges (--epochs and --batch-size set them)"
-    )
-    return config, {"steps_why": why}
 
 
 def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
@@ -360,8 +334,8 @@ def lr_find_command(
     config = training.TrainConfig(seeds=parse_seeds(seed, seeds), device=training.resolve_device(device.value), **shape)
     config.validate()
     goal = targets.resolve(config, chosen.points)
-    if not goal.has_function and batch_size is None:  # the batch of `train --data`; the epochs stay --verify-epochs'
-        config = replace(config, batch_size=data_plan(config.n_train)[0])
+    if not goal.has_function:  # the network and batch of `train --data`; the epochs stay --verify-epochs'
+        config = replace(config, layers=layers or DATA_LAYERS, batch_size=batch_size or data_plan(config.n_train)[0])
     test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
     test.validate()
     verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds)

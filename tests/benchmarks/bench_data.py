@@ -42,7 +42,7 @@ import torch
 from scipy.interpolate import make_smoothing_spline
 
 from rungefit import targets
-from rungefit.config import TrainConfig, data_plan
+from rungefit.config import DATA_LAYERS, DATA_LR, TrainConfig, data_plan
 from rungefit.errors import RungefitError, UsageError
 from rungefit.runs import RunStore
 from rungefit.training.train import fit
@@ -224,8 +224,8 @@ def train_rungefit(path: Path, seeds: tuple[int, ...] | None, store: Path, name:
     Also the test and pool indices of the file's points, for the peers."""
     chosen = targets.settings(data=str(path))
     config = TrainConfig(**chosen.fields, **({"seeds": seeds} if seeds else {}))
-    batch_size, epochs = data_plan(config.n_train)  # what `rungefit train --data` runs when neither is given
-    config = replace(config, batch_size=batch_size, epochs=epochs)
+    batch_size, epochs = data_plan(config.n_train)  # what `rungefit train --data` runs when no option is given
+    config = replace(config, layers=DATA_LAYERS, lr=DATA_LR, batch_size=batch_size, epochs=epochs)
     outcome = Outcome()
     try:
         target = targets.resolve(config, chosen.points)
