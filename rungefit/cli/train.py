@@ -42,7 +42,10 @@ from rungefit.cli.phases import Phases
 from rungefit.cli.stopping import StopRequest, ctrl_c_stops_training
 from rungefit.config import (
     DATA_LAYERS,
+    DATA_LR,
+    DATA_STEPS,
     EXPORT_FORMATS,
+    FULL_BATCH_POINTS,
     MAX_EPOCHS,
     MAX_SEED,
     MAX_WORKERS,
@@ -51,7 +54,7 @@ from rungefit.config import (
 )
 from rungefit.errors import RungefitError, UsageError
 
-BATCH_HELP = "Mini-batch size; the last batch of an epoch may be smaller. Larger than the training set: every step uses the whole set (full-batch), with a warning."
+BATCH_HELP = f"Mini-batch size; the last batch of an epoch may be smaller. Larger than the training set: every step uses the whole set (full-batch), with a warning. With --data, unless given: the whole training set up to {FULL_BATCH_POINTS} points, batches of about that size beyond."
 
 
 # Options that may go with --resume: where the run is and how to show it; the rest is the saved run's.
@@ -60,12 +63,12 @@ RESUME_ALLOWS = ("resume", "runs_dir", "quiet", "json_output")
 
 def train(
     ctx: typer.Context,
-    layers: Annotated[str, typer.Option(help="Hidden layers as WIDTH:ACTIVATION items; the output layer is linear.", autocompletion=complete_layers)] = DEFAULTS.layers,
+    layers: Annotated[str, typer.Option(help=f"Hidden layers as WIDTH:ACTIVATION items; the output layer is linear. With --data, unless given: {DATA_LAYERS}.", autocompletion=complete_layers)] = DEFAULTS.layers,
     points: Annotated[int, typer.Option(help="Training points drawn uniformly from the domain, validation included (with --data: the data's). More points mean more Adam steps per epoch, and the fit is limited by the steps, not by data (docs/accuracy.md).")] = DEFAULTS.points,
     val_fraction: Annotated[float, typer.Option(help="Share of the points held out for validation, in (0, 1).")] = DEFAULTS.val_fraction,
     batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = DEFAULTS.batch_size,
-    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = DEFAULTS.epochs,
-    lr: Annotated[str, typer.Option(help="Peak Adam learning rate, or 'auto': a range test and a short stacked training at a grid of rates choose one (see lr-find).")] = f"{DEFAULTS.lr:g}",
+    epochs: Annotated[int, typer.Option(help=f"Passes over the training set. With --data, unless given: enough for {DATA_STEPS} optimizer steps.")] = DEFAULTS.epochs,
+    lr: Annotated[str, typer.Option(help=f"Peak Adam learning rate, or 'auto': a range test and a short stacked training at a grid of rates choose one (see lr-find). With --data, unless given: {DATA_LR:g}.")] = f"{DEFAULTS.lr:g}",
     schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule over the optimizer steps.")] = Schedule(DEFAULTS.schedule),
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, the training points and the shuffling.", min=0, max=MAX_SEED)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Train one member per seed in one stacked run: a count N (seeds 0…N-1) or a list 3,7,11. Overrides --seed.")] = None,
