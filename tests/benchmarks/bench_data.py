@@ -62,6 +62,10 @@ ENSEMBLE_SEEDS = (0, 1, 2, 3, 4)
 SNR = 7.0  # Donoho-Johnstone sets: noise sd = sd(signal) / SNR
 WITHIN = 1.1  # the issue's goal: the default within this factor of the best peer's score
 BAND = 2.0  # the band checked: ensemble mean ± BAND × spread
+# Convergence: the default's validation MSE against a run LONGER times as long, on the first
+# CONVERGENCE_SPLITS splits (the issue's goal: within 2 %, median over the sets).
+LONGER = 4
+CONVERGENCE_SPLITS = 2
 
 
 # ---------------------------------------------------------------- the data sets
@@ -217,15 +221,17 @@ class Outcome:
     verdict: str = ""
     coverage: float = float("nan")
     note: str = ""
+    val: float = float("nan")  # the default member's validation MSE
 
 
-def train_rungefit(path: Path, seeds: tuple[int, ...] | None, store: Path, name: str) -> tuple[Outcome, np.ndarray, np.ndarray]:
-    """rungefit's default training on the file (`seeds`: an ensemble), scored on its held-out points.
-    Also the test and pool indices of the file's points, for the peers."""
+def train_rungefit(path: Path, seeds: tuple[int, ...] | None, store: Path, name: str, longer: int = 1) -> tuple[Outcome, np.ndarray, np.ndarray]:
+    """rungefit's default training on the file (`seeds`: an ensemble; `longer`: that many times the
+    default's epochs), scored on its held-out points. Also the test and pool indices of the file's
+    points, for the peers."""
     chosen = targets.settings(data=str(path))
     config = TrainConfig(**chosen.fields, **({"seeds": seeds} if seeds else {}))
     batch_size, epochs = data_plan(config.n_train)  # what `rungefit train --data` runs when no option is given
-    config = replace(config, layers=DATA_LAYERS, lr=DATA_LR, batch_size=batch_size, epochs=epochs)
+    config = replace(config, layers=DATA_LAYERS, lr=DATA_LR, batch_size=batch_size, epochs=epochs * longer)
     outcome = Outcome()
     try:
         target = targets.resolve(config, chosen.points)
@@ -249,6 +255,7 @@ def train_rungefit(path: Path, seeds: tuple[int, ...] | None, store: Path, name:
     # The default's score is rungefit's own test MSE; the ensemble's needs predictions in data units.
     mse = reported[0] if not seeds else ((fitted.mean - y_test) ** 2).mean() if trusted else float("nan")
     outcome.score, outcome.steps, outcome.wall, outcome.verdict = mse / variance, result.steps, result.wall_time_s, summary["fit"]
+    outcome.val = result.members[0].val_mse
     if fitted.spread is not None:
         outcome.coverage = float(np.mean(np.abs(y_test - fitted.mean) <= BAND * fitted.spread))
     return outcome, test, pool
@@ -307,6 +314,7 @@ class Row:
     default: list[Outcome] = field(default_factory=list)
     ensemble: list[Outcome] = field(default_factory=list)
     peers: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in PEERS})
+    converged: list[float] = field(default_factory=list)  # validation MSE over that of a run LONGER times as long
 
 
 def measure(data: DataSet, splits: int, work: Path) -> Row:
@@ -319,6 +327,9 @@ def measure(data: DataSet, splits: int, work: Path) -> Row:
         ensemble, _, _ = train_rungefit(path, ENSEMBLE_SEEDS, store, f"{data.name}-{split}-ensemble")
         row.default.append(default)
         row.ensemble.append(ensemble)
+        if split < CONVERGENCE_SPLITS:
+            longer, _, _ = train_rungefit(path, None, store, f"{data.name}-{split}-longer", LONGER)
+            row.converged.append(default.val / longer.val)
         points = targets.read_points(path)
         for name, method in PEERS.items():
             row.peers[name].append(peer_score(method, points.x[pool], points.y[pool], points.x[test], points.y[test], split))
@@ -349,6 +360,7 @@ def summarize(row: Row) -> dict:
         "steps": median(o.steps for o in row.default), "wall": median(o.wall for o in row.default),
         "ensemble_wall": median(o.wall for o in row.ensemble),
         "coverage": median(o.coverage for o in row.ensemble),
+        "converged": median(row.converged),
         "verdicts": {v: verdicts.count(v) for v in dict.fromkeys(verdicts)},
         "failed": sum(o.verdict == "failed" for o in row.default + row.ensemble),
         "notes": sorted({o.note for o in row.default + row.ensemble if o.note}),
@@ -370,8 +382,8 @@ def table(rows: list[dict], splits: int) -> str:
     peers = " | ".join(PEERS)
     lines = [
         f"| set | n | rungefit default | rungefit 5-seed ensemble | {peers} | best peer | default / best | ensemble / best "
-        f"| steps (default) | wall (default) | wall (ensemble) | ±2-spread band coverage | rungefit's verdict ({splits} splits) |",
-        "|---|---|" + "---|" * (len(PEERS) + 10),
+        f"| steps (default) | val MSE / val MSE of {LONGER}× as many | wall (default) | wall (ensemble) | ±2-spread band coverage | rungefit's verdict ({splits} splits) |",
+        "|---|---|" + "---|" * (len(PEERS) + 11),
     ]
     for r in rows:
         verdicts = ", ".join(f"{verdict} ×{count}" for verdict, count in r["verdicts"].items())
@@ -379,10 +391,20 @@ def table(rows: list[dict], splits: int) -> str:
         lines.append(
             f"| {r['name']} | {r['n']} | {number(r['default'])} | {number(r['ensemble'])} | "
             + " | ".join(number(r["peers"][name]) for name in PEERS)
-            + f" | {r['best']} | {number(r['default_ratio'])} | {number(r['ensemble_ratio'])} | {number(r['steps'], 4)} | "
+            + f" | {r['best']} | {number(r['default_ratio'])} | {number(r['ensemble_ratio'])} | {number(r['steps'], 4)} | {number(r['converged'])} | "
             f"{r['wall']:.2g} s | {r['ensemble_wall']:.2g} s | {coverage} | {verdicts} |"
         )
     return "\n".join(lines)
+
+
+def convergence(rows: list[dict]) -> str:
+    """The median over the sets of the convergence column, in words."""
+    ratios = [r["converged"] for r in rows if np.isfinite(r["converged"])]
+    if not ratios:
+        return ""
+    value = float(np.median(ratios))
+    verdict = "within" if value <= 1.02 else "not within"
+    return f"Median over the sets of the validation MSE against {LONGER}× as many steps: {value:.3g}, {verdict} the goal of 1.02. "
 
 
 def findings(rows: list[dict]) -> str:
@@ -500,6 +522,9 @@ within {WITHIN}× of the best peer on every set and an ensemble ahead of it (bel
 optimizer steps are the default run's, the wall times rungefit's own (`wall_time_s`) for the
 default run and the ensemble, medians over the splits; the band coverage is the share of held-out points
 within ±{BAND:g} spreads of the ensemble's mean, where the run gives a band ("n/a": it does not).
+"val MSE / val MSE of {LONGER}× as many" compares the default member's (kept) validation MSE with that
+of the same training run {LONGER} times as long, median over the first {CONVERGENCE_SPLITS} splits:
+near 1 (the goal: within 1.02, median over the sets), more steps would not help.
 A training that raised an error counts as "failed".
 
 {HOW}
@@ -520,7 +545,7 @@ time there.
 
 ## Where rungefit is not within {WITHIN}× of the best peer
 
-{findings(rows)}
+{convergence(rows)}{findings(rows)}
 """
 
 
