@@ -1,4 +1,4 @@
-"""TrainConfig, the layer spec, and every default and limit: torch-free, so cli.py imports it directly.
+"""TrainConfig, the layer spec, and every default and limit: torch-free, so cli/ imports it directly.
 
 Checkpoints store asdict(TrainConfig) in config.json and rebuild the config from it; validate()
 names each bad setting by the CLI option that sets it.
@@ -53,6 +53,7 @@ MAX_FORMULA_CHARS = 1000
 MAX_FORMULA_NODES = 500  # syntax-tree nodes
 MAX_FORMULA_DEPTH = 100  # nesting of the syntax tree; the evaluator recurses this deep
 MAX_DOMAIN = 1e6  # largest |A|, |B| of --domain
+DATA_FILE = "data.csv"  # a data run's copy of its points, in the run directory
 MAX_DATA_BYTES = 64 * 2**20  # size of a --data file
 # A --data column's values and spread: its mean and variance must stay finite and non-zero in
 # float64 (squares of 1e150 and their sum over any file that fits MAX_DATA_BYTES stay below 1.8e308).
@@ -186,7 +187,7 @@ class TrainConfig:
     workers: int = 0  # CPU processes sharing the members; 0: one per core, ≥ MIN_MEMBERS_PER_WORKER members each
     target: str = DEFAULT_TARGET  # a PRESETS name, or a formula in x as typed; ignored with data ("" from the CLI)
     domain: tuple[float, float] = DEFAULT_DOMAIN  # the interval of the training points, test grid, baselines and plots
-    data: str = ""  # with --data: the points file as it was named; the run keeps a copy (datafile.DATA_FILE)
+    data: str = ""  # with --data: the points file as it was named; the run keeps a copy (DATA_FILE)
     data_sha256: str = ""  # with --data: the file's SHA-256, which its copy must match
     test_fraction: float = 0.2  # with --data: share of the points held out as the test set, the same for every member
     scale: str = "auto"  # auto | xy | x | none: the maps into the network's standard coordinates (targets/maps.py)
@@ -231,8 +232,12 @@ class TrainConfig:
         return parse_layers(self.layers)
 
     @property
+    def n_val(self) -> int:
+        return validation_size(self.points, self.val_fraction)
+
+    @property
     def n_train(self) -> int:
-        return self.points - validation_size(self.points, self.val_fraction)
+        return self.points - self.n_val
 
     @property
     def steps_per_epoch(self) -> int:

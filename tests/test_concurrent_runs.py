@@ -76,7 +76,7 @@ def test_two_trains_started_together_get_two_complete_runs(tmp_path):
 
 @pytest.fixture(scope="module")
 def files():
-    return runformat.run_files(fit(TrainConfig(points=60, epochs=1)), {}, {}, {})
+    return runformat.run_files(fit(TrainConfig(points=60, epochs=1)), {}, {})
 
 
 @pytest.mark.parametrize("failure", [OSError, KeyboardInterrupt])
@@ -155,7 +155,7 @@ def two_versions():
     config = TrainConfig(points=60, epochs=4, seeds=(0, 1))  # 2 steps per epoch
     stopped = fit(config, should_stop=stop_after(5))
     assert stopped.epochs_run == 2
-    return runformat.run_files(stopped, {}, {}, {}), runformat.run_files(fit(config, resume=stopped.state()), {}, {}, {})
+    return runformat.run_files(stopped, {}, {}), runformat.run_files(fit(config, resume=stopped.state()), {}, {})
 
 
 def old_run(runs_dir: Path, two_versions) -> tuple[dict, dict]:

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
 from rungefit.cli.app import app
 from rungefit.errors import RunError
 from rungefit.runs import RunStore
 from rungefit.runs import format as run_format
+
+from .helpers import runner
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "runs-v1"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
@@ -38,7 +39,7 @@ def old_runs(tmp_path, monkeypatch):
 
 
 def cli_json(*args: str) -> dict:
-    result = CliRunner().invoke(app, [*args, "--runs-dir", "runs", "--json"])
+    result = runner.invoke(app, [*args, "--runs-dir", "runs", "--json"])
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 

@@ -118,7 +118,7 @@ def interrupted_files():
     """The files of a two-member run interrupted after 2 of 4 epochs (resume reads all of them)."""
     result = fit(TrainConfig(points=60, epochs=4, seeds=(0, 1)), should_stop=stop_after(5))
     assert result.status == "interrupted"
-    return runformat.run_files(result, {}, {}, {})
+    return runformat.run_files(result, {}, {})
 
 
 @pytest.fixture()

@@ -1,6 +1,6 @@
 """Where a command's time goes: the phases a user waits for, one after another, and their total.
 
-torch-free: cli.py starts the clock before anything heavy is imported.
+torch-free: cli/app.py starts the clock before anything heavy is imported.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Rich rendering: the consoles, the training progress bar, and one render function per result
-(grad's and eval's are in report_study.py, which builds on this module's consoles and tables).
+(grad's and eval's are in render_study.py, which builds on this module's consoles and tables).
 
 Functions here take plain results (dicts, floats, lists) and print; they never train anything.
 Results go to stdout, progress and diagnostics to stderr. Rich reads `[...]` in text as markup,

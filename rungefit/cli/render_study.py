@@ -1,7 +1,7 @@
 """Rich rendering of the two commands that study a saved network: `grad` and `eval`.
 
-Built on report.py's consoles and tables; cli_study.py calls render_grad and render_eval.
-What comes from the user or a file is printed without markup or escaped, as in report.py.
+Built on render.py's consoles and tables; study.py calls render_grad and render_eval.
+What comes from the user or a file is printed without markup or escaped, as in render.py.
 """
 
 from __future__ import annotations

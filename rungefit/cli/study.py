@@ -24,11 +24,14 @@ from rungefit.cli.options import (
     write_figure,
 )
 from rungefit.config import (
+    DEFAULT_LAYERS,
     MAX_GRID,
     MAX_SEED,
     TrainConfig,
+    format_layers,
 )
 from rungefit.errors import RungefitError, UsageError
+from rungefit.runs import ENSEMBLE_EXPORT, EVAL_FIGURE, EXPORT_PREFIX, GRAD_FIGURE
 
 
 def grad(
@@ -60,8 +63,6 @@ def grad(
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit import targets
     from rungefit.cli import figures as plots
-    from rungefit.config import DEFAULT_LAYERS, format_layers
-    from rungefit.runs import GRAD_FIGURE
     from rungefit.study import grad as core
 
     points = checked_points(x)
@@ -118,7 +119,6 @@ def eval_run(
     """
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.cli import figures as plots
-    from rungefit.runs import EVAL_FIGURE
     from rungefit.study import evaluate as core
 
     values = checked_points(x)
@@ -129,7 +129,7 @@ def eval_run(
     warn_outside(values, goal.domain)
     train = core.training_points(loaded.config, goal, member) if baselines and not goal.has_function else None
     degrees = core.BASELINE_DEGREES if baselines else ()
-    val_mse = [m["val_mse"] for m in loaded.summary["members"]]
+    val_mse = loaded.val_mse
     result = core.evaluate(loaded.model, goal, member, points or loaded.config.test_points, values, degrees, train, val_mse)
     doc = {"source": source, "run": str(loaded.path), **result.as_dict()}
     if json_output:
@@ -169,7 +169,6 @@ def export(
     Example: rungefit export --format onnx --out runge.onnx
     """
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
-    from rungefit.runs import ENSEMBLE_EXPORT, EXPORT_PREFIX
     from rungefit.study import export as core
     from rungefit.training.band import finite_members
 
@@ -177,7 +176,7 @@ def export(
     loaded, member, source = open_member(runs_dir, run, member)
     ensemble = _ensemble(loaded, chosen)
     if ensemble:
-        members = list(finite_members([m["val_mse"] for m in loaded.summary["members"]]))
+        members = list(finite_members(loaded.val_mse))
         network = core.EnsembleMean([loaded.network(k) for k in members])
         file_name = f"{ENSEMBLE_EXPORT}.{file_format.value}"
         source = f"run {loaded.path}, the ensemble mean of {len(members)} members"
@@ -242,7 +241,7 @@ def predict(
     if outside:
         report.warning(f"{outside} of the {len(x)} x values lie outside [{lo:g}, {hi:g}], where the network was trained: extrapolation")
     if _ensemble(loaded, chosen):
-        val_mse = [m["val_mse"] for m in loaded.summary["members"]]
+        val_mse = loaded.val_mse
         result, noise, members = core.predict_ensemble(loaded.model, loaded.target, val_mse, x, with_grad)
         doc = {"run": str(loaded.path), "member": None, "members": members, "noise": noise, "points": len(x), **result.as_dict()}
     else:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Annotated, Optional
@@ -53,6 +52,8 @@ from rungefit.config import (
     data_plan,
 )
 from rungefit.errors import RungefitError, UsageError
+from rungefit.files import ensure_writable_dir, json_bytes, write_files
+from rungefit.runs import RunStore
 
 BATCH_HELP = f"Mini-batch size; the last batch of an epoch may be smaller. Larger than the training set: every step uses the whole set (full-batch), with a warning. With --data, unless given: the whole training set up to {FULL_BATCH_POINTS} points, batches of about that size beyond."
 
@@ -102,7 +103,6 @@ def train(
     """
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit import targets
-    from rungefit.runs import RunStore
     from rungefit.training import train as core
 
     phases = Phases(ctx.obj["started"])
@@ -123,7 +123,7 @@ def train(
     config, plan = data_run_plan(ctx, config, goal)
     store = RunStore(runs_dir)
     # A --name is reserved now, so that a clash fails before training; leaving unsaved gives it up.
-    with store.reserve(name) or nullcontext() as reservation:
+    with store.reserve(name) as reservation:
         if not plan:
             warn_if_full_batch(config)
         lr_extra = {**plan}
@@ -153,7 +153,6 @@ def _refuse_options_beside_resume(ctx: typer.Context, name: str) -> None:
 def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phases: Phases) -> None:
     """Continue an interrupted run in place from its last completed epoch."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
-    from rungefit.runs import RunStore
     from rungefit.training import train as core
 
     store = RunStore(runs_dir)
@@ -326,8 +325,6 @@ def lr_find_command(
     """
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit import targets
-    from rungefit.files import ensure_writable_dir
-    from rungefit.runs import RunStore
     from rungefit.training import lr_find as core
     from rungefit.training import train as training
 
@@ -365,7 +362,6 @@ def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path]) -> Path:
     """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.cli import figures as plots
-    from rungefit.files import ensure_writable_dir, json_bytes, write_files
 
     files = {
         "lr_find.csv": csv_text.encode(),
@@ -376,8 +372,7 @@ def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path]) -> Path:
         files["lr_verify.png"] = plots.lr_verify_png(doc["verification"])
     if out is None:
         return store.save_lr_find(files)
-    ensure_writable_dir(out, "--out")
-    try:
+    try:  # --out was checked before the range test; a write that fails now is said so here
         write_files(out, files)
     except OSError as error:
         raise RungefitError(f"--out {out}: cannot write there ({error.strerror}); choose another directory") from None

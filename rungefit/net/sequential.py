@@ -127,13 +127,11 @@ def from_sequential(network: torch.nn.Sequential) -> StackedMLP:
     """A one-member stack holding a copy of `network` (the inverse of to_sequential), in its dtype.
     Float64Affine maps at its ends are folded into the first and last Linear (in that dtype)."""
     layers = sequential_layers(network)
-    linears = _without_maps(network)[0::2]
-    modules = list(network)
-    if len(modules) != len(linears) * 2 - 1:  # maps at the ends: fold them, as to_sequential does where it can
-        first, last = modules[0], modules[-1]
-        linears = [_affine_into(linears[0], first, before=True), *linears[1:-1], _affine_into(linears[-1], last, before=False)] if len(linears) > 1 else [
-            _affine_into(_affine_into(linears[0], first, before=True), last, before=False)
-        ]
+    modules, inner = list(network), _without_maps(network)
+    linears = inner[0::2]
+    if len(inner) != len(modules):  # maps at the ends: fold them, as to_sequential does where it can
+        linears[0] = _affine_into(linears[0], modules[0], before=True)
+        linears[-1] = _affine_into(linears[-1], modules[-1], before=False)
     dtypes = {parameter.dtype for parameter in network.parameters()}
     if len(dtypes) != 1 or not dtypes <= {torch.float32, torch.float64}:
         raise UsageError(f"expected float32 or float64 parameters of one dtype, got {sorted(map(str, dtypes))}")

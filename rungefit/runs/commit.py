@@ -14,7 +14,7 @@ both complete beside it. A process killed there leaves `.new-NAME` and `.old-NAM
 command that reads, reserves or updates NAME finishes the swap (`.new-NAME` is complete, so it
 wins) and deletes `.old-NAME`. A `.staging-*` left by a killed writer is deleted by the next save
 into the same runs directory; an empty NAME left by a killed `train --name` is reclaimed by the
-next `train --name NAME`. Whose a directory is, and whether its owner lives, runlock.py tells.
+next `train --name NAME`. Whose a directory is, and whether its owner lives, lock.py tells.
 
 Against power loss, every file is synced before it is renamed into place, and every directory
 after an entry in it is made or renamed (sync_dir), before the next step builds on it.

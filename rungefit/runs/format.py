@@ -15,6 +15,7 @@ from typing import Any
 
 from rungefit._version import __version__
 from rungefit.config import (
+    DATA_FILE,
     DTYPE_NAMES,
     KEEPS,
     MAX_FORMULA_CHARS,
@@ -29,10 +30,10 @@ from rungefit.config import (
     parameter_count,
     parse_layers,
 )
-from rungefit.errors import UsageError
+from rungefit.errors import RunError, UsageError
 from rungefit.files import json_bytes, read_bounded
-from rungefit.runs import schema as schema
-from rungefit.runs.layout import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, RETRAIN, SUMMARY_FILE, RunError, damaged
+from rungefit.runs import schema
+from rungefit.runs.layout import CONFIG_FILE, HISTORY_FILE, MODEL_FILE, RETRAIN, SUMMARY_FILE, damaged
 from rungefit.runs.read import DAMAGED_ADVICE, FILE_LIMITS
 from rungefit.runs.schema import array, equal_to, figure, integer, json_value, number, optional, record, tensor, text
 
@@ -48,7 +49,6 @@ STATUSES = ("complete", "interrupted", "diverged")
 # tests/fixtures/, which every later rungefit must load, evaluate and resume.
 FORMAT_KEY = "format"
 VERSIONS = {CONFIG_FILE: 2, MODEL_FILE: 2, SUMMARY_FILE: 1}
-IDENTITY_MAPS = {"x_centre": 0.0, "x_half": 1.0, "y_mean": 0.0, "y_scale": 1.0}
 
 
 def _config_1_to_2(document: dict, run_dir: Path) -> dict:
@@ -61,7 +61,9 @@ def _checkpoint_1_to_2(document: dict, run_dir: Path) -> dict:
     """Format 2 keeps the maps into the network's standard coordinates (format 1 had none), the
     last epoch's weights for a resume apart from the run's network (in format 1 they were one),
     and each member's best-validation weights (format 1 kept none)."""
-    return {**document, "maps": dict(IDENTITY_MAPS), "resume_state_dict": document.get("state_dict"), "best": None}
+    from rungefit.targets import Maps  # NumPy: read with a checkpoint, never on the way of TAB completion
+
+    return {**document, "maps": Maps().as_dict(), "resume_state_dict": document.get("state_dict"), "best": None}
 
 
 UPGRADES: dict[str, dict[int, Callable[[dict, Path], dict]]] = {
@@ -146,13 +148,12 @@ def history_from_csv(path: Path, members: int) -> dict:
         raise damaged(path, f"not the history rungefit wrote ({error})") from None
 
 
-def run_files(result, config_extra: dict, summary_extra: dict, pictures: dict[str, bytes]) -> dict[str, bytes]:
+def run_files(result, summary_extra: dict, pictures: dict[str, bytes]) -> dict[str, bytes]:
     """Everything a run directory holds, as bytes keyed by file name."""
     import torch
 
-    from rungefit.targets import DATA_FILE  # NumPy: runs/ is listed for TAB completion without it
 
-    config = {FORMAT_KEY: VERSIONS[CONFIG_FILE], **asdict(result.config), **config_extra, "rungefit_version": __version__, "torch_version": torch.__version__}
+    config = {FORMAT_KEY: VERSIONS[CONFIG_FILE], **asdict(result.config), "rungefit_version": __version__, "torch_version": torch.__version__}
     return {
         CONFIG_FILE: json_bytes(config),
         MODEL_FILE: checkpoint_bytes(result),
@@ -179,7 +180,7 @@ def check_config(document: Any, file: Path):
     TrainConfig.validate, the one place that knows them, and the target by targets.resolve (a
     formula parsed by the same whitelist as one typed, a data run's points from its own copy).
     Missing fields take their defaults (older runs lack newer ones)."""
-    from rungefit.targets import DATA_FILE, read_points, resolve  # NumPy, as in run_files
+    from rungefit.targets import read_points, resolve  # NumPy: runs/ is listed for TAB completion without it
 
     fields = {
         "layers": optional(text(max_length=10_000)),
@@ -219,11 +220,6 @@ def check_config(document: Any, file: Path):
     return config, target
 
 
-def optional_or_none(check: schema.Check) -> schema.Check:
-    """A value that passes `check`, or None."""
-    return lambda value, where: None if value is None else check(value, where)
-
-
 def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
     """model.pt's contents against config.json: format, architecture, finite weights, shapes."""
     import torch
@@ -260,7 +256,7 @@ def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
         "dtype": equal_to(config.dtype, "config.json's dtype"),
         "state_dict": record(weights, exact=True),
         "resume_state_dict": record(weights, exact=True),
-        "best": optional_or_none(record({
+        "best": schema.optional_or_none(record({
             "params": moments,
             "val_mse": tensor(torch.float64, (members,), finite=False),
             "epoch": tensor(torch.int64, (members,), finite=True),
@@ -305,5 +301,5 @@ def check_summary(document: Any, config, checkpoint: dict, run_dir: Path) -> dic
         if ours != theirs
     ]
     if disagreements:
-        raise RunError(f"{run_dir}: summary.json disagrees with model.pt and config.json ({'; '.join(disagreements)}); the run is damaged: {RETRAIN}")
+        raise RunError(f"{run_dir}: summary.json disagrees with model.pt and config.json ({'; '.join(disagreements)}); {DAMAGED_ADVICE}")
     return summary

@@ -1,7 +1,7 @@
 """What a runs directory holds and what its entries may be called; RunError, and the words its messages share.
 
 A runs directory holds a directory per run, `latest` (a text file naming the newest run) and
-`lr-find/`. A run directory holds config.json, model.pt and summary.json (runformat.py says what
+`lr-find/`. A run directory holds config.json, model.pt and summary.json (format.py says what
 each holds), history.csv, figures, and any files of your own. Every other runs module builds on
 this one, which imports no other.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 import string
 from pathlib import Path
 
+from rungefit.config import DATA_FILE
 from rungefit.errors import RunError, UsageError
 
 LATEST = "latest"
@@ -41,7 +42,7 @@ def made_from_the_network(run_dir: Path, formats: tuple[str, ...]) -> list[str]:
 
 
 # A run's own files: what a save writes and a load checks. Nothing made from a run may take their names.
-RUN_FILES = (CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, HISTORY_FILE, "data.csv")
+RUN_FILES = (CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, HISTORY_FILE, DATA_FILE)
 
 
 def check_derived_name(file_name: str) -> None:

@@ -2,7 +2,7 @@
 
 Every file read from a run is opened without blocking, must be a regular file of bounded size,
 and is read no further than that bound; JSON is parsed, and model.pt unpickled as data only.
-What the contents must then be, runformat.py checks.
+What the contents must then be, format.py checks.
 """
 
 from __future__ import annotations

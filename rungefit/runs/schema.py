@@ -211,3 +211,8 @@ def tensor(dtype, shape: tuple[int, ...], *, finite: bool) -> Check:
         return value
 
     return check
+
+
+def optional_or_none(check: Check) -> Check:
+    """A value that passes `check`, or None."""
+    return lambda value, where: None if value is None else check(value, where)

@@ -15,7 +15,7 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,11 @@ class Run:
         return self.checkpoint["epochs_run"]
 
     @property
+    def val_mse(self) -> list:
+        """Every member's validation MSE as summary.json holds it (None where it was not finite)."""
+        return [member["val_mse"] for member in self.summary["members"]]
+
+    @property
     def history(self) -> dict:
         """train_mse, val_mse and lr of every epoch and member, float64 NumPy arrays [epochs, K]
         (checked when the run was loaded)."""
@@ -115,7 +120,7 @@ class Run:
         values = np.atleast_1d(np.asarray(x, dtype=np.float64))
         if values.ndim != 1 or not np.all(np.isfinite(values)):
             raise UsageError("x: give finite numbers (a number or a 1-D sequence of them)")
-        return band(self.model, self.target, [m["val_mse"] for m in self.summary["members"]], values)
+        return band(self.model, self.target, self.val_mse, values)
 
     def resume_state(self):
         """The TrainState an interrupted run stopped at; RunError for a run that cannot be resumed."""
@@ -126,12 +131,9 @@ class Run:
         check_derived_name(file_name)
         return self.path / file_name
 
-    def write_derived(self, file_name: str, data: bytes, *, replace: bool = True) -> Path:
-        """Write a file made from the run (a figure, an export) into its directory, atomically;
-        with replace=False an existing file is kept (RunError). Its path."""
+    def write_derived(self, file_name: str, data: bytes) -> Path:
+        """Write a file made from the run (a figure, an export) into its directory, atomically. Its path."""
         path = self.derived_path(file_name)
-        if not replace and os.path.lexists(path):
-            raise RunError(f"{path} exists; add --force to overwrite it, or choose another --out")
         atomic_write(path, data)
         return path
 
@@ -338,14 +340,15 @@ class RunStore:
         return run_for_update(self.path, name, option=option)
 
     def reserve(self, name: str | None):
-        """Before any training: RunError unless the directory can be written; with a name, hold
-        it for the run (a context manager; leaving it unsaved gives the name up). None without."""
-        return prepare_runs_dir(self.path, name)
+        """Before any training: RunError unless the directory can be written. A context manager
+        that, with a name, holds it for the run (leaving it unsaved gives the name up) and yields
+        the reservation; without a name it yields None."""
+        return prepare_runs_dir(self.path, name) or nullcontext()
 
     def save(self, result, *, summary_extra: dict | None = None, figures: dict[str, bytes] | None = None, name: str | None = None, reservation=None) -> Run:
         """Save a training's result as a new run (all its files at once), mark it latest, and
         open it. Its name: the reservation's, else `name`, else a timestamp."""
-        files = run_files(result, {}, summary_extra or {}, figures or {})
+        files = run_files(result, summary_extra or {}, figures or {})
         if reservation is None:  # train reserved, and so made, the directory; a script may not have
             ensure_writable_dir(self.path, "--runs-dir")
         path = save_new_run(self.path, name, files, reservation)
@@ -353,11 +356,11 @@ class RunStore:
 
     def update(self, run: Run, result, *, summary_extra: dict | None = None, figures: dict[str, bytes] | None = None) -> None:
         """Replace `run` (opened for update) by its resumed training's result, in one swap."""
-        run.update(run_files(result, {}, summary_extra or {}, figures or {}))
+        run.update(run_files(result, summary_extra or {}, figures or {}))
 
     def check_lr_find(self) -> None:
         """RunError now, before a range test, unless lr-find's directory can be written."""
-        prepare_runs_dir(self.path / LR_FIND_DIR, None)
+        ensure_writable_dir(self.path / LR_FIND_DIR, "--runs-dir")
 
     def save_lr_find(self, files: dict[str, bytes]) -> Path:
         """lr-find's outputs as a new directory RUNS_DIR/lr-find/<timestamp>; its path."""

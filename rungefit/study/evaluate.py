@@ -24,7 +24,7 @@ from rungefit.errors import UsageError
 from rungefit.net.model import StackedMLP
 from rungefit.targets import FunctionTarget, Target
 from rungefit.training.band import WIDTH, band
-from rungefit.training.metrics import data_predictions, grid_errors
+from rungefit.training.metrics import data_predictions, grid_errors, seen_x, standard_x
 
 
 @dataclass(frozen=True)
@@ -86,16 +86,6 @@ def band_coverage(model: StackedMLP, target: Target, val_mse) -> dict:
         "members": len(around.members), "points": len(x), "width": WIDTH, "coverage": around.coverage(y),
         "mean_spread": float(np.mean(around.spread)), "noise": around.noise,
     }
-
-
-def standard_x(target: Target, x: torch.Tensor, model: StackedMLP) -> torch.Tensor:
-    """Data-unit x [n] (float64) as the whole stack's input [K, n]: mapped in float64, then cast."""
-    return target.maps.x_in(x.double()).to(dtype=model.dtype, device=model.device).expand(model.members, -1)
-
-
-def seen_x(target: Target, x: torch.Tensor) -> torch.Tensor:
-    """The data-unit x that standard x (in the run's dtype) stands for, in float64."""
-    return target.maps.x_out(x.double())
 
 
 # Where the Runge phenomenon lives: farther than END_REGION of the half-width from the domain's

@@ -48,7 +48,7 @@ def metadata(network: torch.nn.Module, target: str, domain: tuple[float, float],
     """What every exported file records beside the weights, as strings (safetensors' metadata type).
     For an EnsembleMean, `member` lists the members averaged."""
     ensemble = isinstance(network, EnsembleMean)
-    layers = sequential_layers(network.members[0] if ensemble else network)
+    layers = sequential_layers(_one_member(network))
     return {
         "format": "rungefit-ensemble-mean" if ensemble else "rungefit-member",
         "layers": format_layers(layers),
@@ -69,10 +69,14 @@ def export_bytes(network: torch.nn.Module, file_format: str, meta: dict[str, str
     return exporters[file_format](network, meta)
 
 
+def _one_member(network: torch.nn.Module) -> torch.nn.Sequential:
+    """The member's Sequential, or an ensemble's first (they all have the same layers)."""
+    return network.members[0] if isinstance(network, EnsembleMean) else network
+
+
 def _example_input(network: torch.nn.Module) -> torch.Tensor:
     """An input of the dtype the network takes: float64 where its maps are float64 modules."""
-    first = network.members[0] if isinstance(network, EnsembleMean) else network
-    dtype = torch.float64 if isinstance(first[0], Float64Affine) else next(network.parameters()).dtype
+    dtype = torch.float64 if isinstance(_one_member(network)[0], Float64Affine) else next(network.parameters()).dtype
     return torch.linspace(-1, 1, EXAMPLE_BATCH, dtype=dtype).unsqueeze(1)
 
 

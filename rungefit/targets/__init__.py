@@ -8,7 +8,8 @@ by formula.py's whitelist and never executed) or a DataTarget (measured points, 
 
 from __future__ import annotations
 
-from rungefit.targets.datafile import DATA_FILE, PointsFile, is_number, read_points
+from rungefit.config import DATA_FILE
+from rungefit.targets.datafile import PointsFile, is_number, read_points
 from rungefit.targets.domain import describe_domain
 from rungefit.targets.maps import Maps
 from rungefit.targets.resolving import Settings, resolve, settings

@@ -14,8 +14,6 @@ import numpy as np
 from rungefit.config import MAX_DATA_BYTES, MAX_DATA_VALUE, MIN_DATA_SPREAD
 from rungefit.errors import UsageError
 
-DATA_FILE = "data.csv"  # a data run's copy of its points, in the run directory
-
 
 @dataclass(frozen=True, eq=False)
 class PointsFile:

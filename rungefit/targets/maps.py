@@ -53,6 +53,10 @@ class Maps:
     def y_out(self, y_std):
         return y_std * self.y_scale + self.y_mean
 
+    def mse_out(self, mse):
+        """An MSE (or a variance) in standard coordinates, in data units (exactly itself under the identity)."""
+        return mse * self.y_scale**2
+
     def as_dict(self) -> dict[str, float]:
         return asdict(self)
 

@@ -40,7 +40,7 @@ import torch
 
 from rungefit.net.model import StackedMLP
 from rungefit.targets import Target
-from rungefit.training.metrics import data_predictions
+from rungefit.training.metrics import data_predictions, standard_x
 
 # Points per forward pass: bounds the memory of the pre-activations, [K, chunk, width] per layer.
 CHUNK = 1 << 16
@@ -78,7 +78,7 @@ def stack_predictions(model: StackedMLP, target: Target, x: np.ndarray) -> np.nd
     run's dtype, x mapped in float64 then cast), float64 [K, n] in data units."""
     x = np.asarray(x, dtype=np.float64)
     parts = np.array_split(x, max(1, math.ceil(len(x) / CHUNK)))
-    standard = (target.maps.x_in(torch.from_numpy(part)).to(dtype=model.dtype, device=model.device).expand(model.members, -1) for part in parts)
+    standard = (standard_x(target, torch.from_numpy(part), model) for part in parts)
     return np.concatenate([data_predictions(model, target, inputs).cpu().numpy() for inputs in standard], axis=1)
 
 

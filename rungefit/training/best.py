@@ -39,6 +39,12 @@ class Best:
             self.val = torch.where(better, val, self.val)
             self.epoch = torch.where(better, torch.tensor(epoch), self.epoch)
 
+    def apply_to(self, params: torch.Tensor) -> None:
+        """Every member with a best epoch takes its best weights into params [K, P] (in place)."""
+        chosen = self.epoch > 0
+        with torch.no_grad():
+            params[chosen.to(params.device)] = self.params[chosen.to(self.params.device)].to(params.device)
+
     def clone(self) -> Best:
         return Best(self.params.clone(), self.val.clone(), self.epoch.clone())
 

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from rungefit.config import RangeTestConfig, TrainConfig, VerifyConfig, validation_size
+from rungefit.config import RangeTestConfig, TrainConfig, VerifyConfig
 from rungefit.net.model import StackedMLP
 from rungefit.net.optim import StackedAdam
 from rungefit.targets import DataSplit, Target
@@ -61,8 +61,8 @@ class RangeTest:
 
     def in_data_units(self, maps) -> RangeTest:
         """The losses (recorded in standard coordinates) in the target's units; the rates stay."""
-        k = maps.y_scale**2
-        return replace(self, raw=self.raw * k, smoothed=self.smoothed * k, val=None if self.val is None else self.val * k, mean_loss=self.mean_loss * k)
+        out = maps.mse_out
+        return replace(self, raw=out(self.raw), smoothed=out(self.smoothed), val=None if self.val is None else out(self.val), mean_loss=out(self.mean_loss))
 
     def steps(self, member: int) -> int:
         """Recorded steps of one member, the divergence step included."""
@@ -278,10 +278,10 @@ def verify(
         labels=labels or [[] for _ in rates],
         seeds=tuple(seeds),
         val_mse=val,
-        mean_loss=float(split.y_val.var(dim=1, correction=0).median()) * target.maps.y_scale**2,  # in data units, as val_mse
+        mean_loss=target.maps.mse_out(float(split.y_val.var(dim=1, correction=0).median())),  # in data units, as val_mse
         epochs=config.epochs,
         wall_time_s=result.wall_time_s,
-        n_val=validation_size(config.points, config.val_fraction),
+        n_val=config.n_val,
         data=not target.has_function,
     )
 

@@ -70,18 +70,28 @@ def data_predictions(model: StackedMLP, target: Target, x: torch.Tensor) -> torc
     return target.maps.y_out(prediction.double())
 
 
+def standard_x(target: Target, x: torch.Tensor, model: StackedMLP) -> torch.Tensor:
+    """Data-unit x [n] (float64) as the whole stack's input [K, n]: mapped in float64, then cast."""
+    return target.maps.x_in(x.double()).to(dtype=model.dtype, device=model.device).expand(model.members, -1)
+
+
+def seen_x(target: Target, x: torch.Tensor) -> torch.Tensor:
+    """The data-unit x that standard x (in the run's dtype) stands for, in float64."""
+    return target.maps.x_out(x.double())
+
+
 def float64_truth(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """What the network is scored against at standard x (y: the standard targets beside x), in data
     units and float64: f at exactly the point the network sees (x as the run's dtype holds it) for
     a function, the measured y for data."""
     if target.has_function:
-        return target(target.maps.x_out(x.double()))
+        return target(seen_x(target, x))
     return target.maps.y_out(y.double())
 
 
 def standard_truth(target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """float64_truth in the network's standard coordinates (what a float64 polish fits)."""
-    return target.maps.y_in(target(target.maps.x_out(x.double()))) if target.has_function else y.double()
+    return target.maps.y_in(target(seen_x(target, x))) if target.has_function else y.double()
 
 
 def float64_errors(model: StackedMLP, target: Target, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -113,8 +123,8 @@ def grid_errors(model: StackedMLP, target: Target, n: int = 100) -> GridErrors:
         x = target.test_grid(n, dtype=torch.float64, device=model.device)
     else:
         x, y = target.test_set(n, dtype=torch.float64, device=model.device)
-    x = target.maps.x_in(x).to(model.dtype).expand(model.members, -1)
-    truth = target(target.maps.x_out(x.double())) if target.has_function else y.expand(model.members, -1)
+    x = standard_x(target, x, model)
+    truth = target(seen_x(target, x)) if target.has_function else y.expand(model.members, -1)
     error = data_predictions(model, target, x) - truth
     return GridErrors(errors=error, mse=(error**2).mean(dim=1), max_abs_error=error.abs().max(dim=1).values)
 

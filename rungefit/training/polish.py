@@ -64,8 +64,8 @@ class PolishReport:
 
     def in_data_units(self, maps) -> PolishReport:
         """The MSEs, which the polish computes in standard coordinates, in the target's units."""
-        factor = maps.y_scale**2
-        return replace(self, initial_mse=self.initial_mse * factor, final_mse=self.final_mse * factor, curves=self.curves * factor)
+        out = maps.mse_out
+        return replace(self, initial_mse=out(self.initial_mse), final_mse=out(self.final_mse), curves=out(self.curves))
 
 
 def levenberg_marquardt(

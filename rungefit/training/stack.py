@@ -23,7 +23,7 @@ from rungefit.config import MIN_MEMBERS_PER_WORKER, TrainConfig
 from rungefit.net.model import DTYPES, StackedMLP
 from rungefit.net.optim import StackedAdam, lr_factors
 from rungefit.targets import DataSplit, Target
-from rungefit.training import workers as workers
+from rungefit.training import workers
 from rungefit.training.best import Best, keeps_best
 from rungefit.training.metrics import standard_truth
 from rungefit.training.polish import PolishProgress, PolishReport, levenberg_marquardt
@@ -45,8 +45,7 @@ class EpochCurves:
     def in_data_units(self, maps) -> EpochCurves:
         """The losses, which the stack computes in standard coordinates, in the target's units
         (times y_scale²: exactly themselves under the identity)."""
-        factor = maps.y_scale**2
-        return EpochCurves([v * factor for v in self.train_mse], [v * factor for v in self.val_mse], self.lr)
+        return EpochCurves([maps.mse_out(v) for v in self.train_mse], [maps.mse_out(v) for v in self.val_mse], self.lr)
 
 
 
@@ -175,21 +174,22 @@ class Stack:
         keeps its best-validation weights keeps the polish only for members whose validation MSE
         it lowers: the polish fits the training points, noise and all."""
         y_train = standard_truth(self.target, self.data.x_train, self.data.y_train)
-        unpolished = self.model.params.clone()
-        val_before = self.model.mse(self.data.x_val, self.data.y_val).double()
+        validated = keeps_best(self.config, self.target)
+        if validated:
+            unpolished = self.model.params.clone()
+            val_before = self.model.mse(self.data.x_val, self.data.y_val).double()
         report = levenberg_marquardt(self.model, self.data.x_train, y_train, iterations=iterations, progress=progress, should_stop=should_stop)
-        if report is None or not keeps_best(self.config, self.target):
+        if report is None or not validated:
             return report
         improved = (self.model.mse(self.data.x_val, self.data.y_val).double() < val_before).cpu()
+        worse = ~improved.to(self.model.device)
         with torch.no_grad():
-            self.model.params[~improved.to(self.model.device)] = unpolished[~improved.to(self.model.device)]
+            self.model.params[worse] = unpolished[worse]
         return replace(report, kept=improved)
 
     def use_best(self) -> None:
         """Every member with a best epoch takes its best weights (before a polish that should start there)."""
-        kept = (self.best.epoch > 0).to(self.model.device)
-        with torch.no_grad():
-            self.model.params[kept] = self.best.params[kept]
+        self.best.apply_to(self.model.params)
 
     def finish(self) -> tuple[StackedMLP, StackedAdam, DataSplit, Best]:
         return self.model, self.optimizer, self.data, self.best

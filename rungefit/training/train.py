@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from rungefit import targets
-from rungefit.config import DEVICES, TrainConfig, parameter_count, require, validation_size
+from rungefit.config import DEVICES, TrainConfig, parameter_count, require
 from rungefit.errors import RungefitError, UsageError
 from rungefit.net.model import StackedMLP
 from rungefit.net.optim import StackedAdam
@@ -122,9 +122,13 @@ class TrainResult:
     status: str = "complete"  # complete | diverged | interrupted
     polish: PolishReport | None = None  # the LM refinement, when config.polish == "lm"
     polish_time_s: float = 0.0  # the part of wall_time_s the polish took
-    last_state: dict | None = None  # the last epoch's weights (StackedMLP.state_dict()), where a resume goes on
+    last_state: dict | None = None  # the last epoch's weights, where a resume goes on, when `model` holds others
     best: Best | None = None  # each member's best-validation weights, epoch and validation MSE
-    keeps_best: bool = False  # `model` holds each member's best-validation weights (--keep best)
+
+    @property
+    def keeps_best(self) -> bool:
+        """`model` holds each member's best-validation weights (--keep best, or auto on data)."""
+        return keeps_best_weights(self.config, self.target)
 
     def state(self) -> TrainState:
         """The state after the last completed epoch, from which fit(resume=…) continues; a
@@ -152,7 +156,7 @@ class TrainResult:
         for name in fields:
             values = np.array([getattr(m, name) for m in self.members])
             stats[name] = {"median": float(np.median(values)), "min": float(values.min()), "max": float(values.max()), "mean": float(values.mean())}
-        n_val = validation_size(self.config.points, self.config.val_fraction)
+        n_val = self.config.n_val
         learned = members_learned([m.val_mse for m in self.members], [m.val_var for m in self.members], n_val, not self.target.has_function)
         return {
             "status": self.status,
@@ -165,7 +169,7 @@ class TrainResult:
             "workers": self.config.workers,
             "polish": self._polish_summary(),
             "target": {"target": self.target.name, "domain": list(self.config.domain)},
-            **({"kept": self.kept()} if self.keeps_best else {}),
+            **({"kept": kept} if (kept := self.kept()) else {}),
             **({} if self.target.has_function else {"yardstick": self._data_yardstick(n_val)}),
         }
 
@@ -267,8 +271,9 @@ def fit(
             status = "complete" if polish is not None else "interrupted"
             polish = polish and polish.in_data_units(target.maps)
         model, optimizer, data, best = stack.finish()
-        last_state = {key: value.clone() for key, value in model.state_dict().items()}
+        last_state = None
         if keeps_best and polish is None:
+            last_state = model.state_dict()  # the stack keeps the last weights; the result's model is a copy
             model = _with_best(model, best)
         # Still on the training's threads: the final metrics are small passes too.
         result = TrainResult(
@@ -286,7 +291,6 @@ def fit(
             polish_time_s=polish_time,
             last_state=last_state,
             best=best,
-            keeps_best=keeps_best,
         )
     if status == "diverged":
         raise DivergedError(
@@ -299,10 +303,8 @@ def fit(
 
 def _with_best(model: StackedMLP, best: Best) -> StackedMLP:
     """A copy of the stack in which every member with a best epoch has its best weights."""
-    kept = model.select(list(range(model.members)))
-    chosen = (best.epoch > 0).to(kept.device)
-    with torch.no_grad():
-        kept.params[chosen] = best.params[chosen].to(kept.device)
+    kept = model.to()
+    best.apply_to(kept.params)
     return kept
 
 
