@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from rungefit import targets
 from rungefit.cli.app import app
@@ -193,3 +194,8 @@ def test_a_float32_run_far_from_zero_exports_within_1e_5_of_its_spread(tmp_path,
     xs = np.linspace(x0, x0 + span, 301)
     exported = torch.export.load(str(out)).module()(torch.tensor(xs).reshape(-1, 1)).double().numpy().ravel()
     assert np.abs(exported - member_prediction(run.model, run.target, 0, xs)).max() <= 1e-5 * np.std(run.target.points.y)
+    # The float64 ends are stated: the module takes and returns float64.
+    tensors = tmp_path / "f.safetensors"
+    assert runner.invoke(app, ["export", "--run", "f", "--runs-dir", runs, "--format", "safetensors", "--out", str(tensors)]).exit_code == 0
+    with safe_open(str(tensors), "pt") as opened:
+        assert (opened.metadata()["dtype"], opened.metadata()["io_dtype"]) == ("float32", "float64")

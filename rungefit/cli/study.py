@@ -161,7 +161,10 @@ def export(
     run's dtype and the data's units. On a data run with several members and no --member it is
     their ensemble mean, `predict`'s y: one module that averages the members' Sequentials (its
     state_dict under members.0., members.1., …; the band's spread is not exported). pt2 and onnx
-    take a batch of any size: input x of shape [batch, 1], output y of shape [batch, 1]. Every
+    take a batch of any size: input x of shape [batch, 1], output y of shape [batch, 1]. Where a
+    float32 run's x lie far from zero (calendar years, x near 1e6), folding the scaling into the
+    first Linear would lose digits, so the module keeps it as float64 layers at its ends: it then
+    takes and returns float64 (`io_dtype` in the file's metadata). Every
     format records the layer spec, the target, its domain and what was exported (safetensors and
     ONNX as metadata, pt2 as its extra file rungefit.json). The file is written atomically and an
     existing one is kept unless --force is given.

@@ -55,6 +55,7 @@ def metadata(network: torch.nn.Module, target: str, domain: tuple[float, float],
         "activations": ",".join(layer.activation for layer in layers),
         "output": "linear",
         "dtype": str(next(network.parameters()).dtype).removeprefix("torch."),
+        "io_dtype": str(_io_dtype(network)).removeprefix("torch."),
         "target": target,
         "domain": json.dumps(list(domain)),
         "run": run,
@@ -74,10 +75,13 @@ def _one_member(network: torch.nn.Module) -> torch.nn.Sequential:
     return network.members[0] if isinstance(network, EnsembleMean) else network
 
 
+def _io_dtype(network: torch.nn.Module) -> torch.dtype:
+    """The dtype the network takes and returns: float64 where its maps are float64 modules."""
+    return torch.float64 if isinstance(_one_member(network)[0], Float64Affine) else next(network.parameters()).dtype
+
+
 def _example_input(network: torch.nn.Module) -> torch.Tensor:
-    """An input of the dtype the network takes: float64 where its maps are float64 modules."""
-    dtype = torch.float64 if isinstance(_one_member(network)[0], Float64Affine) else next(network.parameters()).dtype
-    return torch.linspace(-1, 1, EXAMPLE_BATCH, dtype=dtype).unsqueeze(1)
+    return torch.linspace(-1, 1, EXAMPLE_BATCH, dtype=_io_dtype(network)).unsqueeze(1)
 
 
 def _dynamic_batch() -> tuple[dict[int, object]]:
