@@ -2,7 +2,7 @@
 and study its gradient, learning rate and fit.
 
 The package's face re-exports the Python API of rungefit.api (load, open_run, fit, TrainConfig,
-to_sequential, from_sequential) and __version__. It defines nothing itself, and imports the API
+data_config, to_sequential, from_sequential) and __version__. It defines nothing itself, and imports the API
 only when a name is first used, so that `import rungefit` and `rungefit --help` never pay for
 importing torch.
 """
@@ -13,7 +13,7 @@ import importlib
 
 from rungefit._version import __version__
 
-_API = ("TrainConfig", "fit", "from_sequential", "load", "open_run", "to_sequential")
+_API = ("TrainConfig", "data_config", "fit", "from_sequential", "load", "open_run", "to_sequential")
 
 __all__ = ["__version__", *_API]
 

@@ -2,23 +2,30 @@
 
 - load(run, runs_dir, member): a saved network as a plain torch.nn.Sequential;
 - open_run(run, runs_dir): a saved run with its config, target, summary, history and networks;
-- TrainConfig and fit(config): train without the command line;
+- TrainConfig and fit(config): train without the command line; data_config(file, **options):
+  the TrainConfig of `rungefit train --data FILE`;
 - to_sequential(stack, member) and from_sequential(network): a trained stack's member as a
   torch.nn.Sequential and back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from pathlib import Path
 
-from rungefit.config import TrainConfig
+from rungefit import targets
+from rungefit.config import TrainConfig, data_defaults
+from rungefit.errors import UsageError
 from rungefit.net.sequential import from_sequential, to_sequential
 from rungefit.runs import Run, RunStore
 from rungefit.training.metrics import FIT_NONE
 from rungefit.training.train import fit
 
-__all__ = ["TrainConfig", "fit", "from_sequential", "load", "open_run", "to_sequential"]
+# TrainConfig's fields that the data file sets.
+DATA_FIELDS = frozenset({"target", "data", "data_sha256", "points", "test_points"})
+
+__all__ = ["TrainConfig", "data_config", "fit", "from_sequential", "load", "open_run", "to_sequential"]
 
 
 def open_run(run: str | None = None, runs_dir: str | Path = "runs") -> Run:
@@ -42,3 +49,23 @@ def load(run: str | None = None, runs_dir: str | Path = "runs", member: int | No
     if opened.summary.get("fit") == FIT_NONE:
         warnings.warn(f"run {opened.path.name!r} learned nothing: its predictions are little better than the mean of y", UserWarning, stacklevel=2)
     return opened.network(member)
+
+
+def data_config(data: str | Path, **options) -> TrainConfig:
+    """The TrainConfig that `rungefit train --data DATA` runs, with `options` (TrainConfig's fields) given.
+
+    It holds the data's points and test share, and a data run's defaults (a wider network, its
+    rate, enough full-batch steps to converge) for layers, lr, batch_size and epochs where they
+    are not in `options`. Example: fit(data_config("accel.csv", seeds=(0, 1, 2, 3, 4))) trains
+    the 5-member ensemble whose band says how sure the fit is.
+    """
+    unknown = sorted(set(options) - {field.name for field in dataclasses.fields(TrainConfig)} | (set(options) & DATA_FIELDS))
+    if unknown:
+        raise UsageError(f"data_config: {', '.join(unknown)} cannot be given; the others of TrainConfig's fields can (the data set {', '.join(sorted(DATA_FIELDS))})")
+    domain = options.pop("domain", None)
+    chosen = targets.settings(
+        data=str(data), domain=None if domain is None else ",".join(map(repr, map(float, domain))),
+        test_fraction=options.get("test_fraction", TrainConfig.test_fraction),
+    )
+    config, _ = data_defaults(TrainConfig(**{**chosen.fields, **options}), options)
+    return config

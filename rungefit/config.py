@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, replace
 
 from rungefit.errors import UsageError
 
@@ -257,10 +258,29 @@ DATA_LAYERS = "64:tanh,64:tanh"
 DATA_LR = 1e-2
 DATA_STEPS = 8000
 FULL_BATCH_POINTS = 1024
+DATA_CHOSEN = ("layers", "lr", "batch_size", "epochs")  # the options a data run chooses where they are not given
+
+
 def data_plan(n_train: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int]:
     """(batch size, epochs) of a data run with n_train training points; an option given (not None) is kept."""
     batch = batch_size or (n_train if n_train <= FULL_BATCH_POINTS else math.ceil(n_train / math.ceil(n_train / FULL_BATCH_POINTS)))
     return batch, epochs or max(1, math.ceil(DATA_STEPS / math.ceil(n_train / batch)))
+
+
+def data_defaults(config: TrainConfig, given: Collection[str]) -> tuple[TrainConfig, str]:
+    """A data run's config: the data defaults for the options of DATA_CHOSEN not in `given`, and a
+    sentence saying what runs and why (summary.json's steps_why). The one definition used by
+    `train --data`, `lr-find --data` and the Python API's data_config."""
+    kept = {name: getattr(config, name) for name in DATA_CHOSEN if name in given}
+    batch, epochs = data_plan(config.n_train, kept.get("batch_size"), kept.get("epochs"))
+    config = replace(config, layers=kept.get("layers", DATA_LAYERS), lr=kept.get("lr", DATA_LR), batch_size=batch, epochs=epochs)
+    config.validate()
+    batches = "the whole training set" if batch >= config.n_train else f"batches of {batch}"
+    why = (
+        f"{config.total_steps} optimizer steps of a {config.layers} network at lr {config.lr:g} on {batches} of {config.n_train} "
+        "training points: a data run's defaults, so that a small set converges (--layers, --lr, --epochs and --batch-size set them)"
+    )
+    return config, why
 
 
 def require(checks: list[tuple[bool, str]]) -> None:

@@ -11,9 +11,11 @@ import pytest
 import torch
 from safetensors import safe_open
 
+import rungefit
 from rungefit import targets
 from rungefit.cli.app import app
 from rungefit.config import DATA_LAYERS, DATA_LR, DATA_STEPS, TrainConfig, data_plan
+from rungefit.errors import UsageError
 from rungefit.runs import RunStore
 from rungefit.study import grad
 from rungefit.study.evaluate import member_prediction
@@ -114,6 +116,20 @@ def test_a_data_run_takes_the_step_floor_unless_epochs_are_given(tmp_path):
     assert doc["config"]["layers"] == DATA_LAYERS and doc["config"]["lr"] == DATA_LR  # the data defaults, not given
     mine = runner.invoke(app, ["train", "--data", str(path), "--epochs", "5", "--layers", "8:tanh", "--lr", "0.1", "--runs-dir", str(tmp_path / "runs"), "--quiet", "--json"])
     assert (json.loads(mine.stdout)["config"]["layers"], json.loads(mine.stdout)["config"]["lr"]) == ("8:tanh", 0.1)
+
+
+def test_the_api_data_config_is_the_config_train_data_runs(tmp_path):
+    x, y = noisy_wave(n=60)
+    path = write_points(tmp_path / "years.csv", 1900 + 100 * x, 300 + 20 * y)
+    runs = str(tmp_path / "runs")
+    ran = runner.invoke(app, ["train", "--data", str(path), "--epochs", "3", "--seeds", "2", "--runs-dir", runs, "--name", "d", "--quiet"])
+    assert ran.exit_code in (0, 1), ran.output
+    saved = RunStore(runs).open("d").config
+    config = rungefit.data_config(path, epochs=3, seeds=(0, 1))
+    assert replace(config, workers=saved.workers, device=saved.device) == saved
+    assert (config.layers, config.lr, config.batch_size) == (DATA_LAYERS, DATA_LR, config.n_train)
+    with pytest.raises(UsageError, match="points cannot be given"):
+        rungefit.data_config(path, points=10)
 
 
 def test_each_member_keeps_its_best_validation_epoch_and_a_resume_ends_the_same(tmp_path):

@@ -9,7 +9,6 @@ import math
 import shlex
 import signal
 import sys
-from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,8 +17,7 @@ import typer
 
 from rungefit.config import (
     ACTIVATION_NAMES,
-    DATA_LAYERS,
-    DATA_LR,
+    DATA_CHOSEN,
     DEVICES,
     DTYPE_NAMES,
     EXPORT_FORMATS,
@@ -40,7 +38,7 @@ from rungefit.config import (
     TrainConfig,
     VerifyConfig,
     ascii_int,
-    data_plan,
+    data_defaults,
 )
 from rungefit.errors import UsageError
 from rungefit.files import describe
@@ -299,17 +297,9 @@ def target_settings(ctx: typer.Context, target: Optional[str], domain: Optional[
 
 
 def data_run_plan(ctx: typer.Context, config, goal) -> tuple:
-    """For data: the data defaults (config.DATA_LAYERS, DATA_LR, data_plan's batch and epochs) for
-    the options not given, and the summary entry that says what was chosen ({} for a function)."""
+    """For data: config.data_defaults for the options not given, and the summary entry that says
+    what was chosen ({} for a function)."""
     if goal.has_function:
         return config, {}
-    given = {name: getattr(config, name) for name in ("layers", "lr", "batch_size", "epochs") if was_given(ctx, name)}
-    batch, epochs = data_plan(config.n_train, given.get("batch_size"), given.get("epochs"))
-    config = replace(config, layers=given.get("layers", DATA_LAYERS), lr=given.get("lr", DATA_LR), batch_size=batch, epochs=epochs)
-    config.validate()
-    batches = "the whole training set" if batch >= config.n_train else f"batches of {batch}"
-    why = (
-        f"{config.total_steps} optimizer steps of a {config.layers} network at lr {config.lr:g} on {batches} of {config.n_train} "
-        "training points: a data run's defaults, so that a small set converges (--layers, --lr, --epochs and --batch-size set them)"
-    )
+    config, why = data_defaults(config, [name for name in DATA_CHOSEN if was_given(ctx, name)])
     return config, {"steps_why": why}

@@ -49,7 +49,7 @@ from rungefit.config import (
     MAX_SEED,
     MAX_WORKERS,
     MIN_MEMBERS_PER_WORKER,
-    data_plan,
+    data_defaults,
 )
 from rungefit.errors import RungefitError, UsageError
 from rungefit.files import ensure_writable_dir, json_bytes, write_files
@@ -335,7 +335,8 @@ def lr_find_command(
     config.validate()
     goal = targets.resolve(config, chosen.points)
     if not goal.has_function:  # the network and batch of `train --data`; the epochs stay --verify-epochs'
-        config = replace(config, layers=layers or DATA_LAYERS, batch_size=batch_size or data_plan(config.n_train)[0])
+        given = {"epochs", "lr", *(name for name, value in (("layers", layers), ("batch_size", batch_size)) if value is not None)}
+        config, _ = data_defaults(config, given)
     test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
     test.validate()
     verify_config = core.VerifyConfig(rates=verify_rates, seeds=verify_seeds)

@@ -42,7 +42,8 @@ import torch
 from scipy.interpolate import make_smoothing_spline
 
 from rungefit import targets
-from rungefit.config import DATA_LAYERS, DATA_LR, TrainConfig, data_plan
+from rungefit.api import data_config
+from rungefit.config import DATA_LAYERS, DATA_LR, DATA_STEPS, FULL_BATCH_POINTS, TrainConfig
 from rungefit.errors import RungefitError, UsageError
 from rungefit.runs import RunStore
 from rungefit.training.train import fit
@@ -228,18 +229,17 @@ def train_rungefit(path: Path, seeds: tuple[int, ...] | None, store: Path, name:
     """rungefit's default training on the file (`seeds`: an ensemble; `longer`: that many times the
     default's epochs), scored on its held-out points. Also the test and pool indices of the file's
     points, for the peers."""
-    chosen = targets.settings(data=str(path))
-    config = TrainConfig(**chosen.fields, **({"seeds": seeds} if seeds else {}))
-    batch_size, epochs = data_plan(config.n_train)  # what `rungefit train --data` runs when no option is given
-    config = replace(config, layers=DATA_LAYERS, lr=DATA_LR, batch_size=batch_size, epochs=epochs * longer)
     outcome = Outcome()
     try:
-        target = targets.resolve(config, chosen.points)
+        config = data_config(path, **({"seeds": seeds} if seeds else {}))  # what `rungefit train --data` runs
+        config = replace(config, epochs=config.epochs * longer)
+        target = targets.resolve(config)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             result = fit(config, target)
     except (RungefitError, UsageError) as error:  # refused or diverged: the split is still the file's
         outcome.verdict, outcome.note = "failed", f"{type(error).__name__}: {str(error)[:160]}"
+        chosen = targets.settings(data=str(path))
         split = targets.DataTarget(chosen.points, chosen.fields["domain"], chosen.fields["test_fraction"], str(path))
         return outcome, split.test_index, split.pool
     test, pool = target.test_index, target.pool
@@ -458,7 +458,7 @@ def commit() -> str:
     return "unknown"
 
 
-HOW = """## How rungefit fits measured data
+HOW = f"""## How rungefit fits measured data
 
 - **Units never matter.** The network trains in standard coordinates: x mapped from the domain
   onto [−1, 1] (where the activations bend) and y shifted and divided by the mean and standard
@@ -467,11 +467,12 @@ HOW = """## How rungefit fits measured data
   `--json`, history.csv, figures, eval, predict, grad, exports) is in the data's units. `--scale`
   chooses: `auto` (the default) scales x always and y for data or for a function far from unit size,
   which leaves the Runge default exactly as before; `xy`, `x`, `none`.
-- **Small data trains enough.** Where the options are not given, a data run takes 8,000 optimizer
-  steps of a `64:tanh,64:tanh` network at lr 0.01, on the whole training set up to 1,024 points and
+- **Small data trains enough.** Where the options are not given, a data run takes {DATA_STEPS:,} optimizer
+  steps of a `{DATA_LAYERS}` network at lr {DATA_LR:g}, on the whole training set up to {FULL_BATCH_POINTS:,} points and
   on batches of about that size beyond (the reference network, at its rate and 300 epochs of
   mini-batches, stops far short on these sets); summary.json's `steps_why` says so. Given options
-  are obeyed.
+  are obeyed. From Python, `rungefit.data_config(path, **options)` is the TrainConfig that
+  `train --data` runs.
 - **Noise is not fitted.** Each member keeps the weights of its epoch of lowest validation MSE
   (`--keep best`, the default for data); summary.json's `kept` names the epochs. model.pt keeps the
   last epoch's weights too, so that `--resume` ends bit for bit as an uninterrupted run. `--polish
