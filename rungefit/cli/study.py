@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, BinaryIO, Optional
 
 import typer
 
@@ -235,7 +237,8 @@ def predict(
 
     chosen = member
     loaded, member, _ = open_member(runs_dir, run, member)
-    x = core.read_x(*_x_lines(file))
+    with _x_input(file) as (stream, source):
+        x = core.read_x(stream, source)
     lo, hi = loaded.target.domain
     outside = int(((x < lo) | (x > hi)).sum())
     if outside:
@@ -258,13 +261,17 @@ def _ensemble(loaded, member: Optional[int]) -> bool:
     return member is None and loaded.model.members > 1 and not loaded.target.has_function
 
 
-def _x_lines(file: str):
-    """(the lines of FILE or of standard input, as bytes; the name to show in errors)."""
-    if file == "-":
-        if sys.stdin.isatty():
-            report.note("reading x values from standard input, one per line (end with Ctrl-D)")
-        return sys.stdin.buffer, "standard input"
+@contextmanager
+def _x_input(file: str) -> Iterator[tuple[BinaryIO, str]]:
+    """(FILE or standard input as a binary stream, read as it comes; the name to show in errors).
+    An OSError while it is opened or read is a UsageError."""
     try:
-        return Path(file).read_bytes().splitlines(), file
+        if file == "-":
+            if sys.stdin.isatty():
+                report.note("reading x values from standard input, one per line (end with Ctrl-D)")
+            yield sys.stdin.buffer, "standard input"
+        else:
+            with open(file, "rb") as stream:
+                yield stream, file
     except OSError as error:
         raise UsageError(f"FILE {file}: cannot read it ({error.strerror})") from None
