@@ -33,6 +33,7 @@ from rungefit.runs.layout import (
     SUMMARY_FILE,
     check_derived_name,
     check_name,
+    holds_a_run,
     made_from_the_network,
     name_problem,
 )
@@ -338,6 +339,17 @@ class RunStore:
     def open_for_update(self, name: str, *, option: str = "--resume"):
         """A context holding the run `name` locked until its end, for Run.update."""
         return run_for_update(self.path, name, option=option)
+
+    def check_outside(self, path: Path, option: str) -> None:
+        """UsageError naming `option` if `path` lies in this runs directory or in a run's directory
+        (of any runs directory): a file is written there only by a Run (write_derived), never over
+        one of the run's own files."""
+        where, runs = path.parent.resolve(), self.path.resolve()
+        if where == runs or runs in where.parents or holds_a_run(where):
+            raise UsageError(
+                f"{option} {path} lies inside a runs directory or a run ({where}), where only rungefit writes; "
+                f"choose a path outside it, or leave out {option} to write into the run itself"
+            )
 
     def reserve(self, name: str | None):
         """Before any training: RunError unless the directory can be written. A context manager
