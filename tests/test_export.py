@@ -296,16 +296,29 @@ def test_atomic_writes_never_replace_what_is_not_a_regular_file(tmp_path):
     assert (tmp_path / "file").read_bytes() == b"new" and not list(tmp_path.glob(".*.tmp"))
 
 
-@pytest.mark.parametrize("inside", ["q/model.pt", "q/mine.onnx", "latest", "lr-find/n.onnx", "../other/r/n.onnx"])
-def test_export_out_inside_a_runs_directory_or_a_run_is_refused(quick_run, tmp_path, inside):
+@pytest.mark.parametrize(
+    "inside, refusal",
+    [
+        ("q/model.pt", "lies inside the run {runs}/q"),
+        ("q/mine.onnx", "lies inside the run {runs}/q"),
+        ("q/folder/n.onnx", "lies inside the run {runs}/q"),
+        ("../other/r/n.onnx", "lies inside the run {tmp}/other/r"),  # a run of another runs directory
+        ("latest", "is the runs directory's `latest`"),
+    ],
+)
+def test_export_out_inside_a_run_or_onto_latest_is_refused(quick_run, tmp_path, inside, refusal):
     _, run_dir, _ = quick_run
     shutil.copytree(run_dir, tmp_path / "runs" / "q")
-    shutil.copytree(run_dir, tmp_path / "other" / "r")  # a run of another runs directory
-    (tmp_path / "runs" / "lr-find").mkdir()
+    shutil.copytree(run_dir, tmp_path / "other" / "r")
+    (tmp_path / "runs" / "q" / "folder").mkdir()
+    (tmp_path / "runs" / "latest").write_text("q\n")
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     out = tmp_path / "runs" / inside
     result = runner.invoke(app, ["export", "--runs-dir", str(tmp_path / "runs"), "--run", "q", "--format", "safetensors", "--out", str(out), "--force"])
     assert result.exit_code == 2 and result.stdout == ""
-    assert len(result.stderr.strip().splitlines()) == 1 and f"--out {out} lies inside a runs directory or a run" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"--out {out} " + refusal.format(runs=tmp_path / "runs", tmp=tmp_path) in result.stderr
     assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
     assert runs.load_run(tmp_path / "runs", "q").epochs_run == runs.load_run(run_dir.parent, "quick").epochs_run
+    # Beside the runs (in the runs directory itself) is no run's: written there.
+    assert export(tmp_path / "runs", "q", "--format", "safetensors", "--out", str(tmp_path / "runs" / "q.safetensors"))["bytes"] > 0

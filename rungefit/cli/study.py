@@ -167,7 +167,7 @@ def export(
     take a batch of any size: input x of shape [batch, 1], output y of shape [batch, 1]. Every
     format records the layer spec, the target, its domain and what was exported (safetensors and
     ONNX as metadata, pt2 as its extra file rungefit.json). The file is written atomically and an
-    existing one is kept unless --force is given; --out may not lie inside a runs directory or a run.
+    existing one is kept unless --force is given; --out may not lie inside a run.
 
     Example: rungefit export --format onnx --out runge.onnx
     """

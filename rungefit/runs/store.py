@@ -341,13 +341,16 @@ class RunStore:
         return run_for_update(self.path, name, option=option)
 
     def check_outside(self, path: Path, option: str) -> None:
-        """UsageError naming `option` if `path` lies in this runs directory or in a run's directory
-        (of any runs directory): a file is written there only by a Run (write_derived), never over
-        one of the run's own files."""
-        where, runs = path.parent.resolve(), self.path.resolve()
-        if where == runs or runs in where.parents or holds_a_run(where):
+        """UsageError naming `option` if `path` is this runs directory's `latest` or lies inside a
+        run (of any runs directory): a run is written only through Run (write_derived), never over
+        one of its own files."""
+        where = path.parent.resolve()
+        if where == self.path.resolve() and path.name == LATEST:
+            raise UsageError(f"{option} {path} is the runs directory's `latest`, which names its newest run; choose another path")
+        run = next((folder for folder in (where, *where.parents) if holds_a_run(folder)), None)
+        if run is not None:
             raise UsageError(
-                f"{option} {path} lies inside a runs directory or a run ({where}), where only rungefit writes; "
+                f"{option} {path} lies inside the run {run}, where only rungefit writes; "
                 f"choose a path outside it, or leave out {option} to write into the run itself"
             )
 
