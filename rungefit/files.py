@@ -2,7 +2,8 @@
 non-blocking reads of untrusted files, strict JSON text, and a failed file operation in words.
 
 A write goes to a synced temporary file in the same directory and is renamed into place, so a
-reader sees the old contents or the new; the directory is synced after, against power loss. A
+reader sees the old contents or the new; the directory is synced after, against power loss. It
+replaces only a regular file: never a device, a FIFO, a symbolic link or a directory. A
 read opens without blocking (a FIFO would wait forever) and checks on the descriptor that the
 file is regular and small enough before a byte is read.
 """
@@ -70,8 +71,24 @@ def sync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def existing_file(path: Path) -> bool:
+    """Whether a regular file is at `path` (False: nothing is). Anything else there (a device, a
+    FIFO, a symbolic link, a directory) raises FileExistsError, which says so: a write never
+    replaces it, as renaming onto /dev/null would remove the device, and onto a link the link
+    itself, not its target."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(mode):
+        raise FileExistsError(errno.EEXIST, f"it is {_kind(mode)}, not a regular file; rungefit replaces only regular files", str(path))
+    return True
+
+
 def write_synced(path: Path, data: bytes) -> None:
-    """Write data to path via a synced temporary file in the same directory and os.replace."""
+    """Write data to path via a synced temporary file in the same directory and os.replace; what
+    is at path must be a regular file or nothing (existing_file)."""
+    existing_file(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~umask())  # mkstemp makes 0600; a run is as shareable as any file
@@ -79,6 +96,7 @@ def write_synced(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        existing_file(path)  # again just before the rename: something may have taken its place meanwhile
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -124,7 +142,10 @@ def open_regular(path: Path, limit: int, advice: str) -> int:
 
 
 def _kind(mode: int) -> str:
-    kinds = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    kinds = (
+        (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISLNK, "a symbolic link"),
+    )
     return next((text for test, text in kinds if test(mode)), "not a file")
 
 

@@ -42,7 +42,23 @@ def announce_then_wait(epoch: str) -> None:
     cli.report.training_progress = announcing
 
 
-PREPARATIONS = {"figures-not-rendered": figures_not_rendered, "announce-then-wait": announce_then_wait}
+def memory_limit(extra_mib: str) -> None:
+    """Cap the address space at what the process holds once torch and the CLI are loaded, plus
+    `extra_mib` MiB: a command that a small hostile input makes build gigabytes then fails
+    (rungefit's out-of-memory line) instead of exhausting the machine, and the test sees which."""
+    import resource
+
+    import torch  # noqa: F401 — loaded before the cap is measured, as the command will load it
+
+    import rungefit.cli.app  # noqa: F401
+
+    with open("/proc/self/status") as status:
+        held = next(int(line.split()[1]) << 10 for line in status if line.startswith("VmSize:"))
+    cap = held + (int(extra_mib) << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+
+PREPARATIONS = {"figures-not-rendered": figures_not_rendered, "announce-then-wait": announce_then_wait, "memory-limit": memory_limit}
 
 
 def main(argv: list[str]) -> None:

@@ -253,6 +253,20 @@ class Rungefit:
         os.close(self.exited)
 
 
+# Room above what a loaded rungefit holds for a command under a memory cap: plenty for a command on
+# a small run, far below the gigabytes that the hostile inputs capped with it used to take.
+CAPPED_EXTRA_MIB = 1024
+
+
+def rungefit_capped(*args: str, stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
+    """`rungefit ARGS` in a fresh interpreter whose address space is capped (tests.driver's
+    memory-limit, CAPPED_EXTRA_MIB), with one thread per pool so that the cap does not depend on
+    the machine's cores: (its exit code, stdout and stderr as text)."""
+    command = [sys.executable, "-m", "tests.driver", "figures-not-rendered", f"memory-limit:{CAPPED_EXTRA_MIB}", "--", *args]
+    env = fresh_interpreter_env(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1", COLUMNS="200")
+    return subprocess.run(command, stdin=stdin, capture_output=True, text=True, env=env, timeout=100)
+
+
 def children_of(pid: int) -> list[int]:
     """The live (not zombie) processes whose parent is pid, from /proc (Linux)."""
     found = []

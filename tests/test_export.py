@@ -6,9 +6,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -16,6 +19,7 @@ import pytest
 import torch
 
 import rungefit
+from rungefit import files
 from rungefit.cli.app import app
 from rungefit.runs import store as runs
 from rungefit.study.evaluate import member_prediction
@@ -214,7 +218,7 @@ def test_onnx_without_its_packages_names_the_extra(quick_run, tmp_path, monkeypa
         (["--format", "zip"], 2, "--format"),
         (["--format", "pt2", "--member", "3"], 2, "--member 3"),
         (["--format", "safetensors", "--out", "{tmp}/missing/n.safetensors"], 1, "cannot write"),
-        (["--format", "safetensors", "--out", "{tmp}"], 2, "is a directory"),
+        (["--format", "safetensors", "--out", "{tmp}"], 1, "it is a directory, not a regular file"),
     ],
 )
 def test_bad_export_options_are_one_line_errors(quick_run, tmp_path, options, code, message):
@@ -223,3 +227,98 @@ def test_bad_export_options_are_one_line_errors(quick_run, tmp_path, options, co
     result = runner.invoke(app, argv)
     assert result.exit_code == code and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+# What may stand where export writes, other than a regular file: each made in a folder of the test's own.
+NOT_FILES = {
+    "FIFO": lambda path: os.mkfifo(path),
+    "symbolic link": lambda path: path.symlink_to(path.with_name("target")),
+    "directory": lambda path: path.mkdir(),
+    "character device": lambda path: os.mknod(path, 0o600 | stat.S_IFCHR, os.makedev(1, 3)),  # a copy of /dev/null
+}
+
+
+def kind_of(path) -> str:
+    mode = os.lstat(path).st_mode
+    return next(kind for kind, test in KINDS.items() if test(mode))
+
+
+KINDS = {"FIFO": stat.S_ISFIFO, "symbolic link": stat.S_ISLNK, "directory": stat.S_ISDIR, "character device": stat.S_ISCHR, "file": stat.S_ISREG}
+
+
+@pytest.mark.parametrize("force", [[], ["--force"]])
+@pytest.mark.parametrize("kind", list(NOT_FILES))
+def test_export_never_replaces_what_is_not_a_regular_file(quick_run, tmp_path, kind, force):
+    runs_dir, _, _ = quick_run
+    (tmp_path / "target").write_bytes(b"the link's target")
+    out = tmp_path / "out.safetensors"
+    try:
+        NOT_FILES[kind](out)
+    except PermissionError:
+        pytest.skip(f"this process may not make a {kind}")
+    result = runner.invoke(app, ["export", "--runs-dir", str(runs_dir), "--format", "safetensors", "--out", str(out), *force])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"error: cannot write {out} (it is a {kind}, not a regular file; rungefit replaces only regular files); choose another --out"]
+    assert kind_of(out) == kind and (tmp_path / "target").read_bytes() == b"the link's target"
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == ["out.safetensors", "target"]  # no temporary file left
+
+
+def test_export_to_dev_null_is_refused_before_anything_is_written(quick_run, monkeypatch):
+    """As root, replacing /dev/null would remove the device: every rename is guarded here, so that
+    even a broken check cannot do it, and the check must refuse before a temporary file is made."""
+    runs_dir, _, _ = quick_run
+
+    def never(*args, **kwargs):
+        raise AssertionError(f"a write reached {args}")
+
+    for module, name in ((os, "replace"), (os, "rename"), (tempfile, "mkstemp")):
+        monkeypatch.setattr(module, name, never)
+    result = runner.invoke(app, ["export", "--runs-dir", str(runs_dir), "--format", "safetensors", "--out", "/dev/null", "--force"])
+    monkeypatch.undo()
+    assert result.exit_code == 1 and "cannot write /dev/null (it is a character device, not a regular file" in result.stderr
+    assert stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+
+
+def test_atomic_writes_never_replace_what_is_not_a_regular_file(tmp_path):
+    for kind, make in NOT_FILES.items():
+        path = tmp_path / kind.replace(" ", "-")
+        try:
+            make(path)
+        except PermissionError:
+            continue
+        with pytest.raises(FileExistsError, match=f"it is a {kind}, not a regular file"):
+            files.atomic_write(path, b"new")
+        with pytest.raises(FileExistsError):
+            files.write_files(tmp_path, {path.name: b"new"})
+        assert kind_of(path) == kind
+    files.atomic_write(tmp_path / "file", b"old")
+    files.atomic_write(tmp_path / "file", b"new")  # a regular file is replaced
+    assert (tmp_path / "file").read_bytes() == b"new" and not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "inside, refusal",
+    [
+        ("q/model.pt", "lies inside the run {runs}/q"),
+        ("q/mine.onnx", "lies inside the run {runs}/q"),
+        ("q/folder/n.onnx", "lies inside the run {runs}/q"),
+        ("../other/r/n.onnx", "lies inside the run {tmp}/other/r"),  # a run of another runs directory
+        ("latest", "is the runs directory's `latest`"),
+    ],
+)
+def test_export_out_inside_a_run_or_onto_latest_is_refused(quick_run, tmp_path, inside, refusal):
+    _, run_dir, _ = quick_run
+    shutil.copytree(run_dir, tmp_path / "runs" / "q")
+    shutil.copytree(run_dir, tmp_path / "other" / "r")
+    (tmp_path / "runs" / "q" / "folder").mkdir()
+    (tmp_path / "runs" / "latest").write_text("q\n")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    out = tmp_path / "runs" / inside
+    result = runner.invoke(app, ["export", "--runs-dir", str(tmp_path / "runs"), "--run", "q", "--format", "safetensors", "--out", str(out), "--force"])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert f"--out {out} " + refusal.format(runs=tmp_path / "runs", tmp=tmp_path) in result.stderr
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    assert runs.load_run(tmp_path / "runs", "q").epochs_run == runs.load_run(run_dir.parent, "quick").epochs_run
+    # Beside the runs (in the runs directory itself) is no run's: written there.
+    assert export(tmp_path / "runs", "q", "--format", "safetensors", "--out", str(tmp_path / "runs" / "q.safetensors"))["bytes"] > 0

@@ -19,7 +19,7 @@ from rungefit.runs import store as runs
 from rungefit.study import predict as core
 from rungefit.study.evaluate import member_prediction
 
-from .helpers import REPO, runner
+from .helpers import REPO, rungefit_capped, runner
 
 
 def predict(runs_dir, *options, input=None):
@@ -126,20 +126,57 @@ def test_chunked_passes_give_the_one_pass_numbers(quick_run, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "lines, expected",
+    "data, expected",
     [
-        ([b"\xef\xbb\xbf0.5", b"1"], [0.5, 1.0]),  # a UTF-8 byte-order mark
-        ([b"value", b" 2 ", b""], [2.0]),
-        ([b"-1e-3\r"], [-1e-3]),
+        (b"\xef\xbb\xbf0.5\n1", [0.5, 1.0]),  # a UTF-8 byte-order mark, no newline at the end
+        (b"value\n 2 \n\n", [2.0]),
+        (b"-1e-3\r\n", [-1e-3]),
     ],
 )
-def test_read_x_accepts_the_forms_files_come_in(lines, expected):
-    assert core.read_x(lines, "in").tolist() == expected
+def test_read_x_accepts_the_forms_files_come_in(data, expected):
+    assert core.read_x(io.BytesIO(data), "in").tolist() == expected
 
 
-def test_read_x_bounds_what_it_reads(monkeypatch):
-    monkeypatch.setattr(core, "MAX_VALUES", 3)
-    with pytest.raises(UsageError, match="more than 3 x values"):
-        core.read_x([b"1"] * 4, "in")
+def test_a_line_of_the_longest_length_is_read_and_one_byte_more_is_refused():
+    longest = b"1" + b" " * (core.MAX_LINE_CHARS - 1)
+    assert core.read_x(io.BytesIO(longest + b"\r\n" + longest), "in").tolist() == [1.0, 1.0]
     with pytest.raises(UsageError, match="line 2: longer than"):
-        core.read_x([b"1", b"1" * (core.MAX_LINE_CHARS + 1)], "in")
+        core.read_x(io.BytesIO(b"1\n" + longest + b" \n"), "in")
+
+
+class Endless(io.RawIOBase):
+    """A stream that repeats `pattern` forever, and counts the bytes read from it."""
+
+    def __init__(self, pattern: bytes):
+        self.pattern, self.read_bytes = pattern, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        chunk = (self.pattern * (len(buffer) // len(self.pattern) + 1))[: len(buffer)]
+        buffer[: len(chunk)] = chunk
+        self.read_bytes += len(chunk)
+        return len(chunk)
+
+
+@pytest.mark.parametrize("pattern, refusal", [(b"\0", "line 1: longer than"), (b"1\n", "more than 3 lines"), (b"\n", "more than 3 lines")])
+def test_an_endless_input_is_refused_at_the_limit_having_read_no_further(monkeypatch, pattern, refusal):
+    monkeypatch.setattr(core, "MAX_LINES", 3)
+    endless = Endless(pattern)
+    with pytest.raises(UsageError, match=refusal):
+        core.read_x(io.BufferedReader(endless), "in")
+    assert endless.read_bytes <= core.MAX_LINE_CHARS + 2 + io.DEFAULT_BUFFER_SIZE
+
+
+@pytest.mark.parametrize("source", ["/dev/zero", "sparse", "stdin"])
+def test_an_endless_or_huge_input_is_refused_in_one_line_within_a_memory_cap(quick_run, tmp_path, source):
+    runs_dir, _, _ = quick_run
+    sparse = tmp_path / "sparse.csv"
+    with open(sparse, "wb") as handle:
+        handle.truncate(3 << 30)  # 3 GB of zero bytes that take no room on disk
+    args = {"/dev/zero": ["/dev/zero"], "sparse": [str(sparse)], "stdin": []}[source]
+    with open("/dev/zero", "rb") as zeros:
+        result = rungefit_capped("predict", *args, "--runs-dir", str(runs_dir), stdin=zeros)
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.strip().splitlines() == [f"error: {args[0] if args else 'standard input'}, line 1: longer than {core.MAX_LINE_CHARS} characters; one x value per line"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import pytest
 
@@ -16,6 +17,7 @@ from rungefit.runs.schema import (
     number,
     optional,
     record,
+    shown,
     text,
 )
 
@@ -77,3 +79,48 @@ def test_carried_json_may_not_nest_deeper_than_its_bound():
     assert json_value(4)(deep, "lr_auto") is deep
     with pytest.raises(SchemaError, match="nested more than 3 levels"):
         json_value(3)({"a": deep}, "lr_auto")
+
+
+def shared_nest(levels: int, pair=list):
+    """[a, a] (or (a, a)) nested `levels` deep: a few objects in memory, 2**levels when expanded."""
+    value = pair([0])
+    for _ in range(levels):
+        value = pair([value, value])
+    return value
+
+
+@pytest.mark.parametrize("pair", [list, tuple])
+def test_a_value_is_shown_from_its_start_only_whatever_it_repeats(pair):
+    value = shared_nest(20, pair)
+    tracemalloc.start()
+    try:
+        text = shown(value)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 10  # its whole repr would be megabytes
+    opening, closing = ("[", "]") if pair is list else ("(", ")")
+    assert text.startswith(opening * 4) and text.endswith(f"… ({pair.__name__})") and len(text) <= 40 + len(f" ({pair.__name__})")
+    assert shown(shared_nest(60, pair)).endswith(f"… ({pair.__name__})")  # 2**60 entries, expanded
+
+
+@pytest.mark.parametrize(
+    "value, text",
+    [
+        ({"a": 1, "b": [1, (2,)]}, "{'a': 1, 'b': [1, (2,)]} (dict)"),
+        ((), "() (tuple)"),
+        ("x" * 100, "'" + "x" * 38 + "… (str)"),
+        (10**5000, "<an integer of 16610 bits> (int)"),
+        (-(2**64), "-18446744073709551616 (int)"),
+        ({3}, "{3} (set)"),
+    ],
+    ids=["dict", "empty tuple", "long string", "long integer", "integer", "set"],
+)
+def test_shown_is_the_start_of_the_repr(value, text):
+    assert shown(value) == text
+
+
+def test_a_record_refuses_a_key_that_is_not_a_string_without_expanding_it():
+    key = shared_nest(24, tuple)  # hashing or printing it in full: 2**24 tuples
+    with pytest.raises(SchemaError, match=r"'state' has a key that is not a string: \(\(\(\(…"):
+        record({"a": integer()})({**{"a": 1}, key: 1}, "state")

@@ -4,6 +4,8 @@ the domain, data files, and the training, validation and test points."""
 from __future__ import annotations
 
 import math
+import sys
+import tracemalloc
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -163,6 +165,56 @@ def test_the_kinks_of_a_formula_are_found(formula, kinks):
     found = function_target(formula, (-1.0, 1.0)).kinks
     assert len(found) == len(kinks)
     np.testing.assert_allclose(found, kinks, rtol=0, atol=1e-12)
+
+
+def kinked_target(kinks) -> targets.Target:
+    """The formula x on [-1, 1] with `kinks` as a preset's known kinks, looked up once."""
+    target = replace(function_target("x", (-1.0, 1.0)), known_kinks=tuple(kinks))
+    assert len(target.kinks) == len(kinks)
+    return target
+
+
+def test_points_at_any_of_many_kinks_are_not_differentiable():
+    generator = np.random.default_rng(0)
+    kinks = np.sort(generator.uniform(-1, 1, 300))
+    x = np.concatenate([generator.uniform(-1, 1, 400), kinks[::7] + 1e-10, kinks[::11] - 3e-9, [-1.0, 1.0]])
+    tolerance = 2e-9  # KINK_TOLERANCE times the domain's width, 2
+    near = (np.abs(x[:, None] - kinks[None, :]) <= tolerance).any(axis=1)  # every pair compared
+    assert near.sum() == len(kinks[::7])
+    assert kinked_target(generator.permutation(kinks)).differentiable(x).tolist() == (~near).tolist()
+    assert kinked_target([]).differentiable(x).all()
+
+
+def rungefit_lines_run(call) -> int:
+    """How many lines of rungefit's own code run during call()."""
+    count = 0
+
+    def trace(frame, event, arg):
+        nonlocal count
+        if "rungefit" in Path(frame.f_code.co_filename).parts:
+            count += event == "line"
+            return trace
+        return None
+
+    sys.settrace(trace)
+    try:
+        call()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def test_the_kink_check_costs_no_more_python_steps_for_many_kinks_and_memory_in_proportion():
+    x = np.linspace(-1, 1, 20_001)
+    few, many = kinked_target(np.linspace(-0.9, 0.9, 10)), kinked_target(np.linspace(-0.9, 0.9, 20_000))
+    assert rungefit_lines_run(lambda: many.differentiable(x)) == rungefit_lines_run(lambda: few.differentiable(x))
+    tracemalloc.start()
+    try:
+        many.differentiable(x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 * 8 * (x.size + len(many.kinks))  # a few arrays of each size, never kinks × points
 
 
 def test_a_constant_formula_is_flat():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, BinaryIO, Optional
 
 import typer
 
@@ -31,7 +33,8 @@ from rungefit.config import (
     format_layers,
 )
 from rungefit.errors import RungefitError, UsageError
-from rungefit.runs import ENSEMBLE_EXPORT, EVAL_FIGURE, EXPORT_PREFIX, GRAD_FIGURE
+from rungefit.files import describe, existing_file
+from rungefit.runs import ENSEMBLE_EXPORT, EVAL_FIGURE, EXPORT_PREFIX, GRAD_FIGURE, RunStore
 
 
 def grad(
@@ -152,7 +155,7 @@ def export(
     runs_dir: RunsDir = Path("runs"),
     member: Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to export. Default: on a data run with several members, their ensemble mean as one module; otherwise the best by validation MSE.", min=0)] = None,
     out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT, or ensemble.FORMAT for an ensemble, in the run directory).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite the file if it exists.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists. Only a regular file is replaced: a directory, a device, a FIFO or a symbolic link there never is, --force or not.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
     """Write one network of a run as a file that other tools load without rungefit.
@@ -167,7 +170,7 @@ def export(
     takes and returns float64 (`io_dtype` in the file's metadata). Every
     format records the layer spec, the target, its domain and what was exported (safetensors and
     ONNX as metadata, pt2 as its extra file rungefit.json). The file is written atomically and an
-    existing one is kept unless --force is given.
+    existing one is kept unless --force is given; --out may not lie inside a run.
 
     Example: rungefit export --format onnx --out runge.onnx
     """
@@ -175,6 +178,8 @@ def export(
     from rungefit.study import export as core
     from rungefit.training.band import finite_members
 
+    if out is not None:
+        RunStore(runs_dir).check_outside(out, "--out")
     chosen = member
     loaded, member, source = open_member(runs_dir, run, member)
     ensemble = _ensemble(loaded, chosen)
@@ -188,9 +193,11 @@ def export(
         network = loaded.network(member)
         file_name = f"{EXPORT_PREFIX}{member}.{file_format.value}"
     path = out or loaded.derived_path(file_name)
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a directory; give a file name")
-    if path.exists() and not force:
+    try:
+        exists = existing_file(path)
+    except OSError as error:
+        raise _cannot_write(path, error) from None
+    if exists and not force:
         raise RungefitError(f"{path} exists; add --force to overwrite it, or choose another --out")
     target = loaded.target
     # The target as typed (a preset or a formula), or "data FILE" for a data run.
@@ -202,7 +209,7 @@ def export(
         else:
             core.write(out, data)
     except OSError as error:
-        raise RungefitError(f"cannot write {path} ({error.strerror}); choose another --out") from None
+        raise _cannot_write(path, error) from None
     doc = {
         "source": source, "run": str(loaded.path), "member": None if ensemble else member, **({"members": members} if ensemble else {}),
         "format": file_format.value, "out": str(path), "bytes": len(data), "metadata": meta,
@@ -211,6 +218,10 @@ def export(
         report.print_json(doc)
     else:
         report.render_export(doc)
+
+
+def _cannot_write(path: Path, error: OSError) -> RungefitError:
+    return RungefitError(f"cannot write {path} ({describe(error)}); choose another --out")
 
 
 def predict(
@@ -238,7 +249,8 @@ def predict(
 
     chosen = member
     loaded, member, _ = open_member(runs_dir, run, member)
-    x = core.read_x(*_x_lines(file))
+    with _x_input(file) as (stream, source):
+        x = core.read_x(stream, source)
     lo, hi = loaded.target.domain
     outside = int(((x < lo) | (x > hi)).sum())
     if outside:
@@ -261,13 +273,17 @@ def _ensemble(loaded, member: Optional[int]) -> bool:
     return member is None and loaded.model.members > 1 and not loaded.target.has_function
 
 
-def _x_lines(file: str):
-    """(the lines of FILE or of standard input, as bytes; the name to show in errors)."""
-    if file == "-":
-        if sys.stdin.isatty():
-            report.note("reading x values from standard input, one per line (end with Ctrl-D)")
-        return sys.stdin.buffer, "standard input"
+@contextmanager
+def _x_input(file: str) -> Iterator[tuple[BinaryIO, str]]:
+    """(FILE or standard input as a binary stream, read as it comes; the name to show in errors).
+    An OSError while it is opened or read is a UsageError."""
     try:
-        return Path(file).read_bytes().splitlines(), file
+        if file == "-":
+            if sys.stdin.isatty():
+                report.note("reading x values from standard input, one per line (end with Ctrl-D)")
+            yield sys.stdin.buffer, "standard input"
+        else:
+            with open(file, "rb") as stream:
+                yield stream, file
     except OSError as error:
         raise UsageError(f"FILE {file}: cannot read it ({error.strerror})") from None

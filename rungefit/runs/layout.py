@@ -45,6 +45,11 @@ def made_from_the_network(run_dir: Path, formats: tuple[str, ...]) -> list[str]:
 RUN_FILES = (CONFIG_FILE, MODEL_FILE, SUMMARY_FILE, HISTORY_FILE, DATA_FILE)
 
 
+def holds_a_run(directory: Path) -> bool:
+    """Whether `directory` holds the files every saved run has: config.json, model.pt, summary.json."""
+    return all((directory / file).is_file() for file in (CONFIG_FILE, MODEL_FILE, SUMMARY_FILE))
+
+
 def check_derived_name(file_name: str) -> None:
     """UsageError unless `file_name` may name a file made from a run inside its directory: one
     visible path component, none of the run's own files."""

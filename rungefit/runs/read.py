@@ -1,7 +1,8 @@
 """Reading a run's files as untrusted input.
 
 Every file read from a run is opened without blocking, must be a regular file of bounded size,
-and is read no further than that bound; JSON is parsed, and model.pt unpickled as data only.
+and is read no further than that bound; JSON is parsed, and model.pt unpickled as data only, once
+its pickle's shape is known to be bounded (pickled.py).
 What the contents must then be, format.py checks.
 """
 
@@ -59,14 +60,19 @@ def read_json(fd: int, file: Path) -> Any:
 
 
 def read_checkpoint(fd: int, file: Path) -> Any:
-    """model.pt as data only: torch.load with weights_only=True rebuilds tensors and plain
-    containers and refuses any pickle that would call a function."""
+    """model.pt as data only: its pickle's shape checked first (pickled.check_archive: bounded
+    depth and size, whatever repeats it holds), then torch.load with weights_only=True, which
+    rebuilds tensors and plain containers and refuses any pickle that would call a function."""
     import warnings
 
     import torch
 
+    from rungefit.runs.pickled import check_archive  # zipfile: for a checkpoint, not TAB completion
+
     try:
         with warnings.catch_warnings(), os.fdopen(os.dup(fd), "rb") as handle:
+            check_archive(handle)
+            handle.seek(0)
             # A foreign pickle makes torch warn about its protocol before refusing it.
             warnings.simplefilter("ignore")
             return torch.load(handle, map_location="cpu", weights_only=True)

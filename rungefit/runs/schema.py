@@ -17,6 +17,7 @@ This module imports torch only inside the tensor check, which only a checkpoint 
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,12 +33,54 @@ class SchemaError(ValueError):
         self.where = where
 
 
+# How deep into a value shown() looks: a message needs its start only.
+SHOWN_DEPTH = 4
+BRACKETS = {list: "[]", tuple: "()", set: "{}", frozenset: "{}", dict: "{}"}
+
+
 def shown(value: Any, limit: int = 40) -> str:
-    """A short description of a value for a message: its repr on one line, cut, and its type."""
-    text = " ".join(repr(value).split())
+    """A short description of a value for a message: the start of its repr on one line, cut, and
+    its type. Only as much of the value is looked at as the message shows: a value from a damaged
+    file may be nested deeply, repeat one object so often that its whole repr would not fit in
+    memory, or be an integer too long to print."""
+    text = " ".join(_start(value, limit, SHOWN_DEPTH).split())
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return f"{text} ({type(value).__name__})"
+
+
+def _start(value: Any, budget: int, depth: int) -> str:
+    """The start of repr(value): at least `budget` characters of it where it has them (or the whole),
+    with containers below `depth` levels shown as …; built from at most about `budget` entries a level."""
+    kind = next((base for base in BRACKETS if isinstance(value, base)), None)
+    if kind is None:
+        return _scalar(value, budget)
+    if depth == 0:
+        return "…"
+    entries = value.items() if kind is dict else value
+    parts, used = [], 0
+    for entry in entries:
+        if used > budget:
+            parts.append("…")
+            break
+        if kind is dict:
+            key = _start(entry[0], budget - used, depth - 1)
+            part = f"{key}: {_start(entry[1], budget - used - len(key), depth - 1)}"
+        else:
+            part = _start(entry, budget - used, depth - 1)
+        parts.append(part)
+        used += len(part) + 2
+    opening, closing = BRACKETS[kind]
+    return opening + ", ".join(parts) + ("," if kind is tuple and len(parts) == 1 else "") + closing
+
+
+def _scalar(value: Any, budget: int) -> str:
+    """The start of repr(value) for anything but a container, made from no more of it than needed."""
+    if isinstance(value, (str, bytes, bytearray)):
+        return repr(value[: budget + 1])
+    if exact_int(value) and value.bit_length() > 4 * budget:  # its digits would outrun the budget
+        return f"{'-' if value < 0 else ''}<an integer of {value.bit_length()} bits>"
+    return repr(value)
 
 
 def exact_int(value: Any) -> bool:
@@ -163,6 +206,11 @@ def record(fields: dict[str, Check], *, exact: bool = False) -> Check:
     def check(value: Any, where: str) -> dict:
         if not isinstance(value, dict):
             raise SchemaError(where, f"must be an object, got {shown(value)}")
+        # Only strings name fields (as in JSON); any other key, such as a deeply nested tuple, is
+        # refused before anything hashes or compares it again.
+        odd = next((key for key in value if not isinstance(key, str)), None)
+        if odd is not None:
+            raise SchemaError(where, f"has a key that is not a string: {shown(odd)}")
         result = dict(value)
         for name, field_check in fields.items():
             path = f"{where}.{name}" if where else name
@@ -170,9 +218,9 @@ def record(fields: dict[str, Check], *, exact: bool = False) -> Check:
                 result[name] = field_check(value[name], path)
             elif not isinstance(field_check, OptionalField):
                 raise SchemaError(path, "is missing")
-        extra = sorted(repr(key)[:40] for key in value if key not in fields)
-        if exact and extra:
-            raise SchemaError(where, f"has unexpected entries {', '.join(extra[:5])}")
+        extra = heapq.nsmallest(5, (key for key in value if key not in fields)) if exact else []
+        if extra:
+            raise SchemaError(where, f"has unexpected entries {', '.join(repr(key[:40]) for key in extra)}")
         return result
 
     return check

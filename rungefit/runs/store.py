@@ -33,6 +33,7 @@ from rungefit.runs.layout import (
     SUMMARY_FILE,
     check_derived_name,
     check_name,
+    holds_a_run,
     made_from_the_network,
     name_problem,
 )
@@ -338,6 +339,20 @@ class RunStore:
     def open_for_update(self, name: str, *, option: str = "--resume"):
         """A context holding the run `name` locked until its end, for Run.update."""
         return run_for_update(self.path, name, option=option)
+
+    def check_outside(self, path: Path, option: str) -> None:
+        """UsageError naming `option` if `path` is this runs directory's `latest` or lies inside a
+        run (of any runs directory): a run is written only through Run (write_derived), never over
+        one of its own files."""
+        where = path.parent.resolve()
+        if where == self.path.resolve() and path.name == LATEST:
+            raise UsageError(f"{option} {path} is the runs directory's `latest`, which names its newest run; choose another path")
+        run = next((folder for folder in (where, *where.parents) if holds_a_run(folder)), None)
+        if run is not None:
+            raise UsageError(
+                f"{option} {path} lies inside the run {run}, where only rungefit writes; "
+                f"choose a path outside it, or leave out {option} to write into the run itself"
+            )
 
     def reserve(self, name: str | None):
         """Before any training: RunError unless the directory can be written. A context manager

@@ -1,19 +1,23 @@
 """`rungefit predict`: x values from a file or a pipe in, the member's y (and dy/dx) as CSV out;
 for the ensemble of a stacked data run, its mean y and the band's spread.
 
-The input is read and checked in full before anything is computed, so a bad line anywhere means
-no output at all. y is computed exactly as `eval --x` computes it (evaluate.member_prediction, in
-the run's dtype); dy/dx is autograd's, in float64, as `rungefit grad` computes it. The ensemble's
-mean and spread are training.band's (its docstring says how the spread is estimated), and its
-dy/dx is that of the mean: the mean of the members' derivatives.
+The input is read line by line as it comes, within a bound on lines and on a line's length, and
+checked in full before anything is computed, so a bad line anywhere means no output at all. y is
+computed exactly as `eval --x` computes it (evaluate.member_prediction, in the run's dtype);
+dy/dx is autograd's, in float64, as `rungefit grad` computes it. The ensemble's mean and spread
+are training.band's (its docstring says how the spread is estimated), and its dy/dx is that of
+the mean: the mean of the members' derivatives.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
-from collections.abc import Iterable
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -25,7 +29,10 @@ from rungefit.study.grad import as_float64, data_unit_autograd
 from rungefit.targets import Target, is_number
 from rungefit.training.band import band
 
-MAX_VALUES = 10_000_000
+# The most lines an input may have (blank ones and a header count), and bytes a line may have:
+# read line by line, so that an endless or huge input (/dev/zero, a sparse file) is refused at
+# the limit instead of being held in memory.
+MAX_LINES = 10_000_000
 MAX_LINE_CHARS = 10_000
 # Points per forward pass: bounds the memory of the pre-activations, [K, chunk, width] per layer.
 CHUNK = 1 << 16
@@ -33,14 +40,13 @@ CHUNK = 1 << 16
 HEADER = re.compile(r"[A-Za-z_][\w .()/-]*")
 
 
-def read_x(lines: Iterable[bytes], source: str) -> np.ndarray:
-    """The x values of `lines` as float64 [n]: one number per line, or the first column of a CSV
-    (comma- or tab-separated, an optional header line first). Blank lines are skipped. A line that
-    is not a finite number raises UsageError naming `source` and the line number."""
-    values: list[float] = []
-    for number, raw in enumerate(lines, start=1):
-        if len(values) >= MAX_VALUES:
-            raise UsageError(f"{source}: more than {MAX_VALUES} x values; split the input")
+def read_x(stream: BinaryIO, source: str) -> np.ndarray:
+    """The x values of a binary stream as float64 [n]: one number per line, or the first column
+    of a CSV (comma- or tab-separated, an optional header line first). Blank lines are skipped.
+    Read as it comes: a line that is not a finite number, a line too long or one line too many
+    raises UsageError naming `source` and the line number as soon as it is read."""
+    values = array("d")  # 8 bytes a value, as it is read
+    for number, raw in enumerate(_lines(stream, source), start=1):
         field = _first_field(raw, number, source)
         if not field or (number == 1 and HEADER.fullmatch(field) and not is_number(field)):
             continue
@@ -49,22 +55,34 @@ def read_x(lines: Iterable[bytes], source: str) -> np.ndarray:
         except ValueError:
             raise UsageError(f"{source}, line {number}: {field[:40]!r} is not a number") from None
         if not math.isfinite(value):
-            raise UsageError(f"{source}, line {number}: {field!r} is not a finite number")
+            raise UsageError(f"{source}, line {number}: {field[:40]!r} is not a finite number")
         values.append(value)
     if not values:
         raise UsageError(f"{source}: no x values (expected one number per line, or a CSV whose first column holds them)")
     return np.array(values, dtype=np.float64)
 
 
+def _lines(stream: BinaryIO, source: str) -> Iterator[bytes]:
+    """The lines of `stream` without their line endings, each read no further than one byte past
+    MAX_LINE_CHARS: a longer line, or more than MAX_LINES lines, is a UsageError at that line."""
+    for number in itertools.count(1):
+        raw = stream.readline(MAX_LINE_CHARS + 2)  # room for the line's own "\r\n"
+        if not raw:
+            return
+        if number > MAX_LINES:
+            raise UsageError(f"{source}: more than {MAX_LINES} lines; split the input")
+        line = raw.removesuffix(b"\n").removesuffix(b"\r")
+        if len(line) > MAX_LINE_CHARS:
+            raise UsageError(f"{source}, line {number}: longer than {MAX_LINE_CHARS} characters; one x value per line")
+        yield line
+
+
 def _first_field(raw: bytes, number: int, source: str) -> str:
-    if len(raw) > MAX_LINE_CHARS:
-        raise UsageError(f"{source}, line {number}: longer than {MAX_LINE_CHARS} characters")
     try:
         line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
     except UnicodeDecodeError:
         raise UsageError(f"{source}, line {number}: not UTF-8 text") from None
     return re.split(r"[,\t]", line, maxsplit=1)[0].strip().strip('"').strip()
-
 
 
 @dataclass(frozen=True)

@@ -135,10 +135,7 @@ class FunctionTarget:
         x = np.asarray(x, dtype=np.float64)
         slope = self._autograd(x) if slope is None else slope
         tolerance = KINK_TOLERANCE * (self.domain[1] - self.domain[0])
-        near = np.zeros(x.shape, dtype=bool)
-        for kink in self.kinks:
-            near |= np.abs(x - kink) <= tolerance
-        return np.isfinite(slope) & ~near
+        return np.isfinite(slope) & ~near_any(x, self.kinks, tolerance)
 
     def _autograd(self, x: np.ndarray) -> np.ndarray:
         import torch
@@ -162,6 +159,18 @@ class FunctionTarget:
         found = [grid[~np.isfinite(self._autograd(grid))]]
         found += [_sign_changes(lambda v, node=node: Formula.evaluate(node, v), grid) for node in self.formula.kink_arguments()]
         return tuple(float(k) for k in np.unique(np.concatenate(found)))
+
+
+def near_any(x: np.ndarray, points, tolerance: float) -> np.ndarray:
+    """Elementwise: x lies within tolerance of one of `points`. Each x is compared with its two
+    neighbours in the sorted points only (a binary search), so the cost grows with len(x) plus
+    len(points), never with their product: a short formula may have hundreds of thousands of kinks."""
+    points = np.sort(np.asarray(points, dtype=np.float64))
+    if not points.size:
+        return np.zeros(x.shape, dtype=bool)
+    above = np.minimum(np.searchsorted(points, x), points.size - 1)
+    below = np.maximum(above - 1, 0)
+    return (np.abs(x - points[below]) <= tolerance) | (np.abs(x - points[above]) <= tolerance)
 
 
 def _sign_changes(g, grid: np.ndarray, steps: int = 60) -> np.ndarray:
