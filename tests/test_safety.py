@@ -303,6 +303,12 @@ def test_a_latest_that_is_a_directory_is_refused(interrupted):
         call_with_deadline(lambda: runs.load_run(runs_dir, None))
 
 
+def test_a_training_beside_a_latest_that_is_a_directory_saves_its_run(tmp_path):
+    (tmp_path / "latest").mkdir(parents=True)
+    result = runner.invoke(app, ["train", "--points", "60", "--epochs", "2", "--runs-dir", str(tmp_path), "--name", "r", "--quiet"])
+    assert result.exit_code in (0, 1) and "internal error" not in result.output, result.output
+    assert runs.load_run(tmp_path, "r").summary["status"] == "complete" and (tmp_path / "latest").is_dir()
+
 @pytest.mark.parametrize(
     "change, message",
     [

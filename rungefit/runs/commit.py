@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 
 from rungefit.errors import RunError
@@ -311,4 +311,5 @@ def mark_latest(runs_dir: Path, name: str) -> None:
     try:
         atomic_write(runs_dir / LATEST, (name + "\n").encode())
     except OSError:
-        (runs_dir / LATEST).unlink(missing_ok=True)
+        with suppress(OSError):  # a directory in its place stays: reading `latest` says to delete it
+            (runs_dir / LATEST).unlink(missing_ok=True)
