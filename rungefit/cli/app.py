@@ -15,7 +15,6 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +25,7 @@ from rungefit._version import __version__
 from rungefit.cli import completion as completions
 from rungefit.cli import study as cli_study
 from rungefit.cli import train as cli_train
-from rungefit.cli.options import SIGINT_EXIT, SIGTERM_EXIT, report
+from rungefit.cli.options import SIGINT_EXIT, SIGTERM_EXIT, choices, report
 from rungefit.cli.phases import process_started
 from rungefit.errors import RungefitError, UsageError
 
@@ -189,15 +188,12 @@ def _root(
     """
 
 
-class Shell(str, Enum):
-    bash = "bash"
-    zsh = "zsh"
-    fish = "fish"
+Shell = choices("Shell", completions.SHELLS)
 
 
 def completion(
     ctx: typer.Context,
-    shell: Annotated[Shell, typer.Argument(help="The shell to print (or install) the completion script for.")],
+    shell: Annotated[Shell, typer.Argument(parser=Shell.parse, help="The shell to print (or install) the completion script for.")],
     install: Annotated[bool, typer.Option("--install", help="Install the script where SHELL finds it instead of printing it (bash: ~/.bash_completions, sourced from ~/.bashrc; zsh: ~/.zfunc; fish: ~/.config/fish/completions).")] = False,
 ) -> None:
     """Print the TAB-completion script for SHELL: commands, options, choices, activation names inside

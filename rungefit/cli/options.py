@@ -42,7 +42,7 @@ from rungefit.config import (
     ascii_int,
     data_plan,
 )
-from rungefit.errors import UsageError
+from rungefit.errors import UsageError, suggest
 from rungefit.files import describe
 from rungefit.runs import LATEST, RunStore
 
@@ -70,9 +70,25 @@ def _lazy_import(name: str):
 report = _lazy_import("rungefit.cli.render")
 
 
-def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
-    """An Enum of config's names for an option with a fixed set of values (Typer lists them in --help)."""
-    return Enum(name, [(value, value) for value in values], type=str)
+class Choice(str, Enum):
+    """The base of an option's fixed set of values (Typer lists them in --help and completes them).
+    Each option names its set's parse as its parser, so that a mistyped value is a one-line usage
+    error that suggests the closest values, as a mistyped command or option is."""
+
+    @classmethod
+    def parse(cls, value):
+        if isinstance(value, cls):  # a default
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            names = [member.value for member in cls]
+            raise typer.BadParameter(suggest(f"{value!r} is not one of {', '.join(map(repr, names))}", value, names)) from None
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Choice]:
+    """A Choice of config's names for an option with a fixed set of values."""
+    return Choice(name, [(value, value) for value in values])
 
 
 Schedule = choices("Schedule", SCHEDULES)
@@ -176,7 +192,7 @@ DataOption = Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)]
 TestFractionOption = Annotated[float, typer.Option(help="With --data: the share of the points held out as the test set, drawn once (seeded) and the same for every member.")]
 
 
-ScaleOption = Annotated[Scale, typer.Option(help="Which of x and y the network sees in standard coordinates: x mapped from the domain onto [-1, 1], y shifted and divided by its mean and spread (over the data's non-test points, or f on the domain). auto: x always; y for --data, and for a function far from unit size. Everything shown stays in the data's units.")]
+ScaleOption = Annotated[Scale, typer.Option(parser=Scale.parse, help="Which of x and y the network sees in standard coordinates: x mapped from the domain onto [-1, 1], y shifted and divided by its mean and spread (over the data's non-test points, or f on the domain). auto: x always; y for --data, and for a function far from unit size. Everything shown stays in the data's units.")]
 
 
 RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Directory holding the run directories.", show_default=True)]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from rungefit.errors import RunError, UsageError
+from rungefit.errors import RunError, UsageError, suggest
 from rungefit.files import atomic_write, ensure_writable_dir, read_bounded
 from rungefit.runs.commit import finish_update, prepare_runs_dir, save_new_run, update_run
 from rungefit.runs.format import check_checkpoint, check_config, check_summary, run_files
@@ -248,8 +248,9 @@ def _load(runs_dir: Path, name: str | None, option: str, own: bool) -> Run:
             name, note = _resolve(runs_dir, name)
             path = runs_dir / name
             if not path.is_dir():
-                known = ", ".join(list_run_names(runs_dir)[:5]) or "none"
-                raise RunError(f"run {name!r} not found in {runs_dir} (runs: {known}); create one with `rungefit train`")
+                names = list_run_names(runs_dir)
+                known = ", ".join(names[:5]) or "none"
+                raise RunError(suggest(f"run {name!r} not found in {runs_dir} (runs: {known}); create one with `rungefit train`", name, names))
             # Opened under the lock, so that all three come from one version of the run.
             fds = {file: stack.enter_context(opened(path, file)) for file in (MODEL_FILE, CONFIG_FILE, SUMMARY_FILE)}
             if own:
