@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from rungefit.cli.completion import complete_path
 from rungefit.config import (
     ACTIVATION_NAMES,
     DATA_LAYERS,
@@ -186,7 +187,7 @@ DATA_HELP = (
     f"most {MAX_DATA_BYTES // 2**20} MiB, values within ±{MAX_DATA_VALUE:g} (not --domain's ±{MAX_DOMAIN:g} for formulas), "
     "and a y that varies. Repeated x are allowed."
 )
-DataOption = Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)]
+DataOption = Annotated[Optional[str], typer.Option("--data", path_type=str, help=DATA_HELP, autocompletion=complete_path)]  # a path, kept as typed
 
 
 TestFractionOption = Annotated[float, typer.Option(help="With --data: the share of the points held out as the test set, drawn once (seeded) and the same for every member.")]
@@ -195,7 +196,7 @@ TestFractionOption = Annotated[float, typer.Option(help="With --data: the share 
 ScaleOption = Annotated[Scale, typer.Option(parser=Scale.parse, help="Which of x and y the network sees in standard coordinates: x mapped from the domain onto [-1, 1], y shifted and divided by its mean and spread (over the data's non-test points, or f on the domain). auto: x always; y for --data, and for a function far from unit size. Everything shown stays in the data's units.")]
 
 
-RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Directory holding the run directories.", show_default=True)]
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Directory holding the run directories.", show_default=True, autocompletion=complete_path)]
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of tables.")]

@@ -17,6 +17,7 @@ from rungefit.cli.options import (
     XValues,
     checked_points,
     complete_layers,
+    complete_path,
     complete_target,
     open_member,
     report,
@@ -45,7 +46,7 @@ def grad(
     layers: Annotated[Optional[str], typer.Option(help="With --untrained: hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="With --untrained: the target to compare with, as train's --target (default: runge).", autocompletion=complete_target)] = None,
     domain: Annotated[Optional[str], typer.Option("--domain", help="With --untrained: the interval A,B, as train's --domain.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="With --untrained: a data file, as train's --data (there is no true derivative then).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", path_type=str, help="With --untrained: a data file, as train's --data (there is no true derivative then).", autocompletion=complete_path)] = None,
     member: MemberOption = None,
     json_output: JsonFlag = False,
 ) -> None:
@@ -151,7 +152,7 @@ def export(
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
     member: Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to export. Default: on a data run with several members, their ensemble mean as one module; otherwise the best by validation MSE.", min=0)] = None,
-    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT, or ensemble.FORMAT for an ensemble, in the run directory).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT, or ensemble.FORMAT for an ensemble, in the run directory).", autocompletion=complete_path)] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite the file if it exists.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -211,7 +212,7 @@ def export(
 
 
 def predict(
-    file: Annotated[str, typer.Argument(metavar="FILE", help="File of x values: one number per line, or a CSV whose first column holds them (a header line is skipped). - or nothing: standard input.")] = "-",
+    file: Annotated[str, typer.Argument(metavar="FILE", allow_dash=True, help="File of x values: one number per line, or a CSV whose first column holds them (a header line is skipped). - or nothing: standard input.", autocompletion=complete_path)] = "-",
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
     member: Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to use. Default: on a data run with several members, their ensemble (x,y,spread); otherwise the best by validation MSE.", min=0)] = None,

@@ -28,6 +28,7 @@ from rungefit.cli.options import (
     TestFractionOption,
     complete_interrupted_run,
     complete_layers,
+    complete_path,
     data_run_plan,
     note_latest,
     parse_lr,
@@ -309,7 +310,7 @@ def lr_find_command(
     data: DataOption = None,
     test_fraction: TestFractionOption = DEFAULTS.test_fraction,
     runs_dir: RunsDir = Path("runs"),
-    out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png (default: `RUNS_DIR/lr-find/<timestamp>`).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png (default: `RUNS_DIR/lr-find/<timestamp>`).", autocompletion=complete_path)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar for --verify.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
