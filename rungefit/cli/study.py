@@ -96,7 +96,8 @@ def grad(
         render_grad(doc)
     if not untrained:
         curve = study.curve
-        png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"], label=goal.derivative_label, x_label=goal.x_label)
+        title = plots.title(loaded.path.name, goal.name, plots.shown([member]))
+        png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=title, label=goal.derivative_label, x_label=goal.x_label)
         write_figure(loaded, GRAD_FIGURE, png)
 
 
@@ -141,8 +142,8 @@ def eval_run(
         render_eval(doc)
     curves = result.curves
     png = plots.eval_png(
-        curves.x, curves.target, curves.prediction, curves.errors, title=source, label=curves.label, error_x=curves.error_x, points=curves.points,
-        x_label=curves.x_label, y_label=curves.y_label,
+        curves.x, curves.target, curves.prediction, curves.errors, title=plots.title(loaded.path.name, goal.name, plots.shown([member])),
+        label=curves.label, error_x=curves.error_x, points=curves.points, x_label=curves.x_label, y_label=curves.y_label,
     )
     write_figure(loaded, EVAL_FIGURE, png)
 

@@ -135,7 +135,7 @@ def train(
             phases.end("rate_search")
 
         def save(result) -> Path:
-            figures, summary_extra = _run_extras(result, lr_extra, phases)
+            figures, summary_extra = _run_extras(result, lr_extra, phases, reservation.path.name)
             return store.save(result, summary_extra=summary_extra, figures=figures, name=name, reservation=reservation).path
 
         _train_and_report(config, goal, save, lr_extra, quiet, json_output, phases)
@@ -168,7 +168,7 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phase
             report.note(f"resuming run {loaded.path} at epoch {state.epochs_run + 1} of {config.epochs}")
 
         def save(result) -> Path:
-            figures, summary_extra = _run_extras(result, carried, phases)
+            figures, summary_extra = _run_extras(result, carried, phases, loaded.path.name)
             store.update(loaded, result, summary_extra=summary_extra, figures=figures)
             _warn_made_before(loaded)
             return loaded.path
@@ -261,21 +261,23 @@ def warn_if_full_batch(config) -> None:
         )
 
 
-def _run_extras(result, summary_extra: dict, phases: Phases) -> tuple[dict[str, bytes], dict]:
-    """What `train` saves beside the result: its figures, and the summary's extra entries."""
+def _run_extras(result, summary_extra: dict, phases: Phases, run: str) -> tuple[dict[str, bytes], dict]:
+    """What `train` saves beside the result, the run named `run`: its figures, and the summary's extra entries."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.cli import figures as plots
     from rungefit.study.evaluate import fit_curves
 
     curves = fit_curves(result.model, result.target, config=result.config, val_mse=[m.val_mse for m in result.members])
+    members = plots.shown(range(len(result.members)))
     pictures = {
         "fit.png": plots.fit_png(
-            curves.x, curves.target, curves.predictions, title=f"{result.config.layers}", label=curves.label, points=curves.points,
-            x_label=curves.x_label, y_label=curves.y_label, band=curves.band,
+            curves.x, curves.target, curves.predictions, label=curves.label, points=curves.points, x_label=curves.x_label,
+            y_label=curves.y_label, band=curves.band,
+            title=plots.title(run, result.target.name, members if curves.band is None else f"ensemble of {len(result.members)}"),
         ),
         "loss.png": plots.loss_png(
             result.history.train_mse, result.history.val_mse, None if result.polish is None else result.polish.curves.numpy(),
-            val_var=[member.val_var for member in result.members],
+            val_var=[member.val_var for member in result.members], title=plots.title(run, result.target.name, members),
         ),
     }
     # summary.json cannot hold the time of its own writing: its times end as it is made.
@@ -352,25 +354,32 @@ def lr_find_command(
     with progress:
         findings = core.lr_find(config, goal, test, verify_config if verify else None, on_epoch)
     doc = {**findings.to_json(), "config": asdict(config)}
-    path = _save_lr_find(doc, findings.test.csv(), store, out)
+    path = _save_lr_find(doc, findings.test.csv(), store, out, goal.name)
     if json_output:
         report.print_json({**doc, "out": str(path)})
     else:
         report.render_lr_find(doc, str(path))
 
 
-def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path]) -> Path:
-    """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>."""
+def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path], target: str) -> Path:
+    """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>.
+    The figures' run is lr-find itself, its members the range test's seeds and --verify's trainings."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.cli import figures as plots
 
     files = {
         "lr_find.csv": csv_text.encode(),
         "lr_find.json": json_bytes(doc),
-        "lr_find.png": plots.lr_find_png(doc["range_test"]["members"], {rule: s["median"] for rule, s in doc["suggestions"].items()}),
+        "lr_find.png": plots.lr_find_png(
+            doc["range_test"]["members"], {rule: s["median"] for rule, s in doc["suggestions"].items()},
+            title=plots.title("lr-find", target, plots.shown(range(len(doc["range_test"]["members"])))),
+        ),
     }
-    if doc["verification"]:
-        files["lr_verify.png"] = plots.lr_verify_png(doc["verification"])
+    verification = doc["verification"]
+    if verification:
+        rates, seeds = len(verification["rates"]), len(verification["seeds"])
+        trainings = f"{plots.shown(range(rates * seeds))}: {rates} rate{'s' * (rates > 1)} × {seeds} seed{'s' * (seeds > 1)}"
+        files["lr_verify.png"] = plots.lr_verify_png(verification, title=plots.title("lr-find", target, trainings))
     if out is None:
         return store.save_lr_find(files)
     try:  # --out was checked before the range test; a write that fails now is said so here

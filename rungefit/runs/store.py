@@ -15,7 +15,7 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -342,9 +342,9 @@ class RunStore:
 
     def reserve(self, name: str | None):
         """Before any training: RunError unless the directory can be written. A context manager
-        that, with a name, holds it for the run (leaving it unsaved gives the name up) and yields
-        the reservation; without a name it yields None."""
-        return prepare_runs_dir(self.path, name) or nullcontext()
+        that holds `name`, or without one the default name (a timestamp), for the run (leaving it
+        unsaved gives the name up), and yields the reservation: its .path is the run's."""
+        return prepare_runs_dir(self.path, name)
 
     def save(self, result, *, summary_extra: dict | None = None, figures: dict[str, bytes] | None = None, name: str | None = None, reservation=None) -> Run:
         """Save a training's result as a new run (all its files at once), mark it latest, and
