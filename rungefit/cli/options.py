@@ -78,6 +78,7 @@ class Choice(str, Enum):
 
     @classmethod
     def parse(cls, value):
+        """The member `value` names; otherwise Typer's BadParameter (exit 2), ending in "Did you mean …?"."""
         if isinstance(value, cls):  # a default
             return value
         try:
