@@ -19,13 +19,11 @@ _rungefit_completion() {
     COMPREPLY=( $( env COMP_WORDS="${words[*]}" \
                    COMP_CWORD=$(( ${#words[@]} - 1 )) \
                    _RUNGEFIT_COMPLETE=complete_bash $1 ) )
-    if [[ $current == *:* && $COMP_WORDBREAKS == *:* ]]; then
+    if [[ ${COMPREPLY[*]} == *//rungefit-file-names ]]; then
+        COMPREPLY=()
+        compopt -o default
+    elif [[ $current == *:* && $COMP_WORDBREAKS == *:* ]]; then
         COMPREPLY=( "${COMPREPLY[@]#"${current%"${current##*:}"}"}" )
-    fi
-    if ((${#COMPREPLY[@]} == 0 && ${#words[@]} > 1)); then
-        case ${words[-2]} in
-            --out|--runs-dir) compopt -o default ;;
-        esac
     fi
     return 0
 }

@@ -11,7 +11,7 @@ import math
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 
-from rungefit.errors import UsageError
+from rungefit.errors import UsageError, suggest
 
 DEFAULT_LAYERS = "20:tanh,10:sigmoid,20:tanh,10:sigmoid"
 # The activations a --layers spec may name; model.ACTIVATIONS implements exactly these.
@@ -128,7 +128,7 @@ def _parse_layer(item: str) -> Layer:
         raise UsageError(f"layer {item!r} is not WIDTH:ACTIVATION, e.g. '20:tanh'")
     name = name.strip().lower()
     if name not in ACTIVATION_NAMES:
-        raise UsageError(f"unknown activation {name!r} in layer {item!r}; choose one of {', '.join(ACTIVATION_NAMES)}")
+        raise UsageError(suggest(f"unknown activation {name!r} in layer {item!r}; choose one of {', '.join(ACTIVATION_NAMES)}", name, ACTIVATION_NAMES))
     try:
         width = ascii_int(width_text)
     except ValueError:
@@ -204,19 +204,19 @@ class TrainConfig:
             (1 <= self.batch_size <= MAX_POINTS, f"--batch-size must be between 1 and {MAX_POINTS}, got {self.batch_size}"),
             (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
             (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive finite number, got {self.lr}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            one_of("--schedule", self.schedule, SCHEDULES),
             (1 <= len(self.seeds) <= MAX_MEMBERS, f"--seeds: between 1 and {MAX_MEMBERS} seeds, got {len(self.seeds)}"),
             (all(0 <= s <= MAX_SEED for s in self.seeds), f"--seed, --seeds: seeds must be whole numbers in 0…{MAX_SEED}"),
-            (self.dtype in DTYPE_NAMES, f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}"),
-            (self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device!r}"),
+            one_of("--dtype", self.dtype, DTYPE_NAMES),
+            one_of("--device", self.device, ("cpu", "cuda")),
             (2 <= self.test_points <= MAX_TEST_POINTS, f"test_points must be between 2 and {MAX_TEST_POINTS}, got {self.test_points}"),
-            (self.polish in POLISHES, f"--polish must be one of {', '.join(POLISHES)}, got {self.polish!r}"),
+            one_of("--polish", self.polish, POLISHES),
             (0 <= self.polish_iterations <= MAX_POLISH_ITERATIONS, f"--polish-iterations must be between 0 and {MAX_POLISH_ITERATIONS}, got {self.polish_iterations}"),
             (0 <= self.workers <= MAX_WORKERS, f"--workers must be between 0 (automatic) and {MAX_WORKERS}, got {self.workers}"),
             (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
             (0 < self.test_fraction < 1, f"--test-fraction must lie strictly between 0 and 1, got {self.test_fraction}"),
-            (self.scale in SCALES, f"--scale must be one of {', '.join(SCALES)}, got {self.scale!r}"),
-            (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}, got {self.keep!r}"),
+            one_of("--scale", self.scale, SCALES),
+            one_of("--keep", self.keep, KEEPS),
         ])
         validation_size(self.points, self.val_fraction)
         require([
@@ -283,6 +283,11 @@ def data_defaults(config: TrainConfig, given: Collection[str]) -> tuple[TrainCon
     return config, why
 
 
+def one_of(option: str, value, names: tuple[str, ...]) -> tuple[bool, str]:
+    """require()'s check that `value` is one of `names`, its message suggesting the closest."""
+    return value in names, suggest(f"{option} must be one of {', '.join(names)}, got {value!r}", value, names)
+
+
 def require(checks: list[tuple[bool, str]]) -> None:
     """UsageError with the message of the first failed check."""
     for ok, message in checks:
@@ -306,7 +311,7 @@ class RangeTestConfig:
             (math.isfinite(self.start_lr) and self.start_lr > 0, f"--start-lr must be a positive finite number, got {self.start_lr}"),
             (math.isfinite(self.end_lr) and self.end_lr > self.start_lr, f"--end-lr must be finite and above --start-lr {self.start_lr:g}, got {self.end_lr}"),
             (2 <= self.iters <= MAX_ITERS, f"--iters must be between 2 and {MAX_ITERS}, got {self.iters}"),
-            (self.mode in MODES, f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}"),
+            one_of("--mode", self.mode, MODES),
             (0 <= self.smooth < 1, f"--smooth must lie in [0, 1), got {self.smooth}"),
             (math.isfinite(self.diverge) and self.diverge > 1, f"--diverge must be a finite number above 1, got {self.diverge}"),
         ])

@@ -97,7 +97,7 @@ def run_here(command: str, workdir: Path) -> str:
     report.stdout, report.stderr = Console(width=100, no_color=True), Console(width=100, no_color=True, stderr=True)
     try:
         os.chdir(workdir)
-        result = runner.invoke(app, argv[1:])
+        result = runner.invoke(app, argv[1:], env={"COLUMNS": "100"})  # tables take COLUMNS where there is no terminal
     finally:
         os.chdir(cwd)
         report.stdout, report.stderr = saved

@@ -5,6 +5,7 @@ a usage error and 1 for a runtime failure, never a traceback. Inputs that are od
 
 from __future__ import annotations
 
+import enum
 import typing
 from typing import Optional
 
@@ -362,3 +363,70 @@ def test_every_integer_option_refuses_a_huge_value_naming_the_option(place, comm
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and option in lines[0], result.stderr
     assert runs_tree(place) == before
+
+
+# ---------------------------------------------------------------- a mistyped choice: the closest suggested
+
+MISTYPED = [
+    ("train", ["--schedule", "cosin"], 2, "cosine"),
+    ("train", ["--dtype", "float23"], 2, "float32"),
+    ("train", ["--device", "cpux"], 2, "cpu"),
+    ("train", ["--polish", "LM"], 2, "lm"),
+    ("train", ["--scale", "xyy"], 2, "xy"),
+    ("train", ["--keep", "bestt"], 2, "best"),
+    ("lr-find", ["--mode", "lienar"], 2, "linear"),
+    ("lr-find", ["--schedule", "onecyle"], 2, "onecycle"),
+    ("export", ["--format", "onxx"], 2, "onnx"),
+    ("train", ["--target", "rung"], 2, "runge"),
+    ("train", ["--target", "sinn(x) + 1"], 2, "sin"),
+    ("train", ["--target", "x * pii"], 2, "pi"),
+    ("train", ["--layers", "20:tanh,10:sigmod"], 2, "sigmoid"),
+    ("grad", ["--untrained", "--layers", "8:rel"], 2, "relu"),
+    ("eval", ["--run", "bsae"], 1, "base"),
+    ("predict", ["--run", "baes"], 1, "base"),
+]
+
+
+@pytest.mark.parametrize("command, args, code, closest", MISTYPED, ids=[f"{c[0]} {' '.join(c[1])}" for c in MISTYPED])
+def test_a_mistyped_choice_is_one_line_that_suggests_the_closest(place, command, args, code, closest):
+    result = invoke(command, place, args)
+    assert result.exit_code == code, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and f". Did you mean {closest!r}" in lines[0], result.stderr
+
+
+def test_resume_suggests_the_closest_run_name(place):
+    result = runner.invoke(app, ["train", "--resume", "bsae", "--runs-dir", str(place / "runs")])
+    assert result.exit_code == 1 and result.stderr.strip().endswith("Did you mean 'base'?"), result.output
+
+
+def test_the_completion_command_suggests_the_closest_shell():
+    result = runner.invoke(app, ["completion", "zhs"])
+    assert result.exit_code == 2 and result.stderr.strip().endswith("Did you mean 'zsh'?"), result.output
+
+
+def choice_options() -> list[tuple[str, str, str]]:
+    """(command, option, a value) of every option that takes one of a fixed set of values."""
+    found = []
+    for name, command in typer.main.get_command(app).commands.items():
+        hints = typing.get_type_hints(command.callback)
+        for param in command.params:
+            kind = next((t for t in (hints.get(param.name), *typing.get_args(hints.get(param.name))) if isinstance(t, type) and issubclass(t, enum.Enum)), None)
+            if kind is not None and param.opts[0].startswith("--"):
+                found.append((name, param.opts[0], list(kind)[-1].value))
+    return found
+
+
+@pytest.mark.parametrize("command, option, value", choice_options())
+def test_every_choice_option_suggests_the_value_a_typo_came_from(place, command, option, value):
+    result = invoke(command, place, [option, value + value[-1]])  # a letter typed twice
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and f". Did you mean {value!r}" in lines[0] and option in lines[0], result.stderr
+
+
+def test_a_value_close_to_no_choice_gets_no_suggestion():
+    from rungefit.errors import suggest
+
+    assert suggest("'zzz' is not one of 'a', 'b'.", "zzz", ["a", "b"]) == "'zzz' is not one of 'a', 'b'."
+    assert suggest("unknown 'LM'", "LM", ["none", "lm"]) == "unknown 'LM'. Did you mean 'lm'?"

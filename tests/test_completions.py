@@ -390,6 +390,8 @@ def test_tab_in_an_interactive_bash_completes_after_colons_and_offers_files_only
     work = tmp_path / "work"
     work.mkdir()
     (work / "only-file").write_text("")  # what a fallback to file names would insert
+    (work / "data-dir").mkdir()
+    (work / "data-dir" / "points.csv").write_text("")
     cases = [
         ("rungefit train --layers 20:t\t", "rungefit train --layers 20:tanh"),
         ("rungefit train --layers 20:tanh,10:so\t", "rungefit train --layers 20:tanh,10:softplus"),
@@ -397,6 +399,15 @@ def test_tab_in_an_interactive_bash_completes_after_colons_and_offers_files_only
         ("rungefit train --layers \t\t", "rungefit train --layers"),
         (f"rungefit train --runs-dir {runs} --resume \t", f"rungefit train --runs-dir {runs} --resume halted"),
         ("rungefit train --runs-dir on\t", "rungefit train --runs-dir only-file"),
+        # Every value that is a path, whatever its type: --data (a str), FILE (a positional), --out.
+        ("rungefit train --data on\t", "rungefit train --data only-file"),
+        ("rungefit lr-find --data data-d\t", "rungefit lr-find --data data-dir/"),
+        ("rungefit grad --untrained --data data-dir/p\t", "rungefit grad --untrained --data data-dir/points.csv"),
+        ("rungefit predict on\t", "rungefit predict only-file"),
+        ("rungefit predict --grad data-dir/\t", "rungefit predict --grad data-dir/points.csv"),
+        ("rungefit export --format onnx --out on\t", "rungefit export --format onnx --out only-file"),
+        ("rungefit lr-find --out data\t", "rungefit lr-find --out data-dir/"),
+        ("rungefit predict only-file \t\t", "rungefit predict only-file"),  # no second FILE
     ]
     terminal = Terminal(shell_env, work)
     try:
@@ -417,6 +428,56 @@ def test_the_completion_command_prints_the_committed_script(shell):
     result = runner.invoke(app, ["completion", shell])
     assert result.exit_code == 0, result.output
     assert result.stdout == (REPO / "completions" / FILES[shell]).read_text()
+
+
+def declared_paths() -> set[tuple[str, str]]:
+    """(command, option or argument) of every parameter declared a path: typed pathlib.Path, or a
+    str with Typer's path metadata (path_type, allow_dash)."""
+    import inspect
+    import typing
+
+    from typer.models import ParameterInfo
+
+    found = set()
+    for name, command in COMMAND.commands.items():
+        for param_name, hint in typing.get_type_hints(inspect.unwrap(command.callback), include_extras=True).items():
+            info = next((i for i in getattr(hint, "__metadata__", ()) if isinstance(i, ParameterInfo)), None)
+            if info is None:  # the context
+                continue
+            kinds = typing.get_args(typing.get_args(hint)[0]) or (typing.get_args(hint)[0],)
+            if Path in kinds or info.path_type is not None or info.allow_dash:
+                found.add((name, next(p for p in command.params if p.name == param_name).opts[0]))
+    return found
+
+
+def test_the_values_that_are_paths_are_the_ones_declared_so():
+    assert declared_paths() == {
+        *((command, "--runs-dir") for command in ("train", "grad", "eval", "lr-find", "export", "predict")),
+        ("train", "--data"), ("lr-find", "--data"), ("grad", "--data"), ("lr-find", "--out"), ("export", "--out"), ("predict", "file"),
+    }
+
+
+def test_bash_is_told_to_complete_file_names_exactly_where_a_path_goes():
+    from rungefit.cli.completion import FILE_NAMES
+
+    for name, command in COMMAND.commands.items():
+        for param in command.params:
+            if param.opts[0].startswith("--") and not param.is_flag:
+                line = f"rungefit {name} {param.opts[0]} x"
+            elif not param.opts[0].startswith("-"):
+                line = f"rungefit {name} x"
+            else:
+                continue
+            is_path = (name, param.opts[0]) in declared_paths()
+            assert (complete(line) == [f"x{FILE_NAMES}"]) == is_path, line
+
+
+def test_zsh_and_fish_complete_file_names_for_a_path():
+    zsh = runner.invoke(app, [], env={"_RUNGEFIT_COMPLETE": "complete_zsh", "_TYPER_COMPLETE_ARGS": "rungefit predict "}, prog_name="rungefit")
+    assert zsh.stdout == "_files\n"
+    # fish asks whether there are arguments to offer; "no" (exit 1) lets it offer file names.
+    env = {"_RUNGEFIT_COMPLETE": "complete_fish", "_TYPER_COMPLETE_ARGS": "rungefit train --data ", "_TYPER_COMPLETE_FISH_ACTION": "is-args"}
+    assert runner.invoke(app, [], env=env, prog_name="rungefit").exit_code == 1
 
 
 def test_latest_is_offered_only_while_it_names_a_run(tmp_path):

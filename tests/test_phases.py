@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
-
-import pytest
 
 from rungefit.cli.phases import Phases
+
+from .helpers import fresh_interpreter_env
 
 
 def test_each_phase_runs_from_the_end_of_the_one_before_and_parts_move_out_of_it():
@@ -24,11 +22,24 @@ def test_each_phase_runs_from_the_end_of_the_one_before_and_parts_move_out_of_it
     assert phases.as_dict()["saving_and_plots"] == 2.0 and phases.as_dict()["total"] == 11.0
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the process's start time comes from /proc")
-def test_the_process_start_counts_the_interpreters_own_start_up():
-    code = "import time\nfrom rungefit.cli.phases import process_started\nprint(time.perf_counter() - process_started())"
-    before = time.perf_counter()
-    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
-    elapsed = time.perf_counter() - before
-    # /proc gives the start in clock ticks, rounded down: the age may read up to one tick more.
-    assert 0 < age <= elapsed + 1 / os.sysconf("SC_CLK_TCK")
+# In a fresh interpreter, injected clocks: perf_counter counts its readings (1.0, 2.0, …), and the
+# process looks 100 s older than it is (CLOCK_BOOTTIME, which dates a process's start on Linux),
+# as when bash ran a long command before exec'ing rungefit in its process. Then main runs, its
+# app replaced by one that prints when the command's clock started.
+ENTRY_POINT_UNDER_INJECTED_CLOCKS = """
+import itertools, time
+readings = itertools.count(1.0)
+time.perf_counter = lambda: next(readings)
+boot = time.clock_gettime
+time.clock_gettime = lambda clock: boot(clock) + (100.0 if clock == getattr(time, "CLOCK_BOOTTIME", None) else 0.0)
+from rungefit.cli import app as cli
+cli.app = lambda **kwargs: print(kwargs["obj"]["started"])
+cli.main()
+"""
+
+
+def test_the_clock_starts_at_the_first_line_of_rungefits_code_not_at_the_process_start():
+    result = subprocess.run([sys.executable, "-c", ENTRY_POINT_UNDER_INJECTED_CLOCKS], env=fresh_interpreter_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    # The first reading of the clock was rungefit's: nothing before it, nor the process's age, counts.
+    assert float(result.stdout) == 1.0

@@ -116,3 +116,122 @@ def test_every_figure_renders_to_a_png():
         plots.lr_find_png(members, {"steepest": 1e-2, "valley": None, "minimum": 1e-2}),
     ]
     assert all(png.startswith(b"\x89PNG\r\n") and len(png) > 1000 for png in pngs)
+
+
+def drawn_alike(handle, line) -> bool:
+    """Whether a legend entry's line is drawn as `line` is (colour, style, width, marker, alpha)."""
+    looks = ("get_color", "get_linestyle", "get_linewidth", "get_marker")
+
+    def opacity(artist) -> float:
+        return 1.0 if artist.get_alpha() is None else artist.get_alpha()
+
+    return all(getattr(handle, look)() == getattr(line, look)() for look in looks) and opacity(handle) == opacity(line)
+
+
+def legend_lines_match_the_axes(figure) -> None:
+    """Every line in a legend is drawn, just so, on its axes (not a stand-in of another colour)."""
+    for ax in figure.axes:
+        legend = ax.get_legend()
+        drawn = [line for line in ax.get_lines() if len(line.get_xdata())]
+        for handle, text in zip(legend.legend_handles if legend else [], legend.get_texts() if legend else []):
+            if hasattr(handle, "get_linestyle") and hasattr(handle, "get_marker"):
+                assert any(drawn_alike(handle, line) for line in drawn), f"{text.get_text()!r} is drawn unlike any line"
+
+
+def lr_find_members(val: bool, diverged: tuple[int, ...] = ()) -> list[dict]:
+    lrs = np.geomspace(1e-5, 1.0, 20).tolist()
+    found = []
+    for index, seed in enumerate((0, 3, 7)):
+        losses = np.linspace(0.1, 0.05, 20).tolist()
+        if index in diverged:
+            losses[-2:] = [1.0, None]
+        found.append({"seed": seed, "lr": lrs, "loss": losses, "smoothed": losses, "val_loss": losses if val else None,
+                      "stop": "diverged" if index in diverged else "complete", "mean_predictor_mse": 0.08})
+    return found
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_lr_find_legend_draws_each_kind_of_curve_as_its_lines_are(seeds):
+    suggestions = {"steepest": 1e-3, "valley": 1e-2, "minimum": 1e-1}
+    figure = plots.lr_find_figure(lr_find_members(val=True)[:seeds], suggestions)
+    legend_lines_match_the_axes(figure)
+    (ax,) = figure.axes
+    assert {"smoothed mini-batch loss", "raw mini-batch loss", "validation loss"} <= set(legend_labels(ax))
+
+
+def test_lr_find_marks_a_divergence_in_the_legend_whichever_seed_diverged():
+    (ax,) = plots.lr_find_figure(lr_find_members(val=False, diverged=(1, 2)), {"steepest": None, "valley": None, "minimum": None}).axes
+    assert legend_labels(ax).count("divergence") == 1
+    (marks,) = [line for line in ax.get_lines() if line.get_label() == "divergence"]
+    assert len(marks.get_xdata()) == 2
+
+
+def test_grad_figure_names_the_points_asked_for_in_its_legend():
+    top, bottom = plots.grad_figure(X, np.cos(X), np.cos(X) + 1e-4, np.array([0.3, -0.5])).axes
+    dotted = [line for line in top.get_lines() if line.get_linestyle() == ":"]
+    assert len(dotted) == 2 and "--x = 0.3, -0.5" in legend_labels(top)
+    legend_lines_match_the_axes(top.figure)
+
+
+def test_every_other_figures_legend_matches_its_lines():
+    target = 1 / (1 + 25 * X**2)
+    three = target + np.array([[1e-3], [-2e-3], [3e-3]]) * np.cos(X)
+    epochs = np.array([[1e-2, 2e-2], [1e-3, 2e-3]])
+    verification = {
+        "rates": [{"lr": lr, "val_mse": [1e-3, 2e-3], "median": 1.5e-3, "rules": rules} for lr, rules in ((1e-3, ["valley"]), (1e-2, []))],
+        "best_lr": 1e-3, "mean_predictor_mse": 0.08, "epochs": 5,
+    }
+    for figure in (
+        plots.fit_figure(X, target, three), plots.fit_figure(X, target, three[:1]),
+        plots.loss_figure(epochs, epochs, np.array([[1e-5, 5e-6], [2e-5, 1e-5]]), val_var=[0.08, 0.07]),
+        plots.eval_figure(X, target, three[0], {"network": three[0] - target, "Chebyshev, d = 10": 1e-5 * np.cos(X)}),
+        plots.lr_verify_figure(verification),
+    ):
+        legend_lines_match_the_axes(figure)
+
+
+def test_which_members_a_figure_shows_is_said_one_way():
+    assert plots.shown([3]) == "member 3"
+    assert plots.shown(range(10)) == "members 0-9"
+    assert plots.shown([0, 2, 7]) == "members 0, 2, 7"
+    assert plots.title("reference", "runge", "member 0") == "reference · runge · member 0"
+
+
+def titles_for_pngs(fig) -> bytes:
+    """In place of figures._png: the figure's title, as the bytes of the file it is written to."""
+    plots._pyplot().close(fig)
+    return fig.get_suptitle().encode()
+
+
+def test_every_figure_is_titled_with_its_run_its_target_and_its_members(tmp_path, monkeypatch):
+    from rungefit.cli.app import app
+
+    from .helpers import DATA, QUICK_TRAIN, runner
+
+    monkeypatch.setattr(plots, "_png", titles_for_pngs)
+    runs = tmp_path / "runs"
+    for args in (
+        ["train", *QUICK_TRAIN, "--seeds", "2", "--name", "pair"],
+        ["eval", "--run", "pair", "--member", "1"],
+        ["grad", "--run", "pair", "--member", "1", "--x", "0.3"],
+        ["train", "--data", str(DATA), "--seeds", "2", "--epochs", "3", "--quiet", "--name", "measured"],  # learns little: exit 1, saved
+        ["train", *QUICK_TRAIN],  # named by a timestamp
+        ["lr-find", "--points", "60", "--iters", "10", "--verify", "--verify-rates", "2", "--verify-seeds", "1", "--verify-epochs", "1", "--out", str(tmp_path / "lr")],
+    ):
+        result = runner.invoke(app, [*args, "--runs-dir", str(runs)])
+        assert result.exit_code in (0, 1), result.output
+    titles = {path.relative_to(tmp_path).as_posix(): path.read_text() for path in tmp_path.rglob("*.png")}
+    (stamp,) = {path.parent.name for path in runs.glob("*/fit.png")} - {"pair", "measured"}
+    verify = titles.pop("lr/lr_verify.png")
+    assert verify.startswith("lr-find · runge · members 0-") and verify.endswith(" rates × 1 seed"), verify
+    assert titles == {
+        "runs/pair/fit.png": "pair · runge · members 0-1",
+        "runs/pair/loss.png": "pair · runge · members 0-1",
+        "runs/pair/eval.png": "pair · runge · member 1",
+        "runs/pair/grad.png": "pair · runge · member 1",
+        "runs/measured/fit.png": f"measured · data {DATA.name} · ensemble of 2",
+        "runs/measured/loss.png": f"measured · data {DATA.name} · members 0-1",
+        f"runs/{stamp}/fit.png": f"{stamp} · runge · member 0",
+        f"runs/{stamp}/loss.png": f"{stamp} · runge · member 0",
+        "lr/lr_find.png": "lr-find · runge · member 0",
+    }

@@ -15,7 +15,6 @@ import threading
 import time
 import traceback
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import Annotated
 
@@ -23,11 +22,11 @@ import typer
 from typer.core import TyperGroup
 
 from rungefit._version import __version__
+from rungefit.cli import STARTED
 from rungefit.cli import completion as completions
 from rungefit.cli import study as cli_study
 from rungefit.cli import train as cli_train
-from rungefit.cli.options import SIGINT_EXIT, SIGTERM_EXIT, report
-from rungefit.cli.phases import process_started
+from rungefit.cli.options import SIGINT_EXIT, SIGTERM_EXIT, choices, report
 from rungefit.errors import RungefitError, UsageError
 
 
@@ -35,7 +34,7 @@ class OneLineErrors(TyperGroup):
     """Every failure ends as one line on stderr and a known exit code, never a traceback."""
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
-        extra.setdefault("obj", {"started": time.perf_counter()})  # main() passes the process's start
+        extra.setdefault("obj", {"started": time.perf_counter()})  # main() passes rungefit's start (cli.STARTED)
         try:
             with _sigterm_raises():
                 result = super().main(args=args, prog_name=prog_name or "rungefit", complete_var=complete_var, standalone_mode=False, **extra)
@@ -189,15 +188,12 @@ def _root(
     """
 
 
-class Shell(str, Enum):
-    bash = "bash"
-    zsh = "zsh"
-    fish = "fish"
+Shell = choices("Shell", completions.SHELLS)
 
 
 def completion(
     ctx: typer.Context,
-    shell: Annotated[Shell, typer.Argument(help="The shell to print (or install) the completion script for.")],
+    shell: Annotated[Shell, typer.Argument(parser=Shell.parse, help="The shell to print (or install) the completion script for.")],
     install: Annotated[bool, typer.Option("--install", help="Install the script where SHELL finds it instead of printing it (bash: ~/.bash_completions, sourced from ~/.bashrc; zsh: ~/.zfunc; fish: ~/.config/fish/completions).")] = False,
 ) -> None:
     """Print the TAB-completion script for SHELL: commands, options, choices, activation names inside
@@ -222,4 +218,4 @@ app.command()(completion)
 
 
 def main() -> None:
-    app(prog_name="rungefit", obj={"started": process_started()})
+    app(prog_name="rungefit", obj={"started": STARTED})

@@ -9,7 +9,8 @@ This module writes the scripts, through public routes only:
   (`_RUNGEFIT_COMPLETE=source_zsh rungefit`);
 - bash gets a script of its own (BASH_SCRIPT) speaking the same protocol: Typer's hands bash's words
   on as they are, and bash splits words at ':' (COMP_WORDBREAKS), so `--layers 20:t` arrived as `t`
-  and completed file names.
+  and completed file names. Where a path goes, the app answers it with FILE_NAMES (complete_path,
+  which every parameter that takes a path declares as its completion).
 
 What needs the CLI takes its command as an argument (`typer.main.get_command(app)`, or the running
 one, `ctx.find_root().command`): app.py imports this module, never the other way round.
@@ -43,7 +44,8 @@ SHELLS = tuple(FILES)
 #   `--layers 20:t` arrives as `20` `:` `t`. The pieces that touch a ':' are joined back (COMP_LINE
 #   shows where blanks were), without changing the user's COMP_WORDBREAKS;
 # - readline replaces only the text after the word's last ':', so the candidates are cut to that;
-# - file names only after an option that takes a path (not, say, after --layers).
+# - file names where the app's answer ends with FILE_NAMES: for a value that is a path (not, say,
+#   after --layers, where no candidate is no candidate).
 BASH_SCRIPT = r"""_{prog}_completion() {
     local IFS=$'\n'
     local line=${COMP_LINE:0:COMP_POINT} words=() word glued=0 i
@@ -65,13 +67,11 @@ BASH_SCRIPT = r"""_{prog}_completion() {
     COMPREPLY=( $( env COMP_WORDS="${words[*]}" \
                    COMP_CWORD=$(( ${#words[@]} - 1 )) \
                    {var}=complete_bash $1 ) )
-    if [[ $current == *:* && $COMP_WORDBREAKS == *:* ]]; then
+    if [[ ${COMPREPLY[*]} == *{file_names} ]]; then
+        COMPREPLY=()
+        compopt -o default
+    elif [[ $current == *:* && $COMP_WORDBREAKS == *:* ]]; then
         COMPREPLY=( "${COMPREPLY[@]#"${current%"${current##*:}"}"}" )
-    fi
-    if ((${#COMPREPLY[@]} == 0 && ${#words[@]} > 1)); then
-        case ${words[-2]} in
-            {path_options}) compopt -o default ;;
-        esac
     fi
     return 0
 }
@@ -84,8 +84,7 @@ def completion_script(shell: str, command) -> str:
     """The completion script for `shell` (bash, zsh or fish), as text, for the app whose click-style
     command is `command`: BASH_SCRIPT for bash, the app's own answer for the others."""
     if shell == "bash":
-        template = BASH_SCRIPT.replace("{prog}", PROG_NAME).replace("{var}", COMPLETE_VAR)
-        return template.replace("{path_options}", "|".join(path_options(command)))
+        return BASH_SCRIPT.replace("{prog}", PROG_NAME).replace("{var}", COMPLETE_VAR).replace("{file_names}", FILE_NAMES)
     if shell not in SHELLS:
         raise RungefitError(f"rungefit completes bash, zsh and fish, not {shell}")
     return typers_script(shell, command)
@@ -112,17 +111,16 @@ def typers_script(shell: str, command) -> str:
     return script + "\n"
 
 
-def path_options(command) -> list[str]:
-    """Every option of a subcommand of `command` whose value is a path (annotated pathlib.Path), sorted."""
-    import inspect
-    import typing
+# What the app answers for a path's value when bash asks, after the word typed so far (Typer keeps
+# only the candidates that start with it): "complete file names here", which bash could not tell
+# from a value with no candidate. zsh and fish complete file names when no candidate comes.
+FILE_NAMES = "//rungefit-file-names"
 
-    options = set()
-    for subcommand in command.commands.values():
-        hints = typing.get_type_hints(inspect.unwrap(subcommand.callback))
-        paths = {name for name, hint in hints.items() if Path in (hint, *typing.get_args(hint))}
-        options.update(opt for param in subcommand.params if param.name in paths for opt in param.opts)
-    return sorted(options)
+
+def complete_path(incomplete: str) -> list[str]:
+    """The TAB completion of every parameter that takes a path (options.py's shared ones, FILE, the
+    --out options): the word and FILE_NAMES for rungefit's bash script, no candidate for zsh and fish."""
+    return [incomplete + FILE_NAMES] if os.environ.get(COMPLETE_VAR) == "complete_bash" else []
 
 
 def detect_shell() -> str | None:

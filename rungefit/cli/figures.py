@@ -1,7 +1,9 @@
 """Matplotlib figures as PNG bytes (Agg backend, imported only when a figure is drawn).
 
 Each *_figure function takes plain arrays and draws a figure; its *_png twin returns the PNG, so
-the caller decides where it is written (atomically, in the run directory).
+the caller decides where it is written (atomically, in the run directory). Every figure is titled
+the same way (title(): the run, its target, which of its networks), and every line it marks is in
+its legend, drawn as it is drawn on the axes.
 """
 
 from __future__ import annotations
@@ -37,6 +39,27 @@ def _png(fig) -> bytes:
 GRADIENT = r"\nabla a^{[L]}"
 
 
+def title(run: str, target: str, shown: str) -> str:
+    """Every figure's title: the run's name, its target, and which of its networks the figure
+    shows: shown(), or "ensemble of N" for a stack's mean."""
+    return f"{run} · {target} · {shown}"
+
+
+def shown(members) -> str:
+    """"member 3"; "members 0-9" for consecutive members; else "members 0, 2, 7"."""
+    members = list(members)
+    if len(members) == 1:
+        return f"member {members[0]}"
+    if members == list(range(members[0], members[0] + len(members))):
+        return f"members {members[0]}-{members[-1]}"
+    return "members " + ", ".join(map(str, members))
+
+
+def _title(fig, text: str) -> None:
+    if text:
+        fig.suptitle(_plain(text))
+
+
 def _as_png(figure: Callable[..., Figure]) -> Callable[..., bytes]:
     """The PNG-bytes twin of a function that draws a figure (tests look at the figure itself)."""
 
@@ -60,7 +83,7 @@ def fit_figure(
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
     if target is None:
         _data_fit(top, bottom, x, predictions, points, label, _plain(y_label), band)
-        top.set_title(title)
+        _title(fig, title)
         top.set_ylabel(_plain(y_label))
         bottom.set_xlabel(_plain(x_label))
         return fig
@@ -77,7 +100,7 @@ def fit_figure(
         bottom.semilogy(error_x, np.median(errors, 0), color="tab:red", label=f"median over the {members} networks")
         bottom.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     top.legend()
-    top.set_title(title)
+    _title(fig, title)
     top.set_ylabel("y")
     bottom.set_xlabel("x")
     bottom.set_ylabel("|network − f|")
@@ -138,7 +161,7 @@ def _plain(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def loss_figure(train_mse: np.ndarray, val_mse: np.ndarray, polish: np.ndarray | None = None, val_var=None) -> Figure:
+def loss_figure(train_mse: np.ndarray, val_mse: np.ndarray, polish: np.ndarray | None = None, val_var=None, title: str = "") -> Figure:
     """Train and validation MSE per epoch, [epochs, K] each, log scale; with `polish` ([K,
     iterations + 1], NaN once a member stopped), the Levenberg-Marquardt iterations on a panel
     to the right, on the same scale. `val_var` (each member's Var(y) of its validation points, the
@@ -148,6 +171,7 @@ def loss_figure(train_mse: np.ndarray, val_mse: np.ndarray, polish: np.ndarray |
         fig, ax = plt.subplots(figsize=(7, 4))
     else:
         fig, (ax, right) = plt.subplots(1, 2, figsize=(10, 4), sharey=True, width_ratios=[2, 1])
+    _title(fig, title)
     epochs = np.arange(1, len(train_mse) + 1)
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE")
@@ -207,11 +231,12 @@ def grad_figure(
     else:
         bottom.text(0.5, 0.5, "data: no true derivative to compare with", transform=bottom.transAxes, ha="center")
     top.plot(x, network, "--", color="tab:red", label=rf"${GRADIENT}(x)$, network")
-    for value in marked:
+    for index, value in enumerate(marked):
         for ax in (top, bottom):
-            ax.axvline(value, color="grey", lw=0.8, ls=":")
+            named = index == 0 and ax is top  # one legend entry for every --x
+            ax.axvline(value, color="grey", lw=0.8, ls=":", label=f"--x = {', '.join(f'{v:g}' for v in marked)}" if named else None)
     top.legend()
-    top.set_title(title)
+    _title(fig, title)
     top.set_ylabel(rf"$f'(x)$, ${GRADIENT}(x)$")
     bottom.set_xlabel(_plain(x_label))
     bottom.set_ylabel(rf"$|{GRADIENT} - f'|$")
@@ -259,7 +284,7 @@ def eval_figure(
         shown.append(np.minimum(values, ceiling))
     bottom.set_ylim(*_fitted(np.concatenate(shown), ERROR_FLOOR, ceiling))
     _opaque(top.legend(**({"title": _plain(label)} if data else {})))
-    top.set_title(title)
+    _title(fig, title)
     if data:
         top.set_ylabel(_plain(y_label))
     bottom.set_xlabel(_plain(x_label))
@@ -292,44 +317,54 @@ def _as_float(values: list) -> np.ndarray:
     return np.array([np.nan if v is None else v for v in values], dtype=float)
 
 
-def lr_find_figure(members: list[dict], suggestions: dict[str, float | None]) -> Figure:
+def lr_find_figure(members: list[dict], suggestions: dict[str, float | None], title: str = "") -> Figure:
     """Raw and smoothed range-test loss against lr (log-log) per seed, the validation loss when it
     was recorded, with Var(y), the divergence points and each rule's median suggestion marked.
-    members: lr-find's JSON per-seed entries. The legend stands beside the axes."""
+    members: lr-find's JSON per-seed entries. The legend stands beside the axes: a seed's colour,
+    then each kind of curve drawn as its lines are, in every seed's colour."""
+    from matplotlib.legend_handler import HandlerTuple
+
     plt = _pyplot()
     mean_loss = float(np.median([member["mean_predictor_mse"] for member in members]))
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    _title(fig, title)
+    curves: dict[str, list] = {kind: [] for kind in CURVE_STYLES}
+    stops = []  # where the seeds that diverged stopped
     for index, member in enumerate(members):
+        colour = f"C{index % 10}"
         lrs, raw, smoothed = np.array(member["lr"]), _as_float(member["loss"]), _as_float(member["smoothed"])
-        ax.loglog(lrs, raw, color=f"C{index % 10}", **CURVE_STYLES["raw"])
-        ax.loglog(lrs, smoothed, color=f"C{index % 10}", label=f"seed {member['seed']}", **CURVE_STYLES["smoothed"])
+        curves["raw"] += ax.loglog(lrs, raw, color=colour, **CURVE_STYLES["raw"])
+        curves["smoothed"] += ax.loglog(lrs, smoothed, color=colour, label=f"seed {member['seed']}", **CURVE_STYLES["smoothed"])
         if member["val_loss"] is not None:
-            ax.loglog(lrs, _as_float(member["val_loss"]), color=f"C{index % 10}", gid="validation", **CURVE_STYLES["validation"])
+            curves["validation"] += ax.loglog(lrs, _as_float(member["val_loss"]), color=colour, gid="validation", **CURVE_STYLES["validation"])
         if member["stop"] != "complete":
             finite = np.isfinite(smoothed)
-            ax.plot(lrs[finite][-1], smoothed[finite][-1], "x", color="black", ms=9, mew=2, label="divergence" if index == 0 else None)
-    # What the line widths and markers mean, in grey: the seeds have the colours.
-    recorded = ("smoothed", "raw", "validation") if any(m["val_loss"] is not None for m in members) else ("smoothed", "raw")
-    for kind in recorded:
-        ax.plot([], [], color="gray", label=CURVE_LABELS[kind], **CURVE_STYLES[kind])
+            stops.append((lrs[finite][-1], smoothed[finite][-1]))
+    if stops:
+        ax.plot(*zip(*stops), "x", ls="none", color="black", ms=9, mew=2, label="divergence")
     ax.axhline(mean_loss, color="gray", ls="--", lw=1, label=f"Var(y) = {mean_loss:.3g} (predicting the mean)")
     for rule, lr in suggestions.items():
         if lr is not None:
             ax.axvline(lr, color="black", ls=RULE_STYLES[rule], lw=1.2, label=f"{rule}: {lr:.3g}")
+    handles, labels = ax.get_legend_handles_labels()  # the seeds first, as drawn
+    kinds = [(tuple(lines), CURVE_LABELS[kind]) for kind, lines in curves.items() if lines]
+    handles[len(members) : len(members)] = [handle for handle, _ in kinds]
+    labels[len(members) : len(members)] = [label for _, label in kinds]
     ax.set_xlabel("learning rate")
     ax.set_ylabel("MSE")
     ax.set_title("learning-rate range test")
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    ax.legend(handles, labels, handler_map={tuple: HandlerTuple(ndivide=None, pad=0)}, handlelength=3, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return fig
 
 
-def lr_verify_figure(verification: dict) -> Figure:
+def lr_verify_figure(verification: dict, title: str = "") -> Figure:
     """Final validation MSE against lr: every seed, the median, the best rate and each suggestion.
 
     verification: lr-find's JSON verification entry (diverged trainings are null and left out).
     """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    _title(fig, title)
     rates = np.array([r["lr"] for r in verification["rates"]])
     values = np.array([_as_float(r["val_mse"]) for r in verification["rates"]])
     for column in range(values.shape[1]):

@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from rungefit.cli.completion import complete_path
 from rungefit.config import (
     ACTIVATION_NAMES,
     DATA_CHOSEN,
@@ -40,7 +41,7 @@ from rungefit.config import (
     ascii_int,
     data_defaults,
 )
-from rungefit.errors import UsageError
+from rungefit.errors import UsageError, suggest
 from rungefit.files import describe
 from rungefit.runs import LATEST, RunStore
 
@@ -68,9 +69,26 @@ def _lazy_import(name: str):
 report = _lazy_import("rungefit.cli.render")
 
 
-def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
-    """An Enum of config's names for an option with a fixed set of values (Typer lists them in --help)."""
-    return Enum(name, [(value, value) for value in values], type=str)
+class Choice(str, Enum):
+    """The base of an option's fixed set of values (Typer lists them in --help and completes them).
+    Each option names its set's parse as its parser, so that a mistyped value is a one-line usage
+    error that suggests the closest values, as a mistyped command or option is."""
+
+    @classmethod
+    def parse(cls, value):
+        """The member `value` names; otherwise Typer's BadParameter (exit 2), ending in "Did you mean …?"."""
+        if isinstance(value, cls):  # a default
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            names = [member.value for member in cls]
+            raise typer.BadParameter(suggest(f"{value!r} is not one of {', '.join(map(repr, names))}", value, names)) from None
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Choice]:
+    """A Choice of config's names for an option with a fixed set of values."""
+    return Choice(name, [(value, value) for value in values])
 
 
 Schedule = choices("Schedule", SCHEDULES)
@@ -168,16 +186,16 @@ DATA_HELP = (
     f"most {MAX_DATA_BYTES // 2**20} MiB, values within ±{MAX_DATA_VALUE:g} (not --domain's ±{MAX_DOMAIN:g} for formulas), "
     "and a y that varies. Repeated x are allowed."
 )
-DataOption = Annotated[Optional[str], typer.Option("--data", help=DATA_HELP)]
+DataOption = Annotated[Optional[str], typer.Option("--data", path_type=str, help=DATA_HELP, autocompletion=complete_path)]  # a path, kept as typed
 
 
 TestFractionOption = Annotated[float, typer.Option(help="With --data: the share of the points held out as the test set, drawn once (seeded) and the same for every member.")]
 
 
-ScaleOption = Annotated[Scale, typer.Option(help="Which of x and y the network sees in standard coordinates: x mapped from the domain onto [-1, 1], y shifted and divided by its mean and spread (over the data's non-test points, or f on the domain). auto: x always; y for --data, and for a function far from unit size. Everything shown stays in the data's units.")]
+ScaleOption = Annotated[Scale, typer.Option(parser=Scale.parse, help="Which of x and y the network sees in standard coordinates: x mapped from the domain onto [-1, 1], y shifted and divided by its mean and spread (over the data's non-test points, or f on the domain). auto: x always; y for --data, and for a function far from unit size. Everything shown stays in the data's units.")]
 
 
-RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Directory holding the run directories.", show_default=True)]
+RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Directory holding the run directories.", show_default=True, autocompletion=complete_path)]
 
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of tables.")]

@@ -1,30 +1,15 @@
 """Where a command's time goes: the phases a user waits for, one after another, and their total.
 
-torch-free: cli/app.py starts the clock before anything heavy is imported.
+torch-free. The first phase starts when rungefit's code starts (rungefit.cli.STARTED).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 # In the order they happen; a phase that did not run stays None.
 PHASES = ("start_up", "rate_search", "training", "polish", "saving_and_plots")
-
-
-def process_started() -> float:
-    """time.perf_counter()'s reading when this process started: on Linux from its start time in
-    /proc (so the interpreter's own start-up counts), elsewhere now."""
-    now = time.perf_counter()
-    try:
-        # Field 22 of /proc/self/stat, the 20th after the parenthesised command name: clock ticks after boot.
-        ticks = int(Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
-        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, AttributeError):
-        return now
-    return now - max(age, 0.0)
 
 
 class Phases:

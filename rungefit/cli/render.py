@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from rungefit.cli.tables import available_width, print_table
 from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET
 from rungefit.files import json_text
 from rungefit.targets import describe_domain
@@ -105,6 +106,12 @@ def target_note(doc: dict) -> str:
     return f", target {doc['target']} on {describe_domain(doc['domain'])}"
 
 
+def print_line(text: str, markup: bool = True) -> None:
+    """Text on stdout, wrapped between words at the width tables take (tables.available_width);
+    without a terminal or COLUMNS, unwrapped."""
+    stdout.print(text, markup=markup, highlight=False, soft_wrap=available_width(stdout) is None)
+
+
 def print_pairs(title: str, heading: str, rows: list[tuple[str, str]]) -> None:
     """A two-column table (name, right-aligned value) on stdout."""
     table = Table(title=escape(title), title_justify="left")
@@ -112,7 +119,7 @@ def print_pairs(title: str, heading: str, rows: list[tuple[str, str]]) -> None:
     table.add_column("value", justify="right")
     for name, value in rows:
         table.add_row(escape(name), escape(value))
-    stdout.print(table)
+    print_table(table, stdout)
 
 
 def render_train(summary: dict, run_dir: str) -> None:
@@ -145,7 +152,7 @@ def render_train(summary: dict, run_dir: str) -> None:
             per_member.add_column(column, justify="right")
         for index, m in enumerate(members):
             per_member.add_row(str(index), str(m["seed"]), fmt(m["train_mse"]), fmt(m["val_mse"]), fmt(m["test_mse"]), fmt(m["test_max_abs_error"]), "yes" if m["learned"] else "no")
-        stdout.print(per_member)
+        print_table(per_member, stdout)
 
 
 PHASE_LABELS = {
@@ -283,22 +290,28 @@ def render_lr_find(doc: dict, out_dir: str) -> None:
         check = summary["verified"]
         style = "red" if check and check["verdict"] == "contradicted" else None
         table.add_row(*cells, *([_rule_check(check)] if verified else []), style=style)
-    stdout.print(table)
+    print_table(table, stdout)
     stops = "; ".join(f"seed {m['seed']} {m['stop']} at {m['top_lr']:.3g}" for m in members[:6])
-    stdout.print(f"sweep {test['start_lr']:g} → {test['end_lr']:g} in {test['iters']} steps ({test['mode']}): {stops}", highlight=False)
+    print_line(f"sweep {test['start_lr']:g} → {test['end_lr']:g} in {test['iters']} steps ({test['mode']}): {stops}")
     longest = max(members, key=lambda m: len(m["lr"]))
     series = {"•": _median_over_seeds(members, "smoothed")}
     if test["val"]:
         series["∘"] = _median_over_seeds(members, "val_loss")
     level = sorted(m["mean_predictor_mse"] for m in members)[len(members) // 2]
     marks = {RULE_LETTERS[rule]: s["median"] for rule, s in doc["suggestions"].items()}
-    stdout.print(sketch(longest["lr"], series, level, {**marks, "x": doc["top_lr"]}), markup=False, highlight=False)
+    print_line(sketch(longest["lr"], series, level, {**marks, "x": doc["top_lr"]}, width=_sketch_width()), markup=False)
     legend = "• smoothed loss" + (", ∘ validation loss" if test["val"] else "") + " (median over seeds)"
-    stdout.print(f"{legend}; - Var(y), the loss of predicting the mean; s v m the rules; x divergence", highlight=False)
+    print_line(f"{legend}; - Var(y), the loss of predicting the mean; s v m the rules; x divergence")
     if doc["warning"]:
         warning(doc["warning"])
     if doc["verification"]:
         render_lr_verify(doc["verification"])
+
+
+def _sketch_width(most: int = 64, least: int = 24) -> int:
+    """The sketch's plot width: `most`, less where the terminal is narrower (its labels take 16)."""
+    width = available_width(stdout)
+    return most if width is None else max(least, min(most, width - 16))
 
 
 def _rule_check(check: dict | None) -> str:
@@ -321,12 +334,12 @@ def render_lr_verify(verification: dict) -> None:
         ratio = "-" if rate["ratio_to_best"] is None else f"{rate['ratio_to_best']:.3g}"
         style = "bold green" if best else ("yellow" if rate["rules"] else None)
         table.add_row(f"{rate['lr']:.3g}", _mse_or_diverged(rate["median"]), _mse_or_diverged(rate["min"]), _mse_or_diverged(rate["max"]), f"{rate['trained']}/{seeds}", ratio, note, style=style)
-    stdout.print(table)
+    print_table(table, stdout)
     for rate in verification["rates"]:
         for rule in rate["rules"]:
             ratio = rate["ratio_to_best"]
             verdict = "diverged" if ratio is None else f"{ratio:.3g}× the best rate's validation MSE"
-            stdout.print(f"{rule} suggests {rate['lr']:.3g}: {verdict}, {rate['trained']}/{seeds} seeds trained (best {verification['best_lr']:.3g})", highlight=False)
+            print_line(f"{rule} suggests {rate['lr']:.3g}: {verdict}, {rate['trained']}/{seeds} seeds trained (best {verification['best_lr']:.3g})")
 
 
 def _mse_or_diverged(value: float | None) -> str:

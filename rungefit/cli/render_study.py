@@ -13,6 +13,7 @@ from rich.table import Table
 
 from rungefit.cli import render as report  # report.stdout at call time: a caller may swap the console
 from rungefit.cli.render import fmt, print_pairs, target_note
+from rungefit.cli.tables import print_table
 from rungefit.targets import describe_domain
 
 
@@ -36,7 +37,7 @@ def _preview(values: list[float], count: int = 3) -> str:
 
 def render_grad(doc: dict) -> None:
     """One table per --x point, the --grid maxima, and with --explain the chain factor by factor."""
-    report.stdout.print(f"rungefit grad: {doc['source']} ({doc['layers']}){target_note(doc)}, in float64", markup=False, highlight=False)
+    report.print_line(f"rungefit grad: {doc['source']} ({doc['layers']}){target_note(doc)}, in float64", markup=False)
     for point in doc["points"]:
         _grad_point_table(point, doc)
     if doc["grid"] is not None:
@@ -95,7 +96,7 @@ def _chain_table(chain: dict) -> None:
         table.add_column(column, justify=justify)
     for factor in factors:
         table.add_row(factor["name"], f"{factor['shape'][0]}×{factor['shape'][1]}", _factor_value(factor), _preview(factor["running"]))
-    report.stdout.print(table)
+    print_table(table, report.stdout)
 
 
 def _factor_value(factor: dict) -> str:
@@ -114,7 +115,7 @@ def render_eval(doc: dict) -> None:
     network, regions = doc["scores"][0], doc["regions"]
     # A data run's columns by the names its file gives them; a function's x is x.
     x_name, y_name = doc.get("x_label", "x"), doc.get("y_label", "f(x)")
-    report.stdout.print(f"rungefit eval: {doc['source']}{target_note(doc)}", markup=False, highlight=False)
+    report.print_line(f"rungefit eval: {doc['source']}{target_note(doc)}", markup=False)
     rows = [
         ("MSE", fmt(network["mse"])),
         ("RMSE", fmt(network["rmse"])),
@@ -168,7 +169,7 @@ def _baselines_table(scores: list[dict], regions: dict, data: bool, x_name: str 
             s["name"], str(s["parameters"]), fmt(s["mse"]), fmt(s["max_abs_error"]), f"{s['max_abs_error_at']:+.3f}",
             fmt(s["ends_max_abs_error"]), fmt(s["middle_max_abs_error"]),
         )
-    report.stdout.print(table)
+    print_table(table, report.stdout)
 
 
 def _eval_points_table(points: list[dict], x_name: str = "x", y_name: str = "f(x)") -> None:
@@ -181,4 +182,4 @@ def _eval_points_table(points: list[dict], x_name: str = "x", y_name: str = "f(x
     for p in points:
         row = [f"{p['x']:g}", f"{p['prediction']:.7g}", _or_dash(p["target"], lambda v: f"{v:.7g}"), _or_dash(p["error"], fmt)]
         table.add_row(*row, *(["extrapolation" if p["extrapolation"] else ""] if flag else []))
-    report.stdout.print(table)
+    print_table(table, report.stdout)

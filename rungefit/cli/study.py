@@ -19,6 +19,7 @@ from rungefit.cli.options import (
     XValues,
     checked_points,
     complete_layers,
+    complete_path,
     complete_target,
     open_member,
     report,
@@ -48,7 +49,7 @@ def grad(
     layers: Annotated[Optional[str], typer.Option(help="With --untrained: hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="With --untrained: the target to compare with, as train's --target (default: runge).", autocompletion=complete_target)] = None,
     domain: Annotated[Optional[str], typer.Option("--domain", help="With --untrained: the interval A,B, as train's --domain.")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="With --untrained: a data file, as train's --data (there is no true derivative then).")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", path_type=str, help="With --untrained: a data file, as train's --data (there is no true derivative then).", autocompletion=complete_path)] = None,
     member: MemberOption = None,
     json_output: JsonFlag = False,
 ) -> None:
@@ -98,7 +99,8 @@ def grad(
         render_grad(doc)
     if not untrained:
         curve = study.curve
-        png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=doc["source"], label=goal.derivative_label, x_label=goal.x_label)
+        title = plots.title(loaded.path.name, goal.name, plots.shown([member]))
+        png = plots.grad_png(curve.x, curve.true, curve.explicit, study.at_x.x, title=title, label=goal.derivative_label, x_label=goal.x_label)
         write_figure(loaded, GRAD_FIGURE, png)
 
 
@@ -143,18 +145,18 @@ def eval_run(
         render_eval(doc)
     curves = result.curves
     png = plots.eval_png(
-        curves.x, curves.target, curves.prediction, curves.errors, title=source, label=curves.label, error_x=curves.error_x, points=curves.points,
-        x_label=curves.x_label, y_label=curves.y_label,
+        curves.x, curves.target, curves.prediction, curves.errors, title=plots.title(loaded.path.name, goal.name, plots.shown([member])),
+        label=curves.label, error_x=curves.error_x, points=curves.points, x_label=curves.x_label, y_label=curves.y_label,
     )
     write_figure(loaded, EVAL_FIGURE, png)
 
 
 def export(
-    file_format: Annotated[ExportFormat, typer.Option("--format", help="pt2: torch.export's archive (torch.export.load); onnx: an ONNX model (needs `pip install \"rungefit[onnx]\"`); safetensors: the module's state_dict, with the layer spec, target and domain as metadata.")],
+    file_format: Annotated[ExportFormat, typer.Option("--format", parser=ExportFormat.parse, help="pt2: torch.export's archive (torch.export.load); onnx: an ONNX model (needs `pip install \"rungefit[onnx]\"`); safetensors: the module's state_dict, with the layer spec, target and domain as metadata.")],
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
     member: Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to export. Default: on a data run with several members, their ensemble mean as one module; otherwise the best by validation MSE.", min=0)] = None,
-    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT, or ensemble.FORMAT for an ensemble, in the run directory).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT, or ensemble.FORMAT for an ensemble, in the run directory).", autocompletion=complete_path)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists. Only a regular file is replaced: a directory, a device, a FIFO or a symbolic link there never is, --force or not.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -225,7 +227,7 @@ def _cannot_write(path: Path, error: OSError) -> RungefitError:
 
 
 def predict(
-    file: Annotated[str, typer.Argument(metavar="FILE", help="File of x values: one number per line, or a CSV whose first column holds them (a header line is skipped). - or nothing: standard input.")] = "-",
+    file: Annotated[str, typer.Argument(metavar="FILE", allow_dash=True, help="File of x values: one number per line, or a CSV whose first column holds them (a header line is skipped). - or nothing: standard input.", autocompletion=complete_path)] = "-",
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
     member: Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to use. Default: on a data run with several members, their ensemble (x,y,spread); otherwise the best by validation MSE.", min=0)] = None,

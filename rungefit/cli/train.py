@@ -28,6 +28,7 @@ from rungefit.cli.options import (
     TestFractionOption,
     complete_interrupted_run,
     complete_layers,
+    complete_path,
     data_run_plan,
     note_latest,
     parse_lr,
@@ -70,12 +71,12 @@ def train(
     batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = DEFAULTS.batch_size,
     epochs: Annotated[int, typer.Option(help=f"Passes over the training set. With --data, unless given: enough for {DATA_STEPS} optimizer steps.")] = DEFAULTS.epochs,
     lr: Annotated[str, typer.Option(help=f"Peak Adam learning rate, or 'auto': a range test and a short stacked training at a grid of rates choose one (see lr-find). With --data, unless given: {DATA_LR:g}.")] = f"{DEFAULTS.lr:g}",
-    schedule: Annotated[Schedule, typer.Option(help="Learning-rate schedule over the optimizer steps.")] = Schedule(DEFAULTS.schedule),
+    schedule: Annotated[Schedule, typer.Option(parser=Schedule.parse, help="Learning-rate schedule over the optimizer steps.")] = Schedule(DEFAULTS.schedule),
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, the training points and the shuffling.", min=0, max=MAX_SEED)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Train one member per seed in one stacked run: a count N (seeds 0…N-1) or a list 3,7,11. Overrides --seed.")] = None,
-    dtype: Annotated[Dtype, typer.Option(help="Floating-point precision of the model and data.")] = Dtype(DEFAULTS.dtype),
-    device: Annotated[Device, typer.Option(help="Where to train: auto picks cuda when a GPU is present.")] = Device.auto,
-    polish: Annotated[Polish, typer.Option(help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (what it gains and what it costs: docs/accuracy.md).")] = Polish(DEFAULTS.polish),
+    dtype: Annotated[Dtype, typer.Option(parser=Dtype.parse, help="Floating-point precision of the model and data.")] = Dtype(DEFAULTS.dtype),
+    device: Annotated[Device, typer.Option(parser=Device.parse, help="Where to train: auto picks cuda when a GPU is present.")] = Device.auto,
+    polish: Annotated[Polish, typer.Option(parser=Polish.parse, help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (what it gains and what it costs: docs/accuracy.md).")] = Polish(DEFAULTS.polish),
     polish_iterations: Annotated[int, typer.Option(help="Levenberg-Marquardt iterations per member with --polish lm.")] = DEFAULTS.polish_iterations,
     workers: Annotated[int, typer.Option(help=f"CPU processes that share the members of a stacked run. 0: one per core, each with at least {MIN_MEMBERS_PER_WORKER} members; 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = DEFAULTS.workers,
     target: TargetOption = None,
@@ -83,7 +84,7 @@ def train(
     data: DataOption = None,
     test_fraction: TestFractionOption = DEFAULTS.test_fraction,
     scale: ScaleOption = Scale(DEFAULTS.scale),
-    keep: Annotated[Keep, typer.Option(help="Which weights each member keeps: best (those of its epoch of lowest validation MSE, so that noise fitted later is not kept), last (the last epoch's), or auto: best for --data, last for a function.")] = Keep(DEFAULTS.keep),
+    keep: Annotated[Keep, typer.Option(parser=Keep.parse, help="Which weights each member keeps: best (those of its epoch of lowest validation MSE, so that noise fitted later is not kept), last (the last epoch's), or auto: best for --data, last for a function.")] = Keep(DEFAULTS.keep),
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_interrupted_run)] = None,
@@ -134,7 +135,7 @@ def train(
             phases.end("rate_search")
 
         def save(result) -> Path:
-            figures, summary_extra = _run_extras(result, lr_extra, phases)
+            figures, summary_extra = _run_extras(result, lr_extra, phases, reservation.path.name)
             return store.save(result, summary_extra=summary_extra, figures=figures, name=name, reservation=reservation).path
 
         _train_and_report(config, goal, save, lr_extra, quiet, json_output, phases)
@@ -167,7 +168,7 @@ def _resume_run(runs_dir: Path, name: str, quiet: bool, json_output: bool, phase
             report.note(f"resuming run {loaded.path} at epoch {state.epochs_run + 1} of {config.epochs}")
 
         def save(result) -> Path:
-            figures, summary_extra = _run_extras(result, carried, phases)
+            figures, summary_extra = _run_extras(result, carried, phases, loaded.path.name)
             store.update(loaded, result, summary_extra=summary_extra, figures=figures)
             _warn_made_before(loaded)
             return loaded.path
@@ -260,21 +261,23 @@ def warn_if_full_batch(config) -> None:
         )
 
 
-def _run_extras(result, summary_extra: dict, phases: Phases) -> tuple[dict[str, bytes], dict]:
-    """What `train` saves beside the result: its figures, and the summary's extra entries."""
+def _run_extras(result, summary_extra: dict, phases: Phases, run: str) -> tuple[dict[str, bytes], dict]:
+    """What `train` saves beside the result, the run named `run`: its figures, and the summary's extra entries."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.cli import figures as plots
     from rungefit.study.evaluate import fit_curves
 
     curves = fit_curves(result.model, result.target, config=result.config, val_mse=[m.val_mse for m in result.members])
+    members = plots.shown(range(len(result.members)))
     pictures = {
         "fit.png": plots.fit_png(
-            curves.x, curves.target, curves.predictions, title=f"{result.config.layers}", label=curves.label, points=curves.points,
-            x_label=curves.x_label, y_label=curves.y_label, band=curves.band,
+            curves.x, curves.target, curves.predictions, label=curves.label, points=curves.points, x_label=curves.x_label,
+            y_label=curves.y_label, band=curves.band,
+            title=plots.title(run, result.target.name, members if curves.band is None else f"ensemble of {len(result.members)}"),
         ),
         "loss.png": plots.loss_png(
             result.history.train_mse, result.history.val_mse, None if result.polish is None else result.polish.curves.numpy(),
-            val_var=[member.val_var for member in result.members],
+            val_var=[member.val_var for member in result.members], title=plots.title(run, result.target.name, members),
         ),
     }
     # summary.json cannot hold the time of its own writing: its times end as it is made.
@@ -290,12 +293,12 @@ def lr_find_command(
     batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size: one range-test step per mini-batch (default: train's). Larger than the training set: full-batch, with a warning.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the initialisation, the points and the shuffling, as in train.", min=0, max=MAX_SEED)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Repeat the range test over several seeds (a count N or a list 3,7,11) and report each rule's median and its spread in decades. Overrides --seed.")] = None,
-    dtype: Annotated[Optional[Dtype], typer.Option(help="Floating-point precision (default: train's).")] = None,
-    device: Annotated[Device, typer.Option(help="Where to run: auto picks cuda when a GPU is present.")] = Device.auto,
+    dtype: Annotated[Optional[Dtype], typer.Option(parser=Dtype.parse, help="Floating-point precision (default: train's).")] = None,
+    device: Annotated[Device, typer.Option(parser=Device.parse, help="Where to run: auto picks cuda when a GPU is present.")] = Device.auto,
     start_lr: Annotated[float, typer.Option(help="Rate of the first step of the sweep.")] = SWEEP.start_lr,
     end_lr: Annotated[float, typer.Option(help="Rate of the last step of the sweep.")] = SWEEP.end_lr,
     iters: Annotated[int, typer.Option(help="Steps of the sweep, one mini-batch each.")] = SWEEP.iters,
-    mode: Annotated[SweepMode, typer.Option(help="Spacing of the rates: exp (even in log lr) or linear.")] = SweepMode(SWEEP.mode),
+    mode: Annotated[SweepMode, typer.Option(parser=SweepMode.parse, help="Spacing of the rates: exp (even in log lr) or linear.")] = SweepMode(SWEEP.mode),
     smooth: Annotated[float, typer.Option(help="Decay of the bias-corrected moving average of the loss, in [0, 1).")] = SWEEP.smooth,
     diverge: Annotated[float, typer.Option(help="Stop a seed once its smoothed loss exceeds this multiple of its best (or any loss is NaN/inf).")] = SWEEP.diverge,
     val: Annotated[bool, typer.Option("--val", help="Also record the full validation loss after every step.")] = False,
@@ -303,13 +306,13 @@ def lr_find_command(
     verify_rates: Annotated[int, typer.Option(help="Grid rates for --verify, half a decade apart, below the divergence point.", min=1)] = VERIFY.rates,
     verify_seeds: Annotated[int, typer.Option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = VERIFY.seeds,
     verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1, max=MAX_EPOCHS)] = None,
-    schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule of the --verify trainings (default: train's).")] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(parser=Schedule.parse, help="Learning-rate schedule of the --verify trainings (default: train's).")] = None,
     target: TargetOption = None,
     domain: DomainOption = None,
     data: DataOption = None,
     test_fraction: TestFractionOption = DEFAULTS.test_fraction,
     runs_dir: RunsDir = Path("runs"),
-    out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png (default: `RUNS_DIR/lr-find/<timestamp>`).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Directory for lr_find.csv, lr_find.json, lr_find.png and lr_verify.png (default: `RUNS_DIR/lr-find/<timestamp>`).", autocompletion=complete_path)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar for --verify.")] = False,
     json_output: JsonFlag = False,
 ) -> None:
@@ -352,25 +355,32 @@ def lr_find_command(
     with progress:
         findings = core.lr_find(config, goal, test, verify_config if verify else None, on_epoch)
     doc = {**findings.to_json(), "config": asdict(config)}
-    path = _save_lr_find(doc, findings.test.csv(), store, out)
+    path = _save_lr_find(doc, findings.test.csv(), store, out, goal.name)
     if json_output:
         report.print_json({**doc, "out": str(path)})
     else:
         report.render_lr_find(doc, str(path))
 
 
-def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path]) -> Path:
-    """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>."""
+def _save_lr_find(doc: dict, csv_text: str, store, out: Optional[Path], target: str) -> Path:
+    """Write lr-find's files, each atomically: into --out, or as a new RUNS_DIR/lr-find/<timestamp>.
+    The figures' run is lr-find itself, its members the range test's seeds and --verify's trainings."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.cli import figures as plots
 
     files = {
         "lr_find.csv": csv_text.encode(),
         "lr_find.json": json_bytes(doc),
-        "lr_find.png": plots.lr_find_png(doc["range_test"]["members"], {rule: s["median"] for rule, s in doc["suggestions"].items()}),
+        "lr_find.png": plots.lr_find_png(
+            doc["range_test"]["members"], {rule: s["median"] for rule, s in doc["suggestions"].items()},
+            title=plots.title("lr-find", target, plots.shown(range(len(doc["range_test"]["members"])))),
+        ),
     }
-    if doc["verification"]:
-        files["lr_verify.png"] = plots.lr_verify_png(doc["verification"])
+    verification = doc["verification"]
+    if verification:
+        rates, seeds = len(verification["rates"]), len(verification["seeds"])
+        trainings = f"{plots.shown(range(rates * seeds))}: {rates} rate{'s' * (rates > 1)} × {seeds} seed{'s' * (seeds > 1)}"
+        files["lr_verify.png"] = plots.lr_verify_png(verification, title=plots.title("lr-find", target, trainings))
     if out is None:
         return store.save_lr_find(files)
     try:  # --out was checked before the range test; a write that fails now is said so here

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from rungefit.config import SCHEDULES
-from rungefit.errors import UsageError
+from rungefit.errors import UsageError, suggest
 
 
 def lr_factors(schedule: str, total_steps: int) -> np.ndarray:
@@ -38,7 +38,7 @@ def lr_factors(schedule: str, total_steps: int) -> np.ndarray:
         frac = np.clip((t - peak) / max(total_steps - 1 - peak, 1), 0, 1)
         down = end + (1 - end) * 0.5 * (1 + np.cos(np.pi * frac))
         return np.where(t <= peak, up, down)
-    raise UsageError(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
+    raise UsageError(suggest(f"unknown schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}", schedule, SCHEDULES))
 
 
 @functools.cache

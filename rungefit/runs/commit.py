@@ -139,12 +139,16 @@ def _write_errors(where: Path, consequence: str) -> Iterator[None]:
         raise RunError(f"cannot write in {where}: {describe(error)}; {consequence}") from None
 
 
-def prepare_runs_dir(runs_dir: Path, name: str | None) -> Reservation | None:
-    """Before any training: fail if the runs directory cannot be written, and reserve `name`."""
+def prepare_runs_dir(runs_dir: Path, name: str | None) -> Reservation:
+    """Before any training: fail if the runs directory cannot be written, and reserve `name`, or
+    without one the default name (so that the run's figures can name it before it is saved)."""
     if name is not None:
         check_name(name)  # before the directory is made
     ensure_writable_dir(runs_dir, "--runs-dir")
-    return None if name is None else reserve(runs_dir, name)
+    if name is not None:
+        return reserve(runs_dir, name)
+    with _write_errors(runs_dir, "nothing was reserved"), locked(runs_dir):
+        return _claim_free_name(runs_dir)
 
 
 class _Staging:

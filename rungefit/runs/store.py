@@ -15,12 +15,12 @@ import json
 import os
 import stat
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from rungefit.errors import RunError, UsageError
+from rungefit.errors import RunError, UsageError, suggest
 from rungefit.files import atomic_write, ensure_writable_dir, read_bounded
 from rungefit.runs.commit import finish_update, prepare_runs_dir, save_new_run, update_run
 from rungefit.runs.format import check_checkpoint, check_config, check_summary, run_files
@@ -249,8 +249,9 @@ def _load(runs_dir: Path, name: str | None, option: str, own: bool) -> Run:
             name, note = _resolve(runs_dir, name)
             path = runs_dir / name
             if not path.is_dir():
-                known = ", ".join(list_run_names(runs_dir)[:5]) or "none"
-                raise RunError(f"run {name!r} not found in {runs_dir} (runs: {known}); create one with `rungefit train`")
+                names = list_run_names(runs_dir)
+                known = ", ".join(names[:5]) or "none"
+                raise RunError(suggest(f"run {name!r} not found in {runs_dir} (runs: {known}); create one with `rungefit train`", name, names))
             # Opened under the lock, so that all three come from one version of the run.
             fds = {file: stack.enter_context(opened(path, file)) for file in (MODEL_FILE, CONFIG_FILE, SUMMARY_FILE)}
             if own:
@@ -356,9 +357,9 @@ class RunStore:
 
     def reserve(self, name: str | None):
         """Before any training: RunError unless the directory can be written. A context manager
-        that, with a name, holds it for the run (leaving it unsaved gives the name up) and yields
-        the reservation; without a name it yields None."""
-        return prepare_runs_dir(self.path, name) or nullcontext()
+        that holds `name`, or without one the default name (a timestamp), for the run (leaving it
+        unsaved gives the name up), and yields the reservation: its .path is the run's."""
+        return prepare_runs_dir(self.path, name)
 
     def save(self, result, *, summary_extra: dict | None = None, figures: dict[str, bytes] | None = None, name: str | None = None, reservation=None) -> Run:
         """Save a training's result as a new run (all its files at once), mark it latest, and

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rungefit.config import FORMULA_FUNCTIONS, MAX_FORMULA_CHARS, MAX_FORMULA_DEPTH, MAX_FORMULA_NODES
-from rungefit.errors import UsageError
+from rungefit.errors import UsageError, suggest
 
 CONSTANTS = {"pi": math.pi, "e": math.e}
 # name → number of arguments.
@@ -117,7 +117,7 @@ def _convert(node: ast.AST, text: str) -> Node:
             return Node("const", value=CONSTANTS[node.id])
         if node.id in FUNCTIONS:
             raise UsageError(f"--target {short(text)}: {node.id} is a function; write {node.id}(…)")
-        raise UsageError(f"--target {short(text)}: unknown name {node.id!r}; {LANGUAGE}")
+        raise UsageError(suggest(f"--target {short(text)}: unknown name {node.id!r}; {LANGUAGE}", node.id, ("x", *CONSTANTS)))
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         operand = _convert(node.operand, text)
         return Node("neg", (operand,)) if isinstance(node.op, ast.USub) else operand
@@ -150,7 +150,7 @@ def _call(node: ast.Call, text: str) -> Node:
         what = REFUSED.get(type(node.func), "a call of an expression")
         raise UsageError(f"--target {short(text)}: {what} is not allowed in a formula; {LANGUAGE}")
     if name not in FUNCTIONS:
-        raise UsageError(f"--target {short(text)}: unknown function {name!r}; {LANGUAGE}")
+        raise UsageError(suggest(f"--target {short(text)}: unknown function {name!r}; {LANGUAGE}", name, FUNCTIONS))
     if node.keywords:
         raise UsageError(f"--target {short(text)}: {name}() takes no keyword arguments")
     count = FUNCTIONS[name]

@@ -18,7 +18,7 @@ from rungefit.config import (
     PRESETS,
     validation_size,
 )
-from rungefit.errors import UsageError
+from rungefit.errors import UsageError, suggest
 from rungefit.targets.datafile import PointsFile
 from rungefit.targets.domain import check_domain, check_grid, describe_domain
 from rungefit.targets.formula import CONSTANTS, FUNCTIONS, KINK_TOLERANCE, Formula, parse_formula, short
@@ -196,7 +196,8 @@ def function_target(spec: str, domain) -> FunctionTarget:
     if preset is not None:
         target = FunctionTarget(spec.strip(), parse_formula(preset.formula), domain, preset.label, preset.derivative_label, preset.kinks)
     elif spec.strip().isidentifier() and spec.strip() not in ("x", *CONSTANTS, *FUNCTIONS):
-        raise UsageError(f"--target {short(spec)}: unknown preset; choose one of {', '.join(PRESETS)}, or give a formula in x such as 'exp(-x**2)*cos(5*x)'")
+        message = f"--target {short(spec)}: unknown preset; choose one of {', '.join(PRESETS)}, or give a formula in x such as 'exp(-x**2)*cos(5*x)'"
+        raise UsageError(suggest(message, spec.strip(), PRESETS))
     else:
         target = FunctionTarget(spec, parse_formula(spec), domain, f"f(x) = {spec}", "f'(x)", None)
     target.check_finite(check_grid(domain), "points checked")

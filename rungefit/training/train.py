@@ -18,7 +18,7 @@ import torch
 
 from rungefit import targets
 from rungefit.config import DEVICES, TrainConfig, parameter_count, require
-from rungefit.errors import RungefitError, UsageError
+from rungefit.errors import RungefitError, UsageError, suggest
 from rungefit.net.model import StackedMLP
 from rungefit.net.optim import StackedAdam
 from rungefit.targets import Target
@@ -44,7 +44,7 @@ class DivergedError(RungefitError):
 def resolve_device(device: str) -> str:
     """Turn auto|cpu|cuda into a usable device, or raise RungefitError if CUDA is missing."""
     if device not in DEVICES:
-        raise UsageError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
+        raise UsageError(suggest(f"device must be one of {', '.join(DEVICES)}, got {device!r}", device, DEVICES))
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
