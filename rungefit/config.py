@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import functools
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from rungefit.errors import UsageError
 
@@ -53,6 +56,8 @@ MAX_FORMULA_CHARS = 1000
 MAX_FORMULA_NODES = 500  # syntax-tree nodes
 MAX_FORMULA_DEPTH = 100  # nesting of the syntax tree; the evaluator recurses this deep
 MAX_DOMAIN = 1e6  # largest |A|, |B| of --domain
+MAX_LAYERS_CHARS = 10_000  # of a --layers spec
+MAX_DATA_NAME_CHARS = 4096  # of a --data file's name, as a run records it
 DATA_FILE = "data.csv"  # a data run's copy of its points, in the run directory
 MAX_DATA_BYTES = 64 * 2**20  # size of a --data file
 # A --data column's values and spread: its mean and variance must stay finite and non-zero in
@@ -112,13 +117,18 @@ def parse_layers(spec: str) -> tuple[Layer, ...]:
     return tuple(_parse_layer(item) for item in items)
 
 
-def ascii_int(text: str) -> int:
-    """A whole number in ASCII digits; ValueError for anything else, such as '１', '٣' or '1_0',
-    which int() would take."""
-    digits = text.strip()
-    if not (digits.isascii() and digits.lstrip("+-").isdigit()):
-        raise ValueError(f"not a whole number: {text!r}")
-    return int(digits)
+# The one rule for a number typed or read anywhere (options, --data cells, predict's input, formula
+# literals; JSON's own grammar is this rule): int() and float() also take other scripts' digits
+# ('１', '٣', '𝟏') and underscores ('1_0'), which would make '１,2' a domain and '1_000' a thousand.
+NUMBER_RULE = "numbers are written in ASCII digits, without underscores"
+
+
+def parse_number(text: str, *, whole: bool = False) -> float | int:
+    """The number `text` spells: float()'s syntax (int()'s with whole) in ASCII without
+    underscores, per NUMBER_RULE; ValueError for anything else."""
+    if not isinstance(text, str) or not text.isascii() or "_" in text:
+        raise ValueError(f"not a number: {text!r}; {NUMBER_RULE}")
+    return int(text) if whole else float(text)
 
 
 def _parse_layer(item: str) -> Layer:
@@ -129,9 +139,9 @@ def _parse_layer(item: str) -> Layer:
     if name not in ACTIVATION_NAMES:
         raise UsageError(f"unknown activation {name!r} in layer {item!r}; choose one of {', '.join(ACTIVATION_NAMES)}")
     try:
-        width = ascii_int(width_text)
+        width = parse_number(width_text, whole=True)
     except ValueError:
-        raise UsageError(f"layer {item!r}: width {width_text.strip()!r} is not a whole number") from None
+        raise UsageError(f"layer {item!r}: width {width_text.strip()!r} is not a whole number ({NUMBER_RULE})") from None
     if not 1 <= width <= MAX_WIDTH:
         raise UsageError(f"layer {item!r}: width must be between 1 and {MAX_WIDTH}, got {width}")
     return Layer(width, name)
@@ -155,14 +165,127 @@ def parameter_count(layers: tuple[Layer, ...]) -> int:
 
 def validation_size(points: int, val_fraction: float) -> int:
     """How many of `points` are held out; both parts must keep at least one point."""
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    TRAIN_RULES["val_fraction"].check("val_fraction", val_fraction)
     n_val = round(points * val_fraction)
     if n_val < 1 or n_val >= points:
         raise UsageError(
             f"{points} points with val_fraction {val_fraction} leave an empty training or validation set; use more points"
         )
     return n_val
+
+
+# ---------------------------------------------------------------- what each setting must be
+
+
+@dataclass(frozen=True)
+class Rule:
+    """What a TrainConfig field must be: `accepts` tells, `wanted` says it in words, `option` is the
+    CLI option that sets it ("" for none). TrainConfig.validate applies every rule, for the Python
+    API and for a run's config.json alike (runs/format.py), so that each is written once."""
+
+    wanted: str
+    accepts: Callable[[Any], bool]
+    option: str = ""
+
+    def check(self, name: str, value: Any) -> None:
+        if not self.accepts(value):
+            label = f"{self.option} ({name})" if self.option else name
+            raise UsageError(f"{label} must be {self.wanted}, got {described(value)}")
+
+
+def _short(value: Any) -> bool:
+    """A value whose repr is short: a bool, a float, None, an int below 1e30, a string of ≤ 40 characters."""
+    return type(value) in (bool, float, type(None)) or (type(value) is int and abs(value) < 10**30) or (isinstance(value, str) and len(value) <= 40)
+
+
+def described(value: Any) -> str:
+    """A value for a message: short, on one line, with its type (never the whole of a large one)."""
+    if isinstance(value, str) and len(value) > 40:
+        text = repr(value[:39] + "…")
+    elif _short(value) or (isinstance(value, (list, tuple)) and len(value) <= 8 and all(map(_short, value))):
+        text = repr(value)
+    elif isinstance(value, (list, tuple, dict)):
+        text = f"{len(value)} entries"
+    else:
+        text = "an integer beyond 1e30" if type(value) is int else "a value"
+    return f"{text} ({type(value).__name__})"
+
+
+def _whole(value: Any) -> bool:
+    """An int that is not a bool (JSON's true, Python's True, is not a count)."""
+    return type(value) is int
+
+
+def _real(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
+    try:
+        return type(value) in (int, float) and math.isfinite(value)
+    except OverflowError:  # an int beyond any float
+        return False
+
+
+def whole_in(lo: int, hi: int, option: str = "") -> Rule:
+    return Rule(f"a whole number in {lo}…{hi}", lambda v: _whole(v) and lo <= v <= hi, option)
+
+
+def fraction(option: str) -> Rule:
+    return Rule("a number strictly between 0 and 1", lambda v: _real(v) and 0 < v < 1, option)
+
+
+def positive(option: str = "") -> Rule:
+    return Rule("a positive finite number", lambda v: _real(v) and v > 0, option)
+
+
+def one_of(choices: tuple[str, ...], option: str) -> Rule:
+    return Rule(f"one of {', '.join(choices)}", lambda v: isinstance(v, str) and v in choices, option)
+
+
+def text_of(wanted: str, most: int, option: str) -> Rule:
+    return Rule(f"{wanted} of at most {most} characters", lambda v: isinstance(v, str) and len(v) <= most, option)
+
+
+def _pair(value: Any, item: Callable[[Any], bool]) -> bool:
+    return isinstance(value, tuple) and len(value) == 2 and all(item(v) for v in value)
+
+
+def _seeds(value: Any) -> bool:
+    return (
+        isinstance(value, tuple) and 1 <= len(value) <= MAX_MEMBERS and all(_whole(s) and 0 <= s <= MAX_SEED for s in value)
+        and len(set(value)) == len(value)
+    )
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# Every field of TrainConfig and its rule (tests check that none is missing). Whether a target
+# parses, a domain is ordered and data match their SHA-256 is targets.resolve's to check.
+TRAIN_RULES: dict[str, Rule] = {
+    "layers": text_of(f"a layer spec such as {DEFAULT_LAYERS!r}", MAX_LAYERS_CHARS, "--layers"),
+    "points": whole_in(2, MAX_POINTS, "--points"),
+    "val_fraction": fraction("--val-fraction"),
+    "batch_size": whole_in(1, MAX_POINTS, "--batch-size"),
+    "epochs": whole_in(1, MAX_EPOCHS, "--epochs"),
+    "lr": positive("--lr"),
+    "schedule": one_of(SCHEDULES, "--schedule"),
+    "seeds": Rule(f"1…{MAX_MEMBERS} distinct whole numbers in 0…{MAX_SEED}", _seeds, "--seeds"),
+    "dtype": one_of(DTYPE_NAMES, "--dtype"),
+    "device": one_of(("cpu", "cuda"), "--device"),
+    "test_points": whole_in(2, MAX_TEST_POINTS),
+    "betas": Rule("Adam's two moment decay rates, each in [0, 1)", lambda v: _pair(v, lambda b: _real(b) and 0 <= b < 1)),
+    "eps": positive(),
+    "polish": one_of(POLISHES, "--polish"),
+    "polish_iterations": whole_in(0, MAX_POLISH_ITERATIONS, "--polish-iterations"),
+    "workers": whole_in(0, MAX_WORKERS, "--workers"),
+    "target": text_of("a preset name or a formula in x", MAX_FORMULA_CHARS, "--target"),
+    "domain": Rule("two finite numbers A, B", lambda v: _pair(v, _real), "--domain"),
+    "data": text_of("a file name", MAX_DATA_NAME_CHARS, "--data"),
+    "data_sha256": Rule("'' or a SHA-256 in 64 lowercase hexadecimal digits", lambda v: v == "" or (isinstance(v, str) and SHA256.fullmatch(v) is not None)),
+    "test_fraction": fraction("--test-fraction"),
+    "scale": one_of(SCALES, "--scale"),
+    "keep": one_of(KEEPS, "--keep"),
+}
+# The fields that hold a sequence: given as a list (a JSON array, a Python list), they are kept as a tuple.
+SEQUENCE_FIELDS = ("seeds", "betas", "domain")
 
 
 @dataclass(frozen=True)
@@ -193,29 +316,19 @@ class TrainConfig:
     scale: str = "auto"  # auto | xy | x | none: the maps into the network's standard coordinates (targets/maps.py)
     keep: str = "auto"  # auto | best | last: which weights the run keeps (auto: best for data, last for a function)
 
+    def __post_init__(self) -> None:
+        for name in SEQUENCE_FIELDS:
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
     def validate(self) -> None:
-        """UsageError naming the first setting that cannot work (by its CLI option). The target
-        settings are checked where they are resolved (targets.resolve)."""
-        self.hidden_layers  # noqa: B018 — parsed here, so a bad spec is the first error
+        """UsageError naming the first setting that cannot work, by its field and its CLI option:
+        each field's TRAIN_RULES entry, then what the fields must be together."""
+        for name, rule in TRAIN_RULES.items():
+            rule.check(name, getattr(self, name))
+        self.hidden_layers  # noqa: B018 — parsed here, so that a bad spec is refused before any other use
         require([
-            (2 <= self.points <= MAX_POINTS, f"--points must be between 2 and {MAX_POINTS}, got {self.points}"),
-            (0 < self.val_fraction < 1, f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}"),
-            (1 <= self.batch_size <= MAX_POINTS, f"--batch-size must be between 1 and {MAX_POINTS}, got {self.batch_size}"),
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive finite number, got {self.lr}"),
-            (self.schedule in SCHEDULES, f"--schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
-            (1 <= len(self.seeds) <= MAX_MEMBERS, f"--seeds: between 1 and {MAX_MEMBERS} seeds, got {len(self.seeds)}"),
-            (all(0 <= s <= MAX_SEED for s in self.seeds), f"--seed, --seeds: seeds must be whole numbers in 0…{MAX_SEED}"),
-            (self.dtype in DTYPE_NAMES, f"--dtype must be one of {', '.join(DTYPE_NAMES)}, got {self.dtype!r}"),
-            (self.device in ("cpu", "cuda"), f"--device must be cpu or cuda, got {self.device!r}"),
-            (2 <= self.test_points <= MAX_TEST_POINTS, f"test_points must be between 2 and {MAX_TEST_POINTS}, got {self.test_points}"),
-            (self.polish in POLISHES, f"--polish must be one of {', '.join(POLISHES)}, got {self.polish!r}"),
-            (0 <= self.polish_iterations <= MAX_POLISH_ITERATIONS, f"--polish-iterations must be between 0 and {MAX_POLISH_ITERATIONS}, got {self.polish_iterations}"),
-            (0 <= self.workers <= MAX_WORKERS, f"--workers must be between 0 (automatic) and {MAX_WORKERS}, got {self.workers}"),
             (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
-            (0 < self.test_fraction < 1, f"--test-fraction must lie strictly between 0 and 1, got {self.test_fraction}"),
-            (self.scale in SCALES, f"--scale must be one of {', '.join(SCALES)}, got {self.scale!r}"),
-            (self.keep in KEEPS, f"--keep must be one of {', '.join(KEEPS)}, got {self.keep!r}"),
         ])
         validation_size(self.points, self.val_fraction)
         require([

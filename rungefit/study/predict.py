@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rungefit.config import NUMBER_RULE, parse_number
 from rungefit.errors import UsageError
 from rungefit.net.model import StackedMLP
 from rungefit.study.evaluate import member_prediction
@@ -45,9 +46,9 @@ def read_x(lines: Iterable[bytes], source: str) -> np.ndarray:
         if not field or (number == 1 and HEADER.fullmatch(field) and not is_number(field)):
             continue
         try:
-            value = float(field)
+            value = parse_number(field)
         except ValueError:
-            raise UsageError(f"{source}, line {number}: {field[:40]!r} is not a number") from None
+            raise UsageError(f"{source}, line {number}: {field[:40]!r} is not a number ({NUMBER_RULE})") from None
         if not math.isfinite(value):
             raise UsageError(f"{source}, line {number}: {field!r} is not a finite number")
         values.append(value)

@@ -81,12 +81,8 @@ def resolve(config, points: PointsFile | None = None) -> FunctionTarget | DataTa
     otherwise the file the config names is read. A UsageError says what is wrong.
 
     Each command resolves its target once and passes it down; nothing is remembered between calls."""
-    for name in ("target", "data", "data_sha256"):
-        if not isinstance(getattr(config, name), str):
-            raise UsageError(f"the {name} setting must be text, got {type(getattr(config, name)).__name__}")
+    config.validate()  # each setting's type and range, by its one rule (config.TRAIN_RULES)
     domain = check_domain(config.domain, MAX_DATA_VALUE) if config.data else check_domain(config.domain)
-    if not isinstance(config.test_fraction, (int, float)) or isinstance(config.test_fraction, bool):
-        raise UsageError(f"--test-fraction must be a number, got {type(config.test_fraction).__name__}")
     if config.data and not config.data_sha256:
         raise UsageError("a data setting needs the file's SHA-256 too: build it with targets.settings(data=…)")
     if not config.data:
