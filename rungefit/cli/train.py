@@ -193,7 +193,9 @@ def _train_and_report(config, target, save, summary_extra: dict, quiet: bool, js
     nothing 1."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.training import train as core
+    from rungefit.training.memory import check_fits
 
+    check_fits(config)  # before the progress bar: a network too large for the machine is one line
     progress, on_epoch, on_polish = report.training_progress(config.epochs, quiet or json_output)
     phases.end("start_up")
     with ctrl_c_stops_training() as stop_requested:
