@@ -249,10 +249,7 @@ def _pair(value: Any, item: Callable[[Any], bool]) -> bool:
 
 
 def _seeds(value: Any) -> bool:
-    return (
-        isinstance(value, tuple) and 1 <= len(value) <= MAX_MEMBERS and all(_whole(s) and 0 <= s <= MAX_SEED for s in value)
-        and len(set(value)) == len(value)
-    )
+    return isinstance(value, tuple) and 1 <= len(value) <= MAX_MEMBERS and all(_whole(s) and 0 <= s <= MAX_SEED for s in value)
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -267,7 +264,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "epochs": whole_in(1, MAX_EPOCHS, "--epochs"),
     "lr": positive("--lr"),
     "schedule": one_of(SCHEDULES, "--schedule"),
-    "seeds": Rule(f"1…{MAX_MEMBERS} distinct whole numbers in 0…{MAX_SEED}", _seeds, "--seeds"),
+    "seeds": Rule(f"1…{MAX_MEMBERS} whole numbers in 0…{MAX_SEED}", _seeds, "--seeds"),
     "dtype": one_of(DTYPE_NAMES, "--dtype"),
     "device": one_of(("cpu", "cuda"), "--device"),
     "test_points": whole_in(2, MAX_TEST_POINTS),
@@ -284,9 +281,6 @@ TRAIN_RULES: dict[str, Rule] = {
     "scale": one_of(SCALES, "--scale"),
     "keep": one_of(KEEPS, "--keep"),
 }
-# The fields that hold a sequence: given as a list (a JSON array, a Python list), they are kept as a tuple.
-SEQUENCE_FIELDS = ("seeds", "betas", "domain")
-
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -317,17 +311,25 @@ class TrainConfig:
     keep: str = "auto"  # auto | best | last: which weights the run keeps (auto: best for data, last for a function)
 
     def __post_init__(self) -> None:
-        for name in SEQUENCE_FIELDS:
+        for name in ("seeds", "betas", "domain"):  # given as a list (a JSON array, a Python list), kept as a tuple
             if isinstance(getattr(self, name), list):
                 object.__setattr__(self, name, tuple(getattr(self, name)))
 
-    def validate(self) -> None:
+    def check(self, *names: str) -> None:
+        """UsageError unless each named field follows its TRAIN_RULES entry."""
+        for name in names:
+            TRAIN_RULES[name].check(name, getattr(self, name))
+
+    def validate(self, member_lrs=None) -> None:
         """UsageError naming the first setting that cannot work, by its field and its CLI option:
-        each field's TRAIN_RULES entry, then what the fields must be together."""
-        for name, rule in TRAIN_RULES.items():
-            rule.check(name, getattr(self, name))
+        each field's TRAIN_RULES entry, then what the fields must be together. Members are distinct
+        (seed, rate) pairs: member_lrs, when the members have rates of their own (lr-find's
+        verification repeats each seed at every rate), else config.lr for all."""
+        self.check(*TRAIN_RULES)
         self.hidden_layers  # noqa: B018 — parsed here, so that a bad spec is refused before any other use
+        pairs = set(zip(self.seeds, [self.lr] * len(self.seeds) if member_lrs is None else member_lrs, strict=True))
         require([
+            (len(pairs) == len(self.seeds), f"--seeds (seeds) must be distinct: a repeated seed trains the same network twice, got {described(self.seeds)}"),
             (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
         ])
         validation_size(self.points, self.val_fraction)

@@ -159,7 +159,7 @@ CONFIG_DAMAGE = {
     "lr NaN": (assign("lr", math.nan), "--lr (lr) must be a positive finite number"),
     "lr a string": (assign("lr", "x"), "--lr (lr) must be a positive finite number"),
     "seeds a string": (assign("seeds", "a"), "--seeds (seeds) must be 1…"),
-    "a seed a float": (assign("seeds", [0, 1.5]), "(seeds) must be 1…100000 distinct whole numbers"),
+    "a seed a float": (assign("seeds", [0, 1.5]), "(seeds) must be 1…100000 whole numbers"),
     "batch_size 0": (assign("batch_size", 0), "--batch-size (batch_size) must be a whole number in 1…"),
     "betas a string": (assign("betas", "ab"), "betas must be Adam's two moment decay rates"),
     "betas of three": (assign("betas", [0.9, 0.9, 0.9]), "betas must be Adam's two moment decay rates"),

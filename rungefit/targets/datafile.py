@@ -13,6 +13,7 @@ import numpy as np
 
 from rungefit.config import MAX_DATA_BYTES, MAX_DATA_VALUE, MIN_DATA_SPREAD, NUMBER_RULE, parse_number
 from rungefit.errors import UsageError
+from rungefit.targets.maps import spread
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,10 +118,10 @@ def _check_scalable(values: np.ndarray, lines: list[int], label: str, what: str)
             f"{label}, line {lines[worst]}: {what} = {values[worst]:g} is beyond ±{MAX_DATA_VALUE:g}, the largest magnitude "
             "a data column may have (its mean and variance must be finite in float64); rescale the column, e.g. to other units"
         )
-    spread = float(np.std(values))
-    if np.ptp(values) > 0 and not spread >= MIN_DATA_SPREAD:
+    deviation = spread(values)
+    if np.ptp(values) > 0 and not deviation >= MIN_DATA_SPREAD:
         raise UsageError(
-            f"{label}: {what} runs from {values.min():g} to {values.max():g}, a standard deviation of {spread:.3g} in float64, "
+            f"{label}: {what} runs from {values.min():g} to {values.max():g}, a standard deviation of {deviation:.3g}, "
             f"below {MIN_DATA_SPREAD:g}, the smallest a varying data column may have; rescale the column, e.g. to other units"
         )
 
