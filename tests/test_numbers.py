@@ -147,3 +147,11 @@ def test_a_json_field_follows_the_rule(tmp_path, case, runs_dir):
         return
     with pytest.raises(RunError, match="config.json is damaged"):
         runs.load_run(tmp_path, "f")
+
+
+@pytest.mark.parametrize("formula, name", [("ｘ", "ｘ"), ("sin(𝐱)", "𝐱"), ("x*𝐞", "𝐞"), ("ｓｉｎ(x)", "ｓｉｎ"), ("𝐱**2 + pi", "𝐱")])
+def test_a_lookalike_letter_in_a_formula_is_an_unknown_name(formula, name, tmp_path):
+    """Python's parser reads them as x, e and sin (it NFKC-normalises names); a formula is held to its text."""
+    result = runner.invoke(app, ["train", "--target", formula, "--runs-dir", str(tmp_path)])
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and f"unknown name {name!r}" in errors[0], result.output
