@@ -149,9 +149,13 @@ def test_a_json_field_follows_the_rule(tmp_path, case, runs_dir):
         runs.load_run(tmp_path, "f")
 
 
-@pytest.mark.parametrize("formula, name", [("ｘ", "ｘ"), ("sin(𝐱)", "𝐱"), ("x*𝐞", "𝐞"), ("ｓｉｎ(x)", "ｓｉｎ"), ("𝐱**2 + pi", "𝐱")])
-def test_a_lookalike_letter_in_a_formula_is_an_unknown_name(formula, name, tmp_path):
-    """Python's parser reads them as x, e and sin (it NFKC-normalises names); a formula is held to its text."""
+@pytest.mark.parametrize(
+    "formula, refusal",
+    [("ｘ", "'ｘ': unknown preset"), ("sin(𝐱)", "unknown name '𝐱'"), ("x*𝐞", "unknown name '𝐞'"), ("ｓｉｎ(x)", "unknown name 'ｓｉｎ'"), ("𝐱**2 + pi", "unknown name '𝐱'")],
+)
+def test_a_lookalike_letter_in_a_formula_is_refused_as_other_unknown_names_are(formula, refusal, tmp_path):
+    """Python's parser reads them as x, e and sin (it NFKC-normalises names); a formula is held to
+    its text, and a lone name is a preset's (as `--target y` is)."""
     result = runner.invoke(app, ["train", "--target", formula, "--runs-dir", str(tmp_path)])
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.exit_code == 2 and len(errors) == 1 and f"unknown name {name!r}" in errors[0], result.output
+    assert result.exit_code == 2 and len(errors) == 1 and refusal in errors[0], result.output
