@@ -211,11 +211,6 @@ def described(value: Any) -> str:
     return f"{text} ({type(value).__name__})"
 
 
-def _whole(value: Any) -> bool:
-    """An int that is not a bool (JSON's true, Python's True, is not a count)."""
-    return type(value) is int
-
-
 def _real(value: Any) -> bool:
     """A finite int or float (not a bool)."""
     try:
@@ -225,7 +220,7 @@ def _real(value: Any) -> bool:
 
 
 def whole_in(lo: int, hi: int, option: str = "") -> Rule:
-    return Rule(f"a whole number in {lo}…{hi}", lambda v: _whole(v) and lo <= v <= hi, option)
+    return Rule(f"a whole number in {lo}…{hi}", lambda v: type(v) is int and lo <= v <= hi, option)  # not a bool: true is no count
 
 
 def fraction(option: str) -> Rule:
@@ -249,7 +244,7 @@ def _pair(value: Any, item: Callable[[Any], bool]) -> bool:
 
 
 def _seeds(value: Any) -> bool:
-    return isinstance(value, tuple) and 1 <= len(value) <= MAX_MEMBERS and all(_whole(s) and 0 <= s <= MAX_SEED for s in value)
+    return isinstance(value, tuple) and 1 <= len(value) <= MAX_MEMBERS and all(type(s) is int and 0 <= s <= MAX_SEED for s in value)
 
 
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -281,6 +276,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "scale": one_of(SCALES, "--scale"),
     "keep": one_of(KEEPS, "--keep"),
 }
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -320,7 +316,7 @@ class TrainConfig:
         for name in names:
             TRAIN_RULES[name].check(name, getattr(self, name))
 
-    def validate(self, member_lrs=None) -> None:
+    def validate(self, member_lrs: list[float] | None = None) -> None:
         """UsageError naming the first setting that cannot work, by its field and its CLI option:
         each field's TRAIN_RULES entry, then what the fields must be together. Members are distinct
         (seed, rate) pairs: member_lrs, when the members have rates of their own (lr-find's

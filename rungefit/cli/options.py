@@ -154,8 +154,9 @@ def _number_parser(whole: bool, low: float | None, high: float | None):
             number = parse_number(value, whole=whole)
         except ValueError:
             raise typer.BadParameter(f"{value!r} is not a {'whole number' if whole else 'number'}; {NUMBER_RULE}") from None
-        if (low is not None and number < low) or (high is not None and number > high):
-            raise typer.BadParameter(f"{value} is not in {'…'.join('' if v is None else str(v) for v in (low, high))}")
+        if low is not None and number < low or high is not None and number > high:
+            wanted = f"in {low}…{high}" if None not in (low, high) else f"at least {low}" if high is None else f"at most {high}"
+            raise typer.BadParameter(f"must be {wanted}, got {value}")
         return number
 
     return parse

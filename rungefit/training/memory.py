@@ -71,6 +71,8 @@ def memory_limit(device: str) -> tuple[int, str] | None:
     if device == "cuda":
         import torch
 
+        if not torch.cuda.is_available():  # torch says so itself when the training starts
+            return None
         return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory, "the GPU has {} of memory"
     limits = []
     try:
