@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from rungefit import targets
 from rungefit.config import TrainConfig, data_defaults
 from rungefit.errors import UsageError
 from rungefit.net.sequential import from_sequential, to_sequential
+from rungefit.rules import Rule
 from rungefit.runs import Run, RunStore
 from rungefit.training.metrics import FIT_NONE
 from rungefit.training.train import fit
@@ -27,6 +29,13 @@ DATA_FIELDS = frozenset({"target", "data", "data_sha256", "points", "test_points
 
 __all__ = ["TrainConfig", "data_config", "fit", "from_sequential", "load", "open_run", "to_sequential"]
 
+# What the arguments of open_run and load must be (a UsageError names the one that is not).
+ARGUMENTS = {
+    "run": Rule("a run's name (a string), or None for the latest", lambda v: v is None or isinstance(v, str)),
+    "runs_dir": Rule("a directory (a string or a path)", lambda v: isinstance(v, (str, os.PathLike))),
+    "member": Rule("a member's index (a whole number), or None for the best", lambda v: v is None or type(v) is int),
+}
+
 
 def open_run(run: str | None = None, runs_dir: str | Path = "runs") -> Run:
     """The saved run `run` in `runs_dir` (None or "latest": the newest), as a rungefit.runs.Run.
@@ -34,8 +43,10 @@ def open_run(run: str | None = None, runs_dir: str | Path = "runs") -> Run:
     It has .config (a TrainConfig), .target, .summary (summary.json as a dict), .history
     (train_mse, val_mse and lr as float64 arrays [epochs, members]), .path, and .network(member)
     giving a member as a torch.nn.Sequential. A missing or damaged run raises
-    rungefit.errors.RungefitError.
+    rungefit.errors.RungefitError; an argument of the wrong type, rungefit.errors.UsageError.
     """
+    ARGUMENTS["run"].check("run", run)
+    ARGUMENTS["runs_dir"].check("runs_dir", runs_dir)
     return RunStore(runs_dir).open(run)
 
 
@@ -45,6 +56,7 @@ def load(run: str | None = None, runs_dir: str | Path = "runs", member: int | No
     `member` picks one of a stacked run's networks (default: the best by validation MSE). The module
     is in the run's dtype, on the CPU, in eval mode, and its parameters do not require grad.
     """
+    ARGUMENTS["member"].check("member", member)
     opened = open_run(run, runs_dir)
     if opened.summary.get("fit") == FIT_NONE:
         warnings.warn(f"run {opened.path.name!r} learned nothing: its predictions are little better than the mean of y", UserWarning, stacklevel=2)

@@ -8,10 +8,25 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 from collections.abc import Collection
 from dataclasses import dataclass, replace
+from typing import Any
 
 from rungefit.errors import UsageError, suggest
+from rungefit.rules import (
+    NUMBER_RULE,
+    Rule,
+    described,
+    fraction,
+    is_real,
+    one_of,
+    pair_of,
+    parse_number,
+    positive,
+    text_of,
+    whole_in,
+)
 
 DEFAULT_LAYERS = "20:tanh,10:sigmoid,20:tanh,10:sigmoid"
 # The activations a --layers spec may name; model.ACTIVATIONS implements exactly these.
@@ -54,6 +69,8 @@ MAX_FORMULA_CHARS = 1000
 MAX_FORMULA_NODES = 500  # syntax-tree nodes
 MAX_FORMULA_DEPTH = 100  # nesting of the syntax tree; the evaluator recurses this deep
 MAX_DOMAIN = 1e6  # largest |A|, |B| of --domain
+MAX_LAYERS_CHARS = 10_000  # of a --layers spec
+MAX_DATA_NAME_CHARS = 4096  # of a --data file's name, as a run records it
 DATA_FILE = "data.csv"  # a data run's copy of its points, in the run directory
 MAX_DATA_BYTES = 64 * 2**20  # size of a --data file
 # A --data column's values and spread: its mean and variance must stay finite and non-zero in
@@ -113,15 +130,6 @@ def parse_layers(spec: str) -> tuple[Layer, ...]:
     return tuple(_parse_layer(item) for item in items)
 
 
-def ascii_int(text: str) -> int:
-    """A whole number in ASCII digits; ValueError for anything else, such as '１', '٣' or '1_0',
-    which int() would take."""
-    digits = text.strip()
-    if not (digits.isascii() and digits.lstrip("+-").isdigit()):
-        raise ValueError(f"not a whole number: {text!r}")
-    return int(digits)
-
-
 def _parse_layer(item: str) -> Layer:
     width_text, sep, name = item.partition(":")
     if not sep:
@@ -130,9 +138,9 @@ def _parse_layer(item: str) -> Layer:
     if name not in ACTIVATION_NAMES:
         raise UsageError(suggest(f"unknown activation {name!r} in layer {item!r}; choose one of {', '.join(ACTIVATION_NAMES)}", name, ACTIVATION_NAMES))
     try:
-        width = ascii_int(width_text)
+        width = parse_number(width_text, whole=True)
     except ValueError:
-        raise UsageError(f"layer {item!r}: width {width_text.strip()!r} is not a whole number") from None
+        raise UsageError(f"layer {item!r}: width {width_text.strip()!r} is not a whole number ({NUMBER_RULE})") from None
     if not 1 <= width <= MAX_WIDTH:
         raise UsageError(f"layer {item!r}: width must be between 1 and {MAX_WIDTH}, got {width}")
     return Layer(width, name)
@@ -156,14 +164,51 @@ def parameter_count(layers: tuple[Layer, ...]) -> int:
 
 def validation_size(points: int, val_fraction: float) -> int:
     """How many of `points` are held out; both parts must keep at least one point."""
-    if not 0.0 < val_fraction < 1.0:
-        raise UsageError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    TRAIN_RULES["val_fraction"].check("val_fraction", val_fraction)
     n_val = round(points * val_fraction)
     if n_val < 1 or n_val >= points:
         raise UsageError(
             f"{points} points with val_fraction {val_fraction} leave an empty training or validation set; use more points"
         )
     return n_val
+
+
+# ---------------------------------------------------------------- what each setting must be
+
+
+def _seeds(value: Any) -> bool:
+    return isinstance(value, tuple) and 1 <= len(value) <= MAX_MEMBERS and all(type(s) is int and 0 <= s <= MAX_SEED for s in value)
+
+
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+# Every field of TrainConfig and its rule (tests check that none is missing). Whether a target
+# parses, a domain is ordered and data match their SHA-256 is targets.resolve's to check.
+TRAIN_RULES: dict[str, Rule] = {
+    "layers": text_of(f"a layer spec such as {DEFAULT_LAYERS!r}", MAX_LAYERS_CHARS, "--layers"),
+    "points": whole_in(2, MAX_POINTS, "--points"),
+    "val_fraction": fraction("--val-fraction"),
+    "batch_size": whole_in(1, MAX_POINTS, "--batch-size"),
+    "epochs": whole_in(1, MAX_EPOCHS, "--epochs"),
+    "lr": positive("--lr"),
+    "schedule": one_of(SCHEDULES, "--schedule"),
+    "seeds": Rule(f"1…{MAX_MEMBERS} whole numbers in 0…{MAX_SEED}", _seeds, "--seeds"),
+    "dtype": one_of(DTYPE_NAMES, "--dtype"),
+    "device": one_of(("cpu", "cuda"), "--device"),
+    "test_points": whole_in(2, MAX_TEST_POINTS),
+    "betas": Rule("Adam's two moment decay rates, each in [0, 1)", lambda v: pair_of(v, lambda b: is_real(b) and 0 <= b < 1)),
+    "eps": positive(),
+    "polish": one_of(POLISHES, "--polish"),
+    "polish_iterations": whole_in(0, MAX_POLISH_ITERATIONS, "--polish-iterations"),
+    "workers": whole_in(0, MAX_WORKERS, "--workers"),
+    "target": text_of("a preset name or a formula in x", MAX_FORMULA_CHARS, "--target"),
+    "domain": Rule("two finite numbers A, B", lambda v: pair_of(v, is_real), "--domain"),
+    "data": text_of("a file name", MAX_DATA_NAME_CHARS, "--data"),
+    "data_sha256": Rule("'' or a SHA-256 in 64 lowercase hexadecimal digits", lambda v: v == "" or (isinstance(v, str) and SHA256.fullmatch(v) is not None)),
+    "test_fraction": fraction("--test-fraction"),
+    "scale": one_of(SCALES, "--scale"),
+    "keep": one_of(KEEPS, "--keep"),
+}
 
 
 @dataclass(frozen=True)
@@ -194,29 +239,27 @@ class TrainConfig:
     scale: str = "auto"  # auto | xy | x | none: the maps into the network's standard coordinates (targets/maps.py)
     keep: str = "auto"  # auto | best | last: which weights the run keeps (auto: best for data, last for a function)
 
-    def validate(self) -> None:
-        """UsageError naming the first setting that cannot work (by its CLI option). The target
-        settings are checked where they are resolved (targets.resolve)."""
-        self.hidden_layers  # noqa: B018 — parsed here, so a bad spec is the first error
+    def __post_init__(self) -> None:
+        for name in ("seeds", "betas", "domain"):  # given as a list (a JSON array, a Python list), kept as a tuple
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+
+    def check(self, *names: str) -> None:
+        """UsageError unless each named field follows its TRAIN_RULES entry."""
+        for name in names:
+            TRAIN_RULES[name].check(name, getattr(self, name))
+
+    def validate(self, member_lrs: list[float] | None = None) -> None:
+        """UsageError naming the first setting that cannot work, by its field and its CLI option:
+        each field's TRAIN_RULES entry, then what the fields must be together. Members are distinct
+        (seed, rate) pairs: member_lrs, when the members have rates of their own (lr-find's
+        verification repeats each seed at every rate), else config.lr for all."""
+        self.check(*TRAIN_RULES)
+        self.hidden_layers  # noqa: B018 — parsed here, so that a bad spec is refused before any other use
+        pairs = set(zip(self.seeds, [self.lr] * len(self.seeds) if member_lrs is None else member_lrs, strict=True))
         require([
-            (2 <= self.points <= MAX_POINTS, f"--points must be between 2 and {MAX_POINTS}, got {self.points}"),
-            (0 < self.val_fraction < 1, f"--val-fraction must lie strictly between 0 and 1, got {self.val_fraction}"),
-            (1 <= self.batch_size <= MAX_POINTS, f"--batch-size must be between 1 and {MAX_POINTS}, got {self.batch_size}"),
-            (self.epochs >= 1, f"--epochs must be at least 1, got {self.epochs}"),
-            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive finite number, got {self.lr}"),
-            one_of("--schedule", self.schedule, SCHEDULES),
-            (1 <= len(self.seeds) <= MAX_MEMBERS, f"--seeds: between 1 and {MAX_MEMBERS} seeds, got {len(self.seeds)}"),
-            (all(0 <= s <= MAX_SEED for s in self.seeds), f"--seed, --seeds: seeds must be whole numbers in 0…{MAX_SEED}"),
-            one_of("--dtype", self.dtype, DTYPE_NAMES),
-            one_of("--device", self.device, ("cpu", "cuda")),
-            (2 <= self.test_points <= MAX_TEST_POINTS, f"test_points must be between 2 and {MAX_TEST_POINTS}, got {self.test_points}"),
-            one_of("--polish", self.polish, POLISHES),
-            (0 <= self.polish_iterations <= MAX_POLISH_ITERATIONS, f"--polish-iterations must be between 0 and {MAX_POLISH_ITERATIONS}, got {self.polish_iterations}"),
-            (0 <= self.workers <= MAX_WORKERS, f"--workers must be between 0 (automatic) and {MAX_WORKERS}, got {self.workers}"),
+            (len(pairs) == len(self.seeds), f"--seeds (seeds) must be distinct: a repeated seed trains the same network twice, got {described(self.seeds)}"),
             (self.workers <= 1 or self.device == "cpu", "--workers splits CPU training into processes; use --workers 0 or 1 with --device cuda"),
-            (0 < self.test_fraction < 1, f"--test-fraction must lie strictly between 0 and 1, got {self.test_fraction}"),
-            one_of("--scale", self.scale, SCALES),
-            one_of("--keep", self.keep, KEEPS),
         ])
         validation_size(self.points, self.val_fraction)
         require([
@@ -283,11 +326,6 @@ def data_defaults(config: TrainConfig, given: Collection[str]) -> tuple[TrainCon
     return config, why
 
 
-def one_of(option: str, value, names: tuple[str, ...]) -> tuple[bool, str]:
-    """require()'s check that `value` is one of `names`, its message suggesting the closest."""
-    return value in names, suggest(f"{option} must be one of {', '.join(names)}, got {value!r}", value, names)
-
-
 def require(checks: list[tuple[bool, str]]) -> None:
     """UsageError with the message of the first failed check."""
     for ok, message in checks:
@@ -311,7 +349,7 @@ class RangeTestConfig:
             (math.isfinite(self.start_lr) and self.start_lr > 0, f"--start-lr must be a positive finite number, got {self.start_lr}"),
             (math.isfinite(self.end_lr) and self.end_lr > self.start_lr, f"--end-lr must be finite and above --start-lr {self.start_lr:g}, got {self.end_lr}"),
             (2 <= self.iters <= MAX_ITERS, f"--iters must be between 2 and {MAX_ITERS}, got {self.iters}"),
-            one_of("--mode", self.mode, MODES),
+            (self.mode in MODES, suggest(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}", self.mode, MODES)),
             (0 <= self.smooth < 1, f"--smooth must lie in [0, 1), got {self.smooth}"),
             (math.isfinite(self.diverge) and self.diverge > 1, f"--diverge must be a finite number above 1, got {self.diverge}"),
         ])

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import inspect
 import json
+import math
 import re
 import shutil
 
@@ -13,7 +15,9 @@ import pytest
 import torch
 
 import rungefit
+import rungefit.errors
 from rungefit.cli.app import app
+from rungefit.config import TRAIN_RULES
 from rungefit.runs import store as runs
 from rungefit.training import metrics
 from rungefit.training import train as train
@@ -107,3 +111,50 @@ def test_the_committed_run_loads_and_reproduces_its_summary(tmp_path):
         assert np.isclose(scores["mse"], saved["test_mse"], rtol=1e-5, atol=0)
         assert np.isclose(scores["max_abs_error"], saved["test_max_abs_error"], rtol=1e-5, atol=0)
     assert loaded.history["train_mse"].shape == (3, 2)
+
+
+# ---------------------------------------------------------------- the API holds to config.json's rules
+
+# A value of each field that no run may have, as the API could be given it; JSON writes tuples as arrays.
+REFUSED_SETTINGS = [
+    ("eps", -1), ("eps", 0), ("eps", math.inf), ("seeds", (1.5,)), ("seeds", (0, 0)), ("seeds", ()), ("epochs", True),
+    ("betas", (2, -1)), ("betas", (0.9, 1)), ("points", 2.5), ("points", "100"), ("lr", None), ("val_fraction", 1),
+    ("test_fraction", 0), ("test_points", 1), ("workers", -1), ("polish_iterations", 0.5), ("scale", "big"), ("keep", 1),
+    ("layers", 5), ("target", None), ("domain", (0, "1")), ("data_sha256", "abc"), ("dtype", "float16"), ("device", "gpu"),
+]
+
+
+def test_every_field_has_one_rule():
+    assert set(TRAIN_RULES) == {field.name for field in dataclasses.fields(rungefit.TrainConfig)}
+
+
+@pytest.mark.parametrize("field, value", REFUSED_SETTINGS, ids=lambda v: repr(v))
+def test_the_api_and_config_json_refuse_a_setting_with_the_same_words(field, value, quick_run, tmp_path):
+    with pytest.raises(rungefit.errors.UsageError, match=rf"^(--\S+ \()?{field}\)? must be ") as api:
+        rungefit.TrainConfig(**{field: value}).validate()
+    shutil.copytree(quick_run[1], tmp_path / "r")
+    config = tmp_path / "r" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), field: value}))
+    with pytest.raises(rungefit.errors.RunError) as saved:
+        runs.load_run(tmp_path, "r")
+    assert str(api.value) in str(saved.value)
+
+
+def test_fit_refuses_a_bad_setting_before_training_as_a_usage_error(monkeypatch):
+    monkeypatch.setattr(train, "open_stack", lambda *a, **k: pytest.fail("training started"))
+    for field, value in (("points", 2.5), ("betas", (2, -1)), ("epochs", True)):
+        with pytest.raises(rungefit.errors.UsageError, match=field):
+            rungefit.fit(rungefit.TrainConfig(**{field: value}))
+
+
+def test_a_list_where_a_tuple_is_meant_is_taken_as_the_tuple():
+    config = rungefit.TrainConfig(seeds=[3, 4], betas=[0.8, 0.9])
+    config.validate()
+    assert config.seeds == (3, 4) and config.betas == (0.8, 0.9)
+
+
+@pytest.mark.parametrize("arguments, name", [((123,), "run"), ((None, 5), "runs_dir"), ((None, "runs", 1.5), "member"), ((None, "runs", True), "member")])
+def test_load_names_an_argument_of_the_wrong_type(arguments, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(rungefit.errors.UsageError, match=f"^{name} must be "):
+        rungefit.load(*arguments)

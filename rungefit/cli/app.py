@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 import traceback
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
@@ -36,7 +37,7 @@ class OneLineErrors(TyperGroup):
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         extra.setdefault("obj", {"started": time.perf_counter()})  # main() passes rungefit's start (cli.STARTED)
         try:
-            with _sigterm_raises():
+            with _sigterm_raises(), _warnings_as_lines():
                 result = super().main(args=args, prog_name=prog_name or "rungefit", complete_var=complete_var, standalone_mode=False, **extra)
         except typer.TyperException as error:
             message = error.format_message() if hasattr(error, "format_message") else str(error)
@@ -108,6 +109,19 @@ def _sigterm_raises():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _warnings_as_lines():
+    """A Python warning that reaches the command (one rungefit does not handle where it arises)
+    is one `warning:` line of rungefit's, never Python's line with a source path and code."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        report.warning(" ".join(str(message).split()))
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
 
 
 # Set to 1 to see the traceback of an internal error.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import io
+import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -30,9 +31,30 @@ def _pyplot():
 
 def _png(fig) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    with warnings.catch_warnings():
+        # A character the font lacks (a data column named in CJK, an emoji) is drawn as the font's
+        # missing-glyph box; matplotlib would also print a warning with its source line.
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from", category=UserWarning)
+        fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)
     return buffer.getvalue()
+
+
+# Finite values beyond this are drawn at it: an axis reaching towards float64's largest number
+# (a diverged run's last finite state may) overflows matplotlib's limit and tick arithmetic.
+PLOT_LIMIT = 1e100
+
+
+def _drawable(value):
+    """value with every finite float beyond ±PLOT_LIMIT, in arrays however nested in dicts,
+    lists and tuples, set to ±PLOT_LIMIT (NaN and ±inf, which matplotlib leaves out, stay)."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return np.where(np.isfinite(value), np.clip(value, -PLOT_LIMIT, PLOT_LIMIT), value)
+    if isinstance(value, dict):
+        return {key: _drawable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_drawable(item) for item in value)
+    return value
 
 
 # The network's derivative as the docs write it, ∇a^[L], in matplotlib's mathtext (inside $…$).
@@ -65,7 +87,7 @@ def _as_png(figure: Callable[..., Figure]) -> Callable[..., bytes]:
 
     @functools.wraps(figure)
     def png(*args, **kwargs) -> bytes:
-        return _png(figure(*args, **kwargs))
+        return _png(figure(*_drawable(args), **_drawable(kwargs)))
 
     return png
 

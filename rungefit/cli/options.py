@@ -38,11 +38,11 @@ from rungefit.config import (
     RangeTestConfig,
     TrainConfig,
     VerifyConfig,
-    ascii_int,
     data_defaults,
 )
 from rungefit.errors import UsageError, suggest
 from rungefit.files import describe
+from rungefit.rules import NUMBER_RULE, parse_number
 from rungefit.runs import LATEST, RunStore
 
 # The exit codes of a run stopped by a signal, as a shell reports them.
@@ -131,16 +131,15 @@ def parse_seeds(seed: int, seeds: Optional[str]) -> tuple[int, ...]:
     """--seeds N means seeds 0…N-1; --seeds 3,7,11 lists them; otherwise the single --seed."""
     if seeds is None:
         return (seed,)
-    text = seeds.strip()
+    expected = f"--seeds {seeds!r}: expected a count N in 1…{MAX_MEMBERS} (seeds 0…N-1) or a list like 3,7,11"
     try:
-        if "," not in text:
-            count = ascii_int(text)
-            if not 1 <= count <= MAX_MEMBERS:
-                raise UsageError
-            return tuple(range(count))
-        values = tuple(ascii_int(part) for part in text.split(","))
+        values = tuple(parse_number(part, whole=True) for part in seeds.split(","))
     except ValueError:
-        raise UsageError(f"--seeds {seeds!r}: expected a count N in 1…{MAX_MEMBERS} (seeds 0…N-1) or a list like 3,7,11") from None
+        raise UsageError(f"{expected} ({NUMBER_RULE})") from None
+    if "," not in seeds:
+        if not 1 <= values[0] <= MAX_MEMBERS:
+            raise UsageError(expected)
+        return tuple(range(values[0]))
     if len(set(values)) != len(values) or min(values) < 0 or max(values) > MAX_SEED:
         raise UsageError(f"--seeds {seeds!r}: seeds must be distinct whole numbers in 0…{MAX_SEED}")
     return values
@@ -151,14 +150,41 @@ def parse_lr(text: str) -> Optional[float]:
     if text.strip().lower() == "auto":
         return None
     try:
-        if not text.isascii() or "_" in text:  # float() takes '１' and '1_0'
-            raise ValueError
-        value = float(text)
+        value = parse_number(text)
     except ValueError:
-        raise UsageError(f"--lr {text!r}: expected a positive number such as 3e-2, or 'auto'") from None
+        raise UsageError(f"--lr {text!r}: expected a positive number such as 3e-2, or 'auto' ({NUMBER_RULE})") from None
     if not math.isfinite(value) or value <= 0:
         raise UsageError(f"--lr {text!r}: the learning rate must be a positive finite number")
     return value
+
+
+def _number_parser(whole: bool, low: float | None, high: float | None):
+    """Typer's parser for a numeric option: rules.parse_number's rule, then low…high (Typer
+    checks min and max only of the values it parses itself)."""
+
+    def parse(value):
+        if not isinstance(value, str):  # the default, already a number
+            return value
+        try:
+            number = parse_number(value, whole=whole)
+        except ValueError:
+            raise typer.BadParameter(f"{value!r} is not a {'whole number' if whole else 'number'}; {NUMBER_RULE}") from None
+        if low is not None and number < low or high is not None and number > high:
+            wanted = f"in {low}…{high}" if None not in (low, high) else f"at least {low}" if high is None else f"at most {high}"
+            raise typer.BadParameter(f"must be {wanted}, got {value}")
+        return number
+
+    return parse
+
+
+def whole_option(*declarations: str, min: Optional[int] = None, max: Optional[int] = None, **settings):  # noqa: A002 — Typer's names
+    """typer.Option for a whole number, read by the one rule for numbers (rules.NUMBER_RULE)."""
+    return typer.Option(*declarations, min=min, max=max, parser=_number_parser(True, min, max), **settings)
+
+
+def real_option(*declarations: str, **settings):
+    """typer.Option for a number, read by the one rule for numbers (rules.NUMBER_RULE)."""
+    return typer.Option(*declarations, parser=_number_parser(False, None, None), **settings)
 
 
 def complete_target(incomplete: str) -> list[str]:
@@ -189,7 +215,7 @@ DATA_HELP = (
 DataOption = Annotated[Optional[str], typer.Option("--data", path_type=str, help=DATA_HELP, autocompletion=complete_path)]  # a path, kept as typed
 
 
-TestFractionOption = Annotated[float, typer.Option(help="With --data: the share of the points held out as the test set, drawn once (seeded) and the same for every member.")]
+TestFractionOption = Annotated[float, real_option(help="With --data: the share of the points held out as the test set, drawn once (seeded) and the same for every member.")]
 
 
 ScaleOption = Annotated[Scale, typer.Option(parser=Scale.parse, help="Which of x and y the network sees in standard coordinates: x mapped from the domain onto [-1, 1], y shifted and divided by its mean and spread (over the data's non-test points, or f on the domain). auto: x always; y for --data, and for a function far from unit size. Everything shown stays in the data's units.")]
@@ -201,13 +227,13 @@ RunsDir = Annotated[Path, typer.Option("--runs-dir", help="Directory holding the
 JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON document to stdout instead of tables.")]
 
 
-XValues = Annotated[Optional[list[float]], typer.Option("--x", help="A point to evaluate at; repeat for several. Outside the run's domain is extrapolation (allowed, with a warning).")]
+XValues = Annotated[Optional[list[float]], real_option("--x", help="A point to evaluate at; repeat for several. Outside the run's domain is extrapolation (allowed, with a warning).")]
 
 
 RunName = Annotated[Optional[str], typer.Option("--run", help="Name of the run in --runs-dir (default: the latest run).", autocompletion=complete_run_name)]
 
 
-MemberOption = Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to use (default: the best by validation MSE).", min=0)]
+MemberOption = Annotated[Optional[int], whole_option("--member", help="Member of a stacked run (--seeds) to use (default: the best by validation MSE).", min=0)]
 
 
 def checked_points(values: Optional[list[float]]) -> list[float]:

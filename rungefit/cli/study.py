@@ -24,6 +24,7 @@ from rungefit.cli.options import (
     open_member,
     report,
     warn_outside,
+    whole_option,
     write_figure,
 )
 from rungefit.config import (
@@ -40,12 +41,12 @@ from rungefit.runs import ENSEMBLE_EXPORT, EVAL_FIGURE, EXPORT_PREFIX, GRAD_FIGU
 
 def grad(
     x: XValues = None,
-    grid: Annotated[Optional[int], typer.Option(help="Also check N equally spaced points of the domain and report the largest discrepancies; grad.png then shows them. With neither --x nor --grid: --grid 201.", min=2, max=MAX_GRID)] = None,
+    grid: Annotated[Optional[int], whole_option(help="Also check N equally spaced points of the domain and report the largest discrepancies; grad.png then shows them. With neither --x nor --grid: --grid 201.", min=2, max=MAX_GRID)] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Print the chain-rule product for each --x factor by factor: its shape and its value at that x.")] = False,
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
     untrained: Annotated[bool, typer.Option("--untrained", help="Study a freshly initialised network (--seed, --layers) instead of a saved run; writes no files.")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="With --untrained: the initialisation seed, as in train (default: 0).", min=0, max=MAX_SEED)] = None,
+    seed: Annotated[Optional[int], whole_option(help="With --untrained: the initialisation seed, as in train (default: 0).", min=0, max=MAX_SEED)] = None,
     layers: Annotated[Optional[str], typer.Option(help="With --untrained: hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="With --untrained: the target to compare with, as train's --target (default: runge).", autocompletion=complete_target)] = None,
     domain: Annotated[Optional[str], typer.Option("--domain", help="With --untrained: the interval A,B, as train's --domain.")] = None,
@@ -107,7 +108,7 @@ def grad(
 def eval_run(
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
-    points: Annotated[Optional[int], typer.Option(help="Size of the equally spaced test grid on the run's domain (default: the run's, as train scored it). A data run is scored on its held-out test points.", min=2, max=MAX_GRID)] = None,
+    points: Annotated[Optional[int], whole_option(help="Size of the equally spaced test grid on the run's domain (default: the run's, as train scored it). A data run is scored on its held-out test points.", min=2, max=MAX_GRID)] = None,
     x: XValues = None,
     baselines: Annotated[bool, typer.Option("--baselines", help="Also score, for d = 10, 20, 40, the polynomial interpolant at d+1 equally spaced nodes, the Chebyshev interpolant of degree d and the cubic spline through the same d+1 nodes. For a data run: the Chebyshev least-squares fit of degree d of the member's training points, and a smoothing spline.")] = False,
     member: MemberOption = None,
@@ -155,7 +156,7 @@ def export(
     file_format: Annotated[ExportFormat, typer.Option("--format", parser=ExportFormat.parse, help="pt2: torch.export's archive (torch.export.load); onnx: an ONNX model (needs `pip install \"rungefit[onnx]\"`); safetensors: the module's state_dict, with the layer spec, target and domain as metadata.")],
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
-    member: Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to export. Default: on a data run with several members, their ensemble mean as one module; otherwise the best by validation MSE.", min=0)] = None,
+    member: Annotated[Optional[int], whole_option("--member", help="Member of a stacked run (--seeds) to export. Default: on a data run with several members, their ensemble mean as one module; otherwise the best by validation MSE.", min=0)] = None,
     out: Annotated[Optional[Path], typer.Option(help="File to write (default: member-K.FORMAT, or ensemble.FORMAT for an ensemble, in the run directory).", autocompletion=complete_path)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace the file if it exists. Only a regular file is replaced: a directory, a device, a FIFO or a symbolic link there never is, --force or not.")] = False,
     json_output: JsonFlag = False,
@@ -230,7 +231,7 @@ def predict(
     file: Annotated[str, typer.Argument(metavar="FILE", allow_dash=True, help="File of x values: one number per line, or a CSV whose first column holds them (a header line is skipped). - or nothing: standard input.", autocompletion=complete_path)] = "-",
     run: RunName = None,
     runs_dir: RunsDir = Path("runs"),
-    member: Annotated[Optional[int], typer.Option("--member", help="Member of a stacked run (--seeds) to use. Default: on a data run with several members, their ensemble (x,y,spread); otherwise the best by validation MSE.", min=0)] = None,
+    member: Annotated[Optional[int], whole_option("--member", help="Member of a stacked run (--seeds) to use. Default: on a data run with several members, their ensemble (x,y,spread); otherwise the best by validation MSE.", min=0)] = None,
     with_grad: Annotated[bool, typer.Option("--grad", help="Add a column dydx: the network's derivative by autograd, in float64 as `rungefit grad` computes it; for an ensemble, the derivative of its mean (the mean of the members' derivatives).")] = False,
     json_output: JsonFlag = False,
 ) -> None:

@@ -33,10 +33,12 @@ from rungefit.cli.options import (
     note_latest,
     parse_lr,
     parse_seeds,
+    real_option,
     report,
     resume_command,
     target_settings,
     was_given,
+    whole_option,
 )
 from rungefit.cli.phases import Phases
 from rungefit.cli.stopping import StopRequest, ctrl_c_stops_training
@@ -66,19 +68,19 @@ RESUME_ALLOWS = ("resume", "runs_dir", "quiet", "json_output")
 def train(
     ctx: typer.Context,
     layers: Annotated[str, typer.Option(help=f"Hidden layers as WIDTH:ACTIVATION items; the output layer is linear. With --data, unless given: {DATA_LAYERS}.", autocompletion=complete_layers)] = DEFAULTS.layers,
-    points: Annotated[int, typer.Option(help="Training points drawn uniformly from the domain, validation included (with --data: the data's). More points mean more Adam steps per epoch, and the fit is limited by the steps, not by data (docs/accuracy.md).")] = DEFAULTS.points,
-    val_fraction: Annotated[float, typer.Option(help="Share of the points held out for validation, in (0, 1).")] = DEFAULTS.val_fraction,
-    batch_size: Annotated[int, typer.Option(help=BATCH_HELP)] = DEFAULTS.batch_size,
-    epochs: Annotated[int, typer.Option(help=f"Passes over the training set. With --data, unless given: enough for {DATA_STEPS} optimizer steps.")] = DEFAULTS.epochs,
+    points: Annotated[int, whole_option(help="Training points drawn uniformly from the domain, validation included (with --data: the data's). More points mean more Adam steps per epoch, and the fit is limited by the steps, not by data (docs/accuracy.md).")] = DEFAULTS.points,
+    val_fraction: Annotated[float, real_option(help="Share of the points held out for validation, in (0, 1).")] = DEFAULTS.val_fraction,
+    batch_size: Annotated[int, whole_option(help=BATCH_HELP)] = DEFAULTS.batch_size,
+    epochs: Annotated[int, whole_option(help=f"Passes over the training set. With --data, unless given: enough for {DATA_STEPS} optimizer steps.")] = DEFAULTS.epochs,
     lr: Annotated[str, typer.Option(help=f"Peak Adam learning rate, or 'auto': a range test and a short stacked training at a grid of rates choose one (see lr-find). With --data, unless given: {DATA_LR:g}.")] = f"{DEFAULTS.lr:g}",
     schedule: Annotated[Schedule, typer.Option(parser=Schedule.parse, help="Learning-rate schedule over the optimizer steps.")] = Schedule(DEFAULTS.schedule),
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the training points and the shuffling.", min=0, max=MAX_SEED)] = 0,
+    seed: Annotated[int, whole_option(help="Seed of the initialisation, the training points and the shuffling.", min=0, max=MAX_SEED)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Train one member per seed in one stacked run: a count N (seeds 0…N-1) or a list 3,7,11. Overrides --seed.")] = None,
     dtype: Annotated[Dtype, typer.Option(parser=Dtype.parse, help="Floating-point precision of the model and data.")] = Dtype(DEFAULTS.dtype),
     device: Annotated[Device, typer.Option(parser=Device.parse, help="Where to train: auto picks cuda when a GPU is present.")] = Device.auto,
     polish: Annotated[Polish, typer.Option(parser=Polish.parse, help="After Adam, refine every member on its training set: lm = Levenberg-Marquardt in float64 (what it gains and what it costs: docs/accuracy.md).")] = Polish(DEFAULTS.polish),
-    polish_iterations: Annotated[int, typer.Option(help="Levenberg-Marquardt iterations per member with --polish lm.")] = DEFAULTS.polish_iterations,
-    workers: Annotated[int, typer.Option(help=f"CPU processes that share the members of a stacked run. 0: one per core, each with at least {MIN_MEMBERS_PER_WORKER} members; 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = DEFAULTS.workers,
+    polish_iterations: Annotated[int, whole_option(help="Levenberg-Marquardt iterations per member with --polish lm.")] = DEFAULTS.polish_iterations,
+    workers: Annotated[int, whole_option(help=f"CPU processes that share the members of a stacked run. 0: one per core, each with at least {MIN_MEMBERS_PER_WORKER} members; 1: all in this process. Linux only (elsewhere always 1). float32 results depend slightly on how the members are split, float64 ones do not.", min=0, max=MAX_WORKERS)] = DEFAULTS.workers,
     target: TargetOption = None,
     domain: DomainOption = None,
     data: DataOption = None,
@@ -192,7 +194,9 @@ def _train_and_report(config, target, save, summary_extra: dict, quiet: bool, js
     nothing 1."""
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.training import train as core
+    from rungefit.training.memory import check_fits
 
+    check_fits(config)  # before the progress bar: a network too large for the machine is one line
     progress, on_epoch, on_polish = report.training_progress(config.epochs, quiet or json_output)
     phases.end("start_up")
     with ctrl_c_stops_training() as stop_requested:
@@ -288,24 +292,24 @@ def _run_extras(result, summary_extra: dict, phases: Phases, run: str) -> tuple[
 def lr_find_command(
     ctx: typer.Context,
     layers: Annotated[Optional[str], typer.Option(help="Hidden layers as WIDTH:ACTIVATION items (default: train's).", autocompletion=complete_layers)] = None,
-    points: Annotated[Optional[int], typer.Option(help="Training points, validation included (default: train's).")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Share of the points held out for validation (default: train's).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Mini-batch size: one range-test step per mini-batch (default: train's). Larger than the training set: full-batch, with a warning.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the initialisation, the points and the shuffling, as in train.", min=0, max=MAX_SEED)] = 0,
+    points: Annotated[Optional[int], whole_option(help="Training points, validation included (default: train's).")] = None,
+    val_fraction: Annotated[Optional[float], real_option(help="Share of the points held out for validation (default: train's).")] = None,
+    batch_size: Annotated[Optional[int], whole_option(help="Mini-batch size: one range-test step per mini-batch (default: train's). Larger than the training set: full-batch, with a warning.")] = None,
+    seed: Annotated[int, whole_option(help="Seed of the initialisation, the points and the shuffling, as in train.", min=0, max=MAX_SEED)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Repeat the range test over several seeds (a count N or a list 3,7,11) and report each rule's median and its spread in decades. Overrides --seed.")] = None,
     dtype: Annotated[Optional[Dtype], typer.Option(parser=Dtype.parse, help="Floating-point precision (default: train's).")] = None,
     device: Annotated[Device, typer.Option(parser=Device.parse, help="Where to run: auto picks cuda when a GPU is present.")] = Device.auto,
-    start_lr: Annotated[float, typer.Option(help="Rate of the first step of the sweep.")] = SWEEP.start_lr,
-    end_lr: Annotated[float, typer.Option(help="Rate of the last step of the sweep.")] = SWEEP.end_lr,
-    iters: Annotated[int, typer.Option(help="Steps of the sweep, one mini-batch each.")] = SWEEP.iters,
+    start_lr: Annotated[float, real_option(help="Rate of the first step of the sweep.")] = SWEEP.start_lr,
+    end_lr: Annotated[float, real_option(help="Rate of the last step of the sweep.")] = SWEEP.end_lr,
+    iters: Annotated[int, whole_option(help="Steps of the sweep, one mini-batch each.")] = SWEEP.iters,
     mode: Annotated[SweepMode, typer.Option(parser=SweepMode.parse, help="Spacing of the rates: exp (even in log lr) or linear.")] = SweepMode(SWEEP.mode),
-    smooth: Annotated[float, typer.Option(help="Decay of the bias-corrected moving average of the loss, in [0, 1).")] = SWEEP.smooth,
-    diverge: Annotated[float, typer.Option(help="Stop a seed once its smoothed loss exceeds this multiple of its best (or any loss is NaN/inf).")] = SWEEP.diverge,
+    smooth: Annotated[float, real_option(help="Decay of the bias-corrected moving average of the loss, in [0, 1).")] = SWEEP.smooth,
+    diverge: Annotated[float, real_option(help="Stop a seed once its smoothed loss exceeds this multiple of its best (or any loss is NaN/inf).")] = SWEEP.diverge,
     val: Annotated[bool, typer.Option("--val", help="Also record the full validation loss after every step.")] = False,
     verify: Annotated[bool, typer.Option("--verify", help="Train real models at a grid of rates plus each rule's suggestion, all as one stacked fit, and report which rate is best and how far each suggestion lands from it.")] = False,
-    verify_rates: Annotated[int, typer.Option(help="Grid rates for --verify, half a decade apart, below the divergence point.", min=1)] = VERIFY.rates,
-    verify_seeds: Annotated[int, typer.Option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = VERIFY.seeds,
-    verify_epochs: Annotated[Optional[int], typer.Option(help="Training length for --verify (default: train's --epochs).", min=1, max=MAX_EPOCHS)] = None,
+    verify_rates: Annotated[int, whole_option(help="Grid rates for --verify, half a decade apart, below the divergence point.", min=1)] = VERIFY.rates,
+    verify_seeds: Annotated[int, whole_option(help="Seeds per rate for --verify (the range test's seeds, continued).", min=1)] = VERIFY.seeds,
+    verify_epochs: Annotated[Optional[int], whole_option(help="Training length for --verify (default: train's --epochs).", min=1, max=MAX_EPOCHS)] = None,
     schedule: Annotated[Optional[Schedule], typer.Option(parser=Schedule.parse, help="Learning-rate schedule of the --verify trainings (default: train's).")] = None,
     target: TargetOption = None,
     domain: DomainOption = None,

@@ -16,19 +16,15 @@ from typing import Any
 from rungefit._version import __version__
 from rungefit.config import (
     DATA_FILE,
-    DTYPE_NAMES,
-    KEEPS,
-    MAX_FORMULA_CHARS,
-    MAX_MEMBERS,
+    MAX_LAYERS_CHARS,
     MAX_SEED,
     MAX_STEPS,
-    POLISHES,
-    SCALES,
-    SCHEDULES,
+    TRAIN_RULES,
     TrainConfig,
     layer_shapes,
     parameter_count,
     parse_layers,
+    parse_number,
 )
 from rungefit.errors import RunError, UsageError
 from rungefit.files import json_bytes, read_bounded
@@ -139,9 +135,11 @@ def history_from_csv(path: Path, members: int) -> dict:
     try:
         rows = list(csv.DictReader(io.StringIO(read_bounded(path, FILE_LIMITS[HISTORY_FILE], DAMAGED_ADVICE).decode("utf-8"))))
         epochs = len(rows) // members
-        if len(rows) != epochs * members or any(int(row["epoch"]) != 1 + i // members or int(row["member"]) != i % members for i, row in enumerate(rows)):
+        if len(rows) != epochs * members or any(
+            parse_number(row["epoch"], whole=True) != 1 + i // members or parse_number(row["member"], whole=True) != i % members for i, row in enumerate(rows)
+        ):
             raise ValueError("not one row per epoch and member, in order")
-        return {name: torch.tensor([float(row[name]) for row in rows], dtype=torch.float64).reshape(epochs, members) for name in names}
+        return {name: torch.tensor([parse_number(row[name]) for row in rows], dtype=torch.float64).reshape(epochs, members) for name in names}
     except FileNotFoundError:
         raise damaged(path.parent / MODEL_FILE, f"it holds no history, and {path.name} is missing") from None
     except (KeyError, TypeError, ValueError, UnicodeDecodeError) as error:
@@ -176,40 +174,14 @@ def _validated(value: Any, check: schema.Check, file: Path, where: str = "") -> 
 
 
 def check_config(document: Any, file: Path):
-    """The TrainConfig that config.json holds, and its target. Field types here; ranges by
-    TrainConfig.validate, the one place that knows them, and the target by targets.resolve (a
+    """The TrainConfig that config.json holds, and its target. Every field by TrainConfig.validate,
+    the rules the Python API is held to (config.TRAIN_RULES), and the target by targets.resolve (a
     formula parsed by the same whitelist as one typed, a data run's points from its own copy).
-    Missing fields take their defaults (older runs lack newer ones)."""
+    Missing fields take their defaults (older runs lack newer ones); other keys are ignored."""
     from rungefit.targets import read_points, resolve  # NumPy: runs/ is listed for TAB completion without it
 
-    fields = {
-        "layers": optional(text(max_length=10_000)),
-        "points": optional(integer()),
-        "val_fraction": optional(number()),
-        "batch_size": optional(integer()),
-        "epochs": optional(integer()),
-        "lr": optional(number(positive=True)),
-        "schedule": optional(text(choices=SCHEDULES)),
-        "seeds": optional(array(integer(0, MAX_SEED), min_length=1, max_length=MAX_MEMBERS)),
-        "dtype": optional(text(choices=DTYPE_NAMES)),
-        "device": optional(text(choices=("cpu", "cuda"))),
-        "test_points": optional(integer()),
-        "betas": optional(array(number(0, 1), length=2)),
-        "eps": optional(number(positive=True)),
-        "polish": optional(text(choices=POLISHES)),
-        "polish_iterations": optional(integer()),
-        "workers": optional(integer()),
-        # The target: parsed below as if typed, by target.py's own whitelist, never executed.
-        "target": optional(text(max_length=MAX_FORMULA_CHARS)),
-        "domain": optional(array(number(), length=2)),
-        "data": optional(text(max_length=4096)),
-        "data_sha256": optional(text(max_length=64)),
-        "test_fraction": optional(number()),
-        "scale": optional(text(choices=SCALES)),
-        "keep": optional(text(choices=KEEPS)),
-    }
-    checked = _validated(upgraded(document, file), record(fields), file)
-    config = TrainConfig(**{key: tuple(value) if isinstance(value, list) else value for key, value in checked.items() if key in fields})
+    checked = _validated(upgraded(document, file), record({}), file)
+    config = TrainConfig(**{key: value for key, value in checked.items() if key in TRAIN_RULES})
     try:
         config.validate()
         # A data run's points are its own copy of them, whatever became of the file.
@@ -237,7 +209,7 @@ def check_checkpoint(checkpoint: Any, config, file: Path) -> dict:
 
     def same_layers(value: Any, where: str) -> str:
         try:
-            same = parse_layers(text(max_length=10_000)(value, where)) == layers
+            same = parse_layers(text(max_length=MAX_LAYERS_CHARS)(value, where)) == layers
         except UsageError as error:
             raise schema.SchemaError(where, str(error)) from None
         if not same:

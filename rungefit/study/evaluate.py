@@ -125,10 +125,12 @@ class Scores:
 
 
 def score(name: str, parameters: int, x: np.ndarray, error: np.ndarray, domain: tuple[float, float] = DEFAULT_DOMAIN) -> Scores:
-    """Scores from the errors approximant − f at points x (float64 arrays of one shape)."""
+    """Scores from the errors approximant − f at points x (float64 arrays of one shape). Errors
+    beyond 1e154 (a diverged network's) square past float64: the MSE and RMSE are then inf."""
     worst = int(np.argmax(np.abs(error)))
     ends = near_the_ends(x, domain)
-    mse = float(np.mean(error**2))
+    with np.errstate(over="ignore"):
+        mse = float(np.mean(error**2))
     return Scores(
         name=name,
         parameters=parameters,
@@ -144,7 +146,8 @@ def score(name: str, parameters: int, x: np.ndarray, error: np.ndarray, domain: 
 
 
 def _rms(error: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(error**2))) if error.size else math.nan
+    with np.errstate(over="ignore"):  # inf beyond float64, as score's MSE
+        return float(np.sqrt(np.mean(error**2))) if error.size else math.nan
 
 
 def _max_abs(error: np.ndarray) -> float:

@@ -117,13 +117,15 @@ class GradientCheck:
         (over the points where f' exists; None when it exists at none)."""
         known = np.isfinite(self.network_vs_true)
         worst = int(np.argmax(np.where(known, self.network_vs_true, -np.inf)))
+        with np.errstate(over="ignore"):  # a diverged network's derivative: an RMS beyond float64 is inf
+            rms = float(np.sqrt(np.mean(self.network_vs_true[known] ** 2))) if known.any() else None
         return {
             "points": len(self.x),
             "max_product_vs_autograd": float(self.product_vs_autograd.max()),
             "max_fd_vs_autograd": float(self.fd_vs_autograd.max()),
             "max_network_vs_true": float(self.network_vs_true[worst]) if known.any() else None,
             "max_network_vs_true_at": float(self.x[worst]) if known.any() else None,
-            "rms_network_vs_true": float(np.sqrt(np.mean(self.network_vs_true[known] ** 2))) if known.any() else None,
+            "rms_network_vs_true": rms,
             "not_differentiable_at": [float(v) for v in self.x[~self.differentiable]],
         }
 

@@ -24,6 +24,7 @@ import torch
 
 from rungefit.errors import UsageError
 from rungefit.net.model import StackedMLP
+from rungefit.rules import NUMBER_RULE, parse_number
 from rungefit.study.evaluate import member_prediction
 from rungefit.study.grad import as_float64, data_unit_autograd
 from rungefit.targets import Target, is_number
@@ -51,9 +52,9 @@ def read_x(stream: BinaryIO, source: str) -> np.ndarray:
         if not field or (number == 1 and HEADER.fullmatch(field) and not is_number(field)):
             continue
         try:
-            value = float(field)
+            value = parse_number(field)
         except ValueError:
-            raise UsageError(f"{source}, line {number}: {field[:40]!r} is not a number") from None
+            raise UsageError(f"{source}, line {number}: {field[:40]!r} is not a number ({NUMBER_RULE})") from None
         if not math.isfinite(value):
             raise UsageError(f"{source}, line {number}: {field[:40]!r} is not a finite number")
         values.append(value)

@@ -13,6 +13,8 @@ import numpy as np
 
 from rungefit.config import MAX_DATA_BYTES, MAX_DATA_VALUE, MIN_DATA_SPREAD
 from rungefit.errors import UsageError
+from rungefit.rules import NUMBER_RULE, parse_number
+from rungefit.targets.maps import spread
 
 
 @dataclass(frozen=True, eq=False)
@@ -65,13 +67,13 @@ def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray, str |
             count = "one column" if len(cells) == 1 else f"{len(cells)} columns"
             raise UsageError(f"{label}, line {number}: {count}; expected two columns x,y")
         try:
-            pair = (float(cells[0]), float(cells[1]))
+            pair = (parse_number(cells[0]), parse_number(cells[1]))
         except ValueError:
-            if index == 0:  # a header
+            if index == 0 and not any(map(_spelled_otherwise, cells)):  # a header
                 names = (_name(cells[0]), _name(cells[1]))
                 continue
             bad = next(cell for cell in cells if not is_number(cell))
-            raise UsageError(f"{label}, line {number}: {bad[:20]!r} is not a number") from None
+            raise UsageError(f"{label}, line {number}: {bad[:20]!r} is not a number ({NUMBER_RULE})") from None
         if not all(math.isfinite(v) for v in pair):
             raise UsageError(f"{label}, line {number}: {line.strip()[:40]!r} has a NaN or infinite value")
         values.append(pair)
@@ -117,18 +119,28 @@ def _check_scalable(values: np.ndarray, lines: list[int], label: str, what: str)
             f"{label}, line {lines[worst]}: {what} = {values[worst]:g} is beyond ±{MAX_DATA_VALUE:g}, the largest magnitude "
             "a data column may have (its mean and variance must be finite in float64); rescale the column, e.g. to other units"
         )
-    spread = float(np.std(values))
-    if np.ptp(values) > 0 and not spread >= MIN_DATA_SPREAD:
+    deviation = spread(values)
+    if np.ptp(values) > 0 and not deviation >= MIN_DATA_SPREAD:
         raise UsageError(
-            f"{label}: {what} runs from {values.min():g} to {values.max():g}, a standard deviation of {spread:.3g} in float64, "
+            f"{label}: {what} runs from {values.min():g} to {values.max():g}, a standard deviation of {deviation:.3g}, "
             f"below {MIN_DATA_SPREAD:g}, the smallest a varying data column may have; rescale the column, e.g. to other units"
         )
 
 
 def is_number(cell: str) -> bool:
-    """Whether float() reads the text."""
+    """Whether the text is a number by the one rule for numbers (rules.parse_number)."""
+    try:
+        parse_number(cell)
+    except ValueError:
+        return False
+    return True
+
+
+def _spelled_otherwise(cell: str) -> bool:
+    """A number in other digits or with underscores ('１', '1_0'): float() reads it, the rule does
+    not. Such a first line is refused, not taken for a header."""
     try:
         float(cell)
     except ValueError:
         return False
-    return True
+    return not is_number(cell)

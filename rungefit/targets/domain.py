@@ -11,6 +11,7 @@ import numpy as np
 
 from rungefit.config import CHECK_POINTS, MAX_DOMAIN
 from rungefit.errors import UsageError
+from rungefit.rules import NUMBER_RULE, parse_number
 
 
 def parse_domain(text: str, limit: float = MAX_DOMAIN) -> tuple[float, float]:
@@ -19,9 +20,9 @@ def parse_domain(text: str, limit: float = MAX_DOMAIN) -> tuple[float, float]:
     try:
         if len(parts) != 2:
             raise ValueError
-        domain = (float(parts[0]), float(parts[1]))
+        domain = (parse_number(parts[0]), parse_number(parts[1]))
     except ValueError:
-        raise UsageError(f"--domain {text!r}: expected two numbers A,B with A < B, e.g. -1,1 or 0,3") from None
+        raise UsageError(f"--domain {text!r}: expected two numbers A,B with A < B, e.g. -1,1 or 0,3 ({NUMBER_RULE})") from None
     return check_domain(domain, limit)
 
 
@@ -48,7 +49,9 @@ def check_domain(domain, limit: float = MAX_DOMAIN) -> tuple[float, float]:
 
 
 def describe_domain(domain: tuple[float, float]) -> str:
-    return f"[{domain[0]:g}, {domain[1]:g}]"
+    """[A, B] in 6 digits, or in full where those would not tell the ends apart ([100000, 100000.001])."""
+    ends = [f"{end:g}" for end in domain]
+    return f"[{', '.join(ends if ends[0] != ends[1] else map(repr, domain))}]"
 
 
 def check_grid(domain: tuple[float, float]) -> np.ndarray:

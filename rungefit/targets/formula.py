@@ -25,8 +25,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rungefit.config import FORMULA_FUNCTIONS, MAX_FORMULA_CHARS, MAX_FORMULA_DEPTH, MAX_FORMULA_NODES
+from rungefit.config import (
+    FORMULA_FUNCTIONS,
+    MAX_FORMULA_CHARS,
+    MAX_FORMULA_DEPTH,
+    MAX_FORMULA_NODES,
+)
 from rungefit.errors import UsageError, suggest
+from rungefit.rules import NUMBER_RULE, parse_number
 
 CONSTANTS = {"pi": math.pi, "e": math.e}
 # name → number of arguments.
@@ -68,6 +74,9 @@ def parse_formula(text: str) -> Formula:
         raise UsageError(f"--target is {len(text)} characters long; a formula may have at most {MAX_FORMULA_CHARS}")
     if not text.strip():
         raise UsageError("--target is empty; give a preset name or a formula in x")
+    digit = next((c for c in text if c.isdigit() and not c.isascii()), None)
+    if digit is not None:  # Python's parser would stop at it with "invalid character"
+        raise UsageError(f"--target {short(text)}: {digit!r} is not a digit a formula reads ({NUMBER_RULE})")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # Python's own (`1if`: SyntaxWarning) are syntax errors here, not a stray line
@@ -78,7 +87,25 @@ def parse_formula(text: str) -> Formula:
     except (ValueError, RecursionError, MemoryError, OverflowError) as error:
         raise UsageError(f"--target {short(text)} cannot be parsed ({type(error).__name__})") from None
     _check_size(tree, text)
+    _check_spelling(tree, text.strip())
     return Formula(text, _fold(_convert(tree.body, text)))
+
+
+def _check_spelling(tree: ast.AST, source: str) -> None:
+    """Names and numbers as typed. Python's parser reads 'ｘ', '𝐱' and '𝐞' as x and e (it
+    NFKC-normalises names) and 1_0 as 10; a formula is held to its source text: a name is known
+    only as spelled, and a number follows the one rule for numbers (rules.NUMBER_RULE)."""
+    for node in ast.walk(tree):
+        spelled = ast.get_source_segment(source, node) if isinstance(node, (ast.Name, ast.Constant)) else None
+        if spelled is None:  # not a name or a number, or inside what _convert refuses (an f-string)
+            continue
+        if isinstance(node, ast.Name) and spelled != node.id:
+            raise UsageError(f"--target {short(source)}: unknown name {spelled!r}; {LANGUAGE}")
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            try:
+                parse_number(spelled)
+            except ValueError:
+                raise UsageError(f"--target {short(source)}: {spelled[:40]!r} is not a number ({NUMBER_RULE})") from None
 
 
 def _check_size(tree: ast.AST, text: str) -> None:

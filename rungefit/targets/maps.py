@@ -61,18 +61,30 @@ class Maps:
         return asdict(self)
 
 
+def spread(values: np.ndarray) -> float:
+    """The standard deviation of values. np.std squares the deviations, which underflow to 0 for
+    values near 1e-300 however much they vary, and overflow to inf near 1e160; there it is taken
+    of values / max|values| instead (elsewhere np.std's own, so that runs stay bit for bit)."""
+    with np.errstate(all="ignore"):
+        plain = float(np.std(values))
+        if 1e-140 <= plain <= 1e140:
+            return plain
+        largest = float(np.max(np.abs(values)))
+        return largest * float(np.std(values / largest)) if 0 < largest < math.inf else plain
+
+
 def make_maps(scale: str, domain: tuple[float, float], y: np.ndarray, has_function: bool) -> Maps:
     """The maps --scale asks for on `domain`, y's from the values `y` (float64, seed-independent)."""
     low, high = domain
     x_maps = {"x_centre": (low + high) / 2, "x_half": (high - low) / 2} if scale != "none" else {}
-    mean, spread = float(np.mean(y)), float(np.std(y))
-    far_from_unit = not (UNIT_SPREAD[0] <= spread <= UNIT_SPREAD[1]) or abs(mean) > UNIT_SPREAD[1] * max(spread, UNIT_SPREAD[0])
+    mean, y_spread = float(np.mean(y)), spread(y)
+    far_from_unit = not (UNIT_SPREAD[0] <= y_spread <= UNIT_SPREAD[1]) or abs(mean) > UNIT_SPREAD[1] * max(y_spread, UNIT_SPREAD[0])
     scale_y = scale == "xy" or (scale == "auto" and (not has_function or far_from_unit))
-    y_maps = {"y_mean": mean, "y_scale": spread} if scale_y else {}
+    y_maps = {"y_mean": mean, "y_scale": y_spread} if scale_y else {}
     maps = Maps(**x_maps, **y_maps)
     if not all(math.isfinite(value) for value in asdict(maps).values()) or maps.x_half <= 0 or maps.y_scale <= 0:
         raise UsageError(
             f"the values are too large or too close together to scale (x over {low:g}…{high:g}, y with mean {mean:g} and "
-            f"spread {spread:g}); rescale them in the file, or train with --scale none"
+            f"spread {y_spread:g}); rescale them in the file, or train with --scale none"
         )
     return maps

@@ -7,11 +7,17 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET, MAX_DATA_VALUE, MAX_POINTS, MAX_TEST_POINTS, MIN_DATA_POINTS
+from rungefit.config import (
+    DEFAULT_DOMAIN,
+    DEFAULT_TARGET,
+    MAX_DATA_VALUE,
+    MAX_POINTS,
+    MAX_TEST_POINTS,
+    MIN_DATA_POINTS,
+)
 from rungefit.errors import UsageError
 from rungefit.targets.datafile import PointsFile, read_points
-from rungefit.targets.domain import check_domain, check_grid, describe_domain, parse_domain
-from rungefit.targets.formula import short
+from rungefit.targets.domain import check_domain, check_grid, parse_domain
 from rungefit.targets.maps import make_maps
 from rungefit.targets.target import DataTarget, FunctionTarget, data_target, function_target
 
@@ -81,18 +87,14 @@ def resolve(config, points: PointsFile | None = None) -> FunctionTarget | DataTa
     otherwise the file the config names is read. A UsageError says what is wrong.
 
     Each command resolves its target once and passes it down; nothing is remembered between calls."""
-    for name in ("target", "data", "data_sha256"):
-        if not isinstance(getattr(config, name), str):
-            raise UsageError(f"the {name} setting must be text, got {type(getattr(config, name)).__name__}")
+    config.check("target", "domain", "data", "data_sha256", "test_fraction", "scale", "points", "val_fraction")  # the settings read here
     domain = check_domain(config.domain, MAX_DATA_VALUE) if config.data else check_domain(config.domain)
-    if not isinstance(config.test_fraction, (int, float)) or isinstance(config.test_fraction, bool):
-        raise UsageError(f"--test-fraction must be a number, got {type(config.test_fraction).__name__}")
     if config.data and not config.data_sha256:
         raise UsageError("a data setting needs the file's SHA-256 too: build it with targets.settings(data=…)")
     if not config.data:
         target = function_target(config.target, domain)
         values = target(check_grid(domain))
-        _varying(values, f"--target {short(target.spec)} on --domain {describe_domain(domain)}")
+        _varying(values, target.description)
         return replace(target, maps=make_maps(config.scale, domain, values, has_function=True))
     if points is None:
         points = read_points(config.data, expected_sha256=config.data_sha256)

@@ -6,6 +6,7 @@ and f' by autograd. The domain itself is domain.py's.
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ import numpy as np
 from rungefit.config import (
     MAX_DATA_VALUE,
     MAX_FORMULA_CHARS,
+    MIN_DATA_SPREAD,
     PRESETS,
     validation_size,
 )
@@ -22,7 +24,7 @@ from rungefit.errors import UsageError, suggest
 from rungefit.targets.datafile import PointsFile
 from rungefit.targets.domain import check_domain, check_grid, describe_domain
 from rungefit.targets.formula import CONSTANTS, FUNCTIONS, KINK_TOLERANCE, Formula, parse_formula, short
-from rungefit.targets.maps import Maps
+from rungefit.targets.maps import Maps, spread
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +54,72 @@ def _hold_out(x, y, points: int, val_fraction: float) -> DataSplit:
     return DataSplit(x[:, :n_train].contiguous(), x[:, n_train:].contiguous(), y[:, :n_train].contiguous(), y[:, n_train:].contiguous())
 
 
+# ---------------------------------------------------------------- the points in the run's dtype
+
+# What the network trains on, in its standard coordinates and the run's dtype, must keep what it is
+# to learn: rounding may move x and y by at most RESOLUTION of their spread (RMS), and errors of
+# RESOLUTION × y's spread must square to normal numbers of the dtype, as must y: the loss is a
+# mean of squares. With --scale none or x, y is in the data's units, and float32 may lose it.
+RESOLUTION = 1e-3
+SCALE_FIX = "--scale xy (the network then sees x on [-1, 1] and y of spread 1)"
+
+
+def _fixes(maps: Maps, float32: bool, dtype_helps: bool = True) -> str:
+    """What to use instead: --scale xy where y is in the data's units, --dtype float64 from float32."""
+    fixes = [SCALE_FIX] if (maps.y_mean, maps.y_scale) == (0.0, 1.0) else []
+    fixes += ["--dtype float64"] if float32 and dtype_helps else []
+    return f"use {' or '.join(fixes)}" if fixes else "rescale the values"
+
+
+def _rms(values) -> float:
+    """The root mean square of a tensor, taken of values / max|values|: no square under- or overflows."""
+    largest = float(values.abs().max())
+    return largest * float((values / largest).square().mean().sqrt()) if 0 < largest < math.inf else largest
+
+
+def check_rounding(exact, cast, what: str, maps: Maps) -> None:
+    """UsageError when the points (x, y) cast to the run's dtype leave its range or move by more
+    than RESOLUTION of their spread from exact, their float64 values (standard coordinates)."""
+    import torch
+
+    name = str(cast[0].dtype).removeprefix("torch.")
+    for axis, values, rounded in zip("xy", exact, cast, strict=True):
+        deviation, error = _rms(values - values.mean()), _rms(rounded.double() - values)
+        if not bool(torch.isfinite(rounded).all()):
+            problem = f"{axis} reaches {float(values.abs().max()):.3g}, beyond the largest {name}"
+        elif error > RESOLUTION * deviation:
+            problem = f"{axis} rounds by {error:.3g} (RMS), more than {RESOLUTION:g} of its spread {deviation:.3g}"
+        else:
+            continue
+        raise UsageError(f"{what} cannot be represented in {name} as the network sees it: {problem}; {_fixes(maps, name == 'float32')}")
+
+
+def _range_problem(y, dtype) -> str | None:
+    """What keeps the squares of y (a float64 tensor) and of errors of RESOLUTION × its spread
+    out of dtype's normal numbers, in words; None when nothing."""
+    import torch
+
+    info, name = torch.finfo(dtype), str(dtype).removeprefix("torch.")
+    varies, largest = _rms(y - y.mean()), float(y.abs().max())
+    if varies > 0 and (RESOLUTION * varies) ** 2 < info.tiny:  # (a constant is targets.resolve's to refuse)
+        return f"y varies by {varies:.3g}, too little: errors a thousandth of that square to less than the smallest normal {name}, {info.tiny:.3g}"
+    if largest**2 > info.max:
+        return f"y reaches {largest:.3g}, whose square overflows {name}"
+    return None
+
+
+def check_range(y, dtype, what: str, maps: Maps) -> None:
+    """UsageError when y (float64, as the network sees it) is too small or too large for the
+    squares of the loss in the run's dtype."""
+    import torch
+
+    problem = _range_problem(y, dtype)
+    if problem is not None:
+        name = str(dtype).removeprefix("torch.")
+        helps = _range_problem(y, torch.float64) is None
+        raise UsageError(f"{what} cannot be represented in {name} as the network sees it: {problem}; {_fixes(maps, dtype == torch.float32, helps)}")
+
+
 # ---------------------------------------------------------------- function targets
 
 
@@ -73,6 +141,11 @@ class FunctionTarget:
     @property
     def name(self) -> str:
         return self.spec if self.spec in PRESETS else f"f(x) = {self.spec}"
+
+    @property
+    def description(self) -> str:
+        """The target as its options give it, for messages."""
+        return f"--target {short(self.spec)} on --domain {describe_domain(self.domain)}"
 
     def __call__(self, x):
         """f(x) on a NumPy array or a tensor, in its dtype."""
@@ -102,17 +175,19 @@ class FunctionTarget:
         seeds = torch.as_tensor(seeds, dtype=torch.int64, device=device)
         low, high = self.domain
         x_data = low + (high - low) * rng.uniform(seeds, rng.STREAM_DATA, points)
-        x = self.maps.x_in(x_data).to(dtype or torch.float32)
-        if self.maps.identity:  # f in the run's dtype, as runs before the maps computed it, bit for bit
-            y = self(x)
-        else:  # in float64 at the point the network sees, then cast
-            y = self.maps.y_in(self(self.maps.x_out(x.double()))).to(x.dtype)
+        x_exact = self.maps.x_in(x_data)
+        x = x_exact.to(dtype or torch.float32)
+        y_exact = self.maps.y_in(self(self.maps.x_out(x.double())))  # in float64 at the point the network sees
+        # The maps' identity: f in the run's dtype, as runs before the maps computed it, bit for bit.
+        y = self(x) if self.maps.identity else y_exact.to(x.dtype)
         finite = torch.isfinite(y)
         if not bool(finite.all()):
             raise UsageError(
                 f"--target {short(self.spec)} is not finite at the training point x = {float(x[~finite][0]):.6g} in "
                 f"{str(x.dtype).removeprefix('torch.')}; use --dtype float64, or a formula that stays finite there"
             )
+        check_rounding((x_exact, y_exact), (x, y), self.description, self.maps)
+        check_range(y_exact, x.dtype, self.description, self.maps)
         return _hold_out(x, y, points, val_fraction)
 
     def test_grid(self, n: int, *, dtype=None, device="cpu"):
@@ -200,8 +275,23 @@ def function_target(spec: str, domain) -> FunctionTarget:
         raise UsageError(suggest(message, spec.strip(), PRESETS))
     else:
         target = FunctionTarget(spec, parse_formula(spec), domain, f"f(x) = {spec}", "f'(x)", None)
-    target.check_finite(check_grid(domain), "points checked")
+    grid = check_grid(domain)
+    target.check_finite(grid, "points checked")
+    _check_reportable(target(grid), target.description)
     return target
+
+
+def _check_reportable(values: np.ndarray, what: str) -> None:
+    """A UsageError unless f's figures, reported in float64 in f's units (MSEs are its squares),
+    can be: f within ±MAX_DATA_VALUE and varying by at least MIN_DATA_SPREAD (or not at all: a
+    constant is targets.resolve's to refuse), as a data column must."""
+    largest, varies = float(np.max(np.abs(values))), spread(values)
+    if largest > MAX_DATA_VALUE or 0 < varies < MIN_DATA_SPREAD:
+        found = f"reaches {largest:.3g}" if largest > MAX_DATA_VALUE else f"varies by only {varies:.3g}"
+        raise UsageError(
+            f"{what}: f {found}; rungefit reports its figures (MSEs, in f's units squared) in float64, which holds them for "
+            f"f within ±{MAX_DATA_VALUE:g} varying by at least {MIN_DATA_SPREAD:g}: rescale the formula (multiply it by a power of ten) or narrow --domain"
+        )
 
 
 # ---------------------------------------------------------------- data targets
@@ -267,8 +357,10 @@ class DataTarget:
         if points != len(pool):
             raise UsageError(f"--data leaves {len(pool)} points for training and validation; the config asks for {points}")
         index = pool[_orders(seeds, "STREAM_DATA", len(pool))]
-        standard = (self.maps.x_in(self.points.x[index]), self.maps.y_in(self.points.y[index]))
-        x, y = (torch.from_numpy(values).to(dtype=dtype or torch.float32, device=device) for values in standard)
+        exact = tuple(torch.from_numpy(values).to(device=device) for values in (self.maps.x_in(self.points.x[index]), self.maps.y_in(self.points.y[index])))
+        x, y = (values.to(dtype=dtype or torch.float32) for values in exact)
+        check_rounding(exact, (x, y), f"--data {self.source}", self.maps)
+        check_range(exact[1], x.dtype, f"--data {self.source}", self.maps)
         return _hold_out(x, y, points, val_fraction)
 
     def test_set(self, n: int | None = None, *, dtype=None, device="cpu"):

@@ -97,15 +97,17 @@ def pool_x(target: Target) -> np.ndarray:
 def noise_variance(val_mse: np.ndarray, pool_predictions: np.ndarray) -> float:
     """noise² = mean val_mse − the members' variance averaged over the pool, floored at 0
     (val_mse [K] finite; pool_predictions [K, m])."""
-    scatter = float(np.mean(np.var(pool_predictions, axis=0, ddof=1))) if len(val_mse) > 1 else 0.0
-    return max(0.0, float(np.mean(val_mse)) - scatter)
+    with np.errstate(over="ignore", invalid="ignore"):  # diverged members: inf, not a warning
+        scatter = float(np.mean(np.var(pool_predictions, axis=0, ddof=1))) if len(val_mse) > 1 else 0.0
+        return max(0.0, float(np.mean(val_mse)) - scatter)
 
 
 def spread(predictions: np.ndarray, noise2: float) -> np.ndarray:
     """√(noise² + s²/K) at each point of predictions [K, n]."""
     members = len(predictions)
-    scatter = np.var(predictions, axis=0, ddof=1) if members > 1 else np.zeros(predictions.shape[1])
-    return np.sqrt(noise2 + scatter / members)
+    with np.errstate(over="ignore", invalid="ignore"):  # diverged members: inf, not a warning
+        scatter = np.var(predictions, axis=0, ddof=1) if members > 1 else np.zeros(predictions.shape[1])
+        return np.sqrt(noise2 + scatter / members)
 
 
 def band(model: StackedMLP, target: Target, val_mse: Sequence[float | None], x: np.ndarray) -> Band:

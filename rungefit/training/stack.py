@@ -25,6 +25,7 @@ from rungefit.net.optim import StackedAdam, lr_factors
 from rungefit.targets import DataSplit, Target
 from rungefit.training import workers
 from rungefit.training.best import Best, keeps_best
+from rungefit.training.memory import check_fits
 from rungefit.training.metrics import standard_truth
 from rungefit.training.polish import PolishProgress, PolishReport, levenberg_marquardt
 
@@ -52,6 +53,7 @@ class EpochCurves:
 def new_stack(config: TrainConfig, target: Target, lrs: Sequence[float] | None = None) -> tuple[StackedMLP, StackedAdam, DataSplit, torch.Tensor]:
     """A freshly initialised model, its optimizer (member k at rate lrs[k], default config.lr), the
     data drawn from the target and the seeds [K], as every fit starts."""
+    check_fits(config)
     dtype, device = DTYPES[config.dtype], config.device
     seeds = torch.tensor(config.seeds, dtype=torch.int64, device=device)
     data = target.split(seeds, config.points, config.val_fraction, dtype=dtype, device=device)

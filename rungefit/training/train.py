@@ -237,7 +237,7 @@ def fit(
     `target` is config's target as targets.resolve made it; None resolves it here (a caller that
     has it already passes it, so that a command resolves its target once).
     """
-    config.validate()
+    config.validate(member_lrs)
     if target is None:
         target = targets.resolve(config)
     keeps_best = keeps_best_weights(config, target)
