@@ -159,6 +159,17 @@ def test_the_significance_verdict_knows_noise_from_signal():
     assert not learned_significantly([float("nan")], [1.0], n)[0]
 
 
+@pytest.mark.parametrize("n", [3, 5, 10, 40])
+def test_the_significance_test_holds_its_level_and_passes_good_fits_at_any_size(n):
+    # Pure noise predicted by the mean: flagged as learned in about 1 % of draws, at every size.
+    rng = np.random.default_rng(n)
+    residuals = rng.normal(size=(40_000, n))
+    flagged = learned_significantly((residuals**2).mean(axis=1), np.ones(40_000), n).mean()
+    assert 0.007 < flagged < 0.013
+    # A close fit passes even on a handful of validation points.
+    assert learned_significantly([2e-4], [1.0], n)[0]
+
+
 def test_a_noisy_data_set_fitted_well_exits_0_and_pure_noise_exits_1(tmp_path):
     x, y = noisy_wave(noise=0.2)  # noise variance well above 1 % of Var(y)
     good = runner.invoke(app, ["train", "--data", str(write_points(tmp_path / "good.csv", x, y)), "--epochs", "300", "--runs-dir", str(tmp_path / "runs"), "--quiet"])

@@ -5,7 +5,6 @@ that `eval` on a saved run reproduces them exactly (the same points, dtype and s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,20 +31,23 @@ def learned(val_mse, val_var) -> np.ndarray:
 # Measured data cannot pass TRAINED_BELOW: with noise of 5 % of Var(y) even the true function
 # scores 0.05. A data member has learned when its validation MSE is significantly below Var(y_val),
 # the score of predicting the mean: one-sided, at the 1 % level.
-SIGNIFICANCE_Z = 2.326  # the standard normal's 99th percentile
+SIGNIFICANCE = 0.01
 
 
 def learned_significantly(val_mse, val_var, n_val: int) -> np.ndarray:
     """Elementwise, for data: is the validation MSE significantly below Var(y_val)?
 
-    Under "learned nothing" the network predicts no better than the mean, and over n validation
-    points the ratio MSE / Var(y) then scatters around 1 with a standard deviation of about
-    sqrt(2 / n) (Gaussian residuals: each mean of n squares has a relative spread of sqrt(2 / n)).
-    A member has learned when 1 − MSE / Var(y) exceeds SIGNIFICANCE_Z of those deviations. (A
-    non-finite MSE never has.)
+    Under "learned nothing" the network predicts no better than the mean: its n validation
+    residuals are like n draws of the spread of y, so n · MSE / Var(y) follows a chi-square
+    distribution with n degrees of freedom (Gaussian residuals). A member has learned when
+    n · MSE / Var(y) lies below that distribution's SIGNIFICANCE quantile. The exact quantile, not
+    the normal approximation (ratio 1 ± sqrt(2 / n)), which no fit can pass below 11 points.
+    (A non-finite MSE never has.)
     """
+    from scipy.special import gammaincinv  # only data runs ask, and scipy costs an import
+
     ratio = np.asarray(val_mse, dtype=np.float64) / np.asarray(val_var, dtype=np.float64)
-    return (1.0 - ratio) * math.sqrt(n_val / 2.0) > SIGNIFICANCE_Z
+    return ratio < 2.0 * gammaincinv(n_val / 2.0, SIGNIFICANCE) / n_val
 
 
 def members_learned(val_mse, val_var, n_val: int, data: bool) -> np.ndarray:

@@ -483,9 +483,10 @@ HOW = f"""## How rungefit fits measured data
   `x,y,spread`, `eval` reports the ±2-spread band's coverage of the held-out points,
   `rungefit.open_run(...).predict(x)` returns mean and spread, and fit.png shades the band.
 - **What was learned.** On data, a member has learned when its validation MSE is significantly
-  below Var(y) of its validation points: one-sided at 1 %, taking the ratio MSE / Var(y) to scatter
-  by about √(2/n) around 1 when the network predicts no better than the mean. Only then is a run
-  "nothing learned" (exit 1), and `eval`, `grad`, `predict`, `export` and `rungefit.load` say so
+  below Var(y) of its validation points: one-sided at 1 %, taking n · MSE / Var(y) over n points to
+  follow a chi-square distribution with n degrees of freedom when the network predicts no better
+  than the mean (it has learned below that distribution's 1st percentile). A run where no member
+  has is "nothing learned" (exit 1), and `eval`, `grad`, `predict`, `export` and `rungefit.load` say so
   when such a run is used.
 """
 
