@@ -14,6 +14,7 @@ from rungefit.cli import figures as plots
 from rungefit.cli import render as report
 from rungefit.cli.app import app
 from rungefit.cli.render_study import render_eval, render_grad
+from rungefit.cli.tables import PIPE_WIDTH
 
 from .helpers import QUICK_TRAIN, png_not_rendered, runner
 
@@ -85,7 +86,17 @@ def test_no_number_is_cut_at_any_width(documents, monkeypatch, name, columns):
 
 @pytest.mark.parametrize("name", sorted(RENDERS))
 def test_without_a_terminal_or_columns_every_table_is_printed_whole(documents, monkeypatch, name):
-    assert printed(name, documents[name], monkeypatch, None) == printed(name, documents[name], monkeypatch, HUGE)
+    piped = printed(name, documents[name], monkeypatch, None)
+    assert numbers(piped) == numbers(printed(name, documents[name], monkeypatch, HUGE)), piped
+    assert "┏" in piped and "approximant ┃ params" not in piped.split("┏")[0]  # tables, not rows of "header: value"
+
+
+def test_without_a_terminal_a_long_formula_wraps_instead_of_widening_every_row(documents, monkeypatch):
+    formula = " + ".join(f"abs(sin({k}*x))" for k in range(15708, 15738))
+    doc = {**documents["train"], "target": {**documents["train"]["target"], "target": formula}}
+    piped = printed("train", doc, monkeypatch, None)
+    assert max(len(line) for line in piped.splitlines()) <= PIPE_WIDTH, piped
+    assert numbers(piped) == numbers(printed("train", doc, monkeypatch, HUGE))
 
 
 def test_a_wide_table_is_split_into_tables_that_repeat_the_first_column(documents, monkeypatch):

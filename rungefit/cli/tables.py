@@ -4,8 +4,9 @@ Rich fits a table to the console by narrowing its columns below their longest wo
 ellipsizes numbers (`1.718e…`) or splits them across lines, and without a terminal it assumes 80
 columns. print_table instead:
 
-- takes the terminal's width, or COLUMNS when it is set; with neither (a pipe, a file, CI) there is
-  no limit, and a log holds every table whole;
+- takes the terminal's width, or COLUMNS when it is set; with neither (a pipe, a file, CI)
+  PIPE_WIDTH, or more where a table needs more to keep every word whole: a log holds every table
+  whole, and a long formula wraps instead of widening every row;
 - keeps every column at least as wide as its longest word (a number is one word): headers and
   text wrap between words, numbers never;
 - when that is still too wide, splits the columns over several tables, each repeating the first
@@ -27,6 +28,7 @@ from rich.table import Column, Table
 
 # Wide enough to measure any cell on one line.
 UNLIMITED = 1_000_000
+PIPE_WIDTH = 100  # a table's width without a terminal or COLUMNS, where its words allow
 
 
 def available_width(console: Console) -> int | None:
@@ -38,7 +40,7 @@ def available_width(console: Console) -> int | None:
 
 def print_table(table: Table, console: Console) -> None:
     """`table` on `console`, as wide as it may be (available_width), no word of it cut."""
-    width = available_width(console)
+    width = available_width(console) or max(PIPE_WIDTH, narrowest(console, table))
     whole = fitted(console, table, width)
     parts = [whole] if whole is not None else split_columns(console, table, width)
     if parts is None:
@@ -48,16 +50,12 @@ def print_table(table: Table, console: Console) -> None:
         console.print(part, crop=False)
 
 
-def fitted(console: Console, table: Table, width: int | None) -> Table | None:
-    """`table` laid out to print at most `width` wide (None: its full width, whatever the console's)
-    with every column at least as wide as its longest word; None when those widths do not fit.
+def fitted(console: Console, table: Table, width: int) -> Table | None:
+    """`table` laid out to print at most `width` wide with every column at least as wide as its longest word; None when those widths do not fit.
     Where Rich's own layout keeps every word whole, it is that layout."""
     spans = [_measure(console, column) for column in table.columns]
     laid = _with_columns(table, [dataclasses.replace(column, min_width=span.minimum) for column, span in zip(table.columns, spans)])
     full = Measurement.get(console, console.options.update_width(UNLIMITED), laid).maximum
-    if width is None:
-        laid.width = full
-        return laid
     rendered = Segment.split_lines(console.render(laid, console.options.update_width(width)))  # uncropped
     if max(Segment.get_line_length(line) for line in rendered) <= width:
         return laid
@@ -70,6 +68,13 @@ def fitted(console: Console, table: Table, width: int | None) -> Table | None:
         widths[max(give, key=lambda index: widths[index])] -= 1
     laid.columns = [dataclasses.replace(column, width=w) for column, w in zip(laid.columns, widths)]
     return laid
+
+
+def narrowest(console: Console, table: Table) -> int:
+    """The width `table` takes with every column as wide as its longest word."""
+    spans = [_measure(console, column) for column in table.columns]
+    full = Measurement.get(console, console.options.update_width(UNLIMITED), table).maximum
+    return full - sum(span.maximum for span in spans) + sum(span.minimum for span in spans)
 
 
 def split_columns(console: Console, table: Table, width: int) -> list[Table] | None:
