@@ -3,14 +3,21 @@ trained run, made once per session under a temporary directory, and the like."""
 
 from __future__ import annotations
 
-import json
+import os
 
-import pytest
-import torch
+# pytest-xdist's workers inherit COLUMNS=80, and Rich fixes a console's width from COLUMNS when the
+# console is made (rungefit.cli.render's, at import): a test that sets COLUMNS would go unheard.
+# Each test that cares sets its width itself.
+os.environ.pop("COLUMNS", None)
 
-from rungefit.cli.app import app
+import json  # noqa: E402
 
-from .helpers import QUICK_TRAIN, SPECS, png_not_rendered, runner
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from rungefit.cli.app import app  # noqa: E402
+
+from .helpers import QUICK_TRAIN, SPECS, png_not_rendered, runner  # noqa: E402
 
 
 @pytest.fixture(scope="session")
