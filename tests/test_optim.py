@@ -1,5 +1,8 @@
 """StackedAdam against torch.optim.Adam, on both of its paths, and the learning-rate schedules."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -8,7 +11,7 @@ from rungefit.config import TrainConfig
 from rungefit.net.optim import StackedAdam, fused_adam_works, lr_factors
 from rungefit.training.train import fit
 
-from .helpers import stacked
+from .helpers import fresh_interpreter_env, stacked
 
 F64 = torch.float64
 
@@ -87,3 +90,14 @@ def test_schedules_start_at_the_peak_rate_and_decay():
     assert onecycle.max() == pytest.approx(1)
     assert onecycle.argmax() == pytest.approx(0.3 * steps, abs=2)
     assert onecycle[-1] == pytest.approx(1 / 25e4)
+
+
+def test_a_training_on_the_fast_path_does_not_import_torch_dynamo():
+    # Constructing torch.optim.Adam imports torch._dynamo, most of a second of every command: the
+    # fast path's check compares with Adam's documented update instead.
+    code = (
+        "import sys\nfrom rungefit import TrainConfig, fit\nfrom rungefit.net.optim import fused_adam_works\n"
+        "fit(TrainConfig(points=60, epochs=1))\nprint(fused_adam_works(), 'torch._dynamo' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=fresh_interpreter_env(), timeout=100)
+    assert result.stdout.split() == ["True", "False"], result.stderr
