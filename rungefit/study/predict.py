@@ -113,12 +113,8 @@ class Predictions:
 def predict(model: StackedMLP, target: Target, member: int, x: np.ndarray, with_grad: bool = False) -> Predictions:
     """Member `member`'s y at x [n] (as eval computes it, in data units), and with_grad its dy/dx
     by autograd of the data-unit function (as grad computes it)."""
-    parts = np.array_split(x, max(1, math.ceil(len(x) / CHUNK)))
-    y = np.concatenate([member_prediction(model, target, member, part) for part in parts])
-    dydx = None
-    if with_grad:
-        single = as_float64(model, member)
-        dydx = np.concatenate([data_unit_autograd(single, target.maps, torch.as_tensor(part).reshape(1, -1))[0].numpy() for part in parts])
+    y = np.concatenate([member_prediction(model, target, member, part) for part in _chunks(x)])
+    dydx = _mean_slope(as_float64(model, member), target, x) if with_grad else None
     return Predictions(x=x, y=y, dydx=dydx)
 
 
@@ -128,10 +124,17 @@ def predict_ensemble(model: StackedMLP, target: Target, val_mse, x: np.ndarray, 
     result = band(model, target, val_mse, x)
     dydx = None
     if with_grad:
-        chosen = model.select(list(result.members)).to(dtype=torch.float64, device="cpu")
-        parts = np.array_split(x, max(1, math.ceil(len(x) / CHUNK)))
-        dydx = np.concatenate([
-            data_unit_autograd(chosen, target.maps, torch.as_tensor(part).reshape(1, -1).expand(chosen.members, -1)).mean(dim=0).numpy()
-            for part in parts
-        ])
+        dydx = _mean_slope(model.select(list(result.members)).to(dtype=torch.float64, device="cpu"), target, x)
     return Predictions(x=x, y=result.mean, dydx=dydx, spread=result.spread), result.noise, len(result.members)
+
+
+def _mean_slope(stack: StackedMLP, target: Target, x: np.ndarray) -> np.ndarray:
+    """dy/dx at x [n] of the mean of a float64 stack's members, in data units, CHUNK points at a time."""
+    return np.concatenate([
+        data_unit_autograd(stack, target.maps, torch.as_tensor(part).reshape(1, -1).expand(stack.members, -1)).mean(dim=0).numpy()
+        for part in _chunks(x)
+    ])
+
+
+def _chunks(x: np.ndarray) -> list[np.ndarray]:
+    return np.array_split(x, max(1, math.ceil(len(x) / CHUNK)))
