@@ -185,7 +185,7 @@ def export(
         RunStore(runs_dir).check_outside(out, "--out")
     chosen = member
     loaded, member, source = open_member(runs_dir, run, member)
-    ensemble = _ensemble(loaded, chosen)
+    ensemble = loaded.uses_ensemble(chosen)
     if ensemble:
         members = list(finite_members(loaded.val_mse))
         network = core.EnsembleMean([loaded.network(k) for k in members])
@@ -258,7 +258,7 @@ def predict(
     outside = int(((x < lo) | (x > hi)).sum())
     if outside:
         report.warning(f"{outside} of the {len(x)} x values lie outside [{lo:g}, {hi:g}], where the network was trained: extrapolation")
-    if _ensemble(loaded, chosen):
+    if loaded.uses_ensemble(chosen):
         val_mse = loaded.val_mse
         result, noise, members = core.predict_ensemble(loaded.model, loaded.target, val_mse, x, with_grad)
         doc = {"run": str(loaded.path), "member": None, "members": members, "noise": noise, "points": len(x), **result.as_dict()}
@@ -269,11 +269,6 @@ def predict(
         report.print_json(doc)
     else:
         report.print_plain(result.csv())
-
-
-def _ensemble(loaded, member: Optional[int]) -> bool:
-    """Whether predict and export use the whole stack: a data run with several members, no --member."""
-    return member is None and loaded.model.members > 1 and not loaded.target.has_function
 
 
 @contextmanager

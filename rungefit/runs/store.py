@@ -95,6 +95,11 @@ class Run:
             raise UsageError(f"{option} {member}: run {self.path.name!r} has {members} member(s), numbered 0…{members - 1}")
         return member
 
+    def uses_ensemble(self, member: int | None) -> bool:
+        """Whether `member` (None: none chosen) stands for the ensemble, as predict and export take
+        it: on a data run with several members, none chosen means their mean (and its band)."""
+        return member is None and self.model.members > 1 and not self.target.has_function
+
     def network(self, member: int | None = None):
         """The member (default: the best by validation MSE) as a torch.nn.Sequential in the run's
         dtype and the target's units (the maps folded in), on the CPU, in eval mode and without
