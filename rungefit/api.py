@@ -21,7 +21,6 @@ from rungefit.errors import UsageError
 from rungefit.net.sequential import from_sequential, to_sequential
 from rungefit.rules import Rule
 from rungefit.runs import Run, RunStore
-from rungefit.training.metrics import FIT_NONE
 from rungefit.training.train import fit
 
 # TrainConfig's fields that the data file sets.
@@ -58,7 +57,7 @@ def load(run: str | None = None, runs_dir: str | Path = "runs", member: int | No
     """
     ARGUMENTS["member"].check("member", member)
     opened = open_run(run, runs_dir)
-    if opened.summary.get("fit") == FIT_NONE:
+    if opened.learned_nothing:
         warnings.warn(f"run {opened.path.name!r} learned nothing: its predictions are little better than the mean of y", UserWarning, stacklevel=2)
     return opened.network(member)
 

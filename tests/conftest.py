@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from rungefit.cli.app import app  # noqa: E402
 
-from .helpers import QUICK_TRAIN, SPECS, png_not_rendered, runner  # noqa: E402
+from .helpers import QUICK_TRAIN, SPECS, png_not_rendered, runner, save_run  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -45,7 +45,6 @@ def spec_runs(tmp_path_factory):
     """{(layers, dtype): (runs_dir, name, summary)}: a short two-member run of each of SPECS in float32
     and float64, saved as `train` saves it but without its figures (drawing them is most of the time)."""
     from rungefit.config import TrainConfig
-    from rungefit.runs import RunStore
     from rungefit.training.train import fit
 
     runs_dir = tmp_path_factory.mktemp("spec-runs")
@@ -54,7 +53,7 @@ def spec_runs(tmp_path_factory):
         for dtype in ("float32", "float64"):
             name = f"s{index}-{dtype}"
             result = fit(TrainConfig(layers=layers, points=120, epochs=4, seeds=(0, 1), dtype=dtype, workers=1))
-            RunStore(runs_dir).save(result, summary_extra={"schedule": result.config.schedule}, name=name)
+            save_run(runs_dir, result, name, summary_extra={"schedule": result.config.schedule})
             made[layers, dtype] = (runs_dir, name, result.summary())
     return made
 

@@ -113,10 +113,10 @@ def stop_after(steps: int):
     return lambda: next(calls) >= steps
 
 
-def save_run(runs_dir, result, name=None):
-    """Save a fit's result through the RunStore, as `train` does but without the CLI's extra
-    summary fields and figures; its directory."""
-    return RunStore(runs_dir).save(result, name=name).path
+def save_run(runs_dir, result, name=None, summary_extra=None):
+    """Save a fit's result through the RunStore, as `train` does but without its figures (and the
+    CLI's extra summary fields but `summary_extra`); its directory."""
+    return RunStore(runs_dir).save(result, name=name, summary_extra=summary_extra)
 
 
 # ---------------------------------------------------------------- rungefit in a process of its own

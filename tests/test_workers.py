@@ -19,8 +19,9 @@ import torch
 from rungefit.config import TrainConfig
 from rungefit.training import workers as workers
 from rungefit.training.polish import PolishProgress
-from rungefit.training.stack import _split, worker_count
+from rungefit.training.stack import _split
 from rungefit.training.train import DivergedError, fit
+from rungefit.training.workers import worker_count
 
 pytestmark = pytest.mark.skipif(not workers.available(), reason="worker processes need fork (Linux)")
 

@@ -306,9 +306,7 @@ def _warn_if_unfinished(loaded) -> None:
 
 def unlearned_note(loaded) -> str | None:
     """What to say of a run whose members learned nothing (its summary's verdict), or None."""
-    from rungefit.training.metrics import FIT_NONE  # torch, loaded with the run by now; never on the way of --help
-
-    if loaded.status != "complete" or loaded.summary.get("fit") != FIT_NONE:  # an unfinished run has its own warning
+    if loaded.status != "complete" or not loaded.learned_nothing:  # an unfinished run has its own warning
         return None
     return (
         f"run {loaded.path.name!r} learned nothing: no member's validation MSE is below the yardstick (Var(y) of its "

@@ -35,7 +35,7 @@ from rungefit.config import (
     format_layers,
 )
 from rungefit.errors import RungefitError, UsageError
-from rungefit.files import describe, existing_file
+from rungefit.files import atomic_write, describe, existing_file
 from rungefit.runs import ENSEMBLE_EXPORT, EVAL_FIGURE, EXPORT_PREFIX, GRAD_FIGURE, RunStore
 
 
@@ -210,7 +210,7 @@ def export(
         if out is None:
             loaded.write_derived(file_name, data)
         else:
-            core.write(out, data)
+            atomic_write(out, data)  # the old contents or the new
     except OSError as error:
         raise _cannot_write(path, error) from None
     doc = {

@@ -138,7 +138,7 @@ def train(
 
         def save(result) -> Path:
             figures, summary_extra = _run_extras(result, lr_extra, phases, reservation.path.name)
-            return store.save(result, summary_extra=summary_extra, figures=figures, name=name, reservation=reservation).path
+            return store.save(result, summary_extra=summary_extra, figures=figures, name=name, reservation=reservation)
 
         _train_and_report(config, goal, save, lr_extra, quiet, json_output, phases)
 

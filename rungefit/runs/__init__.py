@@ -13,9 +13,7 @@ from rungefit.runs.layout import (
     EXPORT_PREFIX,
     GRAD_FIGURE,
     LATEST,
-    LR_FIND_DIR,
-    MODEL_FILE,
 )
 from rungefit.runs.store import Run, RunStore
 
-__all__ = ["ENSEMBLE_EXPORT", "EVAL_FIGURE", "EXPORT_PREFIX", "GRAD_FIGURE", "LATEST", "LR_FIND_DIR", "MODEL_FILE", "Run", "RunStore"]
+__all__ = ["ENSEMBLE_EXPORT", "EVAL_FIGURE", "EXPORT_PREFIX", "GRAD_FIGURE", "LATEST", "Run", "RunStore"]

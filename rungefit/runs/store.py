@@ -70,6 +70,13 @@ class Run:
         return self.checkpoint["epochs_run"]
 
     @property
+    def learned_nothing(self) -> bool:
+        """Whether the run's verdict is that no member learned (summary.json's fit)."""
+        from rungefit.training.metrics import FIT_NONE  # torch: listing runs for TAB completion needs none
+
+        return self.summary.get("fit") == FIT_NONE
+
+    @property
     def val_mse(self) -> list:
         """Every member's validation MSE as summary.json holds it (None where it was not finite)."""
         return [member["val_mse"] for member in self.summary["members"]]
@@ -366,14 +373,14 @@ class RunStore:
         unsaved gives the name up), and yields the reservation: its .path is the run's."""
         return prepare_runs_dir(self.path, name)
 
-    def save(self, result, *, summary_extra: dict | None = None, figures: dict[str, bytes] | None = None, name: str | None = None, reservation=None) -> Run:
+    def save(self, result, *, summary_extra: dict | None = None, figures: dict[str, bytes] | None = None, name: str | None = None, reservation=None) -> Path:
         """Save a training's result as a new run (all its files at once), mark it latest, and
-        open it. Its name: the reservation's, else `name`, else a timestamp."""
+        return its directory (open() reads it back). Its name: the reservation's, else `name`,
+        else a timestamp."""
         files = run_files(result, summary_extra or {}, figures or {})
         if reservation is None:  # train reserved, and so made, the directory; a script may not have
             ensure_writable_dir(self.path, "--runs-dir")
-        path = save_new_run(self.path, name, files, reservation)
-        return self.open(path.name)
+        return save_new_run(self.path, name, files, reservation)
 
     def update(self, run: Run, result, *, summary_extra: dict | None = None, figures: dict[str, bytes] | None = None) -> None:
         """Replace `run` (opened for update) by its resumed training's result, in one swap."""

@@ -16,14 +16,12 @@ import logging
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
 from rungefit._version import __version__
 from rungefit.config import format_layers
 from rungefit.errors import RungefitError
-from rungefit.files import atomic_write
 from rungefit.net.sequential import Float64Affine, sequential_layers
 
 # What `pip install` needs for --format onnx: torch.onnx's exporter imports onnx and onnxscript.
@@ -135,8 +133,3 @@ def safetensors_bytes(network: torch.nn.Module, meta: dict[str, str]) -> bytes:
     from safetensors.torch import save
 
     return save({key: value.contiguous() for key, value in network.state_dict().items()}, metadata=meta)
-
-
-def write(path: Path, data: bytes) -> None:
-    """Write an export to a file of the user's choosing, atomically (the old contents or the new)."""
-    atomic_write(path, data)

@@ -8,8 +8,7 @@ by formula.py's whitelist and never executed) or a DataTarget (measured points, 
 
 from __future__ import annotations
 
-from rungefit.config import DATA_FILE
-from rungefit.targets.datafile import PointsFile, is_number, read_points
+from rungefit.targets.datafile import is_number, read_points
 from rungefit.targets.domain import describe_domain
 from rungefit.targets.maps import Maps
 from rungefit.targets.resolving import Settings, resolve, settings
@@ -18,12 +17,10 @@ from rungefit.targets.target import DataSplit, DataTarget, FunctionTarget
 Target = FunctionTarget | DataTarget
 
 __all__ = [
-    "DATA_FILE",
     "DataSplit",
     "DataTarget",
     "FunctionTarget",
     "Maps",
-    "PointsFile",
     "Settings",
     "Target",
     "describe_domain",

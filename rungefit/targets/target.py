@@ -18,6 +18,7 @@ from rungefit.config import (
     MAX_FORMULA_CHARS,
     MIN_DATA_SPREAD,
     PRESETS,
+    TRAIN_RULES,
     validation_size,
 )
 from rungefit.errors import UsageError, suggest
@@ -413,6 +414,5 @@ def data_target(points: PointsFile, domain, test_fraction: float, source: str) -
             f"--data {source}: x = {points.x[outside][0]:g} lies outside --domain {describe_domain(domain)} "
             f"({int(outside.sum())} points); widen --domain, or drop it to use the data's range"
         )
-    if not 0 < test_fraction < 1:
-        raise UsageError(f"--test-fraction must lie strictly between 0 and 1, got {test_fraction}")
+    TRAIN_RULES["test_fraction"].check("test_fraction", test_fraction)
     return DataTarget(points, domain, test_fraction, source)

@@ -30,9 +30,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from rungefit.config import MIN_MEMBERS_PER_WORKER, TrainConfig, layer_shapes, parameter_count
+from rungefit.config import TrainConfig, layer_shapes, parameter_count
 from rungefit.errors import UsageError
 from rungefit.training.polish import CHUNK
+from rungefit.training.workers import worker_count
 
 STATE_COPIES = 15  # 4 (weights, gradients, moments) + 1 (best) + 2 × 4 (two epochs' starts) + 1 (a temporary) + 1
 PARENT_COPIES = 5  # a parent's weights, gradients, moments and best, beside its workers
@@ -46,7 +47,7 @@ def training_bytes(config: TrainConfig) -> dict[str, int]:
     """What training `config` needs, in bytes, by part (parameters, activations, points, polish)."""
     item = 8 if config.dtype == "float64" else 4
     members, size = len(config.seeds), parameter_count(config.hidden_layers)
-    copies = STATE_COPIES + (PARENT_COPIES if forks(config) else 0)
+    copies = STATE_COPIES + (PARENT_COPIES if worker_count(config) > 1 else 0)
     per_parameter = max(copies * item, 2 * item + 8 * INIT_TEMPORARIES)
     rows = sum(fan_in + 1 + 3 * fan_out for fan_in, fan_out in layer_shapes(config.hidden_layers))
     batch = min(config.batch_size, config.n_train)
@@ -57,12 +58,6 @@ def training_bytes(config: TrainConfig) -> dict[str, int]:
         "points": members * config.points * (4 * item + 8 + POINT_BYTES_FLOAT64),
         "polish": 8 * (POLISH_SYSTEMS * size * size + 2 * CHUNK * size) if config.polish == "lm" else 0,
     }
-
-
-def forks(config: TrainConfig) -> bool:
-    """Whether the members may be split among worker processes (stack.worker_count decides how many)."""
-    members = len(config.seeds)
-    return config.device == "cpu" and members > 1 and (config.workers > 1 or (config.workers == 0 and members >= 2 * MIN_MEMBERS_PER_WORKER))
 
 
 def memory_limit(device: str) -> tuple[int, str] | None:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rungefit import rng
-from rungefit.config import MIN_MEMBERS_PER_WORKER, TrainConfig
+from rungefit.config import TrainConfig
 from rungefit.net.model import DTYPES, StackedMLP
 from rungefit.net.optim import StackedAdam, lr_factors
 from rungefit.targets import DataSplit, Target
@@ -93,19 +93,6 @@ def open_stack(config: TrainConfig, target: Target, lrs: list[float], resume=Non
         return
     with ForkedStack(stack) as split:
         yield split
-
-
-def worker_count(config: TrainConfig) -> int:
-    """How many processes train config's members: config.workers (at most one per member), or
-    for 0 one per CPU core, each with at least MIN_MEMBERS_PER_WORKER members. Always 1 where
-    worker processes cannot be forked (not Linux, or a daemonic process): a run saved with
-    several, resumed there, goes on in one."""
-    members = len(config.seeds)
-    if config.device != "cpu" or not workers.available():
-        return 1
-    if config.workers:
-        return min(config.workers, members)
-    return max(1, min(workers.cpu_count(), members // MIN_MEMBERS_PER_WORKER))
 
 
 

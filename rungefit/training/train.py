@@ -26,7 +26,8 @@ from rungefit.training.best import Best
 from rungefit.training.best import keeps_best as keeps_best_weights
 from rungefit.training.metrics import fit_verdict, float64_mse, float64_truth, grid_errors, members_learned
 from rungefit.training.polish import PolishProgress, PolishReport
-from rungefit.training.stack import EpochCurves, open_stack, worker_count
+from rungefit.training.stack import EpochCurves, open_stack
+from rungefit.training.workers import worker_count
 
 # Hidden activations per step (members × batch × hidden units) from which CPU training uses
 # torch's intra-op threads; below it one thread is faster (see intra_op_threads).

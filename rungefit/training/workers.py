@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from multiprocessing.connection import wait
 from typing import Any
 
+from rungefit.config import MIN_MEMBERS_PER_WORKER, TrainConfig
 from rungefit.errors import RungefitError
 
 # How often the parent runs its poll callback while it waits for the workers (seconds).
@@ -222,3 +223,16 @@ def _send_error(pipe, error: BaseException) -> None:
         pipe.send(("error", error))
     except OSError:
         pass  # the parent is gone
+
+
+def worker_count(config: TrainConfig) -> int:
+    """How many processes train config's members: config.workers (at most one per member), or
+    for 0 one per CPU core, each with at least MIN_MEMBERS_PER_WORKER members. Always 1 where
+    worker processes cannot be forked (not Linux, or a daemonic process): a run saved with
+    several, resumed there, goes on in one."""
+    members = len(config.seeds)
+    if config.device != "cpu" or not available():
+        return 1
+    if config.workers:
+        return min(config.workers, members)
+    return max(1, min(cpu_count(), members // MIN_MEMBERS_PER_WORKER))

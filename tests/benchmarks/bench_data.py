@@ -165,31 +165,26 @@ def write_csv(path: Path, data: DataSet, split_seed: int) -> None:
 
 @dataclass
 class Fitted:
-    """rungefit's predictions at the test x, in data units: [K, n] members, and the band if the run offers one."""
+    """rungefit's predictions at the test x, in data units: [K, n] members, and the run's mean and band."""
 
     members: np.ndarray
     mean: np.ndarray
-    spread: np.ndarray | None
-    mean_from_run: bool  # the mean is the Run's own prediction, not the members' average
+    spread: np.ndarray
 
 
 def rungefit_predictions(result, x: np.ndarray, store: Path, name: str) -> Fitted:
-    """What a user gets from the run at x, in data units.
-
-    The run is saved and reopened as `rungefit.open_run` would give it: where the Run can predict
-    (the ensemble's mean and spread), that is used; otherwise each member's network
-    (`Run.network(k)`, the module `rungefit.load` returns) is evaluated in its own dtype. This is
-    the one place to adapt when rungefit's prediction API changes.
-    """
+    """What a user gets from the run at x, in data units: the run is saved and reopened as
+    `rungefit.open_run` gives it; each member's network (`Run.network(k)`, the module
+    `rungefit.load` returns) is evaluated in its own dtype, and `Run.predict` gives the ensemble's
+    mean and spread."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a run that learned nothing may say so on loading
         store.mkdir(parents=True, exist_ok=True)
-        run = RunStore(store).save(result, name=name)
+        runs = RunStore(store)
+        run = runs.open(runs.save(result, name=name).name)
         members = np.stack([_module_prediction(run.network(k), x) for k in range(len(result.config.seeds))])
-        mean, spread, from_run = members.mean(axis=0), None, callable(getattr(run, "predict", None))
-        if from_run:
-            mean, spread = _band(run.predict(x), mean)
-    return Fitted(members, mean, spread, from_run)
+        band = run.predict(x)
+    return Fitted(members, band.mean, band.spread)
 
 
 def _module_prediction(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
@@ -197,19 +192,6 @@ def _module_prediction(network: torch.nn.Module, x: np.ndarray) -> np.ndarray:
     dtype = torch.float32 if dtype is None else dtype.dtype
     with torch.no_grad():
         return network(torch.as_tensor(x, dtype=torch.float64).to(dtype).reshape(-1, 1)).double().reshape(-1).numpy()
-
-
-def _band(found, fallback: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """(mean, spread) out of whatever Run.predict returns: a pair, a mapping or an object with such fields."""
-    if isinstance(found, tuple) and len(found) == 2:
-        return np.asarray(found[0], dtype=np.float64), np.asarray(found[1], dtype=np.float64)
-    get = found.get if isinstance(found, dict) else lambda key: getattr(found, key, None)
-    mean = next((get(key) for key in ("mean", "y") if get(key) is not None), None)
-    spread = get("spread")
-    return (
-        fallback if mean is None else np.asarray(mean, dtype=np.float64).reshape(-1),
-        None if spread is None else np.asarray(spread, dtype=np.float64).reshape(-1),
-    )
 
 
 @dataclass
@@ -249,15 +231,13 @@ def train_rungefit(path: Path, seeds: tuple[int, ...] | None, store: Path, name:
     variance = y_test.var()
     members_mse = ((fitted.members - y_test) ** 2).mean(axis=1)
     reported = np.array([m["test_mse"] for m in summary["members"]], dtype=np.float64)
-    trusted = fitted.mean_from_run or np.allclose(members_mse, reported, rtol=1e-3, atol=1e-12 * variance)
     if not np.allclose(members_mse, reported, rtol=1e-3, atol=1e-12 * variance):
         outcome.note = "the members' predictions disagree with the test MSE rungefit reports: adapt rungefit_predictions"
     # The default's score is rungefit's own test MSE; the ensemble's needs predictions in data units.
-    mse = reported[0] if not seeds else ((fitted.mean - y_test) ** 2).mean() if trusted else float("nan")
+    mse = reported[0] if not seeds else ((fitted.mean - y_test) ** 2).mean()
     outcome.score, outcome.steps, outcome.wall, outcome.verdict = mse / variance, result.steps, result.wall_time_s, summary["fit"]
     outcome.val = result.members[0].val_mse
-    if fitted.spread is not None:
-        outcome.coverage = float(np.mean(np.abs(y_test - fitted.mean) <= BAND * fitted.spread))
+    outcome.coverage = float(np.mean(np.abs(y_test - fitted.mean) <= BAND * fitted.spread))
     return outcome, test, pool
 
 
