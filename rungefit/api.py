@@ -66,8 +66,8 @@ def data_config(data: str | Path, **options) -> TrainConfig:
     """The TrainConfig that `rungefit train --data DATA` runs, with `options` (TrainConfig's fields) given.
 
     It holds the data's points and test share, and a data run's defaults (a wider network, its
-    rate, enough full-batch steps to converge) for layers, lr, batch_size and epochs where they
-    are not in `options`. Example: fit(data_config("accel.csv", seeds=(0, 1, 2, 3, 4))) trains
+    rate, full-batch steps until each member converges) for layers, lr, schedule, batch_size, epochs
+    and patience where they are not in `options`. Example: fit(data_config("accel.csv", seeds=(0, 1, 2, 3, 4))) trains
     the 5-member ensemble whose band says how sure the fit is.
     """
     unknown = sorted(set(options) - {field.name for field in dataclasses.fields(TrainConfig)} | (set(options) & DATA_FIELDS))

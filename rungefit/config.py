@@ -208,6 +208,7 @@ TRAIN_RULES: dict[str, Rule] = {
     "test_fraction": fraction("--test-fraction"),
     "scale": one_of(SCALES, "--scale"),
     "keep": one_of(KEEPS, "--keep"),
+    "patience": whole_in(0, MAX_EPOCHS, "--patience"),
 }
 
 
@@ -238,6 +239,7 @@ class TrainConfig:
     test_fraction: float = 0.2  # with --data: share of the points held out as the test set, the same for every member
     scale: str = "auto"  # auto | xy | x | none: the maps into the network's standard coordinates (targets/maps.py)
     keep: str = "auto"  # auto | best | last: which weights the run keeps (auto: best for data, last for a function)
+    patience: int = 0  # epochs without a better validation MSE (and half those to the best) after which a member stops; 0: never
 
     def __post_init__(self) -> None:
         for name in ("seeds", "betas", "domain"):  # given as a list (a JSON array, a Python list), kept as a tuple
@@ -293,21 +295,36 @@ class TrainConfig:
 
 
 # A data run's defaults, where its options are not given (tests/benchmarks/bench_data.py measures
-# them against standard smoothers): a wider network than the reference's at a lower rate, and
-# DATA_STEPS optimizer steps on the whole training set up to FULL_BATCH_POINTS points and on as few
-# batches of about that size beyond: a small set then converges instead of stopping after a few
-# hundred mini-batches, and a large one costs no more steps than a small one.
+# them against standard smoothers): a wider network than the reference's at a lower, constant rate,
+# on the whole training set up to FULL_BATCH_POINTS points and on as few batches of about that size
+# beyond, until each member's validation MSE has stopped improving (DATA_PATIENCE_STEPS, see
+# Best.stopped) or DATA_STEPS optimizer steps: a small set then converges instead of stopping after a
+# few hundred mini-batches, an easy one stops early, and a large one costs no more steps than a small one.
 DATA_LAYERS = "64:tanh,64:tanh"
 DATA_LR = 1e-2
+DATA_SCHEDULE = "constant"  # a member may stop at any step: no schedule tied to the last one
 DATA_STEPS = 8000
+DATA_PATIENCE_STEPS = 1000
 FULL_BATCH_POINTS = 1024
-DATA_CHOSEN = ("layers", "lr", "batch_size", "epochs")  # the options a data run chooses where they are not given
+# The options a data run chooses where they are not given; an explicit --epochs runs that many (no patience).
+DATA_CHOSEN = ("layers", "lr", "schedule", "batch_size", "epochs", "patience")
 
 
-def data_plan(n_train: int, batch_size: int | None = None, epochs: int | None = None) -> tuple[int, int]:
-    """(batch size, epochs) of a data run with n_train training points; an option given (not None) is kept."""
-    batch = batch_size or (n_train if n_train <= FULL_BATCH_POINTS else math.ceil(n_train / math.ceil(n_train / FULL_BATCH_POINTS)))
-    return batch, epochs or max(1, math.ceil(DATA_STEPS / math.ceil(n_train / batch)))
+@dataclass(frozen=True)
+class DataPlan:
+    """How a data run trains where its options are not given: batch size, epochs and patience."""
+
+    batch_size: int
+    epochs: int
+    patience: int
+
+
+def data_plan(n_train: int, given: dict) -> DataPlan:
+    """The plan of a data run with n_train training points; an option in `given` (name → value) is kept."""
+    batch = given.get("batch_size") or (n_train if n_train <= FULL_BATCH_POINTS else math.ceil(n_train / math.ceil(n_train / FULL_BATCH_POINTS)))
+    steps_per_epoch = math.ceil(n_train / batch)
+    default_patience = 0 if "epochs" in given else math.ceil(DATA_PATIENCE_STEPS / steps_per_epoch)
+    return DataPlan(batch, given.get("epochs") or max(1, math.ceil(DATA_STEPS / steps_per_epoch)), given.get("patience", default_patience))
 
 
 def data_defaults(config: TrainConfig, given: Collection[str]) -> tuple[TrainConfig, str]:
@@ -315,13 +332,23 @@ def data_defaults(config: TrainConfig, given: Collection[str]) -> tuple[TrainCon
     sentence saying what runs and why (summary.json's steps_why). The one definition used by
     `train --data`, `lr-find --data` and the Python API's data_config."""
     kept = {name: getattr(config, name) for name in DATA_CHOSEN if name in given}
-    batch, epochs = data_plan(config.n_train, kept.get("batch_size"), kept.get("epochs"))
-    config = replace(config, layers=kept.get("layers", DATA_LAYERS), lr=kept.get("lr", DATA_LR), batch_size=batch, epochs=epochs)
+    plan = data_plan(config.n_train, kept)
+    config = replace(
+        config, layers=kept.get("layers", DATA_LAYERS), lr=kept.get("lr", DATA_LR), schedule=kept.get("schedule", DATA_SCHEDULE),
+        batch_size=plan.batch_size, epochs=plan.epochs, patience=plan.patience,
+    )
     config.validate()
-    batches = "the whole training set" if batch >= config.n_train else f"batches of {batch}"
+    batches = "the whole training set" if config.batch_size >= config.n_train else f"batches of {config.batch_size}"
+    steps = f"{config.total_steps} optimizer steps"
+    if config.patience:
+        steps = (
+            f"up to {steps}, each member stopping once its validation MSE has not improved for "
+            f"{config.patience * config.steps_per_epoch} steps and for half the steps to its best,"
+        )
     why = (
-        f"{config.total_steps} optimizer steps of a {config.layers} network at lr {config.lr:g} on {batches} of {config.n_train} "
-        "training points: a data run's defaults, so that a small set converges (--layers, --lr, --epochs and --batch-size set them)"
+        f"{steps} of a {config.layers} network at {config.schedule} lr {config.lr:g} on {batches} of {config.n_train} "
+        "training points: a data run's defaults, so that a small set trains until it converges "
+        "(--layers, --lr, --schedule, --epochs, --patience and --batch-size set them)"
     )
     return config, why
 

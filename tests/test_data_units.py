@@ -14,7 +14,7 @@ from safetensors import safe_open
 import rungefit
 from rungefit import targets
 from rungefit.cli.app import app
-from rungefit.config import DATA_LAYERS, DATA_LR, DATA_STEPS, TrainConfig, data_plan
+from rungefit.config import DATA_LAYERS, DATA_LR, DATA_PATIENCE_STEPS, DATA_STEPS, DataPlan, TrainConfig, data_defaults, data_plan
 from rungefit.errors import UsageError
 from rungefit.runs import RunStore
 from rungefit.study import grad
@@ -103,13 +103,17 @@ def test_a_scaled_run_exports_in_data_units_and_its_gradient_is_autograds(tmp_pa
     assert chain[0].kind == "units" and chain[-1].running[0, 0] == pytest.approx(grad.check_gradient(grad.as_float64(run.model, 0), run.target, np.array([1975.0])).autograd[0], rel=1e-9)
 
 
-def test_a_data_run_takes_the_step_floor_unless_epochs_are_given(tmp_path):
+def test_a_data_run_trains_to_its_patience_unless_epochs_are_given(tmp_path):
     x, y = noisy_wave(n=60)
     path = write_points(tmp_path / "small.csv", x, y)
-    config, _ = data_config(path)
-    assert data_plan(config.n_train) == (config.n_train, DATA_STEPS)
-    assert data_plan(config.n_train, epochs=7) == (config.n_train, 7)
-    assert data_plan(5000)[0] < 5000 and data_plan(5000)[1] * -(-5000 // data_plan(5000)[0]) >= DATA_STEPS
+    config, why = data_defaults(data_config(path)[0], given=())
+    assert (config.batch_size, config.epochs, config.patience, config.schedule) == (config.n_train, DATA_STEPS, DATA_PATIENCE_STEPS, "constant")
+    assert f"up to {DATA_STEPS} optimizer steps" in why and f"not improved for {DATA_PATIENCE_STEPS} steps" in why
+    assert data_plan(config.n_train, {"epochs": 7}) == DataPlan(config.n_train, 7, 0)  # an explicit --epochs runs them all
+    assert data_plan(config.n_train, {"epochs": 7, "patience": 3}).patience == 3
+    large = data_plan(5000, {})
+    assert large.batch_size < 5000 and large.epochs * -(-5000 // large.batch_size) >= DATA_STEPS
+    assert large.patience * -(-5000 // large.batch_size) >= DATA_PATIENCE_STEPS
     given = runner.invoke(app, ["train", "--data", str(path), "--epochs", "5", "--runs-dir", str(tmp_path / "runs"), "--quiet", "--json"])
     doc = json.loads(given.stdout)
     assert doc["epochs"] == 5 and doc["steps"] == 5 and "5 optimizer steps" in doc["steps_why"]

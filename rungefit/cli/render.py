@@ -137,6 +137,7 @@ def render_train(summary: dict, run_dir: str) -> None:
         *([("target", note.removeprefix(", target "))] if note else []),
         ("members (seeds)", f"{len(members)} ({', '.join(str(m['seed']) for m in members[:8])}{' …' if len(members) > 8 else ''})"),
         ("epochs", str(summary["epochs"])),
+        *_stopped_rows(summary.get("stopped")),
         ("optimizer steps", str(summary["steps"])),
         ("learning rate", ", ".join(f"{lr:.3g}" for lr in lrs[:4]) + (f" ({summary['lr_choice']})" if summary.get("lr_choice") else "")),
         ("schedule", summary.get("schedule", "")),
@@ -153,6 +154,14 @@ def render_train(summary: dict, run_dir: str) -> None:
         for index, m in enumerate(members):
             per_member.add_row(str(index), str(m["seed"]), fmt(m["train_mse"]), fmt(m["val_mse"]), fmt(m["test_mse"]), fmt(m["test_max_abs_error"]), "yes" if m["learned"] else "no")
         print_table(per_member, stdout)
+
+
+def _stopped_rows(stopped: dict | None) -> list[tuple[str, str]]:
+    """When each member stopped under --patience ("–": it trained to the last epoch)."""
+    if stopped is None:
+        return []
+    epochs = ["–" if epoch is None else str(epoch) for epoch in stopped["epochs"]]
+    return [(f"stopped after epoch (--patience {stopped['patience']})", _numbers(epochs))]
 
 
 PHASE_LABELS = {

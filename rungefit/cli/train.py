@@ -45,6 +45,7 @@ from rungefit.cli.stopping import StopRequest, ctrl_c_stops_training
 from rungefit.config import (
     DATA_LAYERS,
     DATA_LR,
+    DATA_PATIENCE_STEPS,
     DATA_STEPS,
     EXPORT_FORMATS,
     FULL_BATCH_POINTS,
@@ -60,6 +61,12 @@ from rungefit.runs import RunStore
 
 BATCH_HELP = f"Mini-batch size; the last batch of an epoch may be smaller. Larger than the training set: every step uses the whole set (full-batch), with a warning. With --data, unless given: the whole training set up to {FULL_BATCH_POINTS} points, batches of about that size beyond."
 
+PATIENCE_HELP = (
+    "Stop a member once its validation MSE has not improved for this many epochs and for half the epochs to its best "
+    "(a member that improved late may improve again); the run ends when every member has stopped, or after --epochs. "
+    f"0: never. With --data, unless --epochs or --patience is given: the epochs of {DATA_PATIENCE_STEPS} optimizer steps, "
+    f"at a constant rate."
+)
 
 # Options that may go with --resume: where the run is and how to show it; the rest is the saved run's.
 RESUME_ALLOWS = ("resume", "runs_dir", "quiet", "json_output")
@@ -71,9 +78,9 @@ def train(
     points: Annotated[int, whole_option(help="Training points drawn uniformly from the domain, validation included (with --data: the data's). More points mean more Adam steps per epoch, and the fit is limited by the steps, not by data (docs/accuracy.md).")] = DEFAULTS.points,
     val_fraction: Annotated[float, real_option(help="Share of the points held out for validation, in (0, 1).")] = DEFAULTS.val_fraction,
     batch_size: Annotated[int, whole_option(help=BATCH_HELP)] = DEFAULTS.batch_size,
-    epochs: Annotated[int, whole_option(help=f"Passes over the training set. With --data, unless given: enough for {DATA_STEPS} optimizer steps.")] = DEFAULTS.epochs,
+    epochs: Annotated[int, whole_option(help=f"Passes over the training set (the most, with --patience). With --data, unless given: enough for {DATA_STEPS} optimizer steps.")] = DEFAULTS.epochs,
     lr: Annotated[str, typer.Option(help=f"Peak Adam learning rate, or 'auto': a range test and a short stacked training at a grid of rates choose one (see lr-find). With --data, unless given: {DATA_LR:g}.")] = f"{DEFAULTS.lr:g}",
-    schedule: Annotated[Schedule, typer.Option(parser=Schedule.parse, help="Learning-rate schedule over the optimizer steps.")] = Schedule(DEFAULTS.schedule),
+    schedule: Annotated[Schedule, typer.Option(parser=Schedule.parse, help="Learning-rate schedule over the optimizer steps. With --data, unless given: constant (a member may stop at any step).")] = Schedule(DEFAULTS.schedule),
     seed: Annotated[int, whole_option(help="Seed of the initialisation, the training points and the shuffling.", min=0, max=MAX_SEED)] = 0,
     seeds: Annotated[Optional[str], typer.Option(help="Train one member per seed in one stacked run: a count N (seeds 0…N-1) or a list 3,7,11. Overrides --seed.")] = None,
     dtype: Annotated[Dtype, typer.Option(parser=Dtype.parse, help="Floating-point precision of the model and data.")] = Dtype(DEFAULTS.dtype),
@@ -87,6 +94,7 @@ def train(
     test_fraction: TestFractionOption = DEFAULTS.test_fraction,
     scale: ScaleOption = Scale(DEFAULTS.scale),
     keep: Annotated[Keep, typer.Option(parser=Keep.parse, help="Which weights each member keeps: best (those of its epoch of lowest validation MSE, so that noise fitted later is not kept), last (the last epoch's), or auto: best for --data, last for a function.")] = Keep(DEFAULTS.keep),
+    patience: Annotated[int, whole_option(help=PATIENCE_HELP, min=0, max=MAX_EPOCHS)] = DEFAULTS.patience,
     runs_dir: RunsDir = Path("runs"),
     name: Annotated[Optional[str], typer.Option(help="Run directory name (default: a timestamp).")] = None,
     resume: Annotated[Optional[str], typer.Option(help="Continue the interrupted run NAME in --runs-dir with its saved settings; it ends with exactly the numbers of an uninterrupted run. Only --runs-dir, --quiet and --json may go with it.", autocompletion=complete_interrupted_run)] = None,
@@ -117,7 +125,7 @@ def train(
     settings = dict(
         layers=layers, points=points, val_fraction=val_fraction, batch_size=batch_size, epochs=epochs,
         lr=lr_value or core.TrainConfig.lr, schedule=schedule.value, seeds=parse_seeds(seed, seeds), dtype=dtype.value,
-        device=core.resolve_device(device.value), polish=polish.value, polish_iterations=polish_iterations, workers=workers,
+        device=core.resolve_device(device.value), polish=polish.value, polish_iterations=polish_iterations, workers=workers, patience=patience,
     )
     chosen = target_settings(ctx, target, domain, data, test_fraction)
     config = core.TrainConfig(**{**settings, **chosen.fields, "scale": scale.value, "keep": keep.value})
@@ -208,7 +216,7 @@ def _train_and_report(config, target, save, summary_extra: dict, quiet: bool, js
             raise RungefitError(f"{diverged} (last finite state saved in {path})") from None
         phases.end("training", **({"polish": result.polish_time_s} if config.polish != "none" else {}))
         if result.status == "interrupted" and result.epochs_run == (resume.epochs_run if resume else 0):
-            _nothing_new_to_save(resume, config.epochs, stop_requested)
+            _nothing_new_to_save(resume, config, stop_requested)
         path = save(result)
         phases.end("saving_and_plots")
     summary = {**result.summary(), "run": str(path), "schedule": config.schedule, **summary_extra, "times_s": phases.as_dict()}
@@ -220,8 +228,8 @@ def _train_and_report(config, target, save, summary_extra: dict, quiet: bool, js
     else:
         report.render_train(summary, str(path))
     if interrupted:
-        if result.epochs_run == config.epochs:
-            report.warning(f"{stop_requested.cause} during the polish: all {config.epochs} epochs are saved in {path}, unpolished; `{summary['resume']}` runs the polish")
+        if result.training_done:
+            report.warning(f"{stop_requested.cause} during the polish: all {result.epochs_run} epochs are saved in {path}, unpolished; `{summary['resume']}` runs the polish")
         else:
             report.warning(f"{stop_requested.cause}: epoch {result.epochs_run} of {config.epochs} is saved in {path}; continue with `{summary['resume']}`")
         raise typer.Exit(stop_requested.exit_code)
@@ -244,12 +252,12 @@ def _judge_fit(summary: dict) -> None:
     raise typer.Exit(1)
 
 
-def _nothing_new_to_save(resume, epochs: int, stop: StopRequest) -> None:
+def _nothing_new_to_save(resume, config, stop: StopRequest) -> None:
     """The stop came before an epoch (or a resumed polish) completed: say so and exit 130 or 143
     without touching the runs directory."""
     if resume is None:
         report.warning(f"{stop.cause} before the first epoch completed; nothing was saved")
-    elif resume.epochs_run == epochs:
+    elif resume.training_done(config):
         report.warning(f"{stop.cause} during the polish again; the run still resumes at the polish")
     else:
         report.warning(f"{stop.cause} before epoch {resume.epochs_run + 1} completed; the run still resumes from epoch {resume.epochs_run}")
@@ -342,7 +350,7 @@ def lr_find_command(
     config.validate()
     goal = targets.resolve(config, chosen.points)
     if not goal.has_function:  # the network and batch of `train --data`; the epochs stay --verify-epochs'
-        given = {"epochs", "lr", *(name for name, value in (("layers", layers), ("batch_size", batch_size)) if value is not None)}
+        given = {"epochs", "lr", *(name for name, value in (("layers", layers), ("batch_size", batch_size), ("schedule", schedule)) if value is not None)}
         config, _ = data_defaults(config, given)
     test = core.RangeTestConfig(start_lr=start_lr, end_lr=end_lr, iters=iters, mode=mode.value, smooth=smooth, diverge=diverge, val=val)
     test.validate()

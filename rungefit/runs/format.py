@@ -44,13 +44,18 @@ STATUSES = ("complete", "interrupted", "diverged")
 # raises its number here, adds one step, and commits a fixture run of the old format under
 # tests/fixtures/, which every later rungefit must load, evaluate and resume.
 FORMAT_KEY = "format"
-VERSIONS = {CONFIG_FILE: 2, MODEL_FILE: 2, SUMMARY_FILE: 1}
+VERSIONS = {CONFIG_FILE: 3, MODEL_FILE: 2, SUMMARY_FILE: 1}
 
 
 def _config_1_to_2(document: dict, run_dir: Path) -> dict:
     """Format 2 adds --scale and --keep; a run of format 1 trained in the units it was given and
     kept its last epoch's weights."""
     return {**document, "scale": "none", "keep": "last"}
+
+
+def _config_2_to_3(document: dict, run_dir: Path) -> dict:
+    """Format 3 adds --patience; a run of format 2 trained every epoch of every member."""
+    return {**document, "patience": 0}
 
 
 def _checkpoint_1_to_2(document: dict, run_dir: Path) -> dict:
@@ -63,7 +68,7 @@ def _checkpoint_1_to_2(document: dict, run_dir: Path) -> dict:
 
 
 UPGRADES: dict[str, dict[int, Callable[[dict, Path], dict]]] = {
-    CONFIG_FILE: {1: _config_1_to_2},
+    CONFIG_FILE: {1: _config_1_to_2, 2: _config_2_to_3},
     MODEL_FILE: {1: _checkpoint_1_to_2},
     SUMMARY_FILE: {},
 }

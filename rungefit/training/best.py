@@ -14,6 +14,11 @@ def keeps_best(config, target) -> bool:
     return config.keep == "best" or (config.keep == "auto" and not target.has_function)
 
 
+def training_done(config, epochs_run: int, best: Best | None) -> bool:
+    """Whether a run's Adam epochs are over: all done, or every member stopped (--patience)."""
+    return epochs_run == config.epochs or (best is not None and bool(best.stopped(epochs_run, config.patience).all()))
+
+
 @dataclass
 class Best:
     """Per member: the weights of its epoch of lowest validation MSE so far, that MSE (in the
@@ -38,6 +43,20 @@ class Best:
                 self.params[better.to(self.params.device)] = params.detach()[better.to(params.device)]
             self.val = torch.where(better, val, self.val)
             self.epoch = torch.where(better, torch.tensor(epoch), self.epoch)
+
+    def stopped(self, epochs_done: int, patience: int) -> torch.Tensor:
+        """[K] bool: the members that stop after `epochs_done` epochs under --patience: their best
+        validation MSE is `patience` epochs old and at least half as old as the epochs that found
+        it (a member that improved late may improve again). Never with patience 0."""
+        waited = epochs_done - self.epoch
+        return (waited >= patience) & (2 * waited >= self.epoch) & (patience > 0)
+
+    def stop_epochs(self, epochs_run: int, patience: int) -> list[int | None]:
+        """The epoch after which each member stopped (None: it trained to the last epoch)."""
+        if patience == 0:
+            return [None] * len(self.epoch)
+        stops = [best + max(patience, -(-best // 2)) for best in self.epoch.tolist()]
+        return [stop if stop <= epochs_run else None for stop in stops]
 
     def apply_to(self, params: torch.Tensor) -> None:
         """Every member with a best epoch takes its best weights into params [K, P] (in place)."""

@@ -37,6 +37,7 @@ class EpochCurves:
     train_mse: list[float]
     val_mse: list[float]
     lr: list[float]
+    stopped: list[bool]  # the member trains no more (--patience): the run ends when all have
 
     @classmethod
     def join(cls, parts: Sequence[EpochCurves]) -> EpochCurves:
@@ -46,7 +47,7 @@ class EpochCurves:
     def in_data_units(self, maps) -> EpochCurves:
         """The losses, which the stack computes in standard coordinates, in the target's units
         (times y_scale²: exactly themselves under the identity)."""
-        return EpochCurves([maps.mse_out(v) for v in self.train_mse], [maps.mse_out(v) for v in self.val_mse], self.lr)
+        return EpochCurves([maps.mse_out(v) for v in self.train_mse], [maps.mse_out(v) for v in self.val_mse], self.lr, self.stopped)
 
 
 
@@ -103,6 +104,7 @@ class Stack:
     def __init__(self, config: TrainConfig, target: Target, model: StackedMLP, optimizer: StackedAdam, data: DataSplit, seeds: torch.Tensor, best: Best | None = None):
         self.config, self.target, self.model, self.optimizer, self.data, self.seeds = config, target, model, optimizer, data, seeds
         self.best = best if best is not None else Best.start(model.params)
+        self.rates = optimizer.lrs  # each member's own; one that has stopped trains at 0
         self.batches = EpochBatches(data.x_train, data.y_train, seeds, config.batch_size)
         self.factors = lr_factors(config.schedule, config.total_steps)
         self._snapshots: dict[int, tuple[torch.Tensor, dict, Best]] = {}  # epoch → the state it started from
@@ -121,7 +123,7 @@ class Stack:
     def select(self, start: int, stop: int) -> Stack:
         """Members start…stop-1 as a stack of their own (a copy), in the state they are in."""
         model = self.model.select(list(range(start, stop)))
-        optimizer = StackedAdam(model, self.optimizer.lrs[start:stop], self.optimizer.betas, self.optimizer.eps)
+        optimizer = StackedAdam(model, self.rates[start:stop], self.optimizer.betas, self.optimizer.eps)
         moments = {name: getattr(self.optimizer, name)[start:stop] for name in ("exp_avg", "exp_avg_sq")}
         optimizer.load_state_dict({"step": self.optimizer.step_count, **moments})
         data = self.data.select(start, stop)
@@ -134,6 +136,7 @@ class Stack:
         # The starts of this epoch and the one before: rewind may go back that far.
         self._snapshots = {e: s for e, s in self._snapshots.items() if e == epoch - 1}
         self._snapshots[epoch] = (self.model.params.clone(), self.optimizer.state_dict(), self.best.clone())
+        self._hold_stopped(epoch)
         # A diverging member's inf and NaN are caught from its loss: NumPy's kernels need not warn.
         n = self.data.x_train.shape[1]
         loss = torch.zeros(self.model.members, dtype=self.model.dtype, device=self.model.device)
@@ -148,7 +151,18 @@ class Stack:
         val_mse = self.model.mse(self.data.x_val, self.data.y_val)
         self.best.update(epoch + 1, self.model.params, val_mse)
         factor = float(self.factors[self.optimizer.step_count - 1])
-        return EpochCurves(loss.tolist(), val_mse.tolist(), [lr * factor for lr in self.optimizer.lrs])
+        stopped = self.best.stopped(epoch + 1, self.config.patience)
+        return EpochCurves(loss.tolist(), val_mse.tolist(), [lr * factor for lr in self.optimizer.lrs], stopped.tolist())
+
+    def _hold_stopped(self, epochs_done: int) -> None:
+        """Members that have stopped (--patience) train at rate 0: Adam then leaves their weights
+        bit for bit as they are, those of a run of the member alone, which would have ended there."""
+        if self.config.patience == 0:
+            return
+        stopped = self.best.stopped(epochs_done, self.config.patience).tolist()
+        rates = [0.0 if stop else rate for rate, stop in zip(self.rates, stopped, strict=True)]
+        if rates != self.optimizer.lrs:
+            self.optimizer.lrs = rates
 
     def rewind(self, epoch: int) -> None:
         """Back to the state epoch `epoch` started from: the last or the one before it."""
@@ -251,10 +265,11 @@ class ForkedStack:
         if any(part is None for part in parts):
             self.workers.call("rewind", epoch)  # some workers finished before the stop reached them
             return None
-        if epoch + 1 < self.stack.config.epochs:
+        curves = EpochCurves.join(parts)
+        if epoch + 1 < self.stack.config.epochs and not all(curves.stopped):  # else fit ends here
             self.workers.start("train_epoch", epoch + 1)
             self._running = epoch + 1
-        return EpochCurves.join(parts)
+        return curves
 
     def _stop_relay(self, should_stop: Callable[[], bool] | None) -> Callable[[], None]:
         """A poll that passes should_stop's yes on to the workers (they read it after each step)."""

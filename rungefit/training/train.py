@@ -22,7 +22,7 @@ from rungefit.errors import RungefitError, UsageError, suggest
 from rungefit.net.model import StackedMLP
 from rungefit.net.optim import StackedAdam
 from rungefit.targets import Target
-from rungefit.training.best import Best
+from rungefit.training.best import Best, training_done
 from rungefit.training.best import keeps_best as keeps_best_weights
 from rungefit.training.metrics import fit_verdict, float64_mse, float64_truth, grid_errors, members_learned
 from rungefit.training.polish import PolishProgress, PolishReport
@@ -83,13 +83,17 @@ class TrainState:
     wall_time_s: float = 0.0  # training time already spent, carried into the final figures
     best: Best | None = None  # each member's best-validation weights so far (None: from here on)
 
+    def training_done(self, config: TrainConfig) -> bool:
+        """Whether only the polish is left (every epoch done, or every member stopped)."""
+        return training_done(config, self.epochs_run, self.best)
+
     def check(self, config: TrainConfig) -> None:
         """Raise ValueError unless this state can continue a run of config."""
         members, size = len(config.seeds), parameter_count(config.hidden_layers)
         moments = [self.optimizer_state["exp_avg"], self.optimizer_state["exp_avg_sq"]]
         require([
             # All epochs done is a run stopped during its polish, which the resume runs again.
-            (0 <= self.epochs_run < config.epochs or (self.epochs_run == config.epochs and config.polish != "none"), f"{self.epochs_run} of {config.epochs} epochs done, none left to train"),
+            (0 <= self.epochs_run <= config.epochs and (not self.training_done(config) or config.polish != "none"), f"{self.epochs_run} of {config.epochs} epochs done, none left to train"),
             (all(len(curve) == self.epochs_run for curve in asdict(self.history).values()), "the history does not cover the epochs done"),
             (int(self.optimizer_state["step"]) == self.epochs_run * config.steps_per_epoch, "the optimizer's step count does not match the epochs done"),
             (all(tuple(m.shape) == (members, size) for m in moments), "the optimizer state does not fit the network"),
@@ -131,6 +135,24 @@ class TrainResult:
         """`model` holds each member's best-validation weights (--keep best, or auto on data)."""
         return keeps_best_weights(self.config, self.target)
 
+    @property
+    def training_done(self) -> bool:
+        """Whether the Adam epochs are over: all done, or every member stopped (--patience)."""
+        return training_done(self.config, self.epochs_run, self.best)
+
+    def stopped(self) -> dict | None:
+        """What summary.json says of --patience: the epoch after which each member stopped."""
+        if self.config.patience == 0:
+            return None
+        return {
+            "patience": self.config.patience,
+            "epochs": self.best.stop_epochs(self.epochs_run, self.config.patience),
+            "why": (
+                f"a member stops once its validation MSE has not improved for {self.config.patience} epochs and for half the "
+                "epochs to its best (null: it trained to the last epoch); the run ends when every member has"
+            ),
+        }
+
     def state(self) -> TrainState:
         """The state after the last completed epoch, from which fit(resume=…) continues; a
         ValueError for a complete run (its model may be polished: a resume would polish it twice)."""
@@ -171,6 +193,7 @@ class TrainResult:
             "polish": self._polish_summary(),
             "target": {"target": self.target.name, "domain": list(self.config.domain)},
             **({"kept": kept} if (kept := self.kept()) else {}),
+            **({"stopped": stopped} if (stopped := self.stopped()) else {}),
             **({} if self.target.has_function else {"yardstick": self._data_yardstick(n_val)}),
         }
 
@@ -249,8 +272,11 @@ def fit(
     config = replace(config, workers=worker_count(config))
     history = copy.deepcopy(resume.history) if resume is not None else History()
     status, polish, polish_time = "complete", None, 0.0
+    done = resume is not None and resume.training_done(config)
     with intra_op_threads(config), open_stack(config, target, lrs, resume) as stack:
         for epoch in range(len(history.val_mse), config.epochs):
+            if done:  # every member has stopped (--patience)
+                break
             curves = stack.train_epoch(epoch, should_stop)
             if curves is None:
                 status = "interrupted"
@@ -261,6 +287,7 @@ def fit(
                 break
             curves = curves.in_data_units(target.maps)
             history.append(curves)
+            done = all(curves.stopped)
             if on_epoch is not None:
                 on_epoch(EpochReport.of(epoch + 1, config.epochs, curves))
         if status == "complete" and config.polish == "lm":

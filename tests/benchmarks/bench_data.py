@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ from scipy.interpolate import make_smoothing_spline
 
 from rungefit import targets
 from rungefit.api import data_config
-from rungefit.config import DATA_LAYERS, DATA_LR, DATA_STEPS, FULL_BATCH_POINTS, TrainConfig
+from rungefit.config import DATA_LAYERS, DATA_LR, DATA_PATIENCE_STEPS, DATA_STEPS, FULL_BATCH_POINTS, TrainConfig
 from rungefit.errors import RungefitError, UsageError
 from rungefit.runs import RunStore
 from rungefit.training.train import fit
@@ -205,16 +205,17 @@ class Outcome:
     coverage: float = float("nan")
     note: str = ""
     val: float = float("nan")  # the default member's validation MSE
+    epochs: int = 0  # the epochs it ran
 
 
-def train_rungefit(path: Path, seeds: tuple[int, ...] | None, store: Path, name: str, longer: int = 1) -> tuple[Outcome, np.ndarray, np.ndarray]:
-    """rungefit's default training on the file (`seeds`: an ensemble; `longer`: that many times the
-    default's epochs), scored on its held-out points. Also the test and pool indices of the file's
-    points, for the peers."""
+def train_rungefit(path: Path, seeds: tuple[int, ...] | None, store: Path, name: str, epochs: int | None = None) -> tuple[Outcome, np.ndarray, np.ndarray]:
+    """rungefit's default training on the file (`seeds`: an ensemble; `epochs`: exactly that many, as
+    an explicit --epochs runs them, no member stopping early), scored on its held-out points. Also
+    the test and pool indices of the file's points, for the peers."""
     outcome = Outcome()
     try:
-        config = data_config(path, **({"seeds": seeds} if seeds else {}))  # what `rungefit train --data` runs
-        config = replace(config, epochs=config.epochs * longer)
+        options = {**({"seeds": seeds} if seeds else {}), **({"epochs": epochs} if epochs else {})}
+        config = data_config(path, **options)  # what `rungefit train --data` runs
         target = targets.resolve(config)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -236,6 +237,7 @@ def train_rungefit(path: Path, seeds: tuple[int, ...] | None, store: Path, name:
     # The default's score is rungefit's own test MSE; the ensemble's needs predictions in data units.
     mse = reported[0] if not seeds else ((fitted.mean - y_test) ** 2).mean()
     outcome.score, outcome.steps, outcome.wall, outcome.verdict = mse / variance, result.steps, result.wall_time_s, summary["fit"]
+    outcome.epochs = result.epochs_run
     outcome.val = result.members[0].val_mse
     outcome.coverage = float(np.mean(np.abs(y_test - fitted.mean) <= BAND * fitted.spread))
     return outcome, test, pool
@@ -308,7 +310,7 @@ def measure(data: DataSet, splits: int, work: Path) -> Row:
         row.default.append(default)
         row.ensemble.append(ensemble)
         if split < CONVERGENCE_SPLITS:
-            longer, _, _ = train_rungefit(path, None, store, f"{data.name}-{split}-longer", LONGER)
+            longer, _, _ = train_rungefit(path, None, store, f"{data.name}-{split}-longer", LONGER * default.epochs)
             row.converged.append(default.val / longer.val)
         points = targets.read_points(path)
         for name, method in PEERS.items():
@@ -447,12 +449,15 @@ HOW = f"""## How rungefit fits measured data
   `--json`, history.csv, figures, eval, predict, grad, exports) is in the data's units. `--scale`
   chooses: `auto` (the default) scales x always and y for data or for a function far from unit size,
   which leaves the Runge default exactly as before; `xy`, `x`, `none`.
-- **Small data trains enough.** Where the options are not given, a data run takes {DATA_STEPS:,} optimizer
-  steps of a `{DATA_LAYERS}` network at lr {DATA_LR:g}, on the whole training set up to {FULL_BATCH_POINTS:,} points and
-  on batches of about that size beyond (the reference network, at its rate and 300 epochs of
-  mini-batches, stops far short on these sets); summary.json's `steps_why` says so. Given options
-  are obeyed. From Python, `rungefit.data_config(path, **options)` is the TrainConfig that
-  `train --data` runs.
+- **Small data trains enough.** Where the options are not given, a data run trains a `{DATA_LAYERS}`
+  network at a constant lr {DATA_LR:g}, on the whole training set up to {FULL_BATCH_POINTS:,} points and on
+  batches of about that size beyond, until each member's validation MSE has not improved for
+  {DATA_PATIENCE_STEPS:,} steps and for half the steps to its best (`--patience`), or for at most {DATA_STEPS:,} steps
+  (the reference network, at its rate and 300 epochs of mini-batches, stops far short on these
+  sets). A member that has stopped trains at rate 0, so that its weights are those of the member
+  trained alone, and the run ends when every member has stopped; summary.json's `steps_why` and
+  `stopped` say so. Given options are obeyed; an explicit `--epochs` runs every epoch. From
+  Python, `rungefit.data_config(path, **options)` is the TrainConfig that `train --data` runs.
 - **Noise is not fitted.** Each member keeps the weights of its epoch of lowest validation MSE
   (`--keep best`, the default for data); summary.json's `kept` names the epochs. model.pt keeps the
   last epoch's weights too, so that `--resume` ends bit for bit as an uninterrupted run. `--polish
@@ -505,8 +510,9 @@ optimizer steps are the default run's, the wall times rungefit's own (`wall_time
 default run and the ensemble, medians over the splits; the band coverage is the share of held-out points
 within ±{BAND:g} spreads of the ensemble's mean, where the run gives a band ("n/a": it does not).
 "val MSE / val MSE of {LONGER}× as many" compares the default member's (kept) validation MSE with that
-of the same training run {LONGER} times as long, median over the first {CONVERGENCE_SPLITS} splits:
-near 1 (the goal: within 1.02, median over the sets), more steps would not help.
+of the same training run continued to {LONGER} times the epochs the default ran (an explicit
+`epochs`, so no member stops early), median over the first {CONVERGENCE_SPLITS} splits: near 1 (the goal: within
+1.02, median over the sets), more steps would not help.
 A training that raised an error counts as "failed".
 
 {HOW}
