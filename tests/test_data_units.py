@@ -14,7 +14,16 @@ from safetensors import safe_open
 import rungefit
 from rungefit import targets
 from rungefit.cli.app import app
-from rungefit.config import DATA_LAYERS, DATA_LR, DATA_PATIENCE_STEPS, DATA_STEPS, DataPlan, TrainConfig, data_defaults, data_plan
+from rungefit.config import (
+    DATA_LAYERS,
+    DATA_LR,
+    DATA_PATIENCE_STEPS,
+    DATA_STEPS,
+    DataPlan,
+    TrainConfig,
+    data_defaults,
+    data_plan,
+)
 from rungefit.errors import UsageError
 from rungefit.runs import RunStore
 from rungefit.study import grad

@@ -138,6 +138,7 @@ def render_train(summary: dict, run_dir: str) -> None:
         ("members (seeds)", f"{len(members)} ({', '.join(str(m['seed']) for m in members[:8])}{' …' if len(members) > 8 else ''})"),
         ("epochs", str(summary["epochs"])),
         *_stopped_rows(summary.get("stopped")),
+        *([("kept weights: best validation, epoch", _numbers(kept["epochs"]))] if (kept := summary.get("kept")) else []),
         ("optimizer steps", str(summary["steps"])),
         ("learning rate", ", ".join(f"{lr:.3g}" for lr in lrs[:4]) + (f" ({summary['lr_choice']})" if summary.get("lr_choice") else "")),
         ("schedule", summary.get("schedule", "")),
