@@ -40,6 +40,15 @@ def test_loss_figure_of_a_polished_run_shows_each_polish_iteration_beside_the_ep
     assert len(plots.loss_figure(epochs, epochs).axes) == 1
 
 
+def test_loss_figure_marks_each_members_kept_epoch_on_its_validation_curve():
+    train, val = np.array([[1e-2, 2e-2], [1e-3, 2e-3], [5e-3, 1e-3]]), np.array([[3e-2, 4e-2], [2e-3, 5e-3], [4e-3, 3e-3]])
+    (ax,) = plots.loss_figure(train, val, kept=[2, 3]).axes
+    (marks,) = [line for line in ax.get_lines() if line.get_label().startswith("kept")]
+    assert marks.get_xdata().tolist() == [2, 3] and marks.get_ydata().tolist() == [2e-3, 3e-3]
+    (ax,) = plots.loss_figure(train, val, kept=[0, 0]).axes  # no finite validation MSE: nothing kept, nothing marked
+    assert not [line for line in ax.get_lines() if line.get_label().startswith("kept")]
+
+
 def members(val: bool) -> list[dict]:
     lrs = np.geomspace(1e-5, 1.0, 20).tolist()
     losses = np.linspace(0.1, 0.05, 20).tolist()
@@ -184,6 +193,7 @@ def test_every_other_figures_legend_matches_its_lines():
     for figure in (
         plots.fit_figure(X, target, three), plots.fit_figure(X, target, three[:1]),
         plots.loss_figure(epochs, epochs, np.array([[1e-5, 5e-6], [2e-5, 1e-5]]), val_var=[0.08, 0.07]),
+        plots.loss_figure(epochs, epochs, kept=[2, 1]),
         plots.eval_figure(X, target, three[0], {"network": three[0] - target, "Chebyshev, d = 10": 1e-5 * np.cos(X)}),
         plots.lr_verify_figure(verification),
     ):

@@ -183,11 +183,12 @@ def _plain(text: str) -> str:
     return text.replace("$", r"\$")
 
 
-def loss_figure(train_mse: np.ndarray, val_mse: np.ndarray, polish: np.ndarray | None = None, val_var=None, title: str = "") -> Figure:
+def loss_figure(train_mse: np.ndarray, val_mse: np.ndarray, polish: np.ndarray | None = None, val_var=None, title: str = "", kept=None) -> Figure:
     """Train and validation MSE per epoch, [epochs, K] each, log scale; with `polish` ([K,
     iterations + 1], NaN once a member stopped), the Levenberg-Marquardt iterations on a panel
     to the right, on the same scale. `val_var` (each member's Var(y) of its validation points, the
-    MSE of predicting their mean) is marked as a line: a curve that stays on it learned nothing."""
+    MSE of predicting their mean) is marked as a line: a curve that stays on it learned nothing.
+    `kept`: each member's kept (best-validation) epoch, marked on its validation MSE (0: none)."""
     plt = _pyplot()
     if polish is None:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -207,6 +208,9 @@ def loss_figure(train_mse: np.ndarray, val_mse: np.ndarray, polish: np.ndarray |
         level = float(np.median(variances[np.isfinite(variances)]))
         which = "Var(y)" if len(variances) == 1 else "median Var(y)"
         ax.axhline(level, color="gray", ls="--", lw=1, label=f"{which} = {level:.3g}, the mean's MSE")
+    marked = [(epoch, np.asarray(val_mse)[epoch - 1, k]) for k, epoch in enumerate([] if kept is None else kept) if epoch > 0]
+    if marked:
+        ax.plot(*zip(*marked, strict=True), "v", color="black", ms=6, label="kept weights (best validation)")
     ax.legend()
     if polish is not None:
         ax.set_title("Adam")

@@ -290,6 +290,7 @@ def _run_extras(result, summary_extra: dict, phases: Phases, run: str) -> tuple[
         "loss.png": plots.loss_png(
             result.history.train_mse, result.history.val_mse, None if result.polish is None else result.polish.curves.numpy(),
             val_var=[member.val_var for member in result.members], title=plots.title(run, result.target.name, members),
+            kept=result.best.epoch.tolist() if result.keeps_best else None,
         ),
     }
     # summary.json cannot hold the time of its own writing: its times end as it is made.
