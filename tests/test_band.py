@@ -14,9 +14,9 @@ import torch
 import rungefit
 from rungefit.cli.app import app
 from rungefit.config import TrainConfig
+from rungefit.net.sequential import EnsembleMean
 from rungefit.runs import RunStore
 from rungefit.study.evaluate import fit_curves
-from rungefit.study.export import EnsembleMean
 from rungefit.targets import settings
 from rungefit.training.band import noise_variance, spread
 from rungefit.training.train import fit

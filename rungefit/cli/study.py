@@ -179,7 +179,6 @@ def export(
     """
     # Loaded when the command runs: --help and TAB completion import no torch or matplotlib.
     from rungefit.study import export as core
-    from rungefit.training.band import finite_members
 
     if out is not None:
         RunStore(runs_dir).check_outside(out, "--out")
@@ -187,8 +186,7 @@ def export(
     loaded, member, source = open_member(runs_dir, run, member)
     ensemble = loaded.uses_ensemble(chosen)
     if ensemble:
-        members = list(finite_members(loaded.val_mse))
-        network = core.EnsembleMean([loaded.network(k) for k in members])
+        network, members = loaded.ensemble_network()
         file_name = f"{ENSEMBLE_EXPORT}.{file_format.value}"
         source = f"run {loaded.path}, the ensemble mean of {len(members)} members"
     else:

@@ -1,5 +1,5 @@
 """One member of a stack as a plain torch.nn.Sequential (Linear, activation, …, Linear), in the
-target's units when given its maps, and back."""
+target's units when given its maps, and back; the mean of several as one module (EnsembleMean)."""
 
 from __future__ import annotations
 
@@ -156,3 +156,15 @@ def _affine_into(linear: torch.nn.Linear, affine: Float64Affine, *, before: bool
         folded.weight.copy_(weight)
         folded.bias.copy_(bias)
     return folded
+
+
+class EnsembleMean(torch.nn.Module):
+    """The mean of the members' outputs: input x [batch, 1], output y [batch, 1], in the members'
+    dtype. Its state_dict holds each member's under members.I. (members.0.0.weight, …)."""
+
+    def __init__(self, members: list[torch.nn.Sequential]):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(dim=0)

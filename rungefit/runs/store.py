@@ -115,6 +115,15 @@ class Run:
 
         return to_sequential(self.model, self.member(member), self.target.maps)
 
+    def ensemble_network(self) -> tuple:
+        """The mean of the members with a finite validation MSE as one module (an EnsembleMean of
+        their network()s, in the target's units), and which members those are."""
+        from rungefit.net.sequential import EnsembleMean  # torch, as above
+        from rungefit.training.band import finite_members  # torch, as above
+
+        members = list(finite_members(self.val_mse))
+        return EnsembleMean([self.network(k) for k in members]), members
+
     def predict(self, x):
         """The ensemble's prediction at x (numbers in data units) and how sure it is: a Band with
         .mean and .spread (float64 arrays [n]), .lower and .upper (mean ∓ 2 spread), .noise and

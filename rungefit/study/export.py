@@ -22,24 +22,12 @@ import torch
 from rungefit._version import __version__
 from rungefit.config import format_layers
 from rungefit.errors import RungefitError
-from rungefit.net.sequential import Float64Affine, sequential_layers
+from rungefit.net.sequential import EnsembleMean, Float64Affine, sequential_layers
 
 # What `pip install` needs for --format onnx: torch.onnx's exporter imports onnx and onnxscript.
 ONNX_EXTRA = "rungefit[onnx]"
 # The example batch traced by torch.export: larger than 1, which torch.export would specialise.
 EXAMPLE_BATCH = 8
-
-
-class EnsembleMean(torch.nn.Module):
-    """The mean of the members' outputs: input x [batch, 1], output y [batch, 1], in the members'
-    dtype. Its state_dict holds each member's under members.I. (members.0.0.weight, …)."""
-
-    def __init__(self, members: list[torch.nn.Sequential]):
-        super().__init__()
-        self.members = torch.nn.ModuleList(members)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([member(x) for member in self.members]).mean(dim=0)
 
 
 def metadata(network: torch.nn.Module, target: str, domain: tuple[float, float], run: str, member: int | list[int]) -> dict[str, str]:
