@@ -90,3 +90,16 @@ def test_train_says_when_each_member_stopped_and_an_explicit_epochs_runs_them_al
     assert plain["config"]["patience"] == 0 and plain["epochs"] == 400 and "stopped" not in plain
     shown = runner.invoke(app, [*base[:-1], "--patience", str(PATIENCE), "--quiet"])
     assert "stopped" in shown.stdout
+
+
+def test_nothing_learned_names_patience_when_every_member_stopped_and_val_fraction_when_few_points_judged(tmp_path):
+    x = np.linspace(0.0, 1.0, 60)
+    path = str(write_points(tmp_path / "noise.csv", x, np.random.default_rng(3).normal(size=x.size)))
+    runs = ["--runs-dir", str(tmp_path / "runs"), "--quiet", "--layers", "8:tanh"]
+    stopped = runner.invoke(app, ["train", "--data", path, "--epochs", "300", "--patience", "10", *runs])
+    (line,) = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
+    assert stopped.exit_code == 1 and "a larger --patience" in line and "more --epochs" not in line
+    assert "--val-fraction" not in line  # 14 validation points
+    few = runner.invoke(app, ["train", "--data", path, "--epochs", "20", "--val-fraction", "0.1", *runs])
+    (line,) = [line for line in few.stderr.splitlines() if line.startswith("error:")]
+    assert few.exit_code == 1 and "more --epochs" in line and "a larger --val-fraction (a test over 5 points" in line

@@ -224,13 +224,19 @@ def nothing_learned(summary: dict, share: float) -> str:
     return f"{who}. The learning rate is probably too high (the network sticks at the mean) or too low, or there were too few epochs: {rate} to choose a rate, or train for more --epochs"
 
 
+FEW_VALIDATION_POINTS = 10  # below it the significance test has little power: say so
+
+
 def _data_nothing_learned(summary: dict, who: str) -> str:
     """The data run's version: its yardstick, the evidence (ranges, steps) and what to try."""
     test, x, y = summary["yardstick"], summary["yardstick"]["x_range"], summary["yardstick"]["y_range"]
+    stopped = summary.get("stopped")
+    longer = "a larger --patience (every member stopped on a plateau)" if stopped and None not in stopped["epochs"] else "more --epochs"
+    few = f", a larger --val-fraction (a test over {test['validation_points']} points can only find large effects)" if test["validation_points"] < FEW_VALIDATION_POINTS else ""
     return (
         f"{who} (a one-sided test at 1 % over {test['validation_points']} validation points), after {summary['steps']} "
-        f"optimizer steps on x in [{x[0]:g}, {x[1]:g}] and y in [{y[0]:g}, {y[1]:g}]. Try more --epochs, an ensemble "
-        "(--seeds 5), or `--lr auto`; if y is mostly noise at this sample size, more points"
+        f"optimizer steps on x in [{x[0]:g}, {x[1]:g}] and y in [{y[0]:g}, {y[1]:g}]. Try {longer}, an ensemble "
+        f"(--seeds 5){few}, or `--lr auto`; if y is mostly noise at this sample size, more points"
     )
 
 
