@@ -416,15 +416,15 @@ def findings(rows: list[dict]) -> str:
         still = [f"{r['name']} ({number(r['converged'])})" for r in behind if r["converged"] > CONVERGED]
         if still:
             text.append(
-                f"On {', '.join(still)} a run of {LONGER}× the steps still ends with a validation MSE more than "
-                f"{CONVERGED - 1:.0%} lower (the ratio in brackets): the default stopped while its validation MSE had "
+                f"On {', '.join(still)} the default's validation MSE is more than {CONVERGED - 1:.0%} above that of a run "
+                f"of {LONGER}× the steps (the ratio in brackets): the default stopped where its validation MSE had "
                 "stalled for the patience, and it fell again later."
             )
         done = [r["name"] for r in behind if r["converged"] <= CONVERGED]
         if done:
             text.append(
                 f"On {', '.join(done)} the default had converged ({LONGER}× the steps are within {CONVERGED - 1:.0%}): more "
-                "steps would not close the gap: it lies in the fit the network converges to, not in the training's length."
+                "steps would not close the gap, which lies in the fit the network converges to, not in the training's length."
             )
     else:
         text.append(f"The default run is within {WITHIN}× of the best peer on every set.")
@@ -520,7 +520,7 @@ The score is the held-out MSE / Var(y_test), computed in float64 (1 is what pred
 set's mean scores; lower is better). Each entry is the median over {splits} split seeds. "default /
 best" and "ensemble / best" divide rungefit's median by the best peer's; the goal is a default
 within {WITHIN}× of the best peer on every set and an ensemble ahead of it (below 1) on most. The
-optimizer steps are the default run's, the wall times rungefit's own (`wall_time_s`) for the
+optimizer steps are the default run's (it stops by `--patience`), the wall times rungefit's own (`wall_time_s`) for the
 default run and the ensemble, medians over the splits; the band coverage is the share of held-out points
 within ±{BAND:g} spreads of the ensemble's mean, where the run gives a band ("n/a": it does not).
 "val MSE / val MSE of {LONGER}× as many" compares the default member's (kept) validation MSE with that
