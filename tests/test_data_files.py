@@ -5,12 +5,14 @@ data (their columns' names on the axes and in the tables)."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
 from rungefit.cli.app import app
 from rungefit.config import MAX_DATA_VALUE, MIN_DATA_POINTS
+from rungefit.errors import UsageError
 from rungefit.targets import read_points
 
 from .helpers import runner
@@ -122,6 +124,25 @@ def test_a_quoted_number_is_a_number_and_a_header_names_the_columns(tmp_path):
     assert (points.x_name, points.y_name) == ("time_ms", "accel_g")
     path.write_text("0.1 1\n0.2 2\n")
     assert (read_points(path).x_name, read_points(path).y_name) == (None, None)
+
+
+def test_semicolons_separate_cells_and_between_them_a_decimal_comma_is_a_point(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_text('\ufeffZeit (ms);"Beschleunigung (g)"\r\n0,5;-1,25\r\n1;2,5e3\r\n"1,5"; 3.5\r\n')
+    points = read_points(path)
+    assert points.x.tolist() == [0.5, 1.0, 1.5] and points.y.tolist() == [-1.25, 2.5e3, 3.5]
+    assert (points.x_name, points.y_name) == ("Zeit (ms)", "Beschleunigung (g)")
+    path.write_text("x;y\n1,234,5;2\n")  # not a decimal comma: refused, never guessed
+    with pytest.raises(UsageError, match="'1,234,5' is not a number"):
+        read_points(path)
+
+
+@pytest.mark.parametrize(("line", "says"), [("1|2", "one column; expected two columns x,y, separated by a comma, a semicolon, a tab or spaces"), ("1,2,3", "3 columns; expected two columns x,y: write the two to fit")])
+def test_a_line_of_other_than_two_cells_says_how_to_make_two(tmp_path, line, says):
+    path = tmp_path / "odd.csv"
+    path.write_text(f"{line}\n")
+    with pytest.raises(UsageError, match=re.escape(f"line 1: {says}")):
+        read_points(path)
 
 
 def test_the_smoothing_spline_baseline_fits_thousands_of_closely_spaced_points():

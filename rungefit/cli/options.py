@@ -206,8 +206,9 @@ DomainOption = Annotated[Optional[str], typer.Option("--domain", help="The inter
 
 
 DATA_HELP = (
-    "Fit measured points instead of a function: a CSV file of two columns x,y (a header line names them for the "
-    "figures and tables; a cell may be quoted). --test-fraction of them are the test set; the rest are split into "
+    "Fit measured points instead of a function: a CSV file of two columns x,y, separated by commas, semicolons "
+    "(then a decimal comma is read as a point), tabs or spaces (a header line names them for the figures and tables; "
+    "a cell may be quoted; lines starting with # are comments). --test-fraction of them are the test set; the rest are split into "
     f"training and validation as usual. The run keeps a copy. Limits: at least {MIN_DATA_POINTS} points, a file of at "
     f"most {MAX_DATA_BYTES // 2**20} MiB, values within ±{MAX_DATA_VALUE:g} (not --domain's ±{MAX_DOMAIN:g} for formulas), "
     "and a y that varies. Repeated x are allowed."

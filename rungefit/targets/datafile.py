@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,8 +65,7 @@ def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray, str |
     for index, (number, line) in enumerate(rows):
         cells = _cells(line)
         if len(cells) != 2:
-            count = "one column" if len(cells) == 1 else f"{len(cells)} columns"
-            raise UsageError(f"{label}, line {number}: {count}; expected two columns x,y")
+            raise UsageError(f"{label}, line {number}: {_column_count_advice(len(cells))}")
         try:
             pair = (parse_number(cells[0]), parse_number(cells[1]))
         except ValueError:
@@ -87,13 +87,31 @@ def _parse_points(raw: bytes, label: str) -> tuple[np.ndarray, np.ndarray, str |
 
 
 def _cells(line: str) -> list[str]:
-    """A line's cells, split at commas (CSV quoting understood) or else at whitespace, each
-    stripped of blanks and of the double quotes around it: a quoted "0.1" is the number 0.1."""
+    """A line's cells, split at semicolons, else at commas (CSV quoting understood), else at
+    whitespace, each stripped of blanks and of the double quotes around it: a quoted "0.1" is the
+    number 0.1. Between semicolons a decimal comma is a decimal point ("1,5;2,25", as spreadsheets
+    in many locales write CSV)."""
+    if ";" in line:
+        return [_decimal_point(_unquote(cell.strip())) for cell in next(csv.reader([line], delimiter=";", skipinitialspace=True))]
     if "," in line:
         cells = next(csv.reader([line], skipinitialspace=True))
     else:
         cells = line.split()
     return [_unquote(cell.strip()) for cell in cells]
+
+
+DECIMAL_COMMA = re.compile(r"[+-]?[0-9]+,[0-9]+([eE][+-]?[0-9]+)?")
+
+
+def _decimal_point(cell: str) -> str:
+    return cell.replace(",", ".") if DECIMAL_COMMA.fullmatch(cell) else cell
+
+
+def _column_count_advice(count: int) -> str:
+    """What is wrong with a line of `count` cells, and what to do."""
+    if count == 1:
+        return "one column; expected two columns x,y, separated by a comma, a semicolon, a tab or spaces"
+    return f"{count} columns; expected two columns x,y: write the two to fit to a file of their own (e.g. `cut -d, -f1,3`)"
 
 
 def _unquote(cell: str) -> str:
