@@ -50,6 +50,15 @@ def test_each_member_stops_by_the_rule_and_the_run_ends_when_all_have(noisy):
         assert result.history.lr[-1][k] == (0.0 if stop < result.epochs_run else config.lr)
 
 
+def test_the_progress_reports_count_the_stopped_members(noisy):
+    config, target, result = noisy
+    reports = []
+    fit(config, target, on_epoch=reports.append)
+    stops = result.summary()["stopped"]["epochs"]
+    assert [r.stopped for r in reports] == [sum(stop <= r.epoch for stop in stops) for r in reports]
+    assert reports[-1].stopped == reports[-1].members == 3 and reports[-1].epoch == max(stops)
+
+
 def test_a_stopped_member_is_the_member_trained_alone(noisy):
     config, target, stack = noisy
     stops = stack.summary()["stopped"]["epochs"]

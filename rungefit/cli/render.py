@@ -74,7 +74,11 @@ def training_progress(epochs: int, quiet: bool):
 
     def on_epoch(report) -> None:
         info = f"train {fmt(report.train_mse)}  val {fmt(report.val_mse)}  lr {report.lr:.2e}"
-        progress.update(train_task, completed=report.epoch, info=info)
+        if report.stopped:
+            info += f"  stopped {report.stopped}/{report.members}"
+        # Every member stopped (--patience): the run ends here, and the bar with it.
+        total = report.epoch if report.stopped == report.members else report.epochs
+        progress.update(train_task, completed=report.epoch, total=total, info=info)
 
     def on_polish(step) -> None:
         nonlocal polish_task

@@ -228,10 +228,14 @@ class EpochReport:
     train_mse: float
     val_mse: float
     lr: float
+    stopped: int = 0  # members that have stopped (--patience)
+    members: int = 1
 
     @classmethod
     def of(cls, epoch: int, epochs: int, curves: EpochCurves) -> EpochReport:
-        return cls(epoch, epochs, *(float(np.median(c)) for c in (curves.train_mse, curves.val_mse, curves.lr)))
+        training = [lr for lr, stopped in zip(curves.lr, curves.stopped, strict=True) if not stopped]  # a stopped member's 0 is no rate
+        medians = (float(np.median(c)) for c in (curves.train_mse, curves.val_mse, training or curves.lr))
+        return cls(epoch, epochs, *medians, stopped=sum(curves.stopped), members=len(curves.stopped))
 
 
 def fit(
