@@ -3,8 +3,8 @@
 The script makes its own noisy sets (seeded, nothing downloaded): the Donoho-Johnstone functions
 doppler, heavisine, bumps and blocks at n = 128 and 512 equispaced points with signal-to-noise 7,
 x mapped into the thousands and y into 1e-3 units; a damped oscillation in ms and g (irregular
-times, some repeated); and a trend plus a seasonal wave over calendar years, monthly, in ppm. Each
-is a two-column CSV with a header line.
+times, some repeated); a trend plus a seasonal wave over calendar years, monthly, in ppm; and 26
+sunspot-like cycles over the years 1700-1988. Each is a two-column CSV with a header line.
 
 For every split seed the rows of the CSV are shuffled with that seed before it is written: rungefit
 holds out its test share as a function of the file's order, so each shuffle is another split. On
@@ -147,9 +147,22 @@ def seasonal() -> DataSet:
     )
 
 
+def cycles() -> DataSet:
+    """Yearly counts 1700…1988 (289 points): 26 cycles of 11 years whose peaks swell and ebb over
+    90 years, clipped at 0, noise sd 12: many oscillations over the domain, as sunspot numbers have."""
+    years = np.arange(1700, 1989).astype(float)
+    swell = 60 + 30 * np.sin(2 * np.pi * (years - 1700) / 90)
+    signal = swell * (0.5 + 0.5 * np.sin(2 * np.pi * (years - 1700) / 11)) ** 1.5
+    noise = np.random.default_rng(1700).normal(0.0, 12.0, years.size)
+    return DataSet(
+        "cycles", "26 eleven-year cycles of a sunspot-like count, yearly 1700…1988, y from 0 to about 110, noise sd 12",
+        "year,count", years, np.maximum(0.0, signal + noise),
+    )
+
+
 def all_sets() -> dict[str, DataSet]:
     sets = [donoho_johnstone(name, n) for n in (128, 512) for name in DONOHO_JOHNSTONE]
-    return {s.name: s for s in (*sets, oscillation(), seasonal())}
+    return {s.name: s for s in (*sets, oscillation(), seasonal(), cycles())}
 
 
 QUICK_SETS = ("doppler-128", "oscillation")
