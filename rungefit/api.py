@@ -74,9 +74,6 @@ def data_config(data: str | Path, **options) -> TrainConfig:
     if unknown:
         raise UsageError(f"data_config: {', '.join(unknown)} cannot be given; the others of TrainConfig's fields can (the data set {', '.join(sorted(DATA_FIELDS))})")
     domain = options.pop("domain", None)
-    chosen = targets.settings(
-        data=str(data), domain=None if domain is None else ",".join(map(repr, map(float, domain))),
-        test_fraction=options.get("test_fraction", TrainConfig.test_fraction),
-    )
+    chosen = targets.settings(data=str(data), domain=domain, test_fraction=options.get("test_fraction", TrainConfig.test_fraction))
     config, _ = data_defaults(TrainConfig(**{**chosen.fields, **options}), options)
     return config

@@ -143,6 +143,10 @@ def test_the_api_data_config_is_the_config_train_data_runs(tmp_path):
     assert (config.layers, config.lr, config.batch_size) == (DATA_LAYERS, DATA_LR, config.n_train)
     with pytest.raises(UsageError, match="points cannot be given"):
         rungefit.data_config(path, points=10)
+    assert rungefit.data_config(path, domain=(1850, 2050)).domain == (1850.0, 2050.0)  # a pair, as TrainConfig holds it
+    for bad in (("a", "b"), (2050, 1850), 3):
+        with pytest.raises(UsageError, match="--domain"):
+            rungefit.data_config(path, domain=bad)
 
 
 def test_each_member_keeps_its_best_validation_epoch_and_a_resume_ends_the_same(tmp_path):

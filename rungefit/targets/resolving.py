@@ -11,6 +11,7 @@ from rungefit.config import (
     DEFAULT_DOMAIN,
     DEFAULT_TARGET,
     MAX_DATA_VALUE,
+    MAX_DOMAIN,
     MAX_POINTS,
     MAX_TEST_POINTS,
     MIN_DATA_POINTS,
@@ -31,18 +32,18 @@ class Settings:
     points: PointsFile | None = None
 
 
-def settings(target: str | None = None, domain: str | None = None, data: str | None = None, test_fraction: float = 0.2) -> Settings:
-    """The TrainConfig fields for --target, --domain, --data and --test-fraction (None: not given).
-    With data they include the points (all but the test share) and the test points. resolve()
-    checks the target itself."""
+def settings(target: str | None = None, domain: str | tuple[float, float] | None = None, data: str | None = None, test_fraction: float = 0.2) -> Settings:
+    """The TrainConfig fields for --target, --domain (as typed, "A,B", or a pair of numbers),
+    --data and --test-fraction (None: not given). With data they include the points (all but the
+    test share) and the test points. resolve() checks the target itself."""
     if data is None:
-        return Settings({"target": DEFAULT_TARGET if target is None else target, "domain": parse_domain(domain) if domain is not None else DEFAULT_DOMAIN})
+        return Settings({"target": DEFAULT_TARGET if target is None else target, "domain": _domain(domain, MAX_DOMAIN) if domain is not None else DEFAULT_DOMAIN})
     if target is not None:
         raise UsageError("--target and --data exclude each other: the data are the target")
     points = read_points(data)
     _varying(points.y, f"--data {data}: y")
     if domain is not None:
-        span = parse_domain(domain, MAX_DATA_VALUE)
+        span = _domain(domain, MAX_DATA_VALUE)
     else:
         span = (float(points.x.min()), float(points.x.max()))
         if not span[0] < span[1]:
@@ -54,6 +55,11 @@ def settings(target: str | None = None, domain: str | None = None, data: str | N
         "points": len(resolved.pool), "test_points": len(resolved.test_index),
     }
     return Settings(fields, points)
+
+
+def _domain(domain: str | tuple[float, float], limit: float) -> tuple[float, float]:
+    """--domain as typed ("A,B") or as a pair (the Python API), checked."""
+    return parse_domain(domain, limit) if isinstance(domain, str) else check_domain(domain, limit)
 
 
 def _check_data_count(target: DataTarget, test_fraction: float, data: str) -> None:
