@@ -30,7 +30,12 @@ from rungefit.rules import (
 
 DEFAULT_LAYERS = "20:tanh,10:sigmoid,20:tanh,10:sigmoid"
 # The activations a --layers spec may name; model.ACTIVATIONS implements exactly these.
-ACTIVATION_NAMES = ("tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "identity")
+ACTIVATION_NAMES = ("tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "identity", "sin")
+# A first hidden layer of sin starts with its weights and biases this many times PyTorch's default:
+# frequencies up to 10 radians per unit of the standardized x, so that a periodic signal with many
+# cycles is within reach from the start (SIREN's idea, Sitzmann et al. 2020; 10 measured best
+# of 1, 3, 10 and 30 on tests/benchmarks/bench_data.py's sets).
+SINE_FIRST_SCALE = 10.0
 SCHEDULES = ("constant", "cosine", "onecycle")
 DTYPE_NAMES = ("float32", "float64")
 DEVICES = ("auto", "cpu", "cuda")

@@ -42,7 +42,7 @@ LEARNS = ["--points", "120", "--batch-size", "8", "--epochs", "60"]
 QUICK_TRAIN = [*LEARNS, "--quiet"]
 
 # The default network and two others that between them use every other activation but identity.
-SPECS = ["20:tanh,10:sigmoid,20:tanh,10:sigmoid", "16:gelu,8:relu", "8:silu,6:softplus"]
+SPECS = ["20:tanh,10:sigmoid,20:tanh,10:sigmoid", "16:gelu,8:relu", "8:silu,6:softplus", "12:sin,8:tanh"]
 
 
 class AppRunner:

@@ -188,7 +188,7 @@ def test_choice_values(option, values):
 
 
 def test_activation_names_in_layers():
-    assert complete("rungefit train --layers 20:tanh,10:s") == ["20:tanh,10:sigmoid", "20:tanh,10:silu", "20:tanh,10:softplus"]
+    assert complete("rungefit train --layers 20:tanh,10:s") == ["20:tanh,10:sigmoid", "20:tanh,10:silu", "20:tanh,10:softplus", "20:tanh,10:sin"]
 
 
 def test_completing_never_imports_torch_or_matplotlib():
@@ -306,9 +306,9 @@ def bash_completion(words: list[str], line: str, env: dict, setup: str = "") -> 
     "words, candidates",
     [
         (["20", ":", "t"], ["tanh"]),
-        (["20", ":"], ["tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "identity"]),
-        (["20", ":", "tanh,10", ":", "s"], ["sigmoid", "silu", "softplus"]),
-        (["20"], ["20:tanh", "20:sigmoid", "20:relu", "20:gelu", "20:silu", "20:softplus", "20:identity"]),
+        (["20", ":"], ["tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "identity", "sin"]),
+        (["20", ":", "tanh,10", ":", "s"], ["sigmoid", "silu", "softplus", "sin"]),
+        (["20"], ["20:tanh", "20:sigmoid", "20:relu", "20:gelu", "20:silu", "20:softplus", "20:identity", "20:sin"]),
     ],
 )
 def test_the_bash_script_joins_the_words_bash_split_at_colons(shell_env, words, candidates):

@@ -18,7 +18,7 @@ from .helpers import runge_prime, stacked
 
 RUNGE = resolve(TrainConfig())
 
-SPECS = [DEFAULT_LAYERS, "8:relu,8:gelu", "5:silu,3:softplus,4:identity", "1:tanh", "7:sigmoid,7:sigmoid,7:sigmoid"]
+SPECS = [DEFAULT_LAYERS, "8:relu,8:gelu", "5:silu,3:softplus,4:identity", "1:tanh", "7:sigmoid,7:sigmoid,7:sigmoid", "6:sin,4:tanh"]
 
 
 def points(model: StackedMLP, n: int = 41, span: float = 1.5) -> torch.Tensor:

@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from rungefit.config import DEFAULT_LAYERS, Layer, format_layers, layer_shapes, parameter_count, parse_layers
+from rungefit.config import (
+    DEFAULT_LAYERS,
+    SINE_FIRST_SCALE,
+    Layer,
+    format_layers,
+    layer_shapes,
+    parameter_count,
+    parse_layers,
+)
 from rungefit.net.model import ACTIVATIONS, StackedMLP
 
 
@@ -53,6 +61,17 @@ def test_initialisation_follows_nn_linear_bounds_per_seed():
     alone = StackedMLP(model.layers, 1, dtype=torch.float64)
     alone.initialise(torch.tensor([6]))
     assert torch.equal(alone.params[0], model.params[1])
+
+
+def test_a_first_sin_layer_starts_at_sine_first_scale_times_the_default_and_the_rest_as_usual():
+    seeds = torch.tensor([5, 6])
+    sine, plain = (StackedMLP(parse_layers(f"16:{first},8:sin"), 2, dtype=torch.float64) for first in ("sin", "tanh"))
+    for model in (sine, plain):
+        model.initialise(seeds)
+    assert torch.equal(sine.weight(0), SINE_FIRST_SCALE * plain.weight(0)) and torch.equal(sine.bias(0), SINE_FIRST_SCALE * plain.bias(0))
+    assert sine.weight(0).abs().max() > 1  # frequencies beyond the default's from the start
+    for index in (1, 2):  # a later sin layer, and the output, keep nn.Linear's bounds
+        assert torch.equal(sine.weight(index), plain.weight(index)) and torch.equal(sine.bias(index), plain.bias(index))
 
 
 def test_state_dict_round_trip_and_shape_check():

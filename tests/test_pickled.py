@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from rungefit.runs import pickled
 
-from .helpers import REPO, rungefit_capped
+from .helpers import REPO, SPECS, rungefit_capped
 
 
 def expanded(value) -> tuple[int, int]:
@@ -101,7 +101,7 @@ def test_every_checkpoint_rungefit_wrote_passes(spec_runs):
     for checkpoint in checkpoints:
         with open(checkpoint, "rb") as handle:
             pickled.check_archive(handle)
-    assert len(checkpoints) == 4 + 6
+    assert len(checkpoints) == 4 + 2 * len(SPECS)
 
 
 def test_a_checkpoint_that_is_not_torch_saves_archive_is_refused(tmp_path):

@@ -12,7 +12,7 @@ from rungefit.net.sequential import TORCH_MODULES, from_sequential, to_sequentia
 
 from .helpers import stacked
 
-EVERY_ACTIVATION = "5:tanh,4:sigmoid,4:relu,3:gelu,3:silu,3:softplus,2:identity"
+EVERY_ACTIVATION = "5:tanh,4:sigmoid,4:relu,3:gelu,3:silu,3:softplus,2:identity,2:sin"
 
 
 def stack(spec: str = EVERY_ACTIVATION, members: int = 3, dtype=torch.float64) -> StackedMLP:

@@ -18,7 +18,7 @@ from .helpers import runge, stacked
 
 F64 = torch.float64
 # A width-1 hidden layer takes the hand-written pass's broadcast path, as the output layer does.
-SPECS = [DEFAULT_LAYERS, "5:relu,3:gelu", "4:silu,1:softplus,3:identity", "1:tanh,6:sigmoid", "7:tanh"]
+SPECS = [DEFAULT_LAYERS, "5:relu,3:gelu", "4:silu,1:softplus,3:identity", "1:tanh,6:sigmoid", "7:tanh", "6:sin,3:tanh"]
 MODULES = {
     "tanh": nn.Tanh,
     "sigmoid": nn.Sigmoid,
@@ -27,7 +27,17 @@ MODULES = {
     "silu": nn.SiLU,
     "softplus": nn.Softplus,
     "identity": nn.Identity,
+    "sin": lambda: Lambda(torch.sin),  # torch.nn has no sine module
 }
+
+
+class Lambda(nn.Module):
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, z):
+        return self.fn(z)
 
 
 def batch(members: int, size: int = 13, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

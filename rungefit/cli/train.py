@@ -74,7 +74,7 @@ RESUME_ALLOWS = ("resume", "runs_dir", "quiet", "json_output")
 
 def train(
     ctx: typer.Context,
-    layers: Annotated[str, typer.Option(help=f"Hidden layers as WIDTH:ACTIVATION items; the output layer is linear. With --data, unless given: {DATA_LAYERS}.", autocompletion=complete_layers)] = DEFAULTS.layers,
+    layers: Annotated[str, typer.Option(help=f"Hidden layers as WIDTH:ACTIVATION items; the output layer is linear. With --data, unless given: {DATA_LAYERS}. A first layer of sin starts at high frequencies: try 64:sin,64:tanh for data with many cycles (docs/data.md).", autocompletion=complete_layers)] = DEFAULTS.layers,
     points: Annotated[int, whole_option(help="Training points drawn uniformly from the domain, validation included (with --data: the data's). More points mean more Adam steps per epoch, and the fit is limited by the steps, not by data (docs/accuracy.md).")] = DEFAULTS.points,
     val_fraction: Annotated[float, real_option(help="Share of the points held out for validation, in (0, 1).")] = DEFAULTS.val_fraction,
     batch_size: Annotated[int, whole_option(help=BATCH_HELP)] = DEFAULTS.batch_size,

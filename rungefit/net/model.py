@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from rungefit import rng
-from rungefit.config import DTYPE_NAMES, Layer, layer_shapes, parameter_count
+from rungefit.config import DTYPE_NAMES, SINE_FIRST_SCALE, Layer, layer_shapes, parameter_count
 from rungefit.net.kernels import BackwardPass, ForwardPass, block_views
 
 DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}  # --dtype's names, as torch dtypes
@@ -109,6 +109,7 @@ ACTIVATIONS: dict[str, Activation] = {
     "silu": Activation(_copying(torch.nn.functional.silu), _silu_prime),
     "softplus": Activation(_copying(torch.nn.functional.softplus), torch.sigmoid, _softplus_output_prime),
     "identity": Activation(_copying(lambda z: z), torch.ones_like, _ones),
+    "sin": Activation(torch.sin, torch.cos, None, np.sin),
 }
 
 
@@ -149,13 +150,15 @@ class StackedMLP:
         return self.params.device
 
     def initialise(self, seeds: torch.Tensor) -> None:
-        """PyTorch's nn.Linear default, U(-1/√fan_in, 1/√fan_in) for W and b, drawn per seed."""
+        """PyTorch's nn.Linear default, U(-1/√fan_in, 1/√fan_in) for W and b, drawn per seed (a
+        first sin layer's × SINE_FIRST_SCALE)."""
         seeds = torch.as_tensor(seeds, dtype=torch.int64, device=self.device)
         u = rng.uniform(seeds, rng.STREAM_INIT, self.params.shape[1], dtype=torch.float64)
+        scales = [SINE_FIRST_SCALE if self.layers[0].activation == "sin" else 1.0] + [1.0] * len(self.layers)
         bounds = torch.cat(
             [
-                torch.full((fan_in * fan_out + fan_out,), 1 / math.sqrt(fan_in), dtype=torch.float64)
-                for fan_in, fan_out in layer_shapes(self.layers)
+                torch.full((fan_in * fan_out + fan_out,), scale / math.sqrt(fan_in), dtype=torch.float64)
+                for (fan_in, fan_out), scale in zip(layer_shapes(self.layers), scales, strict=True)
             ]
         ).to(self.device)
         with torch.no_grad():

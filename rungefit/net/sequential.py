@@ -11,6 +11,14 @@ from rungefit.config import Layer, layer_shapes
 from rungefit.errors import UsageError
 from rungefit.net.model import StackedMLP
 
+
+class Sine(torch.nn.Module):
+    """sin(z) elementwise: the activation `sin` as a module (torch.nn has none)."""
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.sin(z)
+
+
 # The torch.nn module of every activation in ACTIVATIONS, with the settings that match its fn.
 TORCH_MODULES: dict[str, Callable[[], torch.nn.Module]] = {
     "tanh": torch.nn.Tanh,
@@ -20,6 +28,7 @@ TORCH_MODULES: dict[str, Callable[[], torch.nn.Module]] = {
     "silu": torch.nn.SiLU,
     "softplus": torch.nn.Softplus,
     "identity": torch.nn.Identity,
+    "sin": Sine,
 }
 
 

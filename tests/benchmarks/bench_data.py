@@ -68,6 +68,8 @@ BAND = 2.0  # the band checked: ensemble mean ± BAND × spread
 LONGER = 4
 CONVERGENCE_SPLITS = 2
 CONVERGED = 1.02  # the goal for that ratio
+# The network a user may choose for periodic data (--layers), scored beside the default.
+SINE_LAYERS = "64:sin,64:tanh"
 
 
 # ---------------------------------------------------------------- the data sets
@@ -222,13 +224,16 @@ class Outcome:
     epochs: int = 0  # the epochs it ran
 
 
-def train_rungefit(path: Path, seeds: tuple[int, ...] | None, store: Path, name: str, epochs: int | None = None) -> tuple[Outcome, np.ndarray, np.ndarray]:
+def train_rungefit(
+    path: Path, seeds: tuple[int, ...] | None, store: Path, name: str, epochs: int | None = None, layers: str | None = None,
+) -> tuple[Outcome, np.ndarray, np.ndarray]:
     """rungefit's default training on the file (`seeds`: an ensemble; `epochs`: exactly that many, as
-    an explicit --epochs runs them, no member stopping early), scored on its held-out points. Also
-    the test and pool indices of the file's points, for the peers."""
+    an explicit --epochs runs them, no member stopping early; `layers`: that network), scored on its
+    held-out points. Also the test and pool indices of the file's points, for the peers."""
     outcome = Outcome()
     try:
-        options = {**({"seeds": seeds} if seeds else {}), **({"epochs": epochs} if epochs else {})}
+        given = {"seeds": seeds, "epochs": epochs, "layers": layers}
+        options = {option: value for option, value in given.items() if value}
         config = data_config(path, **options)  # what `rungefit train --data` runs
         target = targets.resolve(config)
         with warnings.catch_warnings():
@@ -311,6 +316,7 @@ class Row:
     ensemble: list[Outcome] = field(default_factory=list)
     peers: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in PEERS})
     converged: list[float] = field(default_factory=list)  # validation MSE over that of a run LONGER times as long
+    sine: list[Outcome] = field(default_factory=list)  # the default with --layers SINE_LAYERS
 
 
 def measure(data: DataSet, splits: int, work: Path) -> Row:
@@ -323,6 +329,7 @@ def measure(data: DataSet, splits: int, work: Path) -> Row:
         ensemble, _, _ = train_rungefit(path, ENSEMBLE_SEEDS, store, f"{data.name}-{split}-ensemble")
         row.default.append(default)
         row.ensemble.append(ensemble)
+        row.sine.append(train_rungefit(path, None, store, f"{data.name}-{split}-sine", layers=SINE_LAYERS)[0])
         if split < CONVERGENCE_SPLITS:
             longer, _, _ = train_rungefit(path, None, store, f"{data.name}-{split}-longer", LONGER * default.epochs)
             row.converged.append(default.val / longer.val)
@@ -357,6 +364,7 @@ def summarize(row: Row) -> dict:
         "ensemble_wall": median(o.wall for o in row.ensemble),
         "coverage": median(o.coverage for o in row.ensemble),
         "converged": median(row.converged),
+        "sine": median(o.score for o in row.sine),
         "verdicts": {v: verdicts.count(v) for v in dict.fromkeys(verdicts)},
         "failed": sum(o.verdict == "failed" for o in row.default + row.ensemble),
         "notes": sorted({o.note for o in row.default + row.ensemble if o.note}),
@@ -561,7 +569,35 @@ time there.
 ## Where rungefit is not within {WITHIN}× of the best peer
 
 {convergence(rows)}{findings(rows)}
+
+## A sine first layer, for periodic data
+
+`--layers {SINE_LAYERS}` starts its first layer at frequencies up to 10 radians per unit of the
+standardized x (SINE_FIRST_SCALE in rungefit/config.py): a signal with many cycles over the domain is within
+reach from the start, where a tanh network must first grow its slopes, about one learning rate per
+step. The same splits and defaults otherwise, one seed:
+
+{sine_table(rows)}
+
+{sine_findings(rows)}
 """
+
+
+def sine_table(rows: list[dict]) -> str:
+    lines = [f"| set | rungefit default | `--layers {SINE_LAYERS}` | sine / default | sine / best peer |", "|---|---|---|---|---|"]
+    for r in rows:
+        best = r["peers"][r["best"]]
+        lines.append(f"| {r['name']} | {number(r['default'])} | {number(r['sine'])} | {number(r['sine'] / r['default'])} | {number(r['sine'] / best)} |")
+    return "\n".join(lines)
+
+
+def sine_findings(rows: list[dict]) -> str:
+    """Where the sine network beats the default by more than a tenth, and where it loses, from the numbers alone."""
+    ahead = [f"{r['name']} ({number(r['sine'] / r['default'])}×)" for r in rows if r["sine"] < r["default"] / 1.1]
+    behind = [f"{r['name']} ({number(r['sine'] / r['default'])}×)" for r in rows if r["sine"] > 1.1 * r["default"]]
+    text = [f"It scores better than the default by more than a tenth on {', '.join(ahead) or 'no set'}"]
+    text.append(f"and worse by more than a tenth on {', '.join(behind) or 'no set'} (its score over the default's in brackets).")
+    return " ".join(text)
 
 
 def main() -> None:
