@@ -114,7 +114,7 @@ ONNX_MISSING = [name for name in ("onnx", "onnxscript", "onnxruntime") if import
 
 
 @pytest.mark.skipif(bool(ONNX_MISSING), reason=f"needs {', '.join(ONNX_MISSING)} (pip install -e '.[test]')")
-@pytest.mark.parametrize("layers", SPECS[:2])
+@pytest.mark.parametrize("layers", [*SPECS[:2], SPECS[3]])  # the reference, gelu/relu, and sin (a module of ours)
 def test_the_onnx_file_gives_evals_predictions_in_onnxruntime(spec_runs, tmp_path, layers):
     import onnx
     import onnxruntime
