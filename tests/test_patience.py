@@ -112,3 +112,18 @@ def test_nothing_learned_names_patience_when_every_member_stopped_and_val_fracti
     few = runner.invoke(app, ["train", "--data", path, "--epochs", "20", "--val-fraction", "0.1", *runs])
     (line,) = [line for line in few.stderr.splitlines() if line.startswith("error:")]
     assert few.exit_code == 1 and "more --epochs" in line and "a larger --val-fraction (a test over 5 points" in line
+
+
+def test_a_stop_in_the_polish_after_every_member_stopped_resumes_at_the_polish(noisy):
+    config, target, whole = noisy
+    config = replace(config, polish="lm", polish_iterations=3)
+    ended = max(whole.summary()["stopped"]["epochs"])
+    epochs_done: list = []
+    # Yes once the last member has stopped: the stop lands in the polish's first iteration.
+    result = fit(config, target, on_epoch=epochs_done.append, should_stop=lambda: len(epochs_done) == ended)
+    assert (result.status, result.epochs_run, result.polish, result.training_done) == ("interrupted", ended, None, True)
+    resumed = fit(config, target, resume=result.state())
+    uninterrupted = fit(config, target)
+    assert resumed.epochs_run == uninterrupted.epochs_run == ended  # no epoch trained after the stops
+    assert torch.equal(resumed.model.params, uninterrupted.model.params) and resumed.history == uninterrupted.history
+    assert torch.equal(resumed.polish.final_mse, uninterrupted.polish.final_mse)
