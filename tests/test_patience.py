@@ -107,7 +107,7 @@ def test_nothing_learned_names_patience_when_every_member_stopped_and_val_fracti
     runs = ["--runs-dir", str(tmp_path / "runs"), "--quiet", "--layers", "8:tanh"]
     stopped = runner.invoke(app, ["train", "--data", path, "--epochs", "300", "--patience", "10", *runs])
     (line,) = [line for line in stopped.stderr.splitlines() if line.startswith("error:")]
-    assert stopped.exit_code == 1 and "a larger --patience" in line and "more --epochs" not in line
+    assert stopped.exit_code == 1 and "a larger --patience" in line and "more --epochs" not in line and "--layers 64:sin,64:tanh" in line
     assert "--val-fraction" not in line  # 14 validation points
     few = runner.invoke(app, ["train", "--data", path, "--epochs", "20", "--val-fraction", "0.1", *runs])
     (line,) = [line for line in few.stderr.splitlines() if line.startswith("error:")]

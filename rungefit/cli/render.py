@@ -240,7 +240,8 @@ def _data_nothing_learned(summary: dict, who: str) -> str:
     return (
         f"{who} (a one-sided test at 1 % over {test['validation_points']} validation points), after {summary['steps']} "
         f"optimizer steps on x in [{x[0]:g}, {x[1]:g}] and y in [{y[0]:g}, {y[1]:g}]. Try {longer}, an ensemble "
-        f"(--seeds 5){few}, or `--lr auto`; if y is mostly noise at this sample size, more points"
+        f"(--seeds 5){few}, `--lr auto`, or, for a signal of many cycles, a first sin layer (--layers 64:sin,64:tanh); "
+        "if y is mostly noise at this sample size, more points"
     )
 
 
