@@ -3,7 +3,7 @@
 - load(run, runs_dir, member): a saved network as a plain torch.nn.Sequential;
 - open_run(run, runs_dir): a saved run with its config, target, summary, history and networks;
 - TrainConfig and fit(config): train without the command line; data_config(file, **options):
-  the TrainConfig of `rungefit train --data FILE`;
+  the TrainConfig of `rungefit train --data FILE` (its network chosen by validation, as train does);
 - to_sequential(stack, member) and from_sequential(network): a trained stack's member as a
   torch.nn.Sequential and back.
 """
@@ -21,6 +21,7 @@ from rungefit.errors import UsageError
 from rungefit.net.sequential import from_sequential, to_sequential
 from rungefit.rules import Rule
 from rungefit.runs import Run, RunStore
+from rungefit.training.choose import choose_network
 from rungefit.training.train import fit
 
 # TrainConfig's fields that the data file sets.
@@ -67,7 +68,9 @@ def data_config(data: str | Path, **options) -> TrainConfig:
 
     It holds the data's points and test share, and a data run's defaults (a wider network, its
     rate, full-batch steps until each member converges) for layers, lr, schedule, batch_size, epochs
-    and patience where they are not in `options`. Example: fit(data_config("accel.csv", seeds=(0, 1, 2, 3, 4))) trains
+    and patience where they are not in `options`. Where neither layers nor epochs is given, the
+    network is chosen as `train` chooses it: each of config.DATA_NETWORKS is trained on seed 0 and
+    the one of lower validation MSE kept (training/choose.py), so this call trains two networks. Example: fit(data_config("accel.csv", seeds=(0, 1, 2, 3, 4))) trains
     the 5-member ensemble whose band says how sure the fit is.
     """
     unknown = sorted(set(options) - {field.name for field in dataclasses.fields(TrainConfig)} | (set(options) & DATA_FIELDS))
@@ -76,4 +79,6 @@ def data_config(data: str | Path, **options) -> TrainConfig:
     domain = options.pop("domain", None)
     chosen = targets.settings(data=str(data), domain=domain, test_fraction=options.get("test_fraction", TrainConfig.test_fraction))
     config, _ = data_defaults(TrainConfig(**{**chosen.fields, **options}), options)
+    if not {"layers", "epochs"} & set(options):
+        config = dataclasses.replace(config, layers=choose_network(config, targets.resolve(config, chosen.points)).layers)
     return config

@@ -306,6 +306,11 @@ class TrainConfig:
 # Best.stopped) or DATA_STEPS optimizer steps: a small set then converges instead of stopping after a
 # few hundred mini-batches, an easy one stops early, and a large one costs no more steps than a small one.
 DATA_LAYERS = "64:tanh,64:tanh"
+# Where neither --layers nor --epochs is given, a data run trains each of these on PROBE_SEEDS and
+# keeps the one of lower validation MSE (training/choose.py): the sine network fits signals of many
+# cycles that the tanh network cannot reach in the steps it takes, and loses on smooth ones.
+DATA_NETWORKS = (DATA_LAYERS, "64:sin,64:tanh")
+PROBE_SEEDS = (0,)  # whatever --seeds says: member k of a stack still equals the single run with seed k
 DATA_LR = 1e-2
 DATA_SCHEDULE = "constant"  # a member may stop at any step: no schedule tied to the last one
 DATA_STEPS = 8000
@@ -351,9 +356,9 @@ def data_defaults(config: TrainConfig, given: Collection[str]) -> tuple[TrainCon
             f"{config.patience * config.steps_per_epoch} steps and for half the steps to its best,"
         )
     why = (
-        f"{steps} of a {config.layers} network at {config.schedule} lr {config.lr:g} on {batches} of {config.n_train} "
+        f"{steps} at {config.schedule} lr {config.lr:g} on {batches} of {config.n_train} "
         "training points: a data run's defaults, so that a small set trains until it converges "
-        "(--layers, --lr, --schedule, --epochs, --patience and --batch-size set them)"
+        "(--lr, --schedule, --epochs, --patience and --batch-size set them)"
     )
     return config, why
 

@@ -16,7 +16,7 @@ def test_each_phase_runs_from_the_end_of_the_one_before_and_parts_move_out_of_it
     phases.end("start_up")
     phases.end("training", polish=2.5)
     assert phases.as_dict(ongoing="saving_and_plots") == {
-        "start_up": 2.0, "rate_search": None, "training": 4.5, "polish": 2.5, "saving_and_plots": 0.5, "total": 9.5,
+        "start_up": 2.0, "network_search": None, "rate_search": None, "training": 4.5, "polish": 2.5, "saving_and_plots": 0.5, "total": 9.5,
     }
     phases.end("saving_and_plots")
     assert phases.as_dict()["saving_and_plots"] == 2.0 and phases.as_dict()["total"] == 11.0

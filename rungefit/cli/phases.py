@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 # In the order they happen; a phase that did not run stays None.
-PHASES = ("start_up", "rate_search", "training", "polish", "saving_and_plots")
+PHASES = ("start_up", "network_search", "rate_search", "training", "polish", "saving_and_plots")
 
 
 class Phases:

@@ -139,6 +139,7 @@ def render_train(summary: dict, run_dir: str) -> None:
     note = target_note(summary["target"])
     rows += [
         *([("target", note.removeprefix(", target "))] if note else []),
+        *_network_rows(summary.get("network_choice")),
         ("members (seeds)", f"{len(members)} ({', '.join(str(m['seed']) for m in members[:8])}{' …' if len(members) > 8 else ''})"),
         ("epochs", str(summary["epochs"])),
         *_stopped_rows(summary.get("stopped")),
@@ -161,6 +162,15 @@ def render_train(summary: dict, run_dir: str) -> None:
         print_table(per_member, stdout)
 
 
+def _network_rows(choice: dict | None) -> list[tuple[str, str]]:
+    """A data run's network and the validation MSEs that chose it (training/choose.py)."""
+    if choice is None:
+        return []
+    chosen, scores = choice["chosen"], choice["val_mse"]
+    others = "; ".join(f"{layers}: {fmt(value)}" for layers, value in scores.items() if layers != chosen)
+    return [(f"network (by validation, seed {_numbers(choice['probe_seeds'])})", f"{chosen}: val MSE {fmt(scores[chosen])} ({others})")]
+
+
 def _stopped_rows(stopped: dict | None) -> list[tuple[str, str]]:
     """When each member stopped under --patience ("–": it trained to the last epoch)."""
     if stopped is None:
@@ -171,6 +181,7 @@ def _stopped_rows(stopped: dict | None) -> list[tuple[str, str]]:
 
 PHASE_LABELS = {
     "start_up": "start-up (imports, set-up)",
+    "network_search": "network choice (--data)",
     "rate_search": "rate search (--lr auto)",
     "training": "training",
     "polish": "polish",

@@ -43,7 +43,14 @@ from scipy.interpolate import make_smoothing_spline
 
 from rungefit import targets
 from rungefit.api import data_config
-from rungefit.config import DATA_LAYERS, DATA_LR, DATA_PATIENCE_STEPS, DATA_STEPS, FULL_BATCH_POINTS, TrainConfig
+from rungefit.config import (
+    DATA_LR,
+    DATA_NETWORKS,
+    DATA_PATIENCE_STEPS,
+    DATA_STEPS,
+    FULL_BATCH_POINTS,
+    TrainConfig,
+)
 from rungefit.errors import RungefitError, UsageError
 from rungefit.runs import RunStore
 from rungefit.training.train import fit
@@ -68,8 +75,8 @@ BAND = 2.0  # the band checked: ensemble mean ± BAND × spread
 LONGER = 4
 CONVERGENCE_SPLITS = 2
 CONVERGED = 1.02  # the goal for that ratio
-# The network a user may choose for periodic data (--layers), scored beside the default.
-SINE_LAYERS = "64:sin,64:tanh"
+# The networks a data run chooses between (config.DATA_NETWORKS), each also scored on its own.
+TANH_LAYERS, SINE_LAYERS = DATA_NETWORKS
 
 
 # ---------------------------------------------------------------- the data sets
@@ -222,6 +229,7 @@ class Outcome:
     note: str = ""
     val: float = float("nan")  # the default member's validation MSE
     epochs: int = 0  # the epochs it ran
+    layers: str = ""  # its network
 
 
 def train_rungefit(
@@ -234,7 +242,9 @@ def train_rungefit(
     try:
         given = {"seeds": seeds, "epochs": epochs, "layers": layers}
         options = {option: value for option, value in given.items() if value}
-        config = data_config(path, **options)  # what `rungefit train --data` runs
+        chosen_at = time.perf_counter()
+        config = data_config(path, **options)  # what `rungefit train --data` runs, its network chosen by validation
+        choice_s = time.perf_counter() - chosen_at
         target = targets.resolve(config)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -255,8 +265,8 @@ def train_rungefit(
         outcome.note = "the members' predictions disagree with the test MSE rungefit reports: adapt rungefit_predictions"
     # The default's score is rungefit's own test MSE; the ensemble's needs predictions in data units.
     mse = reported[0] if not seeds else ((fitted.mean - y_test) ** 2).mean()
-    outcome.score, outcome.steps, outcome.wall, outcome.verdict = mse / variance, result.steps, result.wall_time_s, summary["fit"]
-    outcome.epochs = result.epochs_run
+    outcome.score, outcome.steps, outcome.wall, outcome.verdict = mse / variance, result.steps, choice_s + result.wall_time_s, summary["fit"]
+    outcome.epochs, outcome.layers = result.epochs_run, config.layers
     outcome.val = result.members[0].val_mse
     outcome.coverage = float(np.mean(np.abs(y_test - fitted.mean) <= BAND * fitted.spread))
     return outcome, test, pool
@@ -316,6 +326,7 @@ class Row:
     ensemble: list[Outcome] = field(default_factory=list)
     peers: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in PEERS})
     converged: list[float] = field(default_factory=list)  # validation MSE over that of a run LONGER times as long
+    tanh: list[Outcome] = field(default_factory=list)  # the default with --layers TANH_LAYERS
     sine: list[Outcome] = field(default_factory=list)  # the default with --layers SINE_LAYERS
 
 
@@ -326,12 +337,15 @@ def measure(data: DataSet, splits: int, work: Path) -> Row:
         write_csv(path, data, split)
         store = work / "runs"
         default, test, pool = train_rungefit(path, None, store, f"{data.name}-{split}-default")
-        ensemble, _, _ = train_rungefit(path, ENSEMBLE_SEEDS, store, f"{data.name}-{split}-ensemble")
+        # The ensemble chooses as the default does (on the same probe seed): its network is given here, not chosen again.
+        chosen = default.layers or None
+        ensemble, _, _ = train_rungefit(path, ENSEMBLE_SEEDS, store, f"{data.name}-{split}-ensemble", layers=chosen)
         row.default.append(default)
         row.ensemble.append(ensemble)
+        row.tanh.append(train_rungefit(path, None, store, f"{data.name}-{split}-tanh", layers=TANH_LAYERS)[0])
         row.sine.append(train_rungefit(path, None, store, f"{data.name}-{split}-sine", layers=SINE_LAYERS)[0])
         if split < CONVERGENCE_SPLITS:
-            longer, _, _ = train_rungefit(path, None, store, f"{data.name}-{split}-longer", LONGER * default.epochs)
+            longer, _, _ = train_rungefit(path, None, store, f"{data.name}-{split}-longer", LONGER * default.epochs, layers=chosen)
             row.converged.append(default.val / longer.val)
         points = targets.read_points(path)
         for name, method in PEERS.items():
@@ -364,7 +378,9 @@ def summarize(row: Row) -> dict:
         "ensemble_wall": median(o.wall for o in row.ensemble),
         "coverage": median(o.coverage for o in row.ensemble),
         "converged": median(row.converged),
+        "tanh": median(o.score for o in row.tanh),
         "sine": median(o.score for o in row.sine),
+        "chosen": {layers: [o.layers for o in row.default].count(layers) for layers in DATA_NETWORKS},
         "verdicts": {v: verdicts.count(v) for v in dict.fromkeys(verdicts)},
         "failed": sum(o.verdict == "failed" for o in row.default + row.ensemble),
         "notes": sorted({o.note for o in row.default + row.ensemble if o.note}),
@@ -484,8 +500,9 @@ HOW = f"""## How rungefit fits measured data
   `--json`, history.csv, figures, eval, predict, grad, exports) is in the data's units. `--scale`
   chooses: `auto` (the default) scales x always and y for data or for a function far from unit size,
   which leaves the Runge default exactly as before; `xy`, `x`, `none`.
-- **Small data trains enough.** Where the options are not given, a data run trains a `{DATA_LAYERS}`
-  network at a constant lr {DATA_LR:g}, on the whole training set up to {FULL_BATCH_POINTS:,} points and on
+- **Small data trains enough.** Where the options are not given, a data run trains a two-layer
+  network of 64 units each (a tanh or a sine network, chosen by validation: see the last section)
+  at a constant lr {DATA_LR:g}, on the whole training set up to {FULL_BATCH_POINTS:,} points and on
   batches of about that size beyond, until each member's validation MSE has not improved for
   {DATA_PATIENCE_STEPS:,} steps and for half the steps to its best (`--patience`), or for at most {DATA_STEPS:,} steps
   (the reference network, at its rate and 300 epochs of mini-batches, stops far short on these
@@ -541,7 +558,7 @@ The score is the held-out MSE / Var(y_test), computed in float64 (1 is what pred
 set's mean scores; lower is better). Each entry is the median over {splits} split seeds. "default /
 best" and "ensemble / best" divide rungefit's median by the best peer's; the goal is a default
 within {WITHIN}× of the best peer on every set and an ensemble ahead of it (below 1) on most. The
-optimizer steps are the default run's (it stops by `--patience`), the wall times rungefit's own (`wall_time_s`) for the
+optimizer steps are the default run's (it stops by `--patience`), the wall times rungefit's own (`wall_time_s`, plus the network choice) for the
 default run and the ensemble, medians over the splits; the band coverage is the share of held-out points
 within ±{BAND:g} spreads of the ensemble's mean, where the run gives a band ("n/a": it does not).
 "val MSE / val MSE of {LONGER}× as many" compares the default member's (kept) validation MSE with that
@@ -570,12 +587,14 @@ time there.
 
 {convergence(rows)}{findings(rows)}
 
-## A sine first layer, for periodic data
+## The network a data run chooses
 
-`--layers {SINE_LAYERS}` starts its first layer at frequencies up to 10 radians per unit of the
-standardized x (SINE_FIRST_SCALE in rungefit/config.py): a signal with many cycles over the domain is within
-reach from the start, where a tanh network must first grow its slopes, about one learning rate per
-step. The same splits and defaults otherwise, one seed:
+Where neither `--layers` nor `--epochs` is given, a data run trains `{TANH_LAYERS}` and
+`{SINE_LAYERS}` on seed 0 and keeps the one of lower validation MSE (`network_choice` in
+summary.json). The sine network's first layer starts at frequencies up to 10 radians per unit of
+the standardized x (SINE_FIRST_SCALE in rungefit/config.py): a signal of many cycles over the domain
+is within reach from the start, where a tanh network must first grow its slopes, about one learning
+rate per step; on smooth signals it does worse. Each network on its own, the same splits, one seed:
 
 {sine_table(rows)}
 
@@ -584,19 +603,25 @@ step. The same splits and defaults otherwise, one seed:
 
 
 def sine_table(rows: list[dict]) -> str:
-    lines = [f"| set | rungefit default | `--layers {SINE_LAYERS}` | sine / default | sine / best peer |", "|---|---|---|---|---|"]
+    lines = [
+        f"| set | chosen (splits) | rungefit default (chosen) | `--layers {TANH_LAYERS}` | `--layers {SINE_LAYERS}` | default / best peer |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        best = r["peers"][r["best"]]
-        lines.append(f"| {r['name']} | {number(r['default'])} | {number(r['sine'])} | {number(r['sine'] / r['default'])} | {number(r['sine'] / best)} |")
+        chosen = ", ".join(f"{'sine' if layers == SINE_LAYERS else 'tanh'} ×{count}" for layers, count in r["chosen"].items() if count)
+        lines.append(f"| {r['name']} | {chosen} | {number(r['default'])} | {number(r['tanh'])} | {number(r['sine'])} | {number(r['default_ratio'])} |")
     return "\n".join(lines)
 
 
 def sine_findings(rows: list[dict]) -> str:
-    """Where the sine network beats the default by more than a tenth, and where it loses, from the numbers alone."""
-    ahead = [f"{r['name']} ({number(r['sine'] / r['default'])}×)" for r in rows if r["sine"] < r["default"] / 1.1]
-    behind = [f"{r['name']} ({number(r['sine'] / r['default'])}×)" for r in rows if r["sine"] > 1.1 * r["default"]]
-    text = [f"It scores better than the default by more than a tenth on {', '.join(ahead) or 'no set'}"]
-    text.append(f"and worse by more than a tenth on {', '.join(behind) or 'no set'} (its score over the default's in brackets).")
+    """Where the choice does better or worse than the better of the two networks, from the numbers alone."""
+    worse = [f"{r['name']} ({number(r['default'] / min(r['tanh'], r['sine']))}×)" for r in rows if r["default"] > 1.1 * min(r["tanh"], r["sine"])]
+    sine = [r["name"] for r in rows if r["sine"] < r["tanh"] / 1.1]
+    text = [f"The sine network scores better than the tanh network by more than a tenth on {', '.join(sine) or 'no set'}."]
+    if worse:
+        text.append(f"The choice scores more than a tenth worse than the better of the two on {', '.join(worse)} (over it, in brackets): validation on few points can pick the other.")
+    else:
+        text.append("On every set the choice scores within a tenth of the better of the two.")
     return " ".join(text)
 
 
