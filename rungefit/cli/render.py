@@ -248,11 +248,12 @@ def _data_nothing_learned(summary: dict, who: str) -> str:
     stopped = summary.get("stopped")
     longer = "a larger --patience (every member stopped on a plateau)" if stopped and None not in stopped["epochs"] else "more --epochs"
     few = f", a larger --val-fraction (a test over {test['validation_points']} points can only find large effects)" if test["validation_points"] < FEW_VALIDATION_POINTS else ""
+    # Without the network choice (--layers or --epochs given), the sine network was not tried.
+    sine = "" if "network_choice" in summary else ", for a signal of many cycles a first sin layer (--layers 64:sin,64:tanh),"
     return (
         f"{who} (a one-sided test at 1 % over {test['validation_points']} validation points), after {summary['steps']} "
         f"optimizer steps on x in [{x[0]:g}, {x[1]:g}] and y in [{y[0]:g}, {y[1]:g}]. Try {longer}, an ensemble "
-        f"(--seeds 5){few}, `--lr auto`, or, for a signal of many cycles, a first sin layer (--layers 64:sin,64:tanh); "
-        "if y is mostly noise at this sample size, more points"
+        f"(--seeds 5){few}{sine} or `--lr auto`; if y is mostly noise at this sample size, more points"
     )
 
 
