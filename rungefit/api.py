@@ -16,7 +16,7 @@ import warnings
 from pathlib import Path
 
 from rungefit import targets
-from rungefit.config import TrainConfig, data_defaults
+from rungefit.config import TrainConfig, chooses_network, data_defaults
 from rungefit.errors import UsageError
 from rungefit.net.sequential import from_sequential, to_sequential
 from rungefit.rules import Rule
@@ -79,6 +79,6 @@ def data_config(data: str | Path, **options) -> TrainConfig:
     domain = options.pop("domain", None)
     chosen = targets.settings(data=str(data), domain=domain, test_fraction=options.get("test_fraction", TrainConfig.test_fraction))
     config, _ = data_defaults(TrainConfig(**{**chosen.fields, **options}), options)
-    if not {"layers", "epochs"} & set(options):
+    if chooses_network(options):
         config = dataclasses.replace(config, layers=choose_network(config, targets.resolve(config, chosen.points)).layers)
     return config

@@ -33,8 +33,8 @@ DEFAULT_LAYERS = "20:tanh,10:sigmoid,20:tanh,10:sigmoid"
 ACTIVATION_NAMES = ("tanh", "sigmoid", "relu", "gelu", "silu", "softplus", "identity", "sin")
 # A first hidden layer of sin starts with its weights and biases this many times PyTorch's default:
 # frequencies up to 10 radians per unit of the standardized x, so that a periodic signal with many
-# cycles is within reach from the start (SIREN's idea, Sitzmann et al. 2020; 10 measured best
-# of 1, 3, 10 and 30 on tests/benchmarks/bench_data.py's sets).
+# cycles is within reach from the start (SIREN's idea, Sitzmann et al. 2020; bench_data.py scores
+# the sine network beside the tanh one).
 SINE_FIRST_SCALE = 10.0
 SCHEDULES = ("constant", "cosine", "onecycle")
 DTYPE_NAMES = ("float32", "float64")
@@ -311,6 +311,13 @@ DATA_LAYERS = "64:tanh,64:tanh"
 # cycles that the tanh network cannot reach in the steps it takes, and loses on smooth ones.
 DATA_NETWORKS = (DATA_LAYERS, "64:sin,64:tanh")
 PROBE_SEEDS = (0,)  # whatever --seeds says: member k of a stack still equals the single run with seed k
+CHOICE_SKIPPED_BY = ("layers", "epochs")  # a network, or a training length, given: no choice
+
+
+def chooses_network(given: Collection[str]) -> bool:
+    """Whether a data run with the options `given` chooses its network among DATA_NETWORKS."""
+    return not set(CHOICE_SKIPPED_BY) & set(given)
+
 DATA_LR = 1e-2
 DATA_SCHEDULE = "constant"  # a member may stop at any step: no schedule tied to the last one
 DATA_STEPS = 8000

@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from rungefit.cli.tables import available_width, print_table
-from rungefit.config import DEFAULT_DOMAIN, DEFAULT_TARGET
+from rungefit.config import DATA_NETWORKS, DEFAULT_DOMAIN, DEFAULT_TARGET
 from rungefit.files import json_text
 from rungefit.targets import describe_domain
 
@@ -249,7 +249,7 @@ def _data_nothing_learned(summary: dict, who: str) -> str:
     longer = "a larger --patience (every member stopped on a plateau)" if stopped and None not in stopped["epochs"] else "more --epochs"
     few = f", a larger --val-fraction (a test over {test['validation_points']} points can only find large effects)" if test["validation_points"] < FEW_VALIDATION_POINTS else ""
     # Without the network choice (--layers or --epochs given), the sine network was not tried.
-    sine = "" if "network_choice" in summary else ", for a signal of many cycles a first sin layer (--layers 64:sin,64:tanh),"
+    sine = "" if "network_choice" in summary else f", for a signal of many cycles a first sin layer (--layers {DATA_NETWORKS[1]}),"
     return (
         f"{who} (a one-sided test at 1 % over {test['validation_points']} validation points), after {summary['steps']} "
         f"optimizer steps on x in [{x[0]:g}, {x[1]:g}] and y in [{y[0]:g}, {y[1]:g}]. Try {longer}, an ensemble "

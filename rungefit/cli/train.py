@@ -44,6 +44,7 @@ from rungefit.cli.options import (
 from rungefit.cli.phases import Phases
 from rungefit.cli.stopping import StopRequest, ctrl_c_stops_training
 from rungefit.config import (
+    CHOICE_SKIPPED_BY,
     DATA_LR,
     DATA_NETWORKS,
     DATA_PATIENCE_STEPS,
@@ -54,6 +55,7 @@ from rungefit.config import (
     MAX_SEED,
     MAX_WORKERS,
     MIN_MEMBERS_PER_WORKER,
+    chooses_network,
     data_defaults,
 )
 from rungefit.errors import RungefitError, UsageError
@@ -66,7 +68,7 @@ PATIENCE_HELP = (
     "Stop a member once its validation MSE has not improved for this many epochs and for half the epochs to its best "
     "(a member that improved late may improve again); the run ends when every member has stopped, or after --epochs. "
     f"0: never. With --data, unless --epochs or --patience is given: the epochs of {DATA_PATIENCE_STEPS} optimizer steps, "
-    f"at a constant rate."
+    "at a constant rate."
 )
 
 # Options that may go with --resume: where the run is and how to show it; the rest is the saved run's.
@@ -139,7 +141,7 @@ def train(
         if not plan:
             warn_if_full_batch(config)
         lr_extra = {**plan}
-        if plan and not any(was_given(ctx, option) for option in ("layers", "epochs")):
+        if plan and chooses_network(option for option in CHOICE_SKIPPED_BY if was_given(ctx, option)):
             phases.end("start_up")
             config, chosen_network = choices.choose_network(config, goal, quiet or json_output)
             lr_extra.update(chosen_network)

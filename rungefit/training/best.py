@@ -44,19 +44,19 @@ class Best:
             self.val = torch.where(better, val, self.val)
             self.epoch = torch.where(better, torch.tensor(epoch), self.epoch)
 
+    def _stop_after(self, patience: int) -> torch.Tensor:
+        """[K] the epoch after which each member stops under --patience, as its best stands: when
+        that best is `patience` epochs old and at least half as old as the epochs that found it (a
+        member that improved late may improve again)."""
+        return self.epoch + torch.clamp((self.epoch + 1) // 2, min=patience)
+
     def stopped(self, epochs_done: int, patience: int) -> torch.Tensor:
-        """[K] bool: the members that stop after `epochs_done` epochs under --patience: their best
-        validation MSE is `patience` epochs old and at least half as old as the epochs that found
-        it (a member that improved late may improve again). Never with patience 0."""
-        waited = epochs_done - self.epoch
-        return (waited >= patience) & (2 * waited >= self.epoch) & (patience > 0)
+        """[K] bool: the members that have stopped after `epochs_done` epochs (none with patience 0)."""
+        return (epochs_done >= self._stop_after(patience)) & (patience > 0)
 
     def stop_epochs(self, epochs_run: int, patience: int) -> list[int | None]:
         """The epoch after which each member stopped (None: it trained to the last epoch)."""
-        if patience == 0:
-            return [None] * len(self.epoch)
-        stops = [best + max(patience, -(-best // 2)) for best in self.epoch.tolist()]
-        return [stop if stop <= epochs_run else None for stop in stops]
+        return [stop if patience and stop <= epochs_run else None for stop in self._stop_after(patience).tolist()]
 
     def apply_to(self, params: torch.Tensor) -> None:
         """Every member with a best epoch takes its best weights into params [K, P] (in place)."""
